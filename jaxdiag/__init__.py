@@ -1,0 +1,33 @@
+"""jaxdiag: per-head attention diagnostics for GPT-2-family models, at sweep scale, in JAX.
+
+The top-level names are imported lazily so that ``jaxdiag.errors`` and the CLI's light commands
+(``info``, ``report``) start without importing JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "jaxdiag.api",
+    "diagnose": "jaxdiag.api",
+    "LoadedModel": "jaxdiag.api",
+    "attention_diagnostics": "jaxdiag.diagnostics",
+    "DIAGNOSTICS": "jaxdiag.diagnostics",
+    "JaxdiagError": "jaxdiag.errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from jaxdiag.api import LoadedModel, diagnose, load
+    from jaxdiag.diagnostics import DIAGNOSTICS, attention_diagnostics
+    from jaxdiag.errors import JaxdiagError
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'jaxdiag' has no attribute {name!r}")

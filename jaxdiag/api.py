@@ -1,0 +1,94 @@
+"""The notebook API: load a model, diagnose prompts, get a labelled xarray Dataset.
+
+    import jaxdiag
+    model = jaxdiag.load("gpt2")                      # hub id or local directory
+    ds = jaxdiag.diagnose(model, ["When Alice and Bob went to the store, Bob gave a drink to"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import xarray as xr
+
+from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
+from jaxdiag.config import GPT2Config
+from jaxdiag.diagnostics import DIAGNOSTICS
+from jaxdiag.model import GPT2, Precision, QueryMode
+from jaxdiag.runner import run_diagnostics
+from jaxdiag.tokenizer import Tokenizer
+
+ATTRS = {
+    "kl": ("KL(pi || uniform) = log n - H(pi)", "nats"),
+    "kl_norm": ("KL(pi || uniform) / log n", "1"),
+    "chi": ("Var_pi(log pi) / (log n)^2", "1"),
+    "entropy": ("H(pi)", "nats"),
+    "max_attn": ("max_j pi_j", "1"),
+    "bos_attn": ("pi at source position 0", "1"),
+    "z_excess": ("<z>_pi - mean of visible z", "score units"),
+}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A GPT-2 ready to diagnose: the Flax module, its tokenizer and where it came from."""
+
+    model: GPT2
+    tokenizer: Tokenizer
+    checkpoint: Checkpoint
+    precision: Precision
+
+    @property
+    def config(self) -> GPT2Config:
+        return self.model.config
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        """Token ids of a prompt: text is tokenised (BOS prepended if set); id lists pass through."""
+        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+
+
+def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: bool = True,
+         revision: str | None = None) -> LoadedModel:
+    """Load a GPT-2-family checkpoint from a Hugging Face hub id or a local directory."""
+    checkpoint = resolve(model, revision)
+    config, module = load_checkpoint(checkpoint, precision=precision)
+    tokenizer = Tokenizer.for_checkpoint(
+        checkpoint.directory, vocab_size=config.vocab_size, bos_id=config.bos_token_id, prepend_bos=prepend_bos
+    )
+    return LoadedModel(module, tokenizer, checkpoint, precision)
+
+
+def diagnose(model: LoadedModel, prompts: Sequence[str | Sequence[int]], *, query: QueryMode = "last",
+             batch_size: int = 32) -> xr.Dataset:
+    """Per-head diagnostics of each prompt as a Dataset with dims ``prompt, layer, head[, query]``."""
+    token_lists = [model.encode(p) for p in prompts]
+    values = run_diagnostics(model.model, token_lists, query=query, batch_size=batch_size)
+    return to_dataset(values, token_lists, [p if isinstance(p, str) else "" for p in prompts], query=query)
+
+
+def to_dataset(values: dict[str, np.ndarray], token_lists: Sequence[Sequence[int]], texts: Sequence[str],
+               *, query: QueryMode) -> xr.Dataset:
+    n = len(token_lists)
+    n_layer, n_head = values["kl"].shape[1:3]
+    dims = ["prompt", "layer", "head"] + (["query"] if query == "all" else [])
+    max_len = max(len(t) for t in token_lists)
+    tokens = np.full((n, max_len), -1, dtype=np.int32)
+    for i, seq in enumerate(token_lists):
+        tokens[i, : len(seq)] = seq
+    coords = {
+        "prompt": np.arange(n),
+        "layer": np.arange(n_layer),
+        "head": np.arange(n_head),
+        "text": ("prompt", np.asarray(texts, dtype=str)),
+        "n_tokens": ("prompt", np.asarray([len(t) for t in token_lists], dtype=np.int32)),
+        "tokens": (("prompt", "position"), tokens),
+    }
+    if query == "all":
+        coords["query"] = np.arange(values["kl"].shape[-1])
+    data = {
+        name: xr.Variable(dims, values[name], attrs={"long_name": ATTRS[name][0], "units": ATTRS[name][1]})
+        for name in DIAGNOSTICS
+    }
+    return xr.Dataset(data, coords=coords)
