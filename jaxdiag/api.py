@@ -16,6 +16,7 @@ import xarray as xr
 from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
 from jaxdiag.config import GPT2Config
 from jaxdiag.diagnostics import DIAGNOSTICS
+from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, Precision, QueryMode
 from jaxdiag.runner import run_diagnostics
 from jaxdiag.tokenizer import Tokenizer
@@ -36,7 +37,7 @@ class LoadedModel:
     """A GPT-2 ready to diagnose: the Flax module, its tokenizer and where it came from."""
 
     model: GPT2
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None
     checkpoint: Checkpoint
     precision: Precision
 
@@ -46,7 +47,14 @@ class LoadedModel:
 
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
         """Token ids of a prompt: text is tokenised (BOS prepended if set); id lists pass through."""
-        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not isinstance(prompt, str):
+            return [int(t) for t in prompt]
+        if self.tokenizer is None:
+            raise JaxdiagError(
+                f"model {self.checkpoint.name!r} has no tokenizer files and a non-GPT-2 vocabulary: "
+                "give prompts as token ids"
+            )
+        return self.tokenizer.encode(prompt)
 
 
 def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: bool = True,

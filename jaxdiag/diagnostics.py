@@ -45,7 +45,6 @@ def attention_diagnostics(scores: jax.Array, visible: jax.Array) -> dict[str, ja
     log_pi = jax.nn.log_softmax(jnp.where(visible, z, -jnp.inf), axis=-1)
     pi = jnp.where(visible, jnp.exp(log_pi), 0.0)
     log_pi = jnp.where(visible, log_pi, 0.0)  # 0 * -inf would poison the sums below
-    z_vis = jnp.where(visible, z, 0.0)
 
     # KL as sum_j pi_j log(n pi_j) keeps each term small near uniform, where log n - H would
     # cancel; the clip removes only rounding below the bound KL >= 0.
@@ -54,8 +53,12 @@ def attention_diagnostics(scores: jax.Array, visible: jax.Array) -> dict[str, ja
     # Var_pi(log pi) = Var_pi(z); the centred two-pass form avoids E[x^2] - E[x]^2 cancellation.
     mean_log_pi = jnp.sum(pi * log_pi, axis=-1, keepdims=True)
     var_log_pi = jnp.sum(pi * jnp.square(log_pi - mean_log_pi) * visible, axis=-1)
-    mean_z_pi = jnp.sum(pi * z_vis, axis=-1)
-    mean_z_uniform = jnp.sum(z_vis, axis=-1) / n
+    # <z>_pi - <z>_u, with z measured from its visible maximum and then centred on <z>_u: the
+    # result does not depend on the scores' overall offset, and is exactly 0 for uniform scores.
+    z_top = jnp.max(jnp.where(visible, z, -jnp.inf), axis=-1, keepdims=True)
+    z_rel = jnp.where(visible, z - z_top, 0.0)
+    z_rel = z_rel - jnp.sum(z_rel, axis=-1, keepdims=True) / n[..., None]
+    z_excess = jnp.sum(pi * z_rel, axis=-1)
 
     defined = n >= 1
     normalisable = n >= 2
@@ -68,6 +71,6 @@ def attention_diagnostics(scores: jax.Array, visible: jax.Array) -> dict[str, ja
         "entropy": entropy,
         "max_attn": jnp.max(pi, axis=-1),
         "bos_attn": pi[..., 0],
-        "z_excess": mean_z_pi - mean_z_uniform,
+        "z_excess": z_excess,
     }
     return {name: jnp.where(defined, value, nan).astype(jnp.float32) for name, value in out.items()}

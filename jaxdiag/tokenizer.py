@@ -46,7 +46,9 @@ class Tokenizer:
     prepend_bos: bool = True
 
     @classmethod
-    def for_checkpoint(cls, directory: Path | None, *, vocab_size: int, bos_id: int, prepend_bos: bool = True) -> "Tokenizer":
+    def for_checkpoint(cls, directory: Path | None, *, vocab_size: int, bos_id: int,
+                       prepend_bos: bool = True) -> "Tokenizer | None":
+        """The checkpoint's tokenizer; ``None`` when it has none (token-id prompts only)."""
         directory = Path(directory) if directory is not None else None
         if directory is not None and (directory / "tokenizer.json").is_file():
             backend = _HFTokenizer.from_file(str(directory / "tokenizer.json"))
@@ -55,10 +57,7 @@ class Tokenizer:
         elif vocab_size == GPT2_VOCAB_SIZE:
             backend = _byte_level_bpe(*bundled_gpt2_files())
         else:
-            raise JaxdiagError(
-                f"no tokenizer files in {directory} and the vocabulary ({vocab_size}) is not GPT-2's; "
-                "give token-id prompts or add tokenizer.json"
-            )
+            return None
         return cls(backend, bos_id, prepend_bos)
 
     def encode(self, text: str) -> list[int]:

@@ -1,0 +1,37 @@
+"""Shared fixtures: random GPT-2 checkpoints written in Hugging Face format by transformers itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_CONFIG = dict(vocab_size=1000, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+
+
+def write_torch_checkpoint(directory: Path, seed: int = 0, qk_gain: float = 1.0, **config) -> Path:
+    """A randomly initialised ``GPT2LMHeadModel`` saved with ``save_pretrained`` (safetensors).
+
+    ``qk_gain`` scales the query and key projections so that attention is far from uniform (GPT-2's
+    init gives almost uniform patterns in small widths, where every diagnostic would be near 0).
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**config)).eval()
+    # Non-trivial LayerNorm affine parameters so the parity tests exercise them (init is 1 and 0).
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln" in name:
+                param.add_(0.1 * torch.randn_like(param))
+            if "c_attn" in name:
+                width = param.shape[-1] // 3
+                param[..., : 2 * width].mul_(qk_gain)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_torch_checkpoint(tmp_path_factory.mktemp("tiny-gpt2"), qk_gain=6.0, **TINY_CONFIG)

@@ -1,0 +1,102 @@
+"""Tokenisation as TransformerLens does it, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import jaxdiag
+from jaxdiag.errors import JaxdiagError
+from jaxdiag.tokenizer import Tokenizer
+from tests.conftest import write_torch_checkpoint
+
+EXAMPLE = "When Alice and Bob went to the store, Bob gave a drink to"
+EXAMPLE_IDS = [2215, 14862, 290, 5811, 1816, 284, 262, 3650, 11, 5811, 2921, 257, 4144, 284]
+
+
+@pytest.fixture(scope="module")
+def gpt2_vocab_checkpoint(tmp_path_factory):
+    """GPT-2's vocabulary with a tiny trunk and no tokenizer files: the bundled BPE is used."""
+    return write_torch_checkpoint(tmp_path_factory.mktemp("gpt2-vocab"), vocab_size=50257, n_positions=32,
+                                  n_embd=16, n_layer=1, n_head=2)
+
+
+def test_reference_ids_with_bos():
+    tok = Tokenizer.for_checkpoint(None, vocab_size=50257, bos_id=50256)
+    assert tok.encode(EXAMPLE) == [50256, *EXAMPLE_IDS]
+    assert tok.decode(EXAMPLE_IDS) == EXAMPLE
+
+
+def test_no_bos():
+    tok = Tokenizer.for_checkpoint(None, vocab_size=50257, bos_id=50256, prepend_bos=False)
+    assert tok.encode(EXAMPLE) == EXAMPLE_IDS
+
+
+def test_tokenizer_files_in_checkpoint_directory_are_used(tmp_path):
+    """vocab.json + merges.txt in the model directory (as the hub ships them) take precedence."""
+    from jaxdiag.tokenizer import bundled_gpt2_files
+
+    vocab, merges = bundled_gpt2_files()
+    (tmp_path / "vocab.json").write_text(vocab.read_text())
+    (tmp_path / "merges.txt").write_text(merges.read_text())
+    tok = Tokenizer.for_checkpoint(tmp_path, vocab_size=50257, bos_id=50256)
+    assert tok.encode(EXAMPLE)[1:] == EXAMPLE_IDS
+
+
+def test_text_prompts_end_to_end(gpt2_vocab_checkpoint):
+    loaded = jaxdiag.load(str(gpt2_vocab_checkpoint))
+    ds = jaxdiag.diagnose(loaded, [EXAMPLE, "Hello"])
+    assert ds.n_tokens.values.tolist() == [15, 2]
+    assert ds.tokens.values[0].tolist() == [50256, *EXAMPLE_IDS]
+    assert ds.text.values[0] == EXAMPLE
+    assert ds.kl.dtype == np.float32 and not np.isnan(ds.kl_norm.values).any()
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [("", "empty prompt"), ([], "empty"), ([1] * 33, "context window"), ([50257], "outside the vocabulary")],
+)
+def test_bad_prompts(gpt2_vocab_checkpoint, prompt, message):
+    loaded = jaxdiag.load(str(gpt2_vocab_checkpoint))
+    with pytest.raises(JaxdiagError, match=message) as info:
+        jaxdiag.diagnose(loaded, [[1, 2, 3], prompt])
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_model_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(JaxdiagError, match="cannot load model 'no-such-org/no-such-model'"):
+        jaxdiag.load("no-such-org/no-such-model")
+
+
+def test_directory_without_weights(tmp_path, gpt2_vocab_checkpoint):
+    (tmp_path / "config.json").write_text((gpt2_vocab_checkpoint / "config.json").read_text())
+    with pytest.raises(JaxdiagError, match="has no weights"):
+        jaxdiag.load(str(tmp_path))
+
+
+def test_missing_local_path():
+    with pytest.raises(JaxdiagError, match="not a directory"):
+        jaxdiag.load("./no/such/dir")
+
+
+def test_config_that_is_not_gpt2(tmp_path, gpt2_vocab_checkpoint):
+    config = json.loads((gpt2_vocab_checkpoint / "config.json").read_text()) | {"model_type": "llama"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((gpt2_vocab_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(JaxdiagError, match="not 'gpt2'"):
+        jaxdiag.load(str(tmp_path))
+
+
+def test_weights_that_do_not_match_the_config(tmp_path, gpt2_vocab_checkpoint):
+    config = json.loads((gpt2_vocab_checkpoint / "config.json").read_text()) | {"n_layer": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((gpt2_vocab_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(JaxdiagError, match=r"missing .* weights \(e\.g\. h\.1\."):
+        jaxdiag.load(str(tmp_path))
+    config["n_layer"], config["n_embd"] = 1, 32
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(JaxdiagError, match="has shape"):
+        jaxdiag.load(str(tmp_path))
