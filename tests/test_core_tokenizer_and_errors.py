@@ -100,3 +100,23 @@ def test_weights_that_do_not_match_the_config(tmp_path, gpt2_vocab_checkpoint):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(JaxdiagError, match="has shape"):
         jaxdiag.load(str(tmp_path))
+
+
+def test_hub_id_resolves_through_the_hub_cache(tmp_path, monkeypatch, gpt2_vocab_checkpoint):
+    """A hub id is fetched with huggingface_hub; here from its offline cache, laid out as the hub does."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(gpt2_vocab_checkpoint / name, snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    loaded = jaxdiag.load("someone/tiny-gpt2")
+    assert loaded.checkpoint.revision == commit
+    assert loaded.tokenizer.encode(EXAMPLE)[1:] == EXAMPLE_IDS
