@@ -1,0 +1,231 @@
+"""The report's figures (matplotlib, Agg): the posts' six plus the prompt-count curve.
+
+Every function takes an Analysis and returns a Figure; `save` writes PNG and SVG. Scatter plots
+draw at most MAX_POINTS prompts per condition (a random subset, seeded) so huge stores stay light.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis._util import quiet  # noqa: E402
+from analysis.pipeline import TESTED, Analysis  # noqa: E402
+
+MAX_POINTS = 200
+COLOR_A, COLOR_B = "tab:red", "tab:blue"
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[str]:
+    """Write name.png and name.svg; return the file names."""
+    files = []
+    for ext in ("png", "svg"):
+        fig.savefig(out_dir / f"{name}.{ext}", dpi=110 if ext == "png" else None)
+        files.append(f"{name}.{ext}")
+    plt.close(fig)
+    return files
+
+
+def _points(an: Analysis, layer: int, head: int) -> tuple[np.ndarray, ...]:
+    (ka, kb), (ca, cb) = an.values["kl_norm"], an.values["chi"]
+    rng = np.random.default_rng(an.seed)
+    pick_a = rng.permutation(ka.shape[0])[:MAX_POINTS]
+    pick_b = rng.permutation(kb.shape[0])[:MAX_POINTS]
+    return ka[pick_a, layer, head], ca[pick_a, layer, head], kb[pick_b, layer, head], cb[pick_b, layer, head]
+
+
+def _means(an: Analysis, layer: int, head: int) -> tuple[float, float, float, float]:
+    (ka, kb), (ca, cb) = an.values["kl_norm"], an.values["chi"]
+    with quiet():
+        return tuple(float(np.nanmean(v[:, layer, head])) for v in (ka, ca, kb, cb))
+
+
+def _head_panel(ax, an: Analysis, layer: int, head: int, *, arrow: bool, small: bool) -> None:
+    xa, ya, xb, yb = _points(an, layer, head)
+    size = 4 if small else 14
+    ax.scatter(xa, ya, s=size, c=COLOR_A, alpha=0.35, lw=0, rasterized=True)
+    ax.scatter(xb, yb, s=size, c=COLOR_B, alpha=0.35, lw=0, rasterized=True)
+    ma, mca, mb, mcb = _means(an, layer, head)
+    if arrow:
+        ax.annotate("", xy=(mb, mcb), xytext=(ma, mca), arrowprops=dict(arrowstyle="->", color="k", lw=1.2))
+    ax.plot([ma], [mca], marker="o", ms=4 if small else 9, mec="k", c=COLOR_A)
+    ax.plot([mb], [mcb], marker="s", ms=4 if small else 9, mec="k", c=COLOR_B)
+
+
+def one_head(an: Analysis) -> Figure:
+    """Fig. 1: the circuit head with the largest |delta kl_norm| in the (KL, chi) plane."""
+    delta = np.where(an.mask, np.abs(np.nan_to_num(an.delta("kl_norm"))), -1)
+    layer, head = np.unravel_index(int(np.argmax(delta)), delta.shape)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    _head_panel(ax, an, layer, head, arrow=True, small=False)
+    ax.set_xlabel("KL / log n  (kl_norm)")
+    ax.set_ylabel("chi")
+    role = an.circuit.role_of(layer, head) or "non-circuit"
+    ax.set_title(f"head {layer}.{head} ({role}): delta KL = {an.delta('kl_norm')[layer, head]:+.3f}")
+    ax.legend(handles=_legend(an), loc="best", fontsize=8)
+    return fig
+
+
+def _legend(an: Analysis):
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], ls="", marker="o", c=COLOR_A, label=f"{an.a} (mean: circle)"),
+            Line2D([], [], ls="", marker="s", c=COLOR_B, label=f"{an.b} (mean: square)")]
+
+
+def _grid(an: Analysis, heads: list[tuple[int, int]], titles: list[str], suptitle: str, arrow: bool) -> Figure:
+    n = max(1, len(heads))
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    small = n > 30
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 1, 1.8 * rows + 1), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (layer, head), title in zip(axes.ravel(), heads, titles):
+        _head_panel(ax, an, layer, head, arrow=arrow, small=small)
+        ax.set_title(title, fontsize=6 if small else 8, pad=2)
+        if small:  # dozens of panels: tick labels would cost more than they tell
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            ax.tick_params(labelsize=5, length=2, pad=1)
+    fig.suptitle(suptitle)
+    fig.supxlabel("kl_norm")
+    fig.supylabel("chi")
+    fig.legend(handles=_legend(an), loc="upper right", fontsize=7)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.92, hspace=0.45, wspace=0.35)
+    return fig
+
+
+def circuit_grid(an: Analysis) -> Figure:
+    """Fig. 2: every circuit head by role, arrow from condition a's mean to condition b's."""
+    heads, titles = [], []
+    for role, members in an.circuit.roles.items():
+        for layer, head in sorted(members):
+            if (layer, head) not in heads:
+                heads.append((layer, head))
+                titles.append(f"{role} {layer}.{head}")
+    return _grid(an, heads, titles, f"circuit heads ({an.circuit.name}): {an.a} -> {an.b}", arrow=True)
+
+
+def other_grid(an: Analysis) -> Figure:
+    """Fig. 3: every non-circuit head."""
+    heads = [(int(l), int(h)) for l, h in zip(*np.nonzero(~an.mask))]
+    return _grid(an, heads, [f"{l}.{h}" for l, h in heads], "non-circuit heads", arrow=True)
+
+
+def delta_distributions(an: Analysis) -> Figure:
+    """Fig. 4: |delta| of circuit vs non-circuit heads, with the test results in the titles."""
+    fig, axes = plt.subplots(1, len(TESTED), figsize=(5.2 * len(TESTED), 4))
+    rng = np.random.default_rng(an.seed)
+    for ax, var in zip(np.atleast_1d(axes), TESTED):
+        absd = np.abs(an.delta(var))
+        groups = [absd[an.mask], absd[~an.mask]]
+        ax.boxplot([g[np.isfinite(g)] for g in groups], showfliers=False)
+        for i, g in enumerate(groups):
+            ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, g.size), g, s=10, alpha=0.6,
+                       c="tab:orange" if i == 0 else "tab:gray", zorder=3)
+        ax.set_xticks([1, 2], [f"circuit ({groups[0].size})", f"other ({groups[1].size})"])
+        ax.set_ylabel(f"|delta {var}|")
+        mw, pm = an.mann_whitney[var], an.permutation[var]
+        ax.set_title(f"MW U={mw.statistic:.0f}, p={mw.pvalue:.2g} (one-sided)\n"
+                     f"AUC={mw.auc:.2f}, permutation p={pm.pvalue:.2g}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def correlation_matrices(an: Analysis) -> Figure:
+    """Fig. 5: C_a, C_b and C_diff (heads x heads over prompts) with circuit heads ticked."""
+    n_layers, n_heads = an.shape
+    ticks = np.flatnonzero(an.mask.ravel())
+    labels = [f"{k // n_heads}.{k % n_heads}" for k in ticks]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.6))
+    for ax, mat, title, lim in zip(axes, (an.c_a, an.c_b, an.c_diff),
+                                   (f"C_{an.a}", f"C_{an.b}", f"C_diff = C_{an.a} - C_{an.b}"), (1, 1, 2)):
+        im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=5)
+        ax.set_yticks(ticks, labels, fontsize=5)
+        for boundary in range(n_heads, n_layers * n_heads, n_heads):
+            ax.axhline(boundary - 0.5, c="k", lw=0.2)
+            ax.axvline(boundary - 0.5, c="k", lw=0.2)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def band_scatter(an: Analysis) -> Figure:
+    """Fig. 6: C_a vs C_b over head pairs with the posts' 5-sigma band around the diagonal."""
+    from analysis.correlation import upper_pairs
+    from analysis.pipeline import N_SIGMA
+
+    i, j = upper_pairs(an.c_a.shape[0])
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.scatter(an.c_a[i, j], an.c_b[i, j], s=3, alpha=0.3, c="tab:gray", lw=0, rasterized=True)
+    grid = np.linspace(-1, 1, 3)
+    width = N_SIGMA * an.sigma
+    ax.plot(grid, grid, c="k", lw=0.8)
+    ax.plot(grid, grid - width, c="tab:red", ls="--", lw=0.8, label=f"|C_diff| = {N_SIGMA:g} sigma ({width:.3f})")
+    ax.plot(grid, grid + width, c="tab:red", ls="--", lw=0.8)
+    n_heads = an.shape[1]
+    for x, y in an.flagged:
+        ax.scatter(an.c_a[x, y], an.c_b[x, y], s=25, c="tab:red", zorder=3)
+        ax.annotate(f"{x // n_heads}.{x % n_heads}-{y // n_heads}.{y % n_heads}", (an.c_a[x, y], an.c_b[x, y]),
+                    fontsize=7)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel(f"C_{an.a}")
+    ax.set_ylabel(f"C_{an.b}")
+    ax.set_title(f"{len(an.flagged)} pair(s) outside the band; max-|C_diff| null p = {an.max_null.pvalue:.2g}")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def prompt_count_curve(an: Analysis) -> Figure:
+    """Fig. 7: Mann-Whitney p, AUC and CI width against prompts per condition (subsampling)."""
+    t = an.curve
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for var, c in zip(TESTED, ("tab:purple", "tab:green")):
+        axes[0].plot(t["n"], t[f"mw_p_{var}"], marker="o", c=c, label=var)
+        axes[1].plot(t["n"], t[f"auc_{var}"], marker="o", c=c, label=var)
+        axes[1].fill_between(t["n"], t[f"auc_{var}_q25"], t[f"auc_{var}_q75"], color=c, alpha=0.2)
+        axes[2].plot(t["n"], t[f"ci_width_{var}"], marker="o", c=c, label=var)
+    axes[0].set_yscale("log")
+    axes[0].axhline(0.05, c="k", ls=":", lw=0.8)
+    axes[0].set_ylabel("Mann-Whitney p (one-sided, median)")
+    axes[1].axhline(0.5, c="k", ls=":", lw=0.8)
+    axes[1].set_ylabel("ROC-AUC (median, IQR)")
+    axes[2].set_ylabel("mean 95% CI width of delta")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("prompts per condition")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {
+    "fig1_one_head": one_head,
+    "fig2_circuit_heads": circuit_grid,
+    "fig3_noncircuit_heads": other_grid,
+    "fig4_delta_distributions": delta_distributions,
+    "fig5_correlation_matrices": correlation_matrices,
+    "fig6_ca_vs_cb": band_scatter,
+    "fig7_prompt_count": prompt_count_curve,
+}
+
+
+def write_figures(an: Analysis, out_dir: Path) -> list[str]:
+    files = []
+    for name, draw in FIGURES.items():
+        if name == "fig7_prompt_count" and not an.curve:
+            continue
+        files += save(draw(an), out_dir, name)
+    return files

@@ -1,0 +1,118 @@
+"""`jaxdiag report`: figures, summary.json and report.md for one store.
+
+    write_report("run.zarr", "report/")                 # library call (the CLI dispatches here)
+    python -m analysis.report run.zarr --out report/    # same, without jaxdiag's CLI
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+
+from analysis._util import to_jsonable
+from analysis.circuits import Circuit, load_ablation, load_circuit
+from analysis.errors import AnalysisError
+from analysis.markdown import render
+from analysis.pipeline import run_analysis, summary
+from analysis.store import default_conditions, open_store, run_config
+
+
+def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path) -> Circuit:
+    """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 model."""
+    spec = spec or config.get("circuit")
+    if isinstance(spec, dict):  # a run config may carry the circuit table inline
+        from analysis.circuits import from_mapping
+
+        return from_mapping(spec, name=str(spec.get("name", "circuit")), source="run config")
+    if spec is None:
+        if shape == (12, 12):
+            spec = "ioi23"
+        else:
+            raise AnalysisError(
+                f"no circuit for a {shape[0]}x{shape[1]} model: pass --circuit FILE (or name one in the run config)"
+            )
+    return load_circuit(spec, search_dirs=(store.parent, Path.cwd()))
+
+
+def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a: str | None = None,
+                 b: str | None = None, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
+                 ablation: str | None = None) -> dict:
+    """Analyse a store and write figures (PNG + SVG), summary.json and report.md into out_dir.
+
+    circuit: "ioi23", "ioi26" or a TOML/JSON circuit file (default: the run config's, else ioi23 on
+    12 x 12 models). a, b: conditions (default: the run config's two, else ioi/non_ioi, else the
+    store's first two). ablation: optional JSON of per-head ablation effects (overrides the circuit
+    file's). Returns the summary dict (as written, NaN -> None). Raises AnalysisError on bad input,
+    before anything is written.
+    """
+    store = Path(store_path)
+    ds = open_store(store)
+    config = run_config(ds)
+    shape = (int(ds.sizes["layer"]), int(ds.sizes["head"]))
+    chosen = resolve_circuit(circuit, config, shape, store)
+    if ablation is not None:
+        import dataclasses
+
+        chosen = dataclasses.replace(chosen, ablation=load_ablation(ablation, *shape, "--ablation", Path.cwd()))
+    default_a, default_b = default_conditions(ds, config) if a is None or b is None else (a, b)
+    a, b = a or default_a, b or default_b
+    analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    result = to_jsonable(summary(analysis))
+    result["store"] = {"path": str(store), **{k: to_jsonable(ds.attrs.get(k)) for k in (
+        "model", "model_revision", "weights_sha256", "jaxdiag_version", "query_positions", "precision",
+        "created", "complete") if k in ds.attrs}}
+    text = json.dumps(result, indent=1, allow_nan=False)
+
+    from analysis.figures import write_figures  # matplotlib only when there is something to draw
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        figures = write_figures(analysis, staging)
+        (staging / "summary.json").write_text(text + "\n")
+        (staging / "report.md").write_text(render(analysis, result, figures))
+        for name in os.listdir(staging):  # all-or-nothing: only complete files reach out_dir
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    p.add_argument("store")
+    p.add_argument("--out", required=True)
+    p.add_argument("--circuit", default=None, help="ioi23 | ioi26 | circuit file (TOML/JSON)")
+    p.add_argument("--a", default=None, help="condition a (default: the run config's first)")
+    p.add_argument("--b", default=None, help="condition b (default: the run config's second)")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-perm", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablation", default=None, help="JSON of per-head ablation effects")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
+                              n_perm=args.n_perm, seed=args.seed, ablation=args.ablation)
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    mw = result["mannwhitney"]["kl_norm"]
+    print(f"wrote {args.out}/report.md, summary.json and figures; "
+          f"Mann-Whitney |delta kl_norm| U={mw['U']:.0f} p={mw['p']:.3g} (one-sided)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

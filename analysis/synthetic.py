@@ -1,0 +1,120 @@
+"""Synthetic stores that follow CONTRACT.md's schema, with planted shifts and couplings.
+
+Used by the tests (known truth) and by the example notebook (runs offline). Values are Gaussian
+around per-head baselines, so the true delta of means of head (l, h) is exactly the planted shift.
+
+    ds = make_dataset(n_layers=3, n_heads=8, shifts={"kl_norm": {(2, 3): 0.1}})
+    write_store(ds, "synthetic.zarr")
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from analysis.errors import AnalysisError
+
+VARIABLES = ("kl", "kl_norm", "chi", "entropy", "max_attn", "bos_attn", "z_excess")
+HeadShifts = Mapping[tuple[int, int], float]
+
+
+def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequence[int] = 50,
+                 conditions: Sequence[str] = ("ioi", "non_ioi"), n_tokens: int = 15,
+                 shifts: Mapping[str, HeadShifts] | None = None, noise: float = 0.05,
+                 noise_by_head: np.ndarray | None = None, kl_chi_corr: float = 0.5,
+                 couplings: Mapping[tuple[tuple[int, int], tuple[int, int]], float] | None = None,
+                 seed: int = 0, circuit: str | dict | None = None) -> xr.Dataset:
+    """A store-shaped Dataset with dims (condition, prompt, layer, head).
+
+    shifts: {"kl_norm" | "chi": {(layer, head): delta}} added to the first condition only, so
+      delta = mean(first) - mean(second) has expectation exactly delta.
+    noise: SD of the per-prompt noise (or noise_by_head, a [layer, head] array of SDs).
+    kl_chi_corr: per-prompt correlation between a head's kl_norm and chi noise.
+    couplings: {((l1, h1), (l2, h2)): r} gives the two heads' kl_norm a shared prompt-level factor
+      with correlation about r in the first condition only (a planted C_diff entry).
+    n_prompts: one count, or one per condition (shorter conditions are NaN-filled, n_tokens 0).
+    circuit: recorded in the run config (a name, a file path, or an inline circuit table).
+    """
+    rng = np.random.default_rng(seed)
+    conditions = [str(c) for c in conditions]
+    counts = [int(n_prompts)] * len(conditions) if np.isscalar(n_prompts) else [int(n) for n in n_prompts]
+    if len(counts) != len(conditions):
+        raise AnalysisError("n_prompts needs one count per condition")
+    n_max, shape = max(counts), (n_layers, n_heads)
+    sd = np.broadcast_to(np.asarray(noise if noise_by_head is None else noise_by_head, dtype=float), shape)
+    layer_trend = np.linspace(0.25, 0.55, n_layers)[:, None]
+    base_kl = layer_trend + rng.uniform(-0.1, 0.1, size=shape)
+    base_chi = 0.3 * layer_trend + rng.uniform(0.0, 0.1, size=shape)
+    log_n = np.log(n_tokens)
+
+    data = {v: np.full((len(conditions), n_max, *shape), np.nan, dtype=np.float32) for v in VARIABLES}
+    for c, n in enumerate(counts):
+        e1 = rng.standard_normal((n, *shape))
+        e2 = rng.standard_normal((n, *shape))
+        if c == 0:
+            for ((l1, h1), (l2, h2)), r in (couplings or {}).items():
+                shared = rng.standard_normal(n)
+                for l, h in ((l1, h1), (l2, h2)):
+                    e1[:, l, h] = np.sqrt(abs(r)) * shared * (np.sign(r) if (l, h) == (l2, h2) else 1) \
+                        + np.sqrt(1 - abs(r)) * e1[:, l, h]
+        kl_norm = base_kl + sd * e1
+        chi = base_chi + sd * (kl_chi_corr * e1 + np.sqrt(1 - kl_chi_corr**2) * e2)
+        if c == 0:
+            for (l, h), d in (shifts or {}).get("kl_norm", {}).items():
+                kl_norm[:, l, h] += d
+            for (l, h), d in (shifts or {}).get("chi", {}).items():
+                chi[:, l, h] += d
+        kl = kl_norm * log_n
+        values = {
+            "kl_norm": kl_norm, "chi": chi, "kl": kl, "entropy": log_n - kl,
+            "max_attn": np.clip(0.2 + 0.7 * kl_norm, 0, 1), "bos_attn": np.clip(0.5 * kl_norm, 0, 1),
+            "z_excess": 2.0 * kl_norm + 0.1 * rng.standard_normal((n, *shape)),
+        }
+        for v in VARIABLES:
+            data[v][c, :n] = values[v]
+
+    tokens = np.full((len(conditions), n_max, n_tokens), -1, dtype=np.int32)
+    lengths = np.zeros((len(conditions), n_max), dtype=np.int32)
+    texts = np.full((len(conditions), n_max), "", dtype=object)
+    for c, n in enumerate(counts):
+        tokens[c, :n] = rng.integers(0, 50257, size=(n, n_tokens))
+        lengths[c, :n] = n_tokens
+        texts[c, :n] = [f"synthetic {conditions[c]} prompt {i}" for i in range(n)]
+    config = {"conditions": conditions, "synthetic": True, "seed": seed}
+    if circuit is not None:
+        config["circuit"] = circuit
+    dims = ("condition", "prompt", "layer", "head")
+    return xr.Dataset(
+        {v: (dims, data[v]) for v in VARIABLES},
+        coords={
+            "condition": np.asarray(conditions, dtype=str), "prompt": np.arange(n_max),
+            "layer": np.arange(n_layers), "head": np.arange(n_heads),
+            "text": (("condition", "prompt"), texts.astype(str)),
+            "n_tokens": (("condition", "prompt"), lengths),
+            "tokens": (("condition", "prompt", "position"), tokens),
+        },
+        attrs={
+            "schema_version": 1, "jaxdiag_version": "synthetic", "model": "synthetic",
+            "weights_sha256": "", "n_layers": n_layers, "n_heads": n_heads, "prepend_bos": True,
+            "query_positions": "last", "precision": "highest", "seed": seed,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config": json.dumps(config), "complete": True,
+        },
+    )
+
+
+def write_store(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write a Dataset as a Zarr v3 store with consolidated metadata (refuses to overwrite)."""
+    path = Path(path)
+    if path.exists():
+        raise AnalysisError(f"{str(path)!r} already exists")
+    with warnings.catch_warnings():  # zarr flags str coords and consolidated metadata as not-yet-spec v3
+        warnings.filterwarnings("ignore", message=".*(Zarr V3 specification|Consolidated metadata).*")
+        ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w-")
+    return path
