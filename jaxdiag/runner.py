@@ -1,16 +1,28 @@
-"""Batches of token sequences through one compiled diagnostics step.
+"""Batches of token sequences through one compiled diagnostics step, on every local device.
 
 Prompts are right-padded to a small set of bucket lengths and every batch is padded to the same
-batch size, so a sweep compiles once per bucket, never per batch.
+batch size, so a sweep compiles once per bucket (and device), never per batch.
+
+Data parallelism: the parameters are replicated over a ``Mesh`` of the local devices with a
+``NamedSharding``, and each batch ("unit") runs the *single-device* program on one device, units
+dealt round-robin. A prompt's numbers therefore depend only on its unit (which prompts, padded to
+which shape), never on how many devices there are: on XLA:CPU an SPMD-partitioned program over N
+devices gives ``z_excess`` values a few ULP away from the single-device program's (measured:
+|diff| <= 4e-9 with 2 or 8 devices), which would break the bit-identity of stores made on
+different device counts. Dispatch is asynchronous and several units stay in flight, so device
+compute overlaps the host copies of earlier results and whatever the caller does with them.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import collections
+import dataclasses
+from typing import Callable, Hashable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiag.diagnostics import DIAGNOSTICS
 from jaxdiag.errors import JaxdiagError
@@ -23,15 +35,20 @@ def bucket_length(n: int, limit: int) -> int:
     return min(bucket, limit)
 
 
+def check_prompt(tokens: Sequence[int], *, vocab_size: int, n_positions: int, label: str) -> None:
+    """Raise JaxdiagError naming ``label`` unless ``tokens`` is a non-empty in-vocabulary sequence that fits."""
+    if len(tokens) == 0:
+        raise JaxdiagError(f"{label} is empty: a prompt needs at least one token")
+    if len(tokens) > n_positions:
+        raise JaxdiagError(f"{label} has {len(tokens)} tokens, more than the model's context window of {n_positions}")
+    low, high = min(tokens), max(tokens)
+    if low < 0 or high >= vocab_size:
+        raise JaxdiagError(f"{label} has token id {low if low < 0 else high} outside the vocabulary [0, {vocab_size})")
+
+
 def check_tokens(token_lists: Sequence[Sequence[int]], *, vocab_size: int, n_positions: int) -> None:
     for i, tokens in enumerate(token_lists):
-        if len(tokens) == 0:
-            raise JaxdiagError(f"prompt {i} is empty: a prompt needs at least one token")
-        if len(tokens) > n_positions:
-            raise JaxdiagError(f"prompt {i} has {len(tokens)} tokens, more than the model's context window of {n_positions}")
-        low, high = min(tokens), max(tokens)
-        if low < 0 or high >= vocab_size:
-            raise JaxdiagError(f"prompt {i} has token id {low if low < 0 else high} outside the vocabulary [0, {vocab_size})")
+        check_prompt(tokens, vocab_size=vocab_size, n_positions=n_positions, label=f"prompt {i}")
 
 
 def pad_batch(token_lists: Sequence[Sequence[int]], batch_size: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,15 +61,83 @@ def pad_batch(token_lists: Sequence[Sequence[int]], batch_size: int, seq_len: in
     return tokens, lengths
 
 
+@dataclasses.dataclass
+class Unit:
+    """One device batch: ``keys[i]`` names the prompt in row ``i``; rows past ``len(keys)`` are dummies."""
+
+    keys: list[Hashable]
+    tokens: np.ndarray  # [batch_size, seq_len] int32
+    lengths: np.ndarray  # [batch_size] int32
+
+
+def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: int, limit: int) -> list[Unit]:
+    """Sort ``(key, tokens)`` by length (stable), cut into batches of ``batch_size``, pad each to its bucket.
+
+    The units depend only on ``items`` and ``batch_size``: the same prompts always meet the same
+    compiled shapes, whatever runs them.
+    """
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    units = []
+    for start in range(0, len(order), batch_size):
+        rows = [items[i] for i in order[start : start + batch_size]]
+        seq_len = bucket_length(max(len(t) for _, t in rows), limit)
+        tokens, lengths = pad_batch([t for _, t in rows], batch_size, seq_len)
+        units.append(Unit([k for k, _ in rows], tokens, lengths))
+    return units
+
+
 def compile_step(model: GPT2, query: QueryMode) -> Callable[[np.ndarray, np.ndarray], dict[str, jax.Array]]:
     """A jitted ``(tokens, lengths) -> diagnostics`` for this model; parameters are closed over once."""
     graphdef, state = nnx.split(model)
+    step = _jitted_step(graphdef, query)
+    return lambda tokens, lengths: step(state, tokens, lengths)
 
+
+def _jitted_step(graphdef, query: QueryMode):
     @jax.jit
     def step(state, tokens, lengths):
         return nnx.merge(graphdef, state)(tokens, lengths, query=query)["diagnostics"]
 
-    return lambda tokens, lengths: step(state, tokens, lengths)
+    return step
+
+
+class DeviceRunner:
+    """Runs units on all local devices with a bounded number in flight; results come back in order."""
+
+    def __init__(self, model: GPT2, query: QueryMode, *, devices: Sequence[jax.Device] | None = None,
+                 in_flight_per_device: int = 2):
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        graphdef, state = nnx.split(model)
+        replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+        self._replicas = [_replica(replicated, d) for d in self.devices]
+        self._step = _jitted_step(graphdef, query)
+        self.max_in_flight = in_flight_per_device * len(self.devices)
+
+    def run(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, dict[str, np.ndarray]]]:
+        """``(unit, {name: [batch_size, layer, head(, seq)] float32 numpy})`` for each unit, in order."""
+        pending: collections.deque = collections.deque()
+        for i, unit in enumerate(units):
+            slot = i % len(self.devices)
+            device = self.devices[slot]
+            out = self._step(self._replicas[slot], jax.device_put(unit.tokens, device),
+                             jax.device_put(unit.lengths, device))
+            for value in out.values():
+                value.copy_to_host_async()  # the copy overlaps later units' compute
+            pending.append((unit, out))
+            if len(pending) >= self.max_in_flight:
+                yield self._collect(*pending.popleft())
+        while pending:
+            yield self._collect(*pending.popleft())
+
+    @staticmethod
+    def _collect(unit: Unit, out: dict[str, jax.Array]) -> tuple[Unit, dict[str, np.ndarray]]:
+        return unit, {name: np.asarray(value) for name, value in jax.device_get(out).items()}
+
+
+def _replica(replicated, device: jax.Device):
+    """The copy of every replicated parameter that lives on ``device`` (no transfer)."""
+    return jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device), replicated)
 
 
 def run_diagnostics(
@@ -65,22 +150,22 @@ def run_diagnostics(
     """Diagnostics for every sequence: ``[n, layer, head]`` (``last``) or ``[n, layer, head, max_len]`` (``all``)."""
     config = model.config
     check_tokens(token_lists, vocab_size=config.vocab_size, n_positions=config.n_positions)
-    step = compile_step(model, query)
     n = len(token_lists)
     max_len = max(len(t) for t in token_lists)
     shape = (n, config.n_layer, config.n_head) + ((max_len,) if query == "all" else ())
     out = {name: np.full(shape, np.nan, dtype=np.float32) for name in DIAGNOSTICS}
-    order = sorted(range(n), key=lambda i: len(token_lists[i]))  # length-sorted: fewer padded tokens
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        seq_len = bucket_length(max(len(token_lists[i]) for i in idx), config.n_positions)
-        tokens, lengths = pad_batch([token_lists[i] for i in idx], batch_size, seq_len)
-        result = jax.device_get(step(tokens, lengths))
-        for name in DIAGNOSTICS:
-            values = result[name][: len(idx)]
-            if query == "all":
-                width = min(seq_len, max_len)
-                out[name][idx, ..., :width] = values[..., :width]
-            else:
-                out[name][idx] = values
+    units = make_units(list(enumerate(token_lists)), batch_size=batch_size, limit=config.n_positions)
+    for unit, result in DeviceRunner(model, query).run(units):
+        scatter(out, unit.keys, result)
     return out
+
+
+def scatter(out: dict[str, np.ndarray], rows: Sequence[int], result: dict[str, np.ndarray]) -> None:
+    """Copy a unit's real rows into ``out[name][rows]``; query positions are cut or NaN-padded to fit."""
+    for name in DIAGNOSTICS:
+        values = result[name][: len(rows)]
+        if values.ndim == 4:  # query = "all": the bucket may be longer or shorter than the output
+            width = min(values.shape[-1], out[name].shape[-1])
+            out[name][rows, ..., :width] = values[..., :width]
+        else:
+            out[name][rows] = values

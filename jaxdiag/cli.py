@@ -1,0 +1,131 @@
+"""The ``jaxdiag`` command: ``run`` a sweep into a Zarr store, ``info`` about a store, ``report`` on one.
+
+Bad input of any kind ends in one line, ``jaxdiag: error: ...`` on stderr, and exit status 2.
+JAX is imported only by ``run``, so ``info`` and ``report`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from jaxdiag.errors import JaxdiagError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxdiag", description="Per-head attention diagnostics for GPT-2-family models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info,report}")
+
+    run = commands.add_parser("run", help="run a sweep into a Zarr store",
+                              description="Run a sweep (a TOML run config or a preset; flags override it) into a Zarr store.")
+    run.add_argument("config", nargs="?", metavar="CONFIG.toml", help="run config (default: --preset default)")
+    run.add_argument("--preset", metavar="NAME", help="a run config shipped with jaxdiag (default, ioi_blog, ioi_10k, induction)")
+    run.add_argument("--model", metavar="HUB_ID_OR_DIR", help="hub id, local directory or builtin:NAME")
+    run.add_argument("--prompts", metavar="FILE.jsonl", help="JSONL prompt file (replaces the config's prompt source)")
+    run.add_argument("--n-prompts", type=int, metavar="N", help="prompts per condition")
+    run.add_argument("--query", choices=("last", "all"), help="diagnose the last token or every position")
+    run.add_argument("--no-bos", dest="prepend_bos", action="store_const", const=False, default=None,
+                     help="do not prepend BOS to text prompts")
+    run.add_argument("--batch-size", type=int, metavar="B", help="prompts per device per step")
+    run.add_argument("--chunk-size", type=int, metavar="C", help="prompts per store chunk")
+    run.add_argument("--precision", choices=("highest", "default", "bf16"))
+    run.add_argument("--seed", type=int, metavar="S")
+    run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    dist = run.add_argument_group("multi-host (jax.distributed)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address of a multi-process run")
+    dist.add_argument("--num-processes", type=int, metavar="N")
+    dist.add_argument("--process-id", type=int, metavar="I")
+
+    info = commands.add_parser("info", help="describe a store", description="Print a store's dims, conditions, completeness and provenance.")
+    info.add_argument("store", metavar="STORE.zarr")
+
+    report = commands.add_parser("report", help="analyse a store", description="Write figures and summary.json for a store.")
+    report.add_argument("store", metavar="STORE.zarr")
+    report.add_argument("--out", required=True, metavar="DIR")
+    report.add_argument("--circuit", metavar="ioi23|ioi26|FILE")
+    report.add_argument("--a", metavar="COND")
+    report.add_argument("--b", metavar="COND")
+    report.add_argument("--n-boot", type=int, default=1000, metavar="N")
+    report.add_argument("--n-perm", type=int, default=1000, metavar="N")
+    report.add_argument("--seed", type=int, default=0, metavar="S")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jaxdiag.runconfig import load_config
+
+    distributed = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in distributed) and not all(v is not None for v in distributed):
+        raise JaxdiagError("a multi-process run needs --coordinator, --num-processes and --process-id together")
+    config = load_config(args.config, preset=args.preset, overrides={
+        "model": args.model, "prompts": args.prompts, "n_prompts": args.n_prompts, "query": args.query,
+        "prepend_bos": args.prepend_bos, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+        "precision": args.precision, "seed": args.seed,
+    })
+    if args.coordinator is not None:
+        import jax
+
+        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    from jaxdiag.sweep import run_sweep
+
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    result = run_sweep(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, log=say)
+    counts = ", ".join(f"{c} {n}" for c, n in zip(result.layout.conditions, result.layout.counts))
+    rate = result.computed_prompts / result.seconds if result.seconds > 0 else 0.0
+    say(f"wrote {result.path} ({counts}; {result.computed_prompts} prompts computed in {result.seconds:.1f} s, "
+        f"{rate:.1f} prompts/s)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from jaxdiag.store import describe
+
+    print(describe(args.store))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        from analysis.report import write_report
+    except ImportError as exc:
+        raise JaxdiagError(f"the report needs the analysis package, which is not importable ({exc})") from None
+    summary = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
+                           n_perm=args.n_perm, seed=args.seed)
+    conditions = summary.get("conditions", {}) if isinstance(summary, dict) else {}
+    print(f"wrote report to {args.out} ({conditions.get('a')} vs {conditions.get('b')})")
+    return 0
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [JaxdiagError]
+    try:
+        from analysis.errors import AnalysisError
+
+        errors.append(AnalysisError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _run, "info": _info, "report": _report}
+    try:
+        return handlers[args.command](args)
+    except _input_errors() as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"jaxdiag: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxdiag: interrupted (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

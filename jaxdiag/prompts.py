@@ -1,0 +1,291 @@
+"""Prompt sources for a sweep: the posts' IOI sets, a scalable IOI generator, JSONL files, induction.
+
+Every source is a deterministic *iterator* of :class:`Prompt` (generated or read lazily, never all
+held at once), so a sweep can walk it twice -- once to plan and validate the store, once to run --
+and get the same prompts in the same order both times.
+
+Sources (``source`` in a run config's ``[prompts]`` table):
+
+- ``ioi-blog``: REFERENCE.md's 50 IOI + 50 non-IOI prompts, reproduced with its exact templates,
+  names, seeds (42, 43) and sampling order.
+- ``ioi``: thousands of unique IOI / non-IOI prompts from larger single-token name, place and
+  object lists, ABBA/BABA balanced; every prompt is tokenised and kept only if it has exactly
+  ``n_tokens`` tokens (never truncated).
+- ``jsonl``: one JSON object per line: ``condition`` + ``text`` or ``tokens`` + any metadata keys.
+- ``induction``: ``repeated`` (BOS + a random segment + the same segment again) vs ``random``
+  (BOS + as many distinct random tokens, no repetition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from jaxdiag.errors import JaxdiagError
+
+# Names a JSONL metadata key may not take: they are the store's own variables and coordinates.
+RESERVED_KEYS = frozenset(
+    {"condition", "text", "tokens", "prompt", "layer", "head", "query", "position", "n_tokens",
+     "kl", "kl_norm", "chi", "entropy", "max_attn", "bos_attn", "z_excess"}
+)
+SOURCES = ("ioi-blog", "ioi", "jsonl", "induction")
+
+MetadataValue = str | int | float | bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One prompt: its condition, token ids (BOS included when the run prepends it), text, metadata."""
+
+    condition: str
+    tokens: tuple[int, ...]
+    text: str = ""
+    metadata: dict[str, MetadataValue] = dataclasses.field(default_factory=dict)
+
+
+Encoder = Callable[[str], list[int]]
+
+# ---------------------------------------------------------------------------------------------
+# The posts' sets (REFERENCE.md), exactly.
+
+BLOG_NAMES = ("Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Emma", "James", "Lisa", "David", "Kate", "Mark")
+BLOG_ABBA = (
+    "When {A} and {B} went to the store, {B} gave a drink to",
+    "When {A} and {B} went to the park, {B} handed a ball to",
+    "When {A} and {B} arrived at the office, {B} passed a note to",
+    "When {A} and {B} got to the restaurant, {B} offered a menu to",
+    "When {A} and {B} walked into the room, {B} showed a book to",
+    "After {A} and {B} met at the cafe, {B} sent a message to",
+    "After {A} and {B} sat down for dinner, {B} gave a gift to",
+)
+BLOG_BABA = tuple(t.replace("{A} and {B}", "{B} and {A}", 1) for t in BLOG_ABBA)
+BLOG_NON_IOI = tuple("{C}".join(t.rsplit("{B}", 1)) for t in BLOG_ABBA)  # second-clause subject -> {C}
+BLOG_N_PROMPTS = 50
+
+
+def ioi_blog_texts(n_prompts: int = BLOG_N_PROMPTS) -> Iterator[tuple[str, str, dict[str, MetadataValue]]]:
+    """(condition, text, metadata) of the posts' IOI then non-IOI prompts, in their sampling order."""
+    rng = random.Random(42)
+    templates = BLOG_ABBA + BLOG_BABA
+    seen: set[str] = set()
+    while len(seen) < n_prompts:
+        template = rng.choice(templates)
+        a, b = rng.sample(BLOG_NAMES, 2)
+        text = template.format(A=a, B=b)
+        if text in seen:
+            continue
+        seen.add(text)
+        index = templates.index(template)
+        yield "ioi", text, {"template": f"{'abba' if index < 7 else 'baba'}-{index % 7 + 1}",
+                            "io_name": a, "s_name": b, "c_name": ""}
+    rng = random.Random(43)
+    seen = set()
+    while len(seen) < n_prompts:
+        template = rng.choice(BLOG_NON_IOI)
+        a, b, c = rng.sample(BLOG_NAMES, 3)
+        text = template.format(A=a, B=b, C=c)
+        if text in seen:
+            continue
+        seen.add(text)
+        yield "non_ioi", text, {"template": f"non_ioi-{BLOG_NON_IOI.index(template) + 1}",
+                                "io_name": a, "s_name": b, "c_name": c}
+
+
+# ---------------------------------------------------------------------------------------------
+# The scalable IOI generator.
+
+IOI_NAMES = (
+    "Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Emma", "James", "Lisa", "David", "Kate", "Mark",
+    "Michael", "Paul", "Peter", "Daniel", "Steve", "Chris", "Jack", "Ryan", "Adam", "Kevin", "Brian",
+    "Jason", "Eric", "Anna", "Laura", "Jessica", "Rachel", "Amy", "Jennifer", "Karen", "Susan", "Helen",
+    "George", "Henry", "Frank", "Joe", "Mike", "Dan", "Sam", "Ben", "Alex", "Andrew", "Richard", "Robert",
+    "Thomas", "William", "Charles", "Edward", "Jane", "Elizabeth", "Julia", "Maria", "Linda", "Nancy",
+)
+IOI_PLACES = (
+    "store", "park", "office", "restaurant", "cafe", "library", "beach", "market", "school", "museum",
+    "hospital", "station", "gym", "bank", "church", "theater", "mall", "airport", "hotel", "zoo",
+    "garden", "kitchen", "bar", "farm", "lake", "party", "club", "river", "castle", "shop",
+)
+IOI_OBJECTS = (
+    "drink", "ball", "note", "book", "gift", "letter", "key", "card", "bag", "pen", "cake", "hat",
+    "phone", "box", "flower", "ticket", "map", "coin", "cup", "toy", "shirt", "bottle", "ring",
+    "picture", "bowl", "basket", "knife", "camera", "watch", "present",
+)
+# {A} is the indirect object, {B} the subject (ABBA); BABA swaps the first clause; non-IOI puts a
+# third name {C} in the second clause.
+IOI_ABBA = (
+    "When {A} and {B} went to the {P}, {B} gave a {O} to",
+    "When {A} and {B} got to the {P}, {B} handed a {O} to",
+    "When {A} and {B} arrived at the {P}, {B} passed a {O} to",
+    "After {A} and {B} met at the {P}, {B} sent a {O} to",
+    "When {A} and {B} walked into the {P}, {B} showed a {O} to",
+    "While {A} and {B} were at the {P}, {B} offered a {O} to",
+    "Then {A} and {B} went to the {P}, and {B} gave a {O} to",
+    "After {A} and {B} sat down at the {P}, {B} gave a {O} to",
+)
+IOI_BABA = tuple(t.replace("{A} and {B}", "{B} and {A}", 1) for t in IOI_ABBA)
+IOI_NON_IOI = tuple("{C}".join(t.rsplit("{B}", 1)) for t in IOI_ABBA)
+
+
+def _single_token_words(words: Sequence[str], encode: Encoder, bos: list[int]) -> list[str]:
+    """The words that are one token after a space (as they appear mid-sentence)."""
+    return [w for w in words if len(encode(" " + w)) == len(bos) + 1]
+
+
+def ioi_prompts(encode: Encoder, *, n_prompts: int, n_tokens: int, seed: int) -> Iterator[Prompt]:
+    """``n_prompts`` unique IOI prompts then ``n_prompts`` unique non-IOI prompts of exactly ``n_tokens``.
+
+    ``encode`` is the run's tokenizer (BOS included when the run prepends it). IOI prompts alternate
+    ABBA and BABA, so the two orders are balanced to within one prompt.
+    """
+    bos = encode("x")[:-1]  # [] or [bos]: what the tokenizer puts before the text
+    names = _single_token_words(IOI_NAMES, encode, bos)
+    places = _single_token_words(IOI_PLACES, encode, bos)
+    objects = _single_token_words(IOI_OBJECTS, encode, bos)
+    if len(names) < 3 or not places or not objects:
+        raise JaxdiagError("the ioi generator needs single-token names, places and objects: this tokenizer has too few")
+
+    def fitting(templates: Sequence[str], condition: str) -> list[tuple[int, str]]:
+        ok = [(i, t) for i, t in enumerate(templates)
+              if len(encode(t.format(A=names[0], B=names[1], C=names[2], P=places[0], O=objects[0]))) == n_tokens]
+        if not ok:
+            lengths = sorted({len(encode(t.format(A=names[0], B=names[1], C=names[2], P=places[0], O=objects[0])))
+                              for t in templates})
+            raise JaxdiagError(f"no {condition} template has {n_tokens} tokens (available: {', '.join(map(str, lengths))})")
+        return ok
+
+    abba, baba, non_ioi = fitting(IOI_ABBA, "ioi"), fitting(IOI_BABA, "ioi"), fitting(IOI_NON_IOI, "non_ioi")
+    fills = len(names) * (len(names) - 1) * len(places) * len(objects)
+    # rejection sampling of unique prompts slows down near capacity: ask for at most half of it
+    capacity = min(len(abba) + len(baba), len(non_ioi) * (len(names) - 2)) * fills
+    if n_prompts > capacity // 2:
+        raise JaxdiagError(f"the ioi generator makes at most {capacity // 2} unique prompts of this length per condition; {n_prompts} asked")
+
+    def draw(condition: str, pools: list[list[tuple[int, str]]], n_names: int, rng: random.Random) -> Iterator[Prompt]:
+        seen: set[bytes] = set()
+        rejected = 0
+        while len(seen) < n_prompts:
+            order = len(seen) % len(pools)  # ABBA, BABA, ABBA, ...: balanced by construction
+            index, template = rng.choice(pools[order])
+            picked = rng.sample(names, n_names)
+            place, obj = rng.choice(places), rng.choice(objects)
+            fill = dict(zip("ABC", picked), P=place, O=obj)
+            text = template.format(**fill)
+            key = hashlib.blake2b(text.encode(), digest_size=16).digest()  # bounded memory per prompt
+            if key in seen:
+                continue
+            tokens = encode(text)
+            if len(tokens) != n_tokens:  # never truncate: a prompt of the wrong length is dropped
+                rejected += 1
+                if rejected > 100 * n_prompts:
+                    raise JaxdiagError(f"the ioi generator cannot find {n_prompts} prompts of {n_tokens} tokens")
+                continue
+            seen.add(key)
+            label = {"ioi": ("abba", "baba")[order], "non_ioi": "non_ioi"}[condition]
+            yield Prompt(condition, tuple(tokens), text, {
+                "template": f"{label}-{index + 1}", "io_name": picked[0], "s_name": picked[1],
+                "c_name": picked[2] if n_names == 3 else "", "place": place, "object": obj,
+            })
+
+    yield from draw("ioi", [abba, baba], 2, random.Random(f"jaxdiag-ioi-{seed}"))
+    yield from draw("non_ioi", [non_ioi], 3, random.Random(f"jaxdiag-non_ioi-{seed}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Induction: repeated vs random token sequences.
+
+
+def induction_prompts(*, n_prompts: int, segment_length: int, vocab_size: int, bos_id: int | None,
+                      seed: int) -> Iterator[Prompt]:
+    """``repeated``: [BOS] + S distinct random tokens + the same S again; ``random``: [BOS] + 2S distinct.
+
+    Tokens are drawn from ``0 .. vocab_size - 1`` without ``bos_id`` and without replacement within a
+    prompt, so in ``repeated`` each token of the second copy has exactly one earlier occurrence and in
+    ``random`` no token repeats. ``bos_id=None`` leaves BOS out.
+    """
+    content = 2 * segment_length
+    pool = vocab_size - (bos_id is not None and 0 <= bos_id < vocab_size)
+    if segment_length < 1:
+        raise JaxdiagError(f"induction segment_length must be >= 1, not {segment_length}")
+    if pool < content:
+        raise JaxdiagError(f"induction prompts need {content} distinct tokens; the vocabulary has {pool}")
+    prefix = [] if bos_id is None else [bos_id]
+
+    def sample(rng: random.Random, k: int) -> list[int]:
+        ids = rng.sample(range(pool), k)  # range of the pool, then skip over BOS: no list of the vocab
+        return [i + 1 if bos_id is not None and i >= bos_id else i for i in ids]
+
+    for condition in ("repeated", "random"):
+        rng = random.Random(f"jaxdiag-induction-{condition}-{seed}")
+        for _ in range(n_prompts):
+            if condition == "repeated":
+                segment = sample(rng, segment_length)
+                tokens = prefix + segment + segment
+            else:
+                tokens = prefix + sample(rng, content)
+            yield Prompt(condition, tuple(tokens), "", {"segment_length": segment_length})
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL files.
+
+
+def jsonl_prompts(path: str | Path, encode: Encoder | None) -> Iterator[Prompt]:
+    """Prompts of a JSONL file, line by line; a bad line raises JaxdiagError naming file and line."""
+    path = Path(path)
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise JaxdiagError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JaxdiagError(f"{where}: not valid JSON ({exc.msg})") from None
+            yield _record_to_prompt(record, encode, where)
+
+
+def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt:
+    if not isinstance(record, dict):
+        raise JaxdiagError(f"{where}: a line must be a JSON object, not {type(record).__name__}")
+    condition = record.get("condition")
+    if not isinstance(condition, str) or not condition:
+        raise JaxdiagError(f"{where}: 'condition' must be a non-empty string")
+    has_text, has_tokens = "text" in record, "tokens" in record
+    if has_text == has_tokens:
+        raise JaxdiagError(f"{where}: give exactly one of 'text' and 'tokens'")
+    if has_text:
+        text = record["text"]
+        if not isinstance(text, str) or not text:
+            raise JaxdiagError(f"{where}: 'text' must be a non-empty string")
+        if encode is None:
+            raise JaxdiagError(f"{where}: text prompts need a tokenizer and this model has none")
+        try:
+            tokens = encode(text)
+        except JaxdiagError as exc:
+            raise JaxdiagError(f"{where}: {exc}") from None
+    else:
+        text = ""
+        tokens = record["tokens"]
+        if (not isinstance(tokens, list) or not tokens
+                or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)):
+            raise JaxdiagError(f"{where}: 'tokens' must be a non-empty list of integers")
+    metadata: dict[str, MetadataValue] = {}
+    for key, value in record.items():
+        if key in ("condition", "text", "tokens"):
+            continue
+        if key in RESERVED_KEYS or not key.isidentifier():
+            raise JaxdiagError(f"{where}: metadata key {key!r} is reserved or not an identifier")
+        if value is None:
+            continue
+        # nested values are kept as their JSON text: a coordinate holds scalars only
+        metadata[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, sort_keys=True)
+    return Prompt(condition, tuple(int(t) for t in tokens), text, metadata)

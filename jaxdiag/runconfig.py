@@ -1,0 +1,252 @@
+"""Run configs: a TOML file (or a named preset shipped in the package) plus command-line overrides.
+
+    model = "gpt2"                  # hub id, local directory, or builtin:NAME (jaxdiag/data/NAME)
+    precision = "highest"           # highest | default | bf16
+    query = "last"                  # last | all
+    prepend_bos = true
+    batch_size = 32                 # prompts per device per step (fixes the compiled shapes)
+    seed = 0
+    circuit = "ioi23"               # for `jaxdiag report`: ioi23 | ioi26 | a circuit file
+    conditions = ["ioi", "non_ioi"] # the report's a / b
+
+    [prompts]
+    source = "ioi"                  # ioi-blog | ioi | jsonl | induction
+    n_prompts = 5000                # per condition
+    n_tokens = 15                   # ioi only
+    # path = "prompts.jsonl"        # jsonl only (relative to this file)
+    # segment_length = 20           # induction only
+
+Everything is validated here, before any model is loaded or store touched. Relative paths are
+resolved against the config file's directory; ``builtin:`` paths against the package's data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jaxdiag.errors import JaxdiagError
+from jaxdiag.prompts import SOURCES
+
+BUILTIN = "builtin:"
+PRECISIONS = ("highest", "default", "bf16")
+QUERIES = ("last", "all")
+DEFAULT_PRESET = "default"
+BUILTIN_CIRCUITS = ("ioi23", "ioi26")
+DEFAULT_CONDITIONS = {"ioi-blog": ("ioi", "non_ioi"), "ioi": ("ioi", "non_ioi"), "induction": ("repeated", "random")}
+
+
+def package_data() -> Path:
+    return Path(str(resources.files("jaxdiag"))) / "data"
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("jaxdiag"))) / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """``builtin:REL`` -> the package's data/REL; a relative path -> relative to ``base``."""
+    if value.startswith(BUILTIN):
+        return package_data() / value[len(BUILTIN):]
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSpec:
+    source: str
+    n_prompts: int | None = None  # per condition; None: the source's own size (ioi-blog 50, a whole file)
+    n_tokens: int = 15
+    segment_length: int = 20
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "n_prompts": self.n_prompts}
+        if self.source == "ioi":
+            out["n_tokens"] = self.n_tokens
+        if self.source == "induction":
+            out["segment_length"] = self.segment_length
+        if self.source == "jsonl":
+            out["path"] = self.path
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: str
+    prompts: PromptSpec
+    revision: str | None = None
+    precision: str = "highest"
+    query: str = "last"
+    prepend_bos: bool = True
+    batch_size: int = 32
+    chunk_size: int | None = None  # prompts per store chunk; None: chosen from the shapes
+    seed: int = 0
+    circuit: str | dict | None = None
+    conditions: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as recorded in a store's ``config`` attribute (and compared on --resume)."""
+        out = dataclasses.asdict(self)
+        out["prompts"] = self.prompts.to_dict()
+        out["conditions"] = list(self.conditions) if self.conditions else None
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def model_location(self) -> str:
+        """What :func:`jaxdiag.checkpoint.resolve` takes: a hub id or a directory."""
+        return str(resolve_path(self.model, Path.cwd())) if self.model.startswith(BUILTIN) else self.model
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
+_PROMPT_KEYS = {f.name for f in dataclasses.fields(PromptSpec)}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise JaxdiagError(f"cannot read run config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JaxdiagError(f"run config {path} is not valid TOML: {exc}") from None
+
+
+def preset_path(name: str) -> Path:
+    path = presets_dir() / f"{name.replace('-', '_')}.toml"
+    if not path.is_file():
+        raise JaxdiagError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
+    return path
+
+
+def load_config(config_file: str | None = None, *, preset: str | None = None,
+                overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A validated :class:`RunConfig` from a TOML file or a preset (default: "default"), then overrides.
+
+    ``overrides`` holds command-line values (None = not given): model, prompts (a JSONL path, which
+    switches the source to jsonl), n_prompts, query, prepend_bos, batch_size, precision, seed, chunk_size.
+    """
+    if config_file is not None and preset is not None:
+        raise JaxdiagError("give a CONFIG file or --preset, not both")
+    path = Path(config_file) if config_file is not None else preset_path(preset or DEFAULT_PRESET)
+    raw = read_toml(path)
+    base = path.resolve().parent
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cwd = Path.cwd()
+    prompts_raw = raw.get("prompts", {})
+    if not isinstance(prompts_raw, dict):
+        raise JaxdiagError(f"{path}: 'prompts' must be a table ([prompts])")
+    prompts_raw = dict(prompts_raw)
+    if "prompts" in overrides:  # --prompts FILE: a JSONL file relative to where the user is
+        prompts_raw = {"source": "jsonl", "path": str(resolve_path(overrides.pop("prompts"), cwd))}
+        raw = {k: v for k, v in raw.items() if k != "conditions"}  # they named the replaced source's conditions
+    elif prompts_raw.get("source") == "jsonl" and isinstance(prompts_raw.get("path"), str):
+        prompts_raw["path"] = str(resolve_path(prompts_raw["path"], base))
+    if "n_prompts" in overrides:
+        prompts_raw["n_prompts"] = overrides.pop("n_prompts")
+    if "model" in overrides and not overrides["model"].startswith(BUILTIN) and Path(overrides["model"]).expanduser().exists():
+        overrides["model"] = str(Path(overrides["model"]).expanduser().resolve())
+    merged = {k: v for k, v in raw.items() if k != "prompts"} | overrides
+    return _validate(merged, prompts_raw, source=str(path), base=base)
+
+
+def _check_type(source: str, key: str, value: Any, kind: type | tuple[type, ...]) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise JaxdiagError(f"{source}: {key} must be {names}, not {value!r}")
+
+
+def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base: Path) -> RunConfig:
+    unknown = sorted(set(raw) - _TOP_KEYS) + [f"prompts.{k}" for k in sorted(set(prompts) - _PROMPT_KEYS)]
+    if unknown:
+        raise JaxdiagError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    if "model" not in raw:
+        raise JaxdiagError(f"{source}: no model (set model = \"gpt2\", a directory, or pass --model)")
+    if "source" not in prompts:
+        raise JaxdiagError(f"{source}: no prompt source (set [prompts] source = {' | '.join(SOURCES)}, or pass --prompts FILE)")
+    for key, kind in (("model", str), ("precision", str), ("query", str), ("prepend_bos", bool), ("batch_size", int),
+                      ("seed", int), ("revision", (str, type(None))), ("chunk_size", (int, type(None)))):
+        if key in raw:
+            _check_type(source, key, raw[key], kind)
+    for key, kind in (("source", str), ("n_prompts", (int, type(None))), ("n_tokens", int),
+                      ("segment_length", int), ("path", str)):
+        if key in prompts:
+            _check_type(source, f"prompts.{key}", prompts[key], kind)
+    if raw.get("precision", "highest") not in PRECISIONS:
+        raise JaxdiagError(f"{source}: precision must be one of {', '.join(PRECISIONS)}, not {raw['precision']!r}")
+    if raw.get("query", "last") not in QUERIES:
+        raise JaxdiagError(f"{source}: query must be one of {', '.join(QUERIES)}, not {raw['query']!r}")
+    if raw.get("batch_size", 1) < 1 or (raw.get("chunk_size") or 1) < 1:
+        raise JaxdiagError(f"{source}: batch_size and chunk_size must be >= 1")
+    if prompts["source"] not in SOURCES:
+        raise JaxdiagError(f"{source}: prompts.source must be one of {', '.join(SOURCES)}, not {prompts['source']!r}")
+    if (prompts.get("n_prompts") or 1) < 1 or prompts.get("n_tokens", 1) < 1 or prompts.get("segment_length", 1) < 1:
+        raise JaxdiagError(f"{source}: n_prompts, n_tokens and segment_length must be >= 1")
+    if prompts["source"] == "jsonl":
+        if "path" not in prompts:
+            raise JaxdiagError(f"{source}: prompts.source = \"jsonl\" needs prompts.path")
+        if not Path(prompts["path"]).is_file():
+            raise JaxdiagError(f"prompt file {prompts['path']} does not exist")
+    model = raw["model"]
+    if model.startswith(BUILTIN) and not resolve_path(model, base).is_dir():
+        available = sorted(p.name for p in package_data().iterdir() if p.is_dir()) if package_data().is_dir() else []
+        raise JaxdiagError(f"{source}: no built-in model {model!r} (available: {', '.join(BUILTIN + a for a in available) or 'none'})")
+    conditions = raw.get("conditions")
+    if conditions is not None:
+        if (not isinstance(conditions, list) or len(conditions) != 2
+                or not all(isinstance(c, str) and c for c in conditions) or conditions[0] == conditions[1]):
+            raise JaxdiagError(f"{source}: conditions must be two different condition names, e.g. [\"ioi\", \"non_ioi\"]")
+        conditions = tuple(conditions)
+    else:
+        conditions = DEFAULT_CONDITIONS.get(prompts["source"])
+    return RunConfig(
+        model=model,
+        prompts=PromptSpec(**prompts),
+        revision=raw.get("revision"),
+        precision=raw.get("precision", "highest"),
+        query=raw.get("query", "last"),
+        prepend_bos=raw.get("prepend_bos", True),
+        batch_size=raw.get("batch_size", 32),
+        chunk_size=raw.get("chunk_size"),
+        seed=raw.get("seed", 0),
+        circuit=_resolve_circuit(raw.get("circuit"), source, base),
+        conditions=conditions,
+    )
+
+
+def _resolve_circuit(value: Any, source: str, base: Path) -> str | dict | None:
+    """A circuit name stays a name; a circuit file is read and kept inline, so the store is self-contained."""
+    if value is None or isinstance(value, dict):
+        return value
+    _check_type(source, "circuit", value, str)
+    if value in BUILTIN_CIRCUITS:
+        return value
+    path = resolve_path(value, base)
+    if not path.is_file():
+        raise JaxdiagError(f"{source}: circuit {value!r} is neither {' nor '.join(BUILTIN_CIRCUITS)} nor an existing file")
+    if path.suffix == ".json":
+        try:
+            table = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise JaxdiagError(f"cannot read circuit file {path}: {exc}") from None
+    else:
+        table = read_toml(path)
+    if not isinstance(table, dict):
+        raise JaxdiagError(f"circuit file {path} must hold a table")
+    ablation = table.get("ablation")
+    if isinstance(ablation, str):  # a file beside the circuit: inline it too, relative paths die with the move
+        ablation_path = resolve_path(ablation, path.parent)
+        try:
+            table["ablation"] = json.loads(ablation_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise JaxdiagError(f"circuit file {path}: cannot read its ablation file {ablation_path}: {exc}") from None
+    return {"name": path.stem} | table

@@ -1,0 +1,98 @@
+"""Run configs: presets, overrides, validation, circuit and builtin-model resolution."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jaxdiag.errors import JaxdiagError
+from jaxdiag.runconfig import load_config, package_data, preset_names, presets_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_runs_folder_holds_exact_copies_of_the_shipped_presets():
+    shipped = {p.name: p.read_text() for p in presets_dir().glob("*.toml")}
+    copies = {p.name: p.read_text() for p in (REPO / "runs").glob("*.toml")}
+    assert {"default.toml", "ioi_blog.toml", "ioi_10k.toml", "induction.toml"} <= set(shipped)
+    assert copies == shipped, "runs/*.toml must stay copies of jaxdiag/presets/*.toml (cp jaxdiag/presets/*.toml runs/)"
+
+
+@pytest.mark.parametrize("name", ["ioi_blog", "ioi-blog", "ioi_10k", "induction"])
+def test_presets_load(name):
+    config = load_config(preset=name)
+    assert config.model == "gpt2" and config.query == "last" and config.precision == "highest"
+    assert config.conditions in (("ioi", "non_ioi"), ("repeated", "random"))
+
+
+def test_ioi_presets_say_what_the_issue_asks():
+    blog, big = load_config(preset="ioi_blog"), load_config(preset="ioi_10k")
+    assert blog.prompts.source == "ioi-blog" and blog.prompts.n_prompts == 50 and blog.circuit == "ioi23"
+    assert (big.prompts.source, big.prompts.n_prompts, big.prompts.n_tokens) == ("ioi", 5000, 15)
+
+
+def test_default_preset_names_the_builtin_induction_model():
+    text = (presets_dir() / "default.toml").read_text()
+    assert 'model = "builtin:induction-3l8h"' in text
+    if (package_data() / "induction-3l8h").is_dir():
+        config = load_config()
+        assert config.prompts.source == "induction" and config.conditions == ("repeated", "random")
+        assert Path(config.model_location()).is_dir() and isinstance(config.circuit, dict)
+    else:
+        with pytest.raises(JaxdiagError, match="no built-in model 'builtin:induction-3l8h'"):
+            load_config()
+
+
+def test_command_line_overrides_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text('{"condition": "x", "tokens": [1]}\n')
+    config = load_config(preset="ioi_blog", overrides={
+        "model": "distilgpt2", "prompts": "p.jsonl", "n_prompts": 7, "query": "all", "prepend_bos": False,
+        "batch_size": 3, "precision": "bf16", "seed": 9, "chunk_size": None,
+    })
+    assert (config.model, config.query, config.prepend_bos, config.batch_size, config.precision, config.seed) == (
+        "distilgpt2", "all", False, 3, "bf16", 9)
+    assert config.prompts.source == "jsonl" and config.prompts.path == str(tmp_path / "p.jsonl")
+    assert config.prompts.n_prompts == 7 and config.conditions is None  # the preset's conditions were ioi's
+    assert json.loads(config.to_json())["prompts"] == {"source": "jsonl", "n_prompts": 7, "path": str(tmp_path / "p.jsonl")}
+
+
+@pytest.mark.parametrize("body, message", [
+    ('model = "gpt2"\n', "no prompt source"),
+    ('[prompts]\nsource = "ioi"\n', "no model"),
+    ('model = "gpt2"\nbatch_size = "8"\n[prompts]\nsource = "ioi"\n', "batch_size must be int"),
+    ('model = "gpt2"\nbatch_size = 0\n[prompts]\nsource = "ioi"\n', "must be >= 1"),
+    ('model = "gpt2"\nquery = "first"\n[prompts]\nsource = "ioi"\n', "query must be one of last, all"),
+    ('model = "gpt2"\nprecision = "fp8"\n[prompts]\nsource = "ioi"\n', "precision must be one of"),
+    ('model = "gpt2"\n[prompts]\nsource = "wiki"\n', "prompts.source must be one of"),
+    ('model = "gpt2"\n[prompts]\nsource = "ioi"\nlength = 3\n', "unknown key(s) prompts.length"),
+    ('model = "gpt2"\n[prompts]\nsource = "jsonl"\n', "needs prompts.path"),
+    ('model = "gpt2"\n[prompts]\nsource = "jsonl"\npath = "nope.jsonl"\n', "nope.jsonl does not exist"),
+    ('model = "gpt2"\nconditions = ["a"]\n[prompts]\nsource = "ioi"\n', "conditions must be two different"),
+    ('model = "gpt2"\ncircuit = "ioi99"\n[prompts]\nsource = "ioi"\n', "neither ioi23 nor ioi26 nor an existing file"),
+    ('model = "builtin:nothing"\n[prompts]\nsource = "ioi"\n', "no built-in model 'builtin:nothing'"),
+])
+def test_bad_configs_are_refused(tmp_path, body, message):
+    path = tmp_path / "run.toml"
+    path.write_text(body)
+    with pytest.raises(JaxdiagError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(str(path))
+
+
+def test_config_file_or_preset_not_both_and_unknown_presets(tmp_path):
+    with pytest.raises(JaxdiagError, match="not both"):
+        load_config(str(tmp_path / "x.toml"), preset="ioi_blog")
+    with pytest.raises(JaxdiagError, match="unknown preset 'nope'.*ioi_blog"):
+        load_config(preset="nope")
+    assert "ioi_blog" in preset_names()
+
+
+def test_circuit_files_are_inlined_with_their_ablation(tmp_path):
+    (tmp_path / "ablation.json").write_text('{"effect": {"0.1": 0.5}}')
+    (tmp_path / "mine.toml").write_text('description = "x"\nablation = "ablation.json"\n[roles]\nInduction = ["1.2"]\n')
+    (tmp_path / "run.toml").write_text('model = "gpt2"\ncircuit = "mine.toml"\n[prompts]\nsource = "ioi"\n')
+    config = load_config(str(tmp_path / "run.toml"))
+    assert config.circuit == {"name": "mine", "description": "x", "ablation": {"effect": {"0.1": 0.5}},
+                              "roles": {"Induction": ["1.2"]}}
