@@ -120,3 +120,39 @@ def test_hub_id_resolves_through_the_hub_cache(tmp_path, monkeypatch, gpt2_vocab
     loaded = jaxdiag.load("someone/tiny-gpt2")
     assert loaded.checkpoint.revision == commit
     assert loaded.tokenizer.encode(EXAMPLE)[1:] == EXAMPLE_IDS
+
+
+@pytest.mark.parametrize("case", ["unknown-model", "no-weights", "not-gpt2", "too-long", "empty"])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_vocab_checkpoint, case):
+    """Each bad input of the core issue, through `jaxdiag run`: one line on stderr, status 2, no store."""
+    import os
+    import subprocess
+    import sys
+
+    model = str(gpt2_vocab_checkpoint)
+    prompts = [{"condition": "a", "text": EXAMPLE}]
+    if case == "unknown-model":
+        model = "no-such-org/no-such-model"
+    elif case in ("no-weights", "not-gpt2"):
+        model = str(tmp_path / "model")
+        (tmp_path / "model").mkdir()
+        config = json.loads((gpt2_vocab_checkpoint / "config.json").read_text())
+        if case == "not-gpt2":
+            config["model_type"] = "bert"
+            (tmp_path / "model" / "model.safetensors").write_bytes((gpt2_vocab_checkpoint / "model.safetensors").read_bytes())
+        (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    elif case == "too-long":
+        prompts.append({"condition": "a", "tokens": [1] * 33})
+    elif case == "empty":
+        prompts.append({"condition": "a", "text": ""})
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    out = tmp_path / "store.zarr"
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxdiag.cli", "run", "--model", model, "--prompts", str(prompt_file), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxdiag: error:"), result.stderr
+    assert not out.exists()
