@@ -60,17 +60,34 @@ def attention_diagnostics(scores: jax.Array, visible: jax.Array) -> dict[str, ja
     z_rel = z_rel - jnp.sum(z_rel, axis=-1, keepdims=True) / n[..., None]
     z_excess = jnp.sum(pi * z_rel, axis=-1)
 
+    return finish_diagnostics(
+        n, kl=kl, entropy=entropy, var_z=var_log_pi, max_attn=jnp.max(pi, axis=-1), bos_attn=pi[..., 0],
+        z_excess=z_excess,
+    )
+
+
+def finish_diagnostics(
+    n: jax.Array, *, kl: jax.Array, entropy: jax.Array, var_z: jax.Array, max_attn: jax.Array,
+    bos_attn: jax.Array, z_excess: jax.Array,
+) -> dict[str, jax.Array]:
+    """Normalise and NaN-mask per-row quantities into the seven diagnostics.
+
+    Shared by the direct reduction above and the streaming one (:mod:`jaxdiag.streaming`), so both
+    apply the same definitions of "undefined": every value is NaN for a row with no visible key
+    (``n = 0``), and ``kl_norm`` and ``chi`` are NaN at ``n = 1`` (``log n = 0``).
+    """
+    n = n.astype(jnp.float32)
     defined = n >= 1
     normalisable = n >= 2
     nan = jnp.float32(jnp.nan)
-    safe_log_n = jnp.where(normalisable, log_n, 1.0)
+    safe_log_n = jnp.where(normalisable, jnp.log(n), 1.0)
     out = {
         "kl": kl,
         "kl_norm": jnp.where(normalisable, kl / safe_log_n, nan),
-        "chi": jnp.where(normalisable, var_log_pi / jnp.square(safe_log_n), nan),
+        "chi": jnp.where(normalisable, var_z / jnp.square(safe_log_n), nan),
         "entropy": entropy,
-        "max_attn": jnp.max(pi, axis=-1),
-        "bos_attn": pi[..., 0],
+        "max_attn": max_attn,
+        "bos_attn": bos_attn,
         "z_excess": z_excess,
     }
     return {name: jnp.where(defined, value, nan).astype(jnp.float32) for name, value in out.items()}

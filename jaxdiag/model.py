@@ -25,10 +25,28 @@ from flax import nnx
 from jaxdiag.config import GPT2Config
 from jaxdiag.diagnostics import attention_diagnostics
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.streaming import streaming_attention
 
 QueryMode = Literal["last", "all"]
 Precision = Literal["highest", "default", "bf16"]
 PRECISIONS: tuple[str, ...] = ("highest", "default", "bf16")
+AttentionImpl = Literal["auto", "direct", "streaming"]
+ATTENTION_IMPLS: tuple[str, ...] = ("auto", "direct", "streaming")
+# "auto" streams (jaxdiag.streaming) when one layer's [batch, head, query, key] float32 scores would
+# exceed this many bytes, or the prompts are at least STREAMING_MIN_SEQ long, where the quadratic
+# scores dominate memory (direct vs streaming speed and memory: benchmarks/RESULTS.md).
+STREAMING_SCORE_BYTES = 256 * 2**20
+STREAMING_MIN_SEQ = 512
+
+
+def choose_attention(impl: AttentionImpl, *, batch: int, n_head: int, seq: int) -> Literal["direct", "streaming"]:
+    """Resolve ``"auto"`` from the (static) shapes: direct for short prompts, streaming for long ones."""
+    if impl not in ATTENTION_IMPLS:
+        raise JaxdiagError(f"unknown attention implementation {impl!r} (choose from {', '.join(ATTENTION_IMPLS)})")
+    if impl != "auto":
+        return impl
+    score_bytes = 4 * batch * n_head * seq * seq
+    return "streaming" if score_bytes > STREAMING_SCORE_BYTES or seq >= STREAMING_MIN_SEQ else "direct"
 
 
 def precision_settings(precision: Precision) -> tuple[jnp.dtype, jax.lax.Precision]:
@@ -92,22 +110,23 @@ class Attention(nnx.Module):
         diag_visible: jax.Array | None,
         head_scale: jax.Array | None = None,
         head_replacement: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array] | None, jax.Array]:
+        *,
+        lengths: jax.Array | None = None,
+        impl: Literal["direct", "streaming"] = "direct",
+        query: QueryMode | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array] | None, jax.Array | None]:
         batch, seq, width = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (t.reshape(batch, seq, self.n_head, self.d_head) for t in (q, k, v))
+        if impl == "streaming":
+            return self._streaming(q, k, v, lengths, diag_rows, diag_visible, query, head_scale, head_replacement)
         scores = jnp.einsum(
             "bqhd,bkhd->bhqk", q, k, precision=self.precision, preferred_element_type=jnp.float32
         ) * jnp.float32(self.scale)
         # finfo.min rather than -inf, as transformers does: a row stays finite even if fully masked.
         probs = jax.nn.softmax(jnp.where(visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
         heads = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=self.precision)
-        if head_scale is not None:
-            # Ablation: head h's output becomes scale * output + (1 - scale) * replacement.
-            heads = heads * head_scale[:, None].astype(heads.dtype)
-            if head_replacement is not None:
-                heads = heads + ((1 - head_scale)[:, None] * head_replacement).astype(heads.dtype)
-        out = self.c_proj(heads.reshape(batch, seq, width))
+        out = self._project(heads, head_scale, head_replacement)
 
         diagnostics = None
         if diag_rows is not None:
@@ -115,6 +134,30 @@ class Attention(nnx.Module):
             rows = jnp.take_along_axis(scores, diag_rows[:, None, :, None], axis=2)
             diagnostics = attention_diagnostics(rows, diag_visible)
         return out, diagnostics, probs
+
+    def _project(self, heads: jax.Array, head_scale: jax.Array | None, head_replacement: jax.Array | None) -> jax.Array:
+        """Per-head ablation (if asked), then the output projection, from ``heads [b, q, h, d]``."""
+        batch, seq = heads.shape[:2]
+        if head_scale is not None:
+            # Ablation: head h's output becomes scale * output + (1 - scale) * replacement.
+            heads = heads * head_scale[:, None].astype(heads.dtype)
+            if head_replacement is not None:
+                heads = heads + ((1 - head_scale)[:, None] * head_replacement).astype(heads.dtype)
+        return self.c_proj(heads.reshape(batch, seq, self.n_head * self.d_head))
+
+    def _streaming(self, q, k, v, lengths, diag_rows, diag_visible, query, head_scale, head_replacement):
+        """Blockwise attention (O(b h q) memory); the ``[b, h, q, k]`` pattern is never formed."""
+        heads, diagnostics = streaming_attention(
+            q, k, v, lengths, scale=self.scale, precision=self.precision, diagnostics=query == "all"
+        )
+        if query == "last":
+            # Only one row per prompt: its scores against every key are O(b h k), formed directly.
+            q_rows = jnp.take_along_axis(q, diag_rows[:, :, None, None], axis=1)
+            rows = jnp.einsum(
+                "brhd,bkhd->bhrk", q_rows, k, precision=self.precision, preferred_element_type=jnp.float32
+            ) * jnp.float32(self.scale)
+            diagnostics = attention_diagnostics(rows, diag_visible)
+        return self._project(heads, head_scale, head_replacement), diagnostics, None
 
 
 class MLP(nnx.Module):
@@ -134,9 +177,9 @@ class Block(nnx.Module):
         self.ln_2 = _layer_norm(config, dtype, rngs)
         self.mlp = MLP(config, dtype=dtype, precision=precision, rngs=rngs)
 
-    def __call__(self, x, visible, diag_rows, diag_visible, head_scale=None, head_replacement=None):
+    def __call__(self, x, visible, diag_rows, diag_visible, head_scale=None, head_replacement=None, **attention):
         attn_out, diagnostics, probs = self.attn(
-            self.ln_1(x), visible, diag_rows, diag_visible, head_scale, head_replacement
+            self.ln_1(x), visible, diag_rows, diag_visible, head_scale, head_replacement, **attention
         )
         x = x + attn_out
         x = x + self.mlp(self.ln_2(x))
@@ -169,6 +212,7 @@ class GPT2(nnx.Module):
         return_attention: bool = False,
         head_scale: jax.Array | None = None,
         head_replacement: jax.Array | None = None,
+        attention: AttentionImpl = "auto",
     ) -> dict[str, jax.Array | dict[str, jax.Array]]:
         """Run the model on right-padded ``tokens [batch, seq]`` with true ``lengths [batch]``.
 
@@ -181,6 +225,10 @@ class GPT2(nnx.Module):
           head_scale, head_replacement: per-head ablation, shapes ``[layer, head]`` and
             ``[layer, head, d_head]``: each head's output becomes
             ``scale * output + (1 - scale) * replacement`` (0 and zeros = zero-ablation).
+          attention: ``"direct"`` forms each layer's ``[b, h, q, k]`` scores; ``"streaming"``
+            visits keys in blocks with O(b h q) memory (:mod:`jaxdiag.streaming`); ``"auto"``
+            (default) picks streaming for long prompts or large score tensors. Both give the
+            same values to float32 rounding. ``return_attention`` needs the direct path.
 
         Returns:
           ``hidden`` (after ``ln_f``, ``[b, seq, n_embd]``), ``diagnostics`` (name ->
@@ -190,6 +238,11 @@ class GPT2(nnx.Module):
         batch, seq = tokens.shape
         if seq > self.config.n_positions:
             raise JaxdiagError(f"sequence length {seq} exceeds the model's context window of {self.config.n_positions}")
+        impl = choose_attention(attention, batch=batch, n_head=self.config.n_head, seq=seq)
+        if return_attention:
+            if attention == "streaming":
+                raise JaxdiagError("return_attention=True needs attention='direct': streaming never forms the pattern")
+            impl = "direct"
         positions = jnp.arange(seq)
         key_real = positions[None, :] < lengths[:, None]
         visible = (positions[None, :, None] >= positions[None, None, :]) & key_real[:, None, :]
@@ -212,7 +265,9 @@ class GPT2(nnx.Module):
         for i, block in enumerate(self.h):
             scale_i = None if head_scale is None else head_scale[i]
             repl_i = None if head_replacement is None else head_replacement[i]
-            x, diagnostics, probs = block(x, visible, diag_rows, diag_visible, scale_i, repl_i)
+            x, diagnostics, probs = block(
+                x, visible, diag_rows, diag_visible, scale_i, repl_i, lengths=lengths, impl=impl, query=query
+            )
             if diagnostics is not None:
                 per_layer.append(diagnostics)
             if return_attention:

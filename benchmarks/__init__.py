@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks: jaxdiag vs transformers vs TransformerLens (see RESULTS.md)."""

@@ -1,0 +1,310 @@
+"""One measurement per fresh process: ``python -m benchmarks.workers '<json spec>'``.
+
+A fresh process per measurement keeps peak memory (VmHWM) honest and keeps one library's thread
+pools from competing with another's. The spec's ``kind`` picks the function below; the result is
+printed as one ``RESULT {json}`` line on stdout.
+
+Timed work: ``n_prompts`` prompts of ``seq`` tokens in batches of ``batch``, diagnostics of the
+last query position of every layer and head, copied to host memory as numpy. One warm-up pass
+(compilation for jaxdiag), then the best of ``repeats`` passes. Peak memory is reported twice:
+``peak_rss_mb`` over the whole process (loading, compiling, running) and ``run_peak_rss_mb`` over
+the timed passes only (VmHWM reset after the warm-up), next to ``setup_rss_mb`` (after loading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.measure import best_of, random_prompts, reset_peak_rss, rss_mb
+
+
+def _timed(spec: dict, run_pass, n_prompts: int) -> dict[str, Any]:
+    setup_rss = rss_mb("VmRSS")
+    t0 = time.perf_counter()
+    run_pass()  # warm-up: compilation, allocator growth, lazy imports
+    warmup_s = time.perf_counter() - t0
+    warmup_peak = rss_mb("VmHWM")
+    reset = reset_peak_rss()
+    times = best_of(run_pass, spec.get("repeats", 3), min_seconds=spec.get("min_seconds", 0.0))
+    best = min(times)
+    run_peak = rss_mb("VmHWM")
+    return {
+        "prompts_per_s": n_prompts / best,
+        "best_s": best,
+        "times_s": [round(t, 4) for t in times],
+        "warmup_s": round(warmup_s, 3),
+        "setup_rss_mb": round(setup_rss, 1),
+        "run_peak_rss_mb": round(run_peak, 1) if reset else None,
+        "peak_rss_mb": round(max(warmup_peak, run_peak), 1),
+    }
+
+
+# --------------------------------------------------------------------------- jaxdiag
+
+
+def _jax_setup(spec: dict):
+    import jax
+
+    if spec.get("matmul_precision_default"):
+        jax.config.update("jax_default_matmul_precision", spec["matmul_precision_default"])
+    import jaxdiag
+
+    loaded = jaxdiag.load(spec["checkpoint"], precision=spec.get("precision", "highest"))
+    return jax, loaded.model
+
+
+def jaxdiag_runner(spec: dict) -> dict[str, Any]:
+    """The sweep engine's path: length-bucketed units through ``runner.DeviceRunner`` on all local devices."""
+    jax, model = _jax_setup(spec)
+    from jaxdiag.runner import DeviceRunner, make_units
+
+    prompts = random_prompts(spec["n_prompts"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
+    units = make_units(list(enumerate(prompts.tolist())), batch_size=spec["batch"], limit=model.config.n_positions)
+    runner = DeviceRunner(model, spec.get("query", "last"))
+    collected: dict[int, dict[str, np.ndarray]] = {}
+
+    def run_pass():
+        for unit, result in runner.run(units):
+            collected[id(unit)] = result
+
+    out = _timed(spec, run_pass, len(prompts))
+    out["devices"] = len(runner.devices)
+    out["padded_seq"] = int(units[0].tokens.shape[1])
+    out["result_sha256"] = _digest([collected[id(u)] for u in units])
+    out |= _device_memory(jax)
+    return out
+
+
+def jaxdiag_step(spec: dict) -> dict[str, Any]:
+    """One jitted model step at exactly ``seq`` tokens with a chosen attention path ("direct"/"streaming")."""
+    jax, model = _jax_setup(spec)
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    query, attention = spec.get("query", "last"), spec.get("attention", "auto")
+
+    @jax.jit
+    def step(state, tokens, lengths):
+        return nnx.merge(graphdef, state)(tokens, lengths, query=query, attention=attention)["diagnostics"]
+
+    prompts = random_prompts(spec["n_prompts"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
+    batches = [prompts[i : i + spec["batch"]] for i in range(0, len(prompts), spec["batch"])]
+    lengths = np.full((spec["batch"],), spec["seq"], np.int32)
+    results: list = []
+
+    def run_pass():
+        results.clear()
+        pending = [step(state, b, lengths[: len(b)]) for b in batches]  # dispatch all, then sync once
+        results.extend(jax.device_get(pending))
+
+    out = _timed(spec, run_pass, len(prompts))
+    out["result_sha256"] = _digest(results)
+    if spec.get("return_values"):
+        out["values"] = {k: np.concatenate([r[k] for r in results]).tolist() for k in results[0]}
+    out |= _device_memory(jax)
+    return out
+
+
+def _device_memory(jax) -> dict[str, Any]:
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return {"device_peak_mb": round(peak / 2**20, 1)} if peak else {}
+
+
+def _digest(results: list[dict[str, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for r in results:
+        for k in sorted(r):
+            h.update(np.ascontiguousarray(r[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- PyTorch tools
+
+
+def torch_diagnostics(patterns: list, torch) -> dict[str, Any]:
+    """The seven diagnostics of the last query row from each layer's ``[b, h, q, k]`` probabilities.
+
+    Equal-length prompts, so every key is visible to the last row (n = seq). ``z`` is known only up
+    to a per-row constant from the probabilities (log pi = z - logsumexp z), and every diagnostic is
+    invariant to that constant, so log pi stands in for z. Same definitions as jaxdiag.diagnostics.
+    """
+    pi = torch.stack([p[:, :, -1, :] for p in patterns], dim=1).float()  # [b, layer, head, n]
+    n = pi.shape[-1]
+    log_n = float(np.log(n))
+    log_pi = torch.log(pi.clamp_min(torch.finfo(torch.float32).tiny))
+    entropy = -(pi * log_pi).sum(-1)
+    kl = (pi * (log_pi + log_n)).sum(-1).clamp_min(0.0)
+    mean_log_pi = (pi * log_pi).sum(-1, keepdim=True)
+    var = (pi * (log_pi - mean_log_pi).square()).sum(-1)
+    centred = log_pi - log_pi.mean(-1, keepdim=True)
+    out = {
+        "kl": kl, "kl_norm": kl / log_n, "chi": var / log_n**2, "entropy": entropy,
+        "max_attn": pi.max(-1).values, "bos_attn": pi[..., 0], "z_excess": (pi * centred).sum(-1),
+    }
+    return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+def _torch_setup(spec: dict):
+    import torch
+
+    if spec.get("torch_threads"):
+        torch.set_num_threads(spec["torch_threads"])
+    device = "cuda" if spec.get("device") == "gpu" else "cpu"
+    return torch, device
+
+
+def transformers_eager(spec: dict) -> dict[str, Any]:
+    """``GPT2Model`` (no LM head), eager attention, ``output_attentions=True``, reductions in torch."""
+    torch, device = _torch_setup(spec)
+    from transformers import GPT2Model
+
+    model = GPT2Model.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval().to(device)
+    prompts = random_prompts(spec["n_prompts"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
+    batches = [torch.from_numpy(prompts[i : i + spec["batch"]]).long().to(device) for i in range(0, len(prompts), spec["batch"])]
+
+    def run_pass():
+        with torch.inference_mode():
+            for tokens in batches:
+                torch_diagnostics(model(tokens, output_attentions=True).attentions, torch)
+
+    out = _timed(spec, run_pass, len(prompts))
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def transformerlens_bridge(spec: dict) -> dict[str, Any]:
+    """TransformerLens 4: ``TransformerBridge.boot_transformers`` + pattern-only ``run_with_cache``.
+
+    The bridge always runs the LM head (``stop_at_layer`` cannot stop after the last block), so its
+    pass costs ``lm_head_flops`` more than the other tools'; that is its user-facing cost.
+    """
+    torch, device = _torch_setup(spec)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(spec["checkpoint"], device=device)
+    n_layers = bridge.cfg.n_layers
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(n_layers)]
+    prompts = random_prompts(spec["n_prompts"], spec["seq"], bridge.cfg.d_vocab, spec.get("seed", 0))
+    batches = [torch.from_numpy(prompts[i : i + spec["batch"]]).long().to(device) for i in range(0, len(prompts), spec["batch"])]
+
+    def run_pass():
+        with torch.inference_mode():
+            for tokens in batches:
+                _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+                torch_diagnostics([cache[name] for name in names], torch)
+
+    out = _timed(spec, run_pass, len(prompts))
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+# --------------------------------------------------------------------------- GEMM rate
+
+
+def gemm(spec: dict) -> dict[str, Any]:
+    """Best fp32 GEMM rate (GFLOP/s) of one library over the model's own matrix shapes."""
+    shapes = [tuple(s) for s in spec["shapes"]]
+    repeats = spec.get("repeats", 10)
+    rates = {}
+    rng = np.random.default_rng(0)
+    if spec["library"] == "torch":
+        torch, device = _torch_setup(spec)
+        for m, k, n in shapes:
+            a = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32)).to(device)
+            b = torch.from_numpy(rng.standard_normal((k, n), dtype=np.float32)).to(device)
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+            def once():
+                a @ b
+                sync()
+
+            once()
+            rates[f"{m}x{k}x{n}"] = 2 * m * k * n / min(best_of(once, repeats)) / 1e9
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        for m, k, n in shapes:
+            a = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+            b = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
+            f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+            f(a, b).block_until_ready()
+            rates[f"{m}x{k}x{n}"] = 2 * m * k * n / min(best_of(lambda: f(a, b).block_until_ready(), repeats)) / 1e9
+    return {"gflops": {k: round(v, 1) for k, v in rates.items()}, "best_gflops": round(max(rates.values()), 1)}
+
+
+# --------------------------------------------------------------------------- setup and environment
+
+
+def make_checkpoint(spec: dict) -> dict[str, Any]:
+    """A randomly initialised GPT-2 of ``spec["config"]`` in HF format, with GPT-2's tokenizer files.
+
+    Random weights cost exactly what trained ones do. The tokenizer files let TransformerLens boot
+    from the directory without a hub (it builds a tokenizer from the model directory).
+    """
+    from flax import nnx
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxdiag.checkpoint import save_checkpoint
+    from jaxdiag.config import GPT2Config
+    from jaxdiag.model import GPT2
+    from jaxdiag.tokenizer import _byte_level_bpe, bundled_gpt2_files
+
+    config = GPT2Config(**spec["config"])
+    directory = save_checkpoint(GPT2(config, rngs=nnx.Rngs(spec.get("seed", 0))), spec["checkpoint"])
+    eos = "<|endoftext|>"
+    PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(*bundled_gpt2_files()), bos_token=eos, eos_token=eos, unk_token=eos
+    ).save_pretrained(directory)
+    return {"checkpoint": str(directory)}
+
+
+
+
+def probe(spec: dict) -> dict[str, Any]:
+    """Backend, devices and library versions, as the workers see them."""
+    import jax
+
+    out: dict[str, Any] = {
+        "jax": jax.__version__, "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+    }
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["torch_cuda"] = bool(torch.cuda.is_available())
+        out["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        out["torch"] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for module, dist in (("transformers", "transformers"), ("transformer_lens", "transformer-lens"), ("flax", "flax")):
+        try:
+            out[module] = version(dist)
+        except PackageNotFoundError:
+            out[module] = None
+    return out
+
+
+KINDS = {
+    "jaxdiag_runner": jaxdiag_runner, "jaxdiag_step": jaxdiag_step, "transformers": transformers_eager,
+    "transformerlens": transformerlens_bridge, "gemm": gemm, "probe": probe, "make_checkpoint": make_checkpoint,
+}
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[0])
+    result = KINDS[spec["kind"]](spec)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

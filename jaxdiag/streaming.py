@@ -1,0 +1,173 @@
+"""Flash-style causal attention that also streams the seven diagnostics, one block of keys at a time.
+
+The direct path (:class:`jaxdiag.model.Attention`) materialises a layer's scores ``[b, h, q, k]``:
+fine for short prompts, quadratic in memory for long ones (64 prompts x 12 heads x 1024^2 keys is
+3 GiB per temporary). Here the keys are visited in blocks of ``block`` and each query row keeps only
+running statistics of its scores, merged block by block:
+
+- ``m``   the running maximum (for a stable softmax, as in FlashAttention),
+- ``l``   sum of ``exp(z - m)`` (the softmax normaliser, relative to ``m``),
+- ``mu``  the softmax-weighted mean of the scores, ``<z>_pi``,
+- ``m2``  the softmax-weighted sum of squared deviations from ``mu`` (so ``Var_pi(z) = m2 / l``),
+- ``n``, ``mean_u``  the number and plain mean of the visible scores,
+
+plus the attention output accumulated against the same ``exp(z - m)``. Means and squared
+deviations are merged with Chan et al.'s pairwise update (weighted Welford), never as
+``E[z^2] - E[z]^2``, so no cancellation; and every score is taken relative to the same row's BOS
+score (key 0, which every query sees), so the sums do not carry the scores' overall offset.
+From those, with ``lse = m + log l`` (in those shifted units):
+
+  entropy = lse - <z>_pi,   kl = log n - entropy,   chi = (m2 / l) / (log n)^2,
+  max_attn = exp(m - lse) = 1 / l,   bos_attn = exp(0 - lse),   z_excess = <z>_pi - mean_u.
+
+Memory per layer is O(batch x heads x queries x block) instead of O(batch x heads x queries x keys).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiag.diagnostics import finish_diagnostics
+
+DEFAULT_BLOCK = 128
+
+
+class RowStats(NamedTuple):
+    """Running statistics of each query row's visible scores (shifted by the row's BOS score)."""
+
+    m: jax.Array  # max visible score; -inf while none seen
+    l: jax.Array  # sum exp(z - m)
+    mu: jax.Array  # <z>_pi
+    m2: jax.Array  # sum exp(z - m) (z - mu)^2
+    n: jax.Array  # visible keys seen (float32)
+    mean_u: jax.Array  # plain mean of the visible scores
+
+
+def empty_stats(shape: tuple[int, ...]) -> RowStats:
+    zeros = jnp.zeros(shape, jnp.float32)
+    return RowStats(jnp.full(shape, -jnp.inf, jnp.float32), zeros, zeros, zeros, zeros, zeros)
+
+
+def block_stats(z: jax.Array, visible: jax.Array) -> tuple[RowStats, jax.Array]:
+    """Statistics of one block of scores ``z [..., k]`` over its visible keys, and ``exp(z - m)``.
+
+    The weights are returned so the caller can reuse them for the attention output. A row with no
+    visible key in the block gives ``m = -inf`` and ``l = n = 0``, which :func:`merge` treats as empty.
+    """
+    m = jnp.max(jnp.where(visible, z, -jnp.inf), axis=-1)
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    weights = jnp.where(visible, jnp.exp(z - m_safe[..., None]), 0.0)
+    l = jnp.sum(weights, axis=-1)
+    mu = jnp.sum(weights * z, axis=-1) / jnp.where(l > 0, l, 1.0)
+    m2 = jnp.sum(weights * jnp.square(z - mu[..., None]), axis=-1)
+    n = jnp.sum(visible, axis=-1).astype(jnp.float32)
+    mean_u = jnp.sum(jnp.where(visible, z, 0.0), axis=-1) / jnp.maximum(n, 1.0)
+    return RowStats(m, l, mu, m2, n, mean_u), weights
+
+
+def merge_scales(a: RowStats, b: RowStats) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The common maximum and the factors that rescale ``a``'s and ``b``'s ``exp`` sums onto it."""
+    m = jnp.maximum(a.m, b.m)
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    # An empty side (m = -inf) gets factor 0: exp(-inf - m) is 0, but exp(-inf - -inf) would be NaN.
+    alpha = jnp.where(jnp.isfinite(a.m), jnp.exp(a.m - m_safe), 0.0)
+    beta = jnp.where(jnp.isfinite(b.m), jnp.exp(b.m - m_safe), 0.0)
+    return m, alpha, beta
+
+
+def merge(a: RowStats, b: RowStats, alpha: jax.Array, beta: jax.Array, m: jax.Array) -> RowStats:
+    """Combine two disjoint sets of keys (Chan et al.'s parallel update, softmax-weighted)."""
+    la, lb = a.l * alpha, b.l * beta
+    l = la + lb
+    safe_l = jnp.where(l > 0, l, 1.0)
+    delta = b.mu - a.mu
+    mu = a.mu + delta * (lb / safe_l)
+    m2 = a.m2 * alpha + b.m2 * beta + jnp.square(delta) * (la * lb / safe_l)
+    n = a.n + b.n
+    mean_u = a.mean_u + (b.mean_u - a.mean_u) * (b.n / jnp.maximum(n, 1.0))
+    return RowStats(m, l, mu, m2, n, mean_u)
+
+
+def stats_diagnostics(stats: RowStats) -> dict[str, jax.Array]:
+    """The seven diagnostics from a row's final statistics (scores shifted so that BOS is 0)."""
+    safe_l = jnp.where(stats.l > 0, stats.l, 1.0)
+    lse = jnp.where(stats.n > 0, stats.m, 0.0) + jnp.log(safe_l)
+    entropy = lse - stats.mu
+    kl = jnp.maximum(jnp.log(jnp.maximum(stats.n, 1.0)) - entropy, 0.0)
+    return finish_diagnostics(
+        stats.n, kl=kl, entropy=entropy, var_z=stats.m2 / safe_l, max_attn=1.0 / safe_l,
+        bos_attn=jnp.exp(-lse), z_excess=stats.mu - stats.mean_u,
+    )
+
+
+def streaming_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    lengths: jax.Array,
+    *,
+    scale: float,
+    precision: jax.lax.Precision | None = None,
+    block: int = DEFAULT_BLOCK,
+    diagnostics: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """Causal, right-padded attention over key blocks, with every query row's diagnostics on request.
+
+    Args:
+      q, k, v: ``[batch, seq, head, d_head]`` (any float dtype; scores and statistics are float32).
+      lengths: ``[batch]`` true prompt lengths: key ``j`` is visible to query ``i`` iff
+        ``j <= i`` and ``j < lengths[b]`` (exactly the direct path's mask).
+      scale: the score scale (``1 / sqrt(d_head)``, possibly divided by the layer index).
+      block: keys per step; the sequence is padded up to a multiple of it internally.
+      diagnostics: also return the seven diagnostics for every query row, ``[batch, head, seq]``
+        (NaN for query rows at or beyond ``lengths``, as the direct path gives).
+
+    Returns:
+      The attention output ``[batch, seq, head, d_head]`` in ``v``'s dtype, and the diagnostics
+      dict (or ``None``).
+    """
+    batch, seq, n_head, d_head = q.shape
+    block = min(block, seq)
+    n_blocks = math.ceil(seq / block)
+    padded = n_blocks * block
+    if padded != seq:
+        pad = ((0, 0), (0, padded - seq), (0, 0), (0, 0))
+        k, v = jnp.pad(k, pad), jnp.pad(v, pad)
+    # [n_blocks, batch, block, head, d]: the scan's leading axis.
+    k_blocks = k.reshape(batch, n_blocks, block, n_head, d_head).swapaxes(0, 1)
+    v_blocks = v.reshape(batch, n_blocks, block, n_head, d_head).swapaxes(0, 1)
+
+    fscale = jnp.float32(scale)
+    query_pos = jnp.arange(seq)
+    # Every query sees key 0 (causal, and lengths >= 1): its score is each row's reference point.
+    z_bos = jnp.einsum("bqhd,bhd->bhq", q, k[:, 0], precision=precision, preferred_element_type=jnp.float32) * fscale
+
+    def step(carry, xs):
+        stats, acc = carry
+        k_blk, v_blk, start = xs
+        key_pos = start + jnp.arange(block)
+        visible = (key_pos[None, None, :] <= query_pos[None, :, None]) & (key_pos[None, None, :] < lengths[:, None, None])
+        visible = visible[:, None]  # [b, 1, q, block]
+        z = jnp.einsum("bqhd,bkhd->bhqk", q, k_blk, precision=precision, preferred_element_type=jnp.float32) * fscale
+        new, weights = block_stats(z - z_bos[..., None], visible)
+        m, alpha, beta = merge_scales(stats, new)
+        block_out = jnp.einsum(
+            "bhqk,bkhd->bhqd", weights.astype(v.dtype), v_blk, precision=precision, preferred_element_type=jnp.float32
+        )
+        acc = acc * alpha[..., None] + block_out * beta[..., None]
+        return (merge(stats, new, alpha, beta, m), acc), None
+
+    init = (empty_stats((batch, n_head, seq)), jnp.zeros((batch, n_head, seq, d_head), jnp.float32))
+    starts = jnp.arange(n_blocks) * block
+    (stats, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, starts))
+
+    out = (acc / stats.l[..., None]).astype(v.dtype).transpose(0, 2, 1, 3)  # every row has l >= 1
+    if not diagnostics:
+        return out, None
+    query_real = query_pos[None, None, :] < lengths[:, None, None]
+    stats = stats._replace(n=jnp.where(query_real, stats.n, 0.0))  # padded queries: NaN, as direct
+    return out, stats_diagnostics(stats)

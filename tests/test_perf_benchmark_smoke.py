@@ -1,0 +1,39 @@
+"""The benchmark command runs end to end (tiny model) and writes RESULTS.md and results.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_command_runs_end_to_end(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    markdown = (tmp_path / "RESULTS.md").read_text()
+
+    assert results["profile"] == "smoke" and "--smoke" in results["command"]
+    assert results["machine"]["cpu_count"] and results["date"] and len(results["load_avg_start"]) == 3
+    tools = results["short"]["tools"]
+    for name in ("jaxdiag", "transformers", "transformerlens", "jaxdiag_exact_length"):
+        assert "error" not in tools[name], (name, tools[name].get("error"))
+        assert tools[name]["prompts_per_s"] > 0 and tools[name]["peak_rss_mb"] > 0
+    summary = results["summary"]
+    assert summary["ceiling_prompts_per_s"] > 0 and summary["speedup_vs_faster_pytorch_tool"] > 0
+    assert all("error" not in r for row in results["long"] for r in row["tools"].values())
+    assert {(r["query"], r["attention"]) for r in results["memory"]} == {
+        (q, a) for q in ("last", "all") for a in ("direct", "streaming")
+    }
+    # Every device count computes the same numbers.
+    digests = {r["result_sha256"] for r in results["scale"]}
+    assert len(digests) == 1 and [r["devices"] for r in results["scale"]] == [1, 2]
+    for heading in ("## Targets", "## Short prompts", "## Long prompts", "## Peak memory", "## Scale-out", "## GPU"):
+        assert heading in markdown
+    assert results["command"] in markdown
