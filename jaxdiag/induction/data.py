@@ -4,9 +4,12 @@ Token 0 is BOS and starts every sequence; content tokens are ``1 .. vocab_size -
 content is drawn without replacement, so the only repeated tokens are the ones a copy puts there
 and "the token after the earlier occurrence" is always unambiguous.
 
-A *copy* repeats ``seg_len`` tokens from position ``src`` at position ``dst = src + period``.
-Period, length and start all vary, and a share of sequences are fully random: with one fixed
-segment length a model solves the task by attending to a fixed offset instead of by induction.
+A *copy* repeats the sequence with period ``period`` from ``dst = src + period`` on, for ``seg_len``
+tokens: ``tokens[t] = tokens[t - period]`` there (``seg_len > period`` repeats the segment more than
+once). Period and start are drawn independently, and a share of sequences are fully
+random: when one period dominates the copyable tokens, a model copies by attending to that fixed
+offset instead of by induction (seen with non-overlapping copies, whose long segments force
+periods near half the sequence).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ BOS_ID = 0
 
 @dataclasses.dataclass(frozen=True)
 class Copy:
-    """``tokens[dst : dst + seg_len] == tokens[src : src + seg_len]`` with ``dst = src + period``."""
+    """``tokens[t] == tokens[t - period]`` for ``dst <= t < dst + seg_len``, where ``dst = src + period``."""
 
     src: int
     period: int
@@ -40,23 +43,28 @@ def random_content(rng: np.random.Generator, n: int, vocab_size: int) -> np.ndar
     return rng.choice(np.arange(1, vocab_size), size=n, replace=False).astype(np.int32)
 
 
-def sample_copy(rng: np.random.Generator, n_tokens: int, min_seg_len: int = 3) -> Copy:
-    """A random non-overlapping copy that fits in a sequence of ``n_tokens`` (BOS at 0)."""
-    max_seg_len = (n_tokens - 1) // 2
-    seg_len = int(rng.integers(min_seg_len, max_seg_len + 1))
-    period = int(rng.integers(seg_len, n_tokens - seg_len))  # dst + seg_len <= n_tokens needs src >= 1
-    src = int(rng.integers(1, n_tokens - period - seg_len + 1))
+MIN_PERIOD, MAX_PERIOD = 3, 14
+
+
+def sample_copy(rng: np.random.Generator, n_tokens: int, max_period: int = MAX_PERIOD) -> Copy:
+    """A random copy that fits in ``n_tokens`` (BOS at 0): period uniform in ``3 .. max_period`` (at
+    most ``(n - 1) // 2``), random start, and at least one whole repeat of the segment, often more."""
+    period = int(rng.integers(MIN_PERIOD, min(max_period, (n_tokens - 1) // 2) + 1))
+    src = int(rng.integers(1, n_tokens - 2 * period + 1))
+    seg_len = int(rng.integers(period, n_tokens - src - period + 1))
     return Copy(src, period, seg_len)
 
 
 def apply_copy(tokens: np.ndarray, copy: Copy) -> np.ndarray:
     out = tokens.copy()
-    out[copy.dst : copy.dst + copy.seg_len] = tokens[copy.src : copy.src + copy.seg_len]
+    for t in range(copy.dst, copy.dst + copy.seg_len):  # one by one: a copy may overlap its source
+        out[t] = out[t - copy.period]
     return out
 
 
 def training_batch(
-    rng: np.random.Generator, batch: int, n_tokens: int, vocab_size: int, *, p_random: float, copy_weight: float
+    rng: np.random.Generator, batch: int, n_tokens: int, vocab_size: int, *, p_random: float, copy_weight: float,
+    max_period: int = MAX_PERIOD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(tokens [batch, n_tokens], weights [batch, n_tokens - 1])`` for next-token training.
 
@@ -69,7 +77,7 @@ def training_batch(
     for b in range(batch):
         seq = np.concatenate([[BOS_ID], random_content(rng, n_tokens - 1, vocab_size)]).astype(np.int32)
         if rng.random() >= p_random:
-            copy = sample_copy(rng, n_tokens)
+            copy = sample_copy(rng, n_tokens, max_period)
             seq = apply_copy(seq, copy)
             weights[b, np.asarray(copy.predictable_targets()) - 1] = copy_weight
         tokens[b] = seq

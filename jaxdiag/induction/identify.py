@@ -1,6 +1,6 @@
 """Find the induction circuit's heads without the attention diagnostics, and write the circuit file.
 
-    python -m jaxdiag.induction.identify jaxdiag/data/induction-3l8h
+    python -m jaxdiag.induction.identify jaxdiag/data/induction-2l12h
 
 Two independent kinds of evidence, both from the model's own forward pass:
 
@@ -10,8 +10,14 @@ Two independent kinds of evidence, both from the model's own forward pass:
   (previous-token score);
 - ablation: how much copying accuracy drops when the head alone is mean-ablated (and zero-ablated).
 
-A head gets a role when its attention score for that role is at least ``ROLE_SCORE`` and its
-mean-ablation drop is at least ``ROLE_DROP``. The circuit file (TOML, the format ``jaxdiag report
+A head gets a role when its attention score for that role is at least ``ROLE_SCORE`` and it is
+causal for copying: either its own causal effect (the larger of the copying accuracy lost when it
+alone is mean-ablated and the accuracy it restores alone while the rest of its role group is
+mean-ablated) is at least ``ROLE_DROP``, or its role group as a whole is causal (mean-ablating
+all the group's candidates costs at least ``ROLE_DROP``) and its own effect is positive. The group
+test exists because redundant heads each matter little alone although together they are the
+circuit: the shipped model spreads induction over all eight heads of layer 1 (d_head = 8, so no
+single head's output can carry a token's identity). The circuit file (TOML, the format ``jaxdiag report
 --circuit`` reads) lists heads by role and points to ``ablation.json``, the per-head drops.
 """
 
@@ -88,20 +94,56 @@ class Identification:
     fixed_offset: np.ndarray
     mean_drop: np.ndarray
     zero_drop: np.ndarray
+    restore_gain: np.ndarray  # accuracy a candidate restores alone within its ablated role group
+    group_drop: dict[str, float]  # accuracy lost when each role's candidates are ablated together
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {"Induction": self.induction_score, "Previous Token": self.previous_token_score,
+                "Duplicate Token": self.duplicate_score}
+
+    def causal_effect(self) -> np.ndarray:
+        """``[layer, head]``: the larger of the alone-ablated drop and the within-group restoration."""
+        return np.maximum(self.mean_drop, self.restore_gain)
 
     def roles(self) -> dict[str, list[tuple[int, int]]]:
-        scores = {"Induction": self.induction_score, "Previous Token": self.previous_token_score,
-                  "Duplicate Token": self.duplicate_score}
-        causal = self.mean_drop >= ROLE_DROP
+        candidates = role_candidates(self.scores())
+        effect = self.causal_effect()
         out = {}
-        for role in ROLES:
-            chosen = np.argwhere((scores[role] >= ROLE_SCORE) & causal)
-            # a head strong on two roles keeps the one it scores higher on
-            heads = [(int(l), int(h)) for l, h in chosen
-                     if max(ROLES, key=lambda r: scores[r][l, h]) == role]
-            if heads:
-                out[role] = heads
+        for role, heads in candidates.items():
+            group_causal = self.group_drop.get(role, 0.0) >= ROLE_DROP
+            kept = [head for head in heads if effect[head] >= ROLE_DROP or (group_causal and effect[head] > 0)]
+            if kept:
+                out[role] = kept
         return out
+
+
+def role_candidates(scores: dict[str, np.ndarray]) -> dict[str, list[tuple[int, int]]]:
+    """Heads whose attention score for a role reaches ``ROLE_SCORE`` (a head strong on two roles
+    keeps the one it scores higher on)."""
+    out = {}
+    for role in ROLES:
+        chosen = np.argwhere(scores[role] >= ROLE_SCORE)
+        heads = [(int(l), int(h)) for l, h in chosen if max(ROLES, key=lambda r: scores[r][l, h]) == role]
+        if heads:
+            out[role] = heads
+    return out
+
+
+def restoration_gains(model: GPT2, data: CopyingSet, candidates: dict[str, list[tuple[int, int]]],
+                      means: np.ndarray, baseline: float) -> tuple[np.ndarray, dict[str, float]]:
+    """Per head ``[layer, head]``: copying accuracy with all of a role's candidates mean-ablated but
+    this one, minus accuracy with all of them ablated (0 for heads that are no candidate); and per
+    role, the accuracy lost when all its candidates are mean-ablated together."""
+    n_layer, n_head = means.shape[:2]
+    gains = np.zeros((n_layer, n_head))
+    group_drop = {}
+    for role, heads in candidates.items():
+        floor = ablated_accuracy(model, data, heads, "mean", means)
+        group_drop[role] = round(baseline - floor, 4)
+        for head in heads:
+            others = [h for h in heads if h != head]
+            gains[head] = ablated_accuracy(model, data, others, "mean", means) - floor
+    return gains, group_drop
 
 
 def identify(model: GPT2, *, n_prompts: int = 256, progress: bool = False) -> Identification:
@@ -116,14 +158,21 @@ def identify(model: GPT2, *, n_prompts: int = 256, progress: bool = False) -> Id
     means = mean_head_outputs(model, random_set(MEAN_SEED, 64, n_tokens - 1, vocab))
     baseline, mean_drop = per_head_drops(model, copies, "mean", means, progress=progress)
     _, zero_drop = per_head_drops(model, copies, "zero", progress=progress)
+    previous_token = offset_attention(random_patterns, 1)[..., 1]
+    candidates = role_candidates(
+        {"Induction": induction, "Previous Token": previous_token, "Duplicate Token": duplicate}
+    )
+    restore_gain, group_drop = restoration_gains(model, copies, candidates, means, baseline)
     return Identification(
         baseline_accuracy=baseline,
         induction_score=induction,
         duplicate_score=duplicate,
-        previous_token_score=offset_attention(random_patterns, 1)[..., 1],
+        previous_token_score=previous_token,
         fixed_offset=fixed_offset_attention(random_patterns),
         mean_drop=mean_drop,
         zero_drop=zero_drop,
+        restore_gain=restore_gain,
+        group_drop=group_drop,
     )
 
 
@@ -137,10 +186,12 @@ def write_circuit(directory: Path, found: Identification, joint: dict[str, float
     roles = found.roles()
     lines = [
         "# Heads of the shipped induction model's circuit, found WITHOUT the attention diagnostics:",
-        f"# a role needs attention score >= {ROLE_SCORE} on the role's target and a copying-accuracy",
-        f"# drop >= {ROLE_DROP} when the head alone is mean-ablated (python -m jaxdiag.induction.identify).",
-        'name = "induction-3l8h"',
-        'description = "Induction circuit of jaxdiag\'s shipped 3x8 GPT-2 (identified by attention + ablation)"',
+        f"# a role needs attention score >= {ROLE_SCORE} on the role's target and a causal effect on copying",
+        f"# >= {ROLE_DROP} (the drop when the head alone is mean-ablated, or the accuracy it restores alone",
+        "# while the rest of its role group is mean-ablated), or a positive effect within a role group whose",
+        f"# joint mean-ablation costs >= {ROLE_DROP} (python -m jaxdiag.induction.identify).",
+        f'name = "{directory.name}"',
+        f'description = "Induction circuit of jaxdiag\'s shipped {n_layers}x{n_heads} GPT-2 (identified by attention + ablation)"',
         f"n_layers = {n_layers}",
         f"n_heads = {n_heads}",
         'ablation = "ablation.json"',
@@ -150,9 +201,13 @@ def write_circuit(directory: Path, found: Identification, joint: dict[str, float
     ]
     (directory / "circuit.toml").write_text("\n".join(lines) + "\n")
     record = {
-        "effect": _grid(found.mean_drop),
-        "description": "[layer][head] drop in copying accuracy (fraction of copyable tokens) when that head "
-                       "alone is mean-ablated; 'zero_ablation' likewise with zero-ablation",
+        "effect": _grid(found.causal_effect()),
+        "description": "[layer][head] causal effect on copying accuracy (fraction of copyable tokens): the larger "
+                       "of 'mean_ablation' (drop when the head alone is mean-ablated) and 'restoration' (accuracy "
+                       "the head restores alone while the rest of its role group is mean-ablated); "
+                       "'zero_ablation' is the drop under zero-ablation",
+        "mean_ablation": _grid(found.mean_drop),
+        "restoration": _grid(found.restore_gain),
         "baseline_copying_accuracy": round(found.baseline_accuracy, 4),
         "zero_ablation": _grid(found.zero_drop),
         "induction_score": _grid(found.induction_score),
@@ -160,10 +215,13 @@ def write_circuit(directory: Path, found: Identification, joint: dict[str, float
         "previous_token_score": _grid(found.previous_token_score),
         "max_fixed_offset_attention_random": _grid(found.fixed_offset),
         "joint_ablation_accuracy": joint,
+        "candidate_group_drop": found.group_drop,
         "thresholds": {"role_score": ROLE_SCORE, "role_drop": ROLE_DROP},
         "prompts": {"copy_seed": COPY_SEED, "random_seed": RANDOM_SEED, "mean_seed": MEAN_SEED},
     }
-    (directory / "ablation.json").write_text(json.dumps(record, indent=1) + "\n")
+    # one key per line, each [layer][head] grid on its line: diff-able and readable
+    body = ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in record.items())
+    (directory / "ablation.json").write_text("{\n" + body + "\n}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

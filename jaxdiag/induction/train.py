@@ -40,17 +40,23 @@ EVAL_SEED = 12345  # the copying-accuracy prompts; fixed, independent of the tra
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     vocab_size: int = 256
-    n_layer: int = 3
-    n_head: int = 8
-    n_embd: int = 128
+    n_layer: int = 2
+    n_head: int = 12
+    n_embd: int = 96
     # Curriculum: (sequence length in tokens incl. BOS and the last target, steps). The last stage's
     # inputs span the whole context window, so every position the diagnostics read is trained.
-    stages: tuple[tuple[int, int], ...] = ((25, 2000), (49, 1500))
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
+    stages: tuple[tuple[int, int], ...] = ((33, 2000),)
+    batch_size: int = 64
+    # 1e-3 crosses the induction phase change near step 600; 3e-3 stalled on a plateau for
+    # thousands of steps in every run tried (d_model 64 and 128).
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
     weight_decay: float = 0.01
-    p_random: float = 0.25  # share of fully random sequences (nothing to copy)
+    clip_norm: float = 1.0
+    # Periods beyond the head count: with fewer offsets than heads, one head per period can copy
+    # by a fixed-offset shortcut instead of by induction (seen with 2 x 12 heads and periods 3-14).
+    max_period: int = 14
+    p_random: float = 0.1  # share of fully random sequences (nothing to copy)
     copy_weight: float = 4.0  # loss weight of copyable targets
     eval_prompts: int = 256
 
@@ -73,46 +79,69 @@ def _loss(model: GPT2, tokens: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(next_token_nll(model, tokens) * weights) / jnp.sum(weights)
 
 
-@nnx.jit
-def _train_step(model: GPT2, optimizer: nnx.Optimizer, tokens: jax.Array, weights: jax.Array) -> jax.Array:
-    loss, grads = nnx.value_and_grad(_loss)(model, tokens, weights)
-    optimizer.update(model, grads)
-    return loss
+def _compile_step(model: GPT2, tx: optax.GradientTransformation):
+    """A jitted pure ``(params, opt_state, tokens, weights) -> (params, opt_state, loss)``.
+
+    Parameters travel as a plain pytree (nnx.split once, outside the loop), which keeps the
+    per-step Python overhead of ``nnx.jit`` graph traversal out of a 2,000-step CPU run.
+    """
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    @jax.jit
+    def step(params, opt_state, tokens, weights):
+        loss, grads = jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p), tokens, weights))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return graphdef, params, step
 
 
-def evaluate(model: GPT2, cfg: TrainConfig) -> dict[str, float]:
-    """Copying accuracy on held-out prompts at the full context length: varied copies and halves."""
+def evaluate(model: GPT2, cfg: TrainConfig, n_tokens: int | None = None) -> dict[str, float]:
+    """Copying accuracy on held-out prompts (default: the full context): varied copies and halves."""
     predict = compile_predict(model)
-    n_tokens = cfg.n_positions + 1
+    n_tokens = n_tokens or cfg.n_positions + 1
     return {
         kind: copying_accuracy(predict, copying_set(EVAL_SEED, cfg.eval_prompts, n_tokens, cfg.vocab_size, kind=kind))
         for kind in ("varied", "halves")
     }
 
 
-def train(cfg: TrainConfig, seed: int, *, progress: bool = True) -> tuple[GPT2, dict]:
-    """Train from scratch; returns the model and a summary (losses, accuracies)."""
+def train(cfg: TrainConfig, seed: int, *, progress: bool = True, snapshots: Path | None = None,
+          eval_every: int = 250) -> tuple[GPT2, dict]:
+    """Train from scratch; returns the model and a summary (losses, accuracies).
+
+    ``snapshots``: also save the model every ``eval_every`` steps into ``snapshots/step_N`` (to
+    choose a step count; the schedule is constant, so ``--steps N`` retrains that very snapshot).
+    """
     rng = np.random.default_rng(seed)
     model = GPT2(cfg.model_config(), precision="highest", rngs=nnx.Rngs(seed))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, cfg.total_steps // 10), cfg.total_steps, end_value=cfg.learning_rate * 0.05
-    )
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=cfg.weight_decay), wrt=nnx.Param)
+    # Constant after warm-up, so a run of N steps is exactly the first N steps of any longer run.
+    schedule = optax.warmup_constant_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    graphdef, params, step = _compile_step(model, tx)
+    opt_state = tx.init(params)
     history = []
     bar = tqdm(total=cfg.total_steps, disable=not progress, desc="training", mininterval=5)
     loss = float("nan")
     for n_tokens, steps in cfg.stages:
         for _ in range(steps):
             tokens, weights = training_batch(
-                rng, cfg.batch_size, n_tokens, cfg.vocab_size, p_random=cfg.p_random, copy_weight=cfg.copy_weight
+                rng, cfg.batch_size, n_tokens, cfg.vocab_size, p_random=cfg.p_random, copy_weight=cfg.copy_weight,
+                max_period=cfg.max_period,
             )
-            loss = float(_train_step(model, optimizer, jnp.asarray(tokens), jnp.asarray(weights)))
+            params, opt_state, loss_value = step(params, opt_state, jnp.asarray(tokens), jnp.asarray(weights))
             bar.update()
             if bar.n % 100 == 0:
+                loss = float(loss_value)
                 bar.set_postfix(loss=f"{loss:.3f}", seq=n_tokens)
                 history.append({"step": bar.n, "loss": round(loss, 4)})
-            if bar.n % 500 == 0 and progress:
-                bar.write(f"step {bar.n}: loss {loss:.4f} copying {evaluate(model, cfg)}")
+            if bar.n % eval_every == 0 and (progress or snapshots):
+                model = nnx.merge(graphdef, params)
+                bar.write(f"step {bar.n}: loss {float(loss_value):.4f} copying at {n_tokens} tokens {evaluate(model, cfg, n_tokens)}")
+                if snapshots is not None:
+                    save_checkpoint(model, snapshots / f"step_{bar.n}")
+    loss = float(loss_value)
+    model = nnx.merge(graphdef, params)
     bar.close()
     return model, {"final_loss": loss, "loss_history": history, "copying_accuracy": evaluate(model, cfg)}
 
@@ -123,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, nargs="+", help="steps per curriculum stage (default: the recorded ones)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--copy-weight", type=float, help=f"loss weight of copyable targets (default {TrainConfig.copy_weight})")
+    parser.add_argument("--p-random", type=float, help=f"share of fully random sequences (default {TrainConfig.p_random})")
+    parser.add_argument("--arch", type=int, nargs=3, metavar=("LAYERS", "HEADS", "D_MODEL"),
+                        help="architecture (default: the recorded one)")
+    parser.add_argument("--n-tokens", type=int, help="training sequence length incl. BOS (context = n - 1)")
+    parser.add_argument("--max-period", type=int, help=f"longest copy period (default {TrainConfig.max_period})")
+    parser.add_argument("--snapshots", type=Path, help="also save a snapshot every 250 steps here")
     args = parser.parse_args(argv)
 
     cfg = TrainConfig()
@@ -130,9 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.steps) != len(cfg.stages):
             parser.error(f"--steps needs {len(cfg.stages)} values, one per stage")
         cfg = dataclasses.replace(cfg, stages=tuple((n, s) for (n, _), s in zip(cfg.stages, args.steps)))
-    start = time.perf_counter()
-    model, summary = train(cfg, args.seed, progress=not args.no_progress)
-    wall = time.perf_counter() - start
+    if args.copy_weight is not None:
+        cfg = dataclasses.replace(cfg, copy_weight=args.copy_weight)
+    if args.p_random is not None:
+        cfg = dataclasses.replace(cfg, p_random=args.p_random)
+    if args.arch:
+        cfg = dataclasses.replace(cfg, n_layer=args.arch[0], n_head=args.arch[1], n_embd=args.arch[2])
+    if args.n_tokens:
+        cfg = dataclasses.replace(cfg, stages=tuple((args.n_tokens, s) for _, s in cfg.stages))
+    if args.max_period:
+        cfg = dataclasses.replace(cfg, max_period=args.max_period)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model, summary = train(cfg, args.seed, progress=not args.no_progress, snapshots=args.snapshots)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     save_checkpoint(model, args.out)
     record = {
         "command": "python -m jaxdiag.induction.train " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -143,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "copying_eval": {"seed": EVAL_SEED, "prompts": cfg.eval_prompts, "n_tokens": cfg.n_positions + 1},
         "loss_history": summary["loss_history"],
         "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),  # summed over threads; wall time on a shared machine overstates
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "environment": {
             "jax": jax.__version__, "optax": optax.__version__, "backend": jax.default_backend(),
