@@ -41,14 +41,44 @@ def induction_heads() -> list[tuple[int, int]]:
 
 def test_report_compares_repeated_with_random_on_the_shipped_circuit(summary):
     assert summary["conditions"] == {"a": "repeated", "b": "random"}
-    assert summary["circuit"]["name"] == "induction-2l12h"
+    assert summary["circuit"]["name"] == "induction-3l8h"
 
 
+# A head "matters for copying" when removing it changes copying accuracy by at least 0.1 points
+# (about 4 of the ~4,000 scored targets); the inert layer-2 heads move it by at most 0.04 points.
+MEASURABLE_EFFECT = 0.001
+
+
+@pytest.fixture(scope="module")
+def ablation_effect() -> np.ndarray:
+    return np.asarray(json.loads((CHECKPOINT_DIR / "ablation.json").read_text())["effect"], dtype=float)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: the largest |delta kl_norm| belongs to a layer-2 head whose ablation changes copying "
+    "by under 0.1 points: causally inert heads can shift their attention most"
+))
 def test_largest_kl_norm_shift_is_an_induction_head(summary, induction_heads):
     delta = np.abs(np.asarray(summary["delta"]["kl_norm"], dtype=float))
-    assert delta.shape == (3, 8)
     top = tuple(int(i) for i in np.unravel_index(np.nanargmax(delta), delta.shape))
     assert top in induction_heads, f"largest |delta kl_norm| at {top}, induction heads {induction_heads}"
+
+
+def test_largest_shift_among_causal_heads_is_an_induction_head(summary, induction_heads, ablation_effect):
+    """Restricted to heads that matter for copying at all, the diagnostics point at induction."""
+    delta = np.abs(np.asarray(summary["delta"]["kl_norm"], dtype=float))
+    assert delta.shape == ablation_effect.shape == (3, 8)
+    causal = np.where(ablation_effect >= MEASURABLE_EFFECT, delta, -np.inf)
+    top = tuple(int(i) for i in np.unravel_index(np.argmax(causal), delta.shape))
+    assert top in induction_heads, f"largest causal |delta kl_norm| at {top}, induction heads {induction_heads}"
+
+
+def test_heads_shifting_more_than_induction_heads_are_causally_inert(summary, induction_heads, ablation_effect):
+    """Every head that out-shifts the strongest induction head has no measurable effect on copying."""
+    delta = np.abs(np.asarray(summary["delta"]["kl_norm"], dtype=float))
+    strongest_induction = max(delta[head] for head in induction_heads)
+    above = np.argwhere(delta > strongest_induction)
+    assert above.size and all(ablation_effect[tuple(head)] < MEASURABLE_EFFECT for head in above), above
 
 
 def test_induction_heads_survive_benjamini_hochberg_at_1_percent(summary, induction_heads):

@@ -1,4 +1,4 @@
-"""The shipped induction model (jaxdiag/data/induction-2l12h): loads like any GPT-2, copies in context,
+"""The shipped induction model (jaxdiag/data/induction-3l8h): loads like any GPT-2, copies in context,
 and copies by induction: its identified heads are causal, and no head uses a positional shortcut.
 
 Everything is measured here from the shipped weights; nothing is retrained.

@@ -35,13 +35,13 @@ def test_ioi_presets_say_what_the_issue_asks():
 
 def test_default_preset_names_the_builtin_induction_model():
     text = (presets_dir() / "default.toml").read_text()
-    assert 'model = "builtin:induction-2l12h"' in text
-    if (package_data() / "induction-2l12h").is_dir():
+    assert 'model = "builtin:induction-3l8h"' in text
+    if (package_data() / "induction-3l8h").is_dir():
         config = load_config()
         assert config.prompts.source == "induction" and config.conditions == ("repeated", "random")
         assert Path(config.model_location()).is_dir() and isinstance(config.circuit, dict)
     else:
-        with pytest.raises(JaxdiagError, match="no built-in model 'builtin:induction-2l12h'"):
+        with pytest.raises(JaxdiagError, match="no built-in model 'builtin:induction-3l8h'"):
             load_config()
 
 

@@ -10,5 +10,5 @@ Importing this package is cheap (no JAX); the submodules import JAX.
 
 from pathlib import Path
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "induction-2l12h"
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "induction-3l8h"
 """The shipped checkpoint: config.json, model.safetensors, training_record.json, circuit.toml, ablation.json."""

@@ -1,6 +1,6 @@
 """Find the induction circuit's heads without the attention diagnostics, and write the circuit file.
 
-    python -m jaxdiag.induction.identify jaxdiag/data/induction-2l12h
+    python -m jaxdiag.induction.identify jaxdiag/data/induction-3l8h
 
 Two independent kinds of evidence, both from the model's own forward pass:
 

@@ -40,9 +40,9 @@ EVAL_SEED = 12345  # the copying-accuracy prompts; fixed, independent of the tra
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     vocab_size: int = 256
-    n_layer: int = 2
-    n_head: int = 12
-    n_embd: int = 96
+    n_layer: int = 3
+    n_head: int = 8
+    n_embd: int = 64
     # Curriculum: (sequence length in tokens incl. BOS and the last target, steps). The last stage's
     # inputs span the whole context window, so every position the diagnostics read is trained.
     stages: tuple[tuple[int, int], ...] = ((33, 2000),)
