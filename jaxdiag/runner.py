@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Hashable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -84,13 +84,6 @@ def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: i
         tokens, lengths = pad_batch([t for _, t in rows], batch_size, seq_len)
         units.append(Unit([k for k, _ in rows], tokens, lengths))
     return units
-
-
-def compile_step(model: GPT2, query: QueryMode) -> Callable[[np.ndarray, np.ndarray], dict[str, jax.Array]]:
-    """A jitted ``(tokens, lengths) -> diagnostics`` for this model; parameters are closed over once."""
-    graphdef, state = nnx.split(model)
-    step = _jitted_step(graphdef, query)
-    return lambda tokens, lengths: step(state, tokens, lengths)
 
 
 def _jitted_step(graphdef, query: QueryMode):
