@@ -170,9 +170,15 @@ def weighted_pair_corr(x: np.ndarray, i: np.ndarray, j: np.ndarray, n_boot: int,
     return np.concatenate(out)
 
 
-def dendrogram_order(c: np.ndarray) -> np.ndarray:
-    """Head order from average-linkage clustering on distance 1 - r (NaN correlations count as 0)."""
+def head_linkage(c: np.ndarray) -> np.ndarray:
+    """Average-linkage clustering of heads on distance 1 - r (NaN correlations count as 0), as a
+    scipy linkage matrix."""
     d = 1.0 - np.nan_to_num(c, nan=0.0)
     np.fill_diagonal(d, 0.0)
     d = np.clip((d + d.T) / 2, 0.0, None)
-    return hierarchy.leaves_list(hierarchy.linkage(squareform(d, checks=False), method="average"))
+    return hierarchy.linkage(squareform(d, checks=False), method="average")
+
+
+def dendrogram_order(c: np.ndarray) -> np.ndarray:
+    """Head order: the leaves of :func:`head_linkage`'s dendrogram, left to right."""
+    return hierarchy.leaves_list(head_linkage(c))

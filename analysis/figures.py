@@ -1,4 +1,4 @@
-"""The report's figures (matplotlib, Agg): the posts' six plus the prompt-count curve.
+"""The report's figures (matplotlib, Agg): the posts' six, the prompt-count curve and C_diff clustered.
 
 Every function takes an Analysis and returns a Figure; `save` writes PNG and SVG. Scatter plots
 draw at most MAX_POINTS prompts per condition (a random subset, seeded) so huge stores stay light.
@@ -161,6 +161,46 @@ def correlation_matrices(an: Analysis) -> Figure:
     return fig
 
 
+def clustered_c_diff(an: Analysis) -> Figure:
+    """Fig. 8: C_diff with heads in dendrogram order (average linkage on 1 - C_diff), the tree above.
+
+    Blocks on the diagonal are groups of heads whose co-variation changes together between
+    conditions; circuit heads are labelled in bold.
+    """
+    from scipy.cluster import hierarchy
+
+    from analysis.correlation import head_linkage
+
+    n_heads = an.shape[1]
+    k = an.c_diff.shape[0]
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(9, 10.5), height_ratios=(1, 4), sharex=True)
+    tree = hierarchy.dendrogram(head_linkage(an.c_diff), ax=top, no_labels=True, color_threshold=0,
+                                above_threshold_color="0.3")
+    order = np.asarray(tree["leaves"])
+    top.set_ylabel("1 - C_diff (average)")
+    top.set_title(f"C_diff = C_{an.a} - C_{an.b}, heads clustered")
+    for spine in ("top", "right"):
+        top.spines[spine].set_visible(False)
+    # dendrogram draws leaf i at x = 10 i + 5; the matrix below uses cell centres 10 i + 5 too
+    extent = (0, 10 * k, 10 * k, 0)
+    im = ax.imshow(an.c_diff[np.ix_(order, order)], cmap="RdBu_r", vmin=-2, vmax=2, interpolation="nearest",
+                   extent=extent, aspect="auto")
+    circuit = an.mask.ravel()
+    if k <= 48:  # above that, head labels are unreadable; circuit heads still get ticks
+        shown = np.arange(k)
+    else:
+        shown = np.flatnonzero(circuit[order])
+    labels = [f"{order[i] // n_heads}.{order[i] % n_heads}" for i in shown]
+    ax.set_xticks(10 * shown + 5, labels, rotation=90, fontsize=6)
+    ax.set_yticks(10 * shown + 5, labels, fontsize=6)
+    for tick_labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for i, label in zip(shown, tick_labels):
+            if circuit[order[i]]:
+                label.set_fontweight("bold")
+    fig.colorbar(im, ax=[top, ax], fraction=0.04, label="C_diff")
+    return fig
+
+
 def band_scatter(an: Analysis) -> Figure:
     """Fig. 6: C_a vs C_b over head pairs with the posts' 5-sigma band around the diagonal."""
     from analysis.correlation import upper_pairs
@@ -219,6 +259,7 @@ FIGURES = {
     "fig5_correlation_matrices": correlation_matrices,
     "fig6_ca_vs_cb": band_scatter,
     "fig7_prompt_count": prompt_count_curve,
+    "fig8_c_diff_clustered": clustered_c_diff,
 }
 
 

@@ -142,7 +142,8 @@ def render(an: Analysis, s: dict, figures: list[str]) -> str:
         "- Bootstrap 95% percentile CIs (prompts resampled within condition) of chosen entries: "
         + "; ".join(f"{head(p[0], p[1])}-{head(p[2], p[3])} {fmt(p[4])} [{fmt(p[5])}, {fmt(p[6])}]"
                     for p in cd["bootstrap_ci"]) + ".",
-        "- Heads in dendrogram order (average linkage on 1 - C_diff) are in summary.json `c_diff.dendrogram_order`.",
+        "- Heads in dendrogram order (average linkage on 1 - C_diff) are in summary.json `c_diff.dendrogram_order`; "
+        "`fig8_c_diff_clustered` draws C_diff in that order under its tree.",
     ]
     if s["prompt_curve"]:
         t = s["prompt_curve"]

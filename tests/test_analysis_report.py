@@ -57,7 +57,7 @@ def test_files_written_and_json_strict(report):
     out = root / "out"
     names = {p.name for p in out.iterdir()}
     for fig in ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
-                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count"):
+                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered"):
         assert {f"{fig}.png", f"{fig}.svg"} <= names
         assert (out / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
     assert not [n for n in names if n.startswith(".report-")]
@@ -156,6 +156,28 @@ def test_planted_heads_lead_and_survive_bh(report):
     ranks = np.array(s["per_head"]["kl_norm"]["rank_abs_delta"], dtype=float)
     assert ranks[3, 1] <= 2 and ranks[2, 4] <= 2
     assert [3, 1] in s["per_head"]["kl_norm"]["bh_0.05"] and [2, 4] in s["per_head"]["kl_norm"]["bh_0.05"]
+
+
+def test_clustered_c_diff_draws_the_summary_order(report):
+    """Fig. 8's matrix is C_diff permuted into summary.json's dendrogram order, tree leaves included."""
+    from analysis.circuits import load_circuit
+    from analysis.figures import clustered_c_diff
+    from analysis.pipeline import run_analysis
+
+    root, summary, _ = report
+    with xr.open_zarr(root / "run.zarr") as ds:
+        an = run_analysis(ds, load_circuit(root / "toy.toml"), "repeated", "random", n_boot=50, n_perm=50, seed=1,
+                          curve=False)
+    order = np.array([layer * SHAPE[1] + head for layer, head in summary["c_diff"]["dendrogram_order"]])
+    np.testing.assert_array_equal(order, an.order)
+    fig = clustered_c_diff(an)
+    tree_ax, matrix_ax = fig.axes[:2]
+    drawn = np.asarray(matrix_ax.images[0].get_array())
+    np.testing.assert_array_equal(drawn, an.c_diff[np.ix_(order, order)])
+    labels = [t.get_text() for t in matrix_ax.get_xticklabels()]
+    assert labels == [f"{k // SHAPE[1]}.{k % SHAPE[1]}" for k in order]
+    bold = {t.get_text() for t in matrix_ax.get_xticklabels() if t.get_fontweight() == "bold"}
+    assert bold == {"3.1", "2.4", "0.2"}  # the circuit's heads, every role
 
 
 def test_same_seed_same_summary(report, tmp_path):
