@@ -73,14 +73,18 @@ class Unit:
 def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: int, limit: int) -> list[Unit]:
     """Sort ``(key, tokens)`` by length (stable), cut into batches of ``batch_size``, pad each to its bucket.
 
-    The units depend only on ``items`` and ``batch_size``: the same prompts always meet the same
-    compiled shapes, whatever runs them.
+    When every prompt has the same length (templated sweeps such as IOI), that length is the one
+    shape: nothing is padded and nothing is lost to bucket rounding. The units depend only on
+    ``items`` and ``batch_size``: the same prompts always meet the same compiled shapes, whatever
+    runs them.
     """
     order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    uniform = len({len(t) for _, t in items}) == 1
     units = []
     for start in range(0, len(order), batch_size):
         rows = [items[i] for i in order[start : start + batch_size]]
-        seq_len = bucket_length(max(len(t) for _, t in rows), limit)
+        longest = max(len(t) for _, t in rows)
+        seq_len = longest if uniform else bucket_length(longest, limit)
         tokens, lengths = pad_batch([t for _, t in rows], batch_size, seq_len)
         units.append(Unit([k for k, _ in rows], tokens, lengths))
     return units
