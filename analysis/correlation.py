@@ -178,7 +178,3 @@ def head_linkage(c: np.ndarray) -> np.ndarray:
     d = np.clip((d + d.T) / 2, 0.0, None)
     return hierarchy.linkage(squareform(d, checks=False), method="average")
 
-
-def dendrogram_order(c: np.ndarray) -> np.ndarray:
-    """Head order: the leaves of :func:`head_linkage`'s dendrogram, left to right."""
-    return hierarchy.leaves_list(head_linkage(c))

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from scipy.cluster import hierarchy  # noqa: E402
 
 from analysis._util import quiet  # noqa: E402
 from analysis.pipeline import TESTED, Analysis  # noqa: E402
@@ -167,14 +168,10 @@ def clustered_c_diff(an: Analysis) -> Figure:
     Blocks on the diagonal are groups of heads whose co-variation changes together between
     conditions; circuit heads are labelled in bold.
     """
-    from scipy.cluster import hierarchy
-
-    from analysis.correlation import head_linkage
-
     n_heads = an.shape[1]
     k = an.c_diff.shape[0]
     fig, (top, ax) = plt.subplots(2, 1, figsize=(9, 10.5), height_ratios=(1, 4), sharex=True)
-    tree = hierarchy.dendrogram(head_linkage(an.c_diff), ax=top, no_labels=True, color_threshold=0,
+    tree = hierarchy.dendrogram(an.linkage, ax=top, no_labels=True, color_threshold=0,
                                 above_threshold_color="0.3")
     order = np.asarray(tree["leaves"])
     top.set_ylabel("1 - C_diff (average)")

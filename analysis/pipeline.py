@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 import xarray as xr
+from scipy.cluster import hierarchy
 from tqdm.auto import tqdm
 
 from analysis import circuit_tests as ct
@@ -50,7 +51,7 @@ class Analysis:
     flagged: list[tuple[int, int]]
     max_null: corr.MaxNull
     pair_ci: list[tuple[tuple[int, int], float, float]]
-    order: np.ndarray
+    linkage: np.ndarray  # scipy linkage matrix of the heads on 1 - C_diff (correlation.head_linkage)
     ablation: tuple[object, int] | None
     curve: dict[str, list]
     n_boot: int
@@ -60,6 +61,11 @@ class Analysis:
     @property
     def shape(self) -> tuple[int, int]:
         return self.mask.shape
+
+    @property
+    def order(self) -> np.ndarray:
+        """Flat head indices in dendrogram order (the tree's leaves, left to right)."""
+        return hierarchy.leaves_list(self.linkage)
 
     def delta(self, var: str) -> np.ndarray:
         return self.shifts[var].statistic
@@ -125,7 +131,7 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
     chosen = list(dict.fromkeys(flagged + [(int(i[t]), int(j[t])) for t in top]))
     intervals = corr.bootstrap_c_diff(flat_a, flat_b, chosen, n_boot, rng_for(seed, SEED_CBOOT))
     pair_ci = [(p, float(lo), float(hi)) for p, (lo, hi) in zip(chosen, intervals)]
-    order = corr.dendrogram_order(c_diff)
+    linkage = corr.head_linkage(c_diff)
     steps.update()
 
     ablation = None
@@ -138,7 +144,7 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
     steps.update()
     steps.close()
     return Analysis(a, b, circuit, mask, values, shifts, mw, perm, p_head, q_head, strat, auc_ci, correlations,
-                    c_a, c_b, c_diff, sigma, flagged, max_null, pair_ci, order, ablation, table,
+                    c_a, c_b, c_diff, sigma, flagged, max_null, pair_ci, linkage, ablation, table,
                     n_boot, n_perm, seed)
 
 
