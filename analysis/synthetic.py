@@ -19,8 +19,9 @@ import numpy as np
 import xarray as xr
 
 from analysis.errors import AnalysisError
+from jaxdiag.schema import DIAGNOSTICS
 
-VARIABLES = ("kl", "kl_norm", "chi", "entropy", "max_attn", "bos_attn", "z_excess")
+VARIABLES = DIAGNOSTICS
 HeadShifts = Mapping[tuple[int, int], float]
 
 

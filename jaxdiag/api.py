@@ -15,21 +15,13 @@ import xarray as xr
 
 from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
 from jaxdiag.config import GPT2Config
-from jaxdiag.diagnostics import DIAGNOSTICS
+from jaxdiag.schema import DIAGNOSTIC_ATTRS, DIAGNOSTICS
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, Precision, QueryMode
 from jaxdiag.runner import run_diagnostics
 from jaxdiag.tokenizer import Tokenizer
 
-ATTRS = {
-    "kl": ("KL(pi || uniform) = log n - H(pi)", "nats"),
-    "kl_norm": ("KL(pi || uniform) / log n", "1"),
-    "chi": ("Var_pi(log pi) / (log n)^2", "1"),
-    "entropy": ("H(pi)", "nats"),
-    "max_attn": ("max_j pi_j", "1"),
-    "bos_attn": ("pi at source position 0", "1"),
-    "z_excess": ("<z>_pi - mean of visible z", "score units"),
-}
+ATTRS = DIAGNOSTIC_ATTRS
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.schema import PRECISIONS, QUERIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,12 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", metavar="HUB_ID_OR_DIR", help="hub id, local directory or builtin:NAME")
     run.add_argument("--prompts", metavar="FILE.jsonl", help="JSONL prompt file (replaces the config's prompt source)")
     run.add_argument("--n-prompts", type=int, metavar="N", help="prompts per condition")
-    run.add_argument("--query", choices=("last", "all"), help="diagnose the last token or every position")
+    run.add_argument("--query", choices=QUERIES, help="diagnose the last token or every position")
     run.add_argument("--no-bos", dest="prepend_bos", action="store_const", const=False, default=None,
                      help="do not prepend BOS to text prompts")
     run.add_argument("--batch-size", type=int, metavar="B", help="prompts per device per step")
     run.add_argument("--chunk-size", type=int, metavar="C", help="prompts per store chunk")
-    run.add_argument("--precision", choices=("highest", "default", "bf16"))
+    run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--seed", type=int, metavar="S")
     run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write")
     mode = run.add_mutually_exclusive_group()

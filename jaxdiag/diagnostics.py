@@ -22,7 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-DIAGNOSTICS: tuple[str, ...] = ("kl", "kl_norm", "chi", "entropy", "max_attn", "bos_attn", "z_excess")
+from jaxdiag.schema import DIAGNOSTICS
+
 
 
 def attention_diagnostics(scores: jax.Array, visible: jax.Array) -> dict[str, jax.Array]:

@@ -25,11 +25,9 @@ from flax import nnx
 from jaxdiag.config import GPT2Config
 from jaxdiag.diagnostics import attention_diagnostics
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.schema import PRECISIONS, Precision, QueryMode
 from jaxdiag.streaming import streaming_attention
 
-QueryMode = Literal["last", "all"]
-Precision = Literal["highest", "default", "bf16"]
-PRECISIONS: tuple[str, ...] = ("highest", "default", "bf16")
 AttentionImpl = Literal["auto", "direct", "streaming"]
 ATTENTION_IMPLS: tuple[str, ...] = ("auto", "direct", "streaming")
 # "auto" streams (jaxdiag.streaming) when one layer's [batch, head, query, key] float32 scores would

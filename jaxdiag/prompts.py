@@ -26,12 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.schema import RESERVED_KEYS
 
-# Names a JSONL metadata key may not take: they are the store's own variables and coordinates.
-RESERVED_KEYS = frozenset(
-    {"condition", "text", "tokens", "prompt", "layer", "head", "query", "position", "n_tokens",
-     "kl", "kl_norm", "chi", "entropy", "max_attn", "bos_attn", "z_excess"}
-)
 SOURCES = ("ioi-blog", "ioi", "jsonl", "induction")
 
 MetadataValue = str | int | float | bool

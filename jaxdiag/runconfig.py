@@ -31,10 +31,9 @@ from typing import Any
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import SOURCES
+from jaxdiag.schema import BUILTIN_PREFIX, PRECISIONS, QUERIES
 
-BUILTIN = "builtin:"
-PRECISIONS = ("highest", "default", "bf16")
-QUERIES = ("last", "all")
+BUILTIN = BUILTIN_PREFIX
 DEFAULT_PRESET = "default"
 BUILTIN_CIRCUITS = ("ioi23", "ioi26")
 DEFAULT_CONDITIONS = {"ioi-blog": ("ioi", "non_ioi"), "ioi": ("ioi", "non_ioi"), "induction": ("repeated", "random")}

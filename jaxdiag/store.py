@@ -28,8 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.schema import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 PROGRESS_DIR = ".jaxdiag-progress"
 # Chunk size when the config leaves it open: at most this many prompts, and at most this many
 # bytes per variable per chunk (query = "all" stores a row per position).

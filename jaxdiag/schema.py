@@ -1,0 +1,38 @@
+"""The names users see, defined once: diagnostics, store schema, run choices.
+
+This module imports nothing heavy (no JAX, no zarr), so the analysis package, the CLI's light
+commands and the run-config validator share it with the model and the sweep engine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+SCHEMA_VERSION = 1
+
+# Per-head diagnostics, in store order: name -> (long_name, units). ../shared/CONTRACT.md, schema 1.
+DIAGNOSTIC_ATTRS: dict[str, tuple[str, str]] = {
+    "kl": ("KL(pi || uniform) = log n - H(pi)", "nats"),
+    "kl_norm": ("KL(pi || uniform) / log n", "1"),
+    "chi": ("Var_pi(log pi) / (log n)^2", "1"),
+    "entropy": ("H(pi)", "nats"),
+    "max_attn": ("max_j pi_j", "1"),
+    "bos_attn": ("pi at source position 0", "1"),
+    "z_excess": ("<z>_pi - mean of visible z", "score units"),
+}
+DIAGNOSTICS: tuple[str, ...] = tuple(DIAGNOSTIC_ATTRS)
+
+# Per-prompt coordinates every store has (besides the dimension coordinates).
+PROMPT_COORDS: tuple[str, ...] = ("text", "n_tokens", "tokens")
+DIMENSIONS: tuple[str, ...] = ("condition", "prompt", "layer", "head", "query", "position")
+
+QueryMode = Literal["last", "all"]
+QUERIES: tuple[str, ...] = ("last", "all")
+Precision = Literal["highest", "default", "bf16"]
+PRECISIONS: tuple[str, ...] = ("highest", "default", "bf16")
+
+# Names a prompt's metadata key may not take: they are the store's own variables and coordinates.
+RESERVED_KEYS: frozenset[str] = frozenset({*DIMENSIONS, *PROMPT_COORDS, *DIAGNOSTICS})
+
+# `builtin:NAME` names a model or file shipped in jaxdiag/data/.
+BUILTIN_PREFIX = "builtin:"
