@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     profile_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     p = PROFILES[profile_name]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    xla_flags = args.xla_flags if args.xla_flags is not None else default_xla_flags()
+    xla_flags = args.xla_flags or ""  # jaxdiag itself sets no XLA flags: measure what users get
     bench = Bench(xla_flags, args.verbose)
     command = "python -m benchmarks.run" + (" " + shlex.join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")
 
@@ -172,15 +172,6 @@ def write_results(results: dict[str, Any], p: dict, out_dir: Path) -> None:
     (out_dir / "RESULTS.md").write_text(render_markdown(results))
 
 
-def default_xla_flags() -> str:
-    """The flags jaxdiag's CLI adds on CPU (so the benchmark measures what users get)."""
-    try:
-        from jaxdiag.cpu_flags import recommended_cpu_flags
-    except ImportError:
-        return ""
-    return " ".join(recommended_cpu_flags())
-
-
 def machine_info() -> dict[str, Any]:
     cpu = ""
     try:
@@ -194,7 +185,17 @@ def machine_info() -> dict[str, Any]:
     except (OSError, IndexError, ValueError):
         pass
     return {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": mem_gb}
+            "cpu": cpu, "cpu_flags": simd_flags(), "cpu_count": os.cpu_count(), "memory_gb": mem_gb}
+
+
+def simd_flags() -> str:
+    """The CPU's vector extensions that decide XLA's and MKL's GEMM speed (AVX2 vs AVX-512 machines)."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return ""
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile") if f in flags)
 
 
 # --------------------------------------------------------------------------- sections

@@ -89,9 +89,9 @@ def jaxdiag_step(spec: dict) -> dict[str, Any]:
     graphdef, state = nnx.split(model)
     query, attention = spec.get("query", "last"), spec.get("attention", "auto")
 
-    @jax.jit
-    def step(state, tokens, lengths):
-        return nnx.merge(graphdef, state)(tokens, lengths, query=query, attention=attention)["diagnostics"]
+    from jaxdiag.runner import diagnostics_step
+
+    step = diagnostics_step(graphdef, query, attention=attention)
 
     prompts = random_prompts(spec["n_prompts"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
     batches = [prompts[i : i + spec["batch"]] for i in range(0, len(prompts), spec["batch"])]

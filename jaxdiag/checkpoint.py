@@ -20,7 +20,9 @@ from flax import nnx
 
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.model import GPT2, Precision
+from jaxdiag.model import GPT2
+from jaxdiag.paths import builtin_model_dir
+from jaxdiag.schema import BUILTIN_PREFIX, Precision
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
@@ -39,8 +41,8 @@ class Checkpoint:
 
 
 def resolve(model: str, revision: str | None = None) -> Checkpoint:
-    """Find a checkpoint: a local directory if ``model`` is one, else a Hugging Face hub id."""
-    path = Path(model).expanduser()
+    """Find a checkpoint: ``builtin:NAME`` (shipped in jaxdiag/data), a local directory, or a hub id."""
+    path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else Path(model).expanduser()
     if path.is_dir():
         directory, resolved_revision = path, None
     elif path.exists() or model.startswith((".", "/", "~")):
@@ -73,11 +75,9 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, str | None]:
     return directory, directory.name
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, "sha256")
     return digest.hexdigest()
 
 

@@ -1,13 +1,16 @@
-"""GPT-2 in Flax NNX, with attention diagnostics reduced inside the forward pass.
+"""GPT-2 in Flax NNX: the forward pass, with probes that read each layer's attention and edits of heads.
 
 Module and parameter names follow the Hugging Face checkpoint (``h.3.attn.c_attn`` ...), so loading
 is a rename of ``weight`` to ``kernel``/``scale``/``embedding`` and nothing else. Linear kernels are
 stored ``[in, out]`` exactly as HF's ``Conv1D`` stores them.
 
-Each layer hands its scores to :func:`jaxdiag.diagnostics.attention_diagnostics` for the chosen
-query rows and keeps only the reduced ``[batch, head, query]`` values: a layer's full
-``[batch, head, query, key]`` pattern lives only while that layer runs (unless a caller asks for it
-with ``return_attention=True``, which the parity tests do on small inputs).
+Two extension points, both pure data passed to ``GPT2.__call__``:
+
+- probes (:mod:`jaxdiag.probes`) read a layer's scores, weights and head outputs for the chosen
+  query rows and return reductions (the attention diagnostics are one probe); a layer's full
+  ``[batch, head, query, key]`` pattern lives only while that layer runs;
+- an edit (:mod:`jaxdiag.interventions`) replaces heads' outputs before the output projection
+  (zero-, mean-ablation, patching from another run).
 
 Prompts are right-padded: prompt ``b`` occupies positions ``0 .. lengths[b]-1``, so position ids
 need no shifting, and keys at or beyond ``lengths[b]`` are masked out exactly.
@@ -15,17 +18,19 @@ need no shifting, and keys at or beyond ``lengths[b]`` are masked out exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiag.config import GPT2Config
-from jaxdiag.diagnostics import attention_diagnostics
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.schema import PRECISIONS, Precision, QueryMode
+from jaxdiag.interventions import HeadEdit, apply_edit
+from jaxdiag.probes import AttentionView, Probe, read_probes, stack_layers
+from jaxdiag.schema import PRECISIONS, QUERIES, Precision, QueryMode
 from jaxdiag.streaming import streaming_attention
 
 AttentionImpl = Literal["auto", "direct", "streaming"]
@@ -90,6 +95,7 @@ def _layer_norm(config: GPT2Config, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 class Attention(nnx.Module):
     def __init__(self, config: GPT2Config, layer_idx: int, *, dtype, precision, rngs: nnx.Rngs):
+        self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.d_head = config.d_head
         self.precision = precision
@@ -100,62 +106,57 @@ class Attention(nnx.Module):
         self.c_attn = _linear(config.n_embd, 3 * config.n_embd, dtype, precision, rngs)
         self.c_proj = _linear(config.n_embd, config.n_embd, dtype, precision, rngs)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        visible: jax.Array,
-        diag_rows: jax.Array | None,
-        diag_visible: jax.Array | None,
-        head_scale: jax.Array | None = None,
-        head_replacement: jax.Array | None = None,
-        *,
-        lengths: jax.Array | None = None,
-        impl: Literal["direct", "streaming"] = "direct",
-        query: QueryMode | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array] | None, jax.Array | None]:
-        batch, seq, width = x.shape
+    def __call__(self, x: jax.Array, ctx: _Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The layer's attention output and its probes' arrays (``{}`` when no probe is asked for)."""
+        batch, seq, _ = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (t.reshape(batch, seq, self.n_head, self.d_head) for t in (q, k, v))
-        if impl == "streaming":
-            return self._streaming(q, k, v, lengths, diag_rows, diag_visible, query, head_scale, head_replacement)
-        scores = jnp.einsum(
+        if ctx.impl == "streaming":
+            heads, view = self._streaming(q, k, v, ctx)
+        else:
+            heads, view = self._direct(q, k, v, ctx)
+        probed = read_probes(ctx.probes, view) if ctx.probes else {}
+        if ctx.edit is not None:
+            heads = apply_edit(heads, *ctx.edit.layer(self.layer_idx))
+        return self.c_proj(heads.reshape(batch, seq, self.n_head * self.d_head)), probed
+
+    def _scores(self, q: jax.Array, k: jax.Array) -> jax.Array:
+        return jnp.einsum(
             "bqhd,bkhd->bhqk", q, k, precision=self.precision, preferred_element_type=jnp.float32
         ) * jnp.float32(self.scale)
+
+    def _direct(self, q, k, v, ctx: _Context) -> tuple[jax.Array, AttentionView | None]:
+        """Attention that forms the layer's ``[b, h, q, k]`` scores."""
+        scores = self._scores(q, k)
         # finfo.min rather than -inf, as transformers does: a row stays finite even if fully masked.
-        probs = jax.nn.softmax(jnp.where(visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
+        probs = jax.nn.softmax(jnp.where(ctx.visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
         heads = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=self.precision)
-        out = self._project(heads, head_scale, head_replacement)
+        if not ctx.probes:
+            return heads, None
+        # [batch, 1, n_rows, 1] indices pick each prompt's probed rows out of [b, h, q, k]. Kept for
+        # "all" too, where it is the identity: without it XLA fuses z_excess's sums differently and
+        # the stores of earlier versions would no longer be reproduced bit for bit.
+        row_scores = jnp.take_along_axis(scores, ctx.rows[:, None, :, None], axis=2)
+        row_probs = jnp.take_along_axis(probs, ctx.rows[:, None, :, None], axis=2)
+        return heads, ctx.view(self.layer_idx, heads, scores=row_scores, probs=row_probs)
 
-        diagnostics = None
-        if diag_rows is not None:
-            # [batch, 1, n_rows, 1] indices pick each prompt's query rows out of [b, h, q, k].
-            rows = jnp.take_along_axis(scores, diag_rows[:, None, :, None], axis=2)
-            diagnostics = attention_diagnostics(rows, diag_visible)
-        return out, diagnostics, probs
-
-    def _project(self, heads: jax.Array, head_scale: jax.Array | None, head_replacement: jax.Array | None) -> jax.Array:
-        """Per-head ablation (if asked), then the output projection, from ``heads [b, q, h, d]``."""
-        batch, seq = heads.shape[:2]
-        if head_scale is not None:
-            # Ablation: head h's output becomes scale * output + (1 - scale) * replacement.
-            heads = heads * head_scale[:, None].astype(heads.dtype)
-            if head_replacement is not None:
-                heads = heads + ((1 - head_scale)[:, None] * head_replacement).astype(heads.dtype)
-        return self.c_proj(heads.reshape(batch, seq, self.n_head * self.d_head))
-
-    def _streaming(self, q, k, v, lengths, diag_rows, diag_visible, query, head_scale, head_replacement):
+    def _streaming(self, q, k, v, ctx: _Context) -> tuple[jax.Array, AttentionView | None]:
         """Blockwise attention (O(b h q) memory); the ``[b, h, q, k]`` pattern is never formed."""
-        heads, diagnostics = streaming_attention(
-            q, k, v, lengths, scale=self.scale, precision=self.precision, diagnostics=query == "all"
+        heads, stats = streaming_attention(
+            q, k, v, ctx.lengths, scale=self.scale, precision=self.precision,
+            row_stats=bool(ctx.probes) and ctx.query == "all",
         )
-        if query == "last":
-            # Only one row per prompt: its scores against every key are O(b h k), formed directly.
-            q_rows = jnp.take_along_axis(q, diag_rows[:, :, None, None], axis=1)
-            rows = jnp.einsum(
-                "brhd,bkhd->bhrk", q_rows, k, precision=self.precision, preferred_element_type=jnp.float32
-            ) * jnp.float32(self.scale)
-            diagnostics = attention_diagnostics(rows, diag_visible)
-        return self._project(heads, head_scale, head_replacement), diagnostics, None
+        if not ctx.probes:
+            return heads, None
+        if ctx.query == "all":
+            return heads, ctx.view(self.layer_idx, heads, row_stats=stats)
+        # Only one row per prompt: its scores against every key are O(b h k), formed directly.
+        q_rows = jnp.take_along_axis(q, ctx.rows[:, :, None, None], axis=1)
+        rows = jnp.einsum(
+            "brhd,bkhd->bhrk", q_rows, k, precision=self.precision, preferred_element_type=jnp.float32
+        ) * jnp.float32(self.scale)
+        probs = jax.nn.softmax(jnp.where(ctx.row_visible, rows, jnp.finfo(jnp.float32).min), axis=-1)
+        return heads, ctx.view(self.layer_idx, heads, scores=rows, probs=probs)
 
 
 class MLP(nnx.Module):
@@ -175,13 +176,40 @@ class Block(nnx.Module):
         self.ln_2 = _layer_norm(config, dtype, rngs)
         self.mlp = MLP(config, dtype=dtype, precision=precision, rngs=rngs)
 
-    def __call__(self, x, visible, diag_rows, diag_visible, head_scale=None, head_replacement=None, **attention):
-        attn_out, diagnostics, probs = self.attn(
-            self.ln_1(x), visible, diag_rows, diag_visible, head_scale, head_replacement, **attention
-        )
+    def __call__(self, x: jax.Array, ctx: _Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+        attn_out, probed = self.attn(self.ln_1(x), ctx)
         x = x + attn_out
         x = x + self.mlp(self.ln_2(x))
-        return x, diagnostics, probs
+        return x, probed
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """What a forward pass returns: always ``hidden``; ``logits`` if asked; each probe's arrays."""
+
+    hidden: jax.Array  # [b, seq, n_embd] after ln_f
+    logits: jax.Array | None  # [b, seq, vocab] float32, or None
+    probes: dict[str, jax.Array]  # name -> [b, layer, ...] (see jaxdiag.probes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """Everything every layer shares in one forward pass (masks, probed rows, probes, edit)."""
+
+    impl: Literal["direct", "streaming"]
+    query: QueryMode
+    probes: tuple[Probe, ...]
+    edit: HeadEdit | None
+    tokens: jax.Array
+    lengths: jax.Array
+    visible: jax.Array  # [b, 1, q, k] causal and real keys
+    rows: jax.Array  # [b, r] probed query positions
+    row_visible: jax.Array  # [b, 1, r, k] keys each probed row sees (none for padded rows)
+
+    def view(self, layer: int, head_out: jax.Array, *, scores=None, probs=None, row_stats=None) -> AttentionView:
+        return AttentionView(layer, self.rows, self.row_visible, scores, probs, row_stats, head_out,
+                             self.tokens, self.lengths)
 
 
 class GPT2(nnx.Module):
@@ -205,84 +233,60 @@ class GPT2(nnx.Module):
         tokens: jax.Array,
         lengths: jax.Array,
         *,
-        query: QueryMode | None = "last",
-        return_logits: bool = False,
-        return_attention: bool = False,
-        head_scale: jax.Array | None = None,
-        head_replacement: jax.Array | None = None,
+        probes: Sequence[Probe] = (),
+        query: QueryMode = "last",
+        edit: HeadEdit | None = None,
+        logits: bool = False,
         attention: AttentionImpl = "auto",
-    ) -> dict[str, jax.Array | dict[str, jax.Array]]:
+    ) -> Forward:
         """Run the model on right-padded ``tokens [batch, seq]`` with true ``lengths [batch]``.
 
         Args:
-          query: which query rows to diagnose: ``"last"`` (each prompt's last real token),
-            ``"all"`` (every position; padded positions give NaN) or ``None`` (no diagnostics).
-          return_logits: also compute the tied LM head.
-          return_attention: also return every layer's probabilities ``[layer, b, h, q, k]``
-            (materialises them all: for tests and small inputs only).
-          head_scale, head_replacement: per-head ablation, shapes ``[layer, head]`` and
-            ``[layer, head, d_head]``: each head's output becomes
-            ``scale * output + (1 - scale) * replacement`` (0 and zeros = zero-ablation).
+          probes: per-layer reductions to return (:mod:`jaxdiag.probes`), e.g. ``DIAGNOSTICS_PROBE``.
+          query: the rows probes read: ``"last"`` (each prompt's last real token) or ``"all"``
+            (every position; padded positions see no key, so row-wise probes give NaN there).
+          edit: head-output interventions (:mod:`jaxdiag.interventions`).
+          logits: also compute the tied LM head.
           attention: ``"direct"`` forms each layer's ``[b, h, q, k]`` scores; ``"streaming"``
             visits keys in blocks with O(b h q) memory (:mod:`jaxdiag.streaming`); ``"auto"``
-            (default) picks streaming for long prompts or large score tensors. Both give the
-            same values to float32 rounding. ``return_attention`` needs the direct path.
-
-        Returns:
-          ``hidden`` (after ``ln_f``, ``[b, seq, n_embd]``), ``diagnostics`` (name ->
-          ``[b, layer, head]`` for ``last``, ``[b, layer, head, seq]`` for ``all``), and
-          ``logits`` / ``attention`` when asked for.
+            (default) picks streaming for long prompts or large score tensors unless a probe
+            needs the pattern. Both give the same values to float32 rounding.
         """
         batch, seq = tokens.shape
         if seq > self.config.n_positions:
             raise JaxdiagError(f"sequence length {seq} exceeds the model's context window of {self.config.n_positions}")
+        if query not in QUERIES:
+            raise JaxdiagError(f"unknown query mode {query!r} (choose 'last' or 'all')")
+        probes = tuple(probes)
         impl = choose_attention(attention, batch=batch, n_head=self.config.n_head, seq=seq)
-        if return_attention:
+        pattern_probes = [p.name for p in probes if not p.streams]
+        if pattern_probes and query == "all" and impl == "streaming":
             if attention == "streaming":
-                raise JaxdiagError("return_attention=True needs attention='direct': streaming never forms the pattern")
+                raise JaxdiagError(f"probe {pattern_probes[0]!r} needs attention='direct': "
+                                   "the streaming path never forms the pattern")
             impl = "direct"
         positions = jnp.arange(seq)
         key_real = positions[None, :] < lengths[:, None]
         visible = (positions[None, :, None] >= positions[None, None, :]) & key_real[:, None, :]
         visible = visible[:, None]  # [b, 1, q, k]
-
-        diag_rows = diag_visible = None
         if query == "last":
-            diag_rows = (lengths - 1)[:, None]
-            diag_visible = (positions[None, None, :] <= diag_rows[:, :, None])[:, None]  # [b, 1, 1, k]
-        elif query == "all":
-            diag_rows = jnp.broadcast_to(positions, (batch, seq))
-            query_real = positions[None, :] < lengths[:, None]
-            diag_visible = visible & query_real[:, None, :, None]
-        elif query is not None:
-            raise JaxdiagError(f"unknown query mode {query!r} (choose 'last' or 'all')")
+            rows = (lengths - 1)[:, None]
+            row_visible = (positions[None, None, :] <= rows[:, :, None])[:, None]  # [b, 1, 1, k]
+        else:
+            rows = jnp.broadcast_to(positions, (batch, seq))
+            row_visible = visible & key_real[:, None, :, None]  # padded query rows see nothing
+        ctx = _Context(impl, query, probes, edit, tokens, lengths, visible, rows, row_visible)
 
         x = self.wte(tokens) + self.wpe(positions)[None]
-        per_layer: list[dict[str, jax.Array]] = []
-        patterns = []
-        for i, block in enumerate(self.h):
-            scale_i = None if head_scale is None else head_scale[i]
-            repl_i = None if head_replacement is None else head_replacement[i]
-            x, diagnostics, probs = block(
-                x, visible, diag_rows, diag_visible, scale_i, repl_i, lengths=lengths, impl=impl, query=query
-            )
-            if diagnostics is not None:
-                per_layer.append(diagnostics)
-            if return_attention:
-                patterns.append(probs)
+        per_layer = []
+        for block in self.h:
+            x, probed = block(x, ctx)
+            per_layer.append(probed)
         hidden = self.ln_f(x)
-
-        out: dict = {"hidden": hidden}
-        if per_layer:
-            stacked = {name: jnp.stack([d[name] for d in per_layer], axis=1) for name in per_layer[0]}
-            if query == "last":
-                stacked = {name: value[..., 0] for name, value in stacked.items()}
-            out["diagnostics"] = stacked
-        if return_logits:
-            out["logits"] = jnp.einsum(
+        out_logits = None
+        if logits:
+            out_logits = jnp.einsum(
                 "bse,ve->bsv", hidden, self.wte.embedding[...].astype(hidden.dtype),
                 preferred_element_type=jnp.float32,
             )
-        if return_attention:
-            out["attention"] = jnp.stack(patterns)
-        return out
+        return Forward(hidden, out_logits, stack_layers(per_layer))

@@ -6,7 +6,7 @@ and get the same prompts in the same order both times.
 
 Sources (``source`` in a run config's ``[prompts]`` table):
 
-- ``ioi-blog``: REFERENCE.md's 50 IOI + 50 non-IOI prompts, reproduced with its exact templates,
+- ``ioi-blog``: docs/REFERENCE.md's 50 IOI + 50 non-IOI prompts, reproduced with its exact templates,
   names, seeds (42, 43) and sampling order.
 - ``ioi``: thousands of unique IOI / non-IOI prompts from larger single-token name, place and
   object lists, ABBA/BABA balanced; every prompt is tokenised and kept only if it has exactly
@@ -46,7 +46,7 @@ class Prompt:
 Encoder = Callable[[str], list[int]]
 
 # ---------------------------------------------------------------------------------------------
-# The posts' sets (REFERENCE.md), exactly.
+# The posts' sets (docs/REFERENCE.md), exactly.
 
 BLOG_NAMES = ("Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Emma", "James", "Lisa", "David", "Kate", "Mark")
 BLOG_ABBA = (

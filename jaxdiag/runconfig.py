@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.paths import builtin_model_dir, builtin_models, package_data, presets_dir, resolve_path
 from jaxdiag.prompts import SOURCES
 from jaxdiag.schema import BUILTIN_PREFIX, PRECISIONS, QUERIES
 
@@ -39,24 +39,8 @@ BUILTIN_CIRCUITS = ("ioi23", "ioi26")
 DEFAULT_CONDITIONS = {"ioi-blog": ("ioi", "non_ioi"), "ioi": ("ioi", "non_ioi"), "induction": ("repeated", "random")}
 
 
-def package_data() -> Path:
-    return Path(str(resources.files("jaxdiag"))) / "data"
-
-
-def presets_dir() -> Path:
-    return Path(str(resources.files("jaxdiag"))) / "presets"
-
-
 def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.toml"))
-
-
-def resolve_path(value: str, base: Path) -> Path:
-    """``builtin:REL`` -> the package's data/REL; a relative path -> relative to ``base``."""
-    if value.startswith(BUILTIN):
-        return package_data() / value[len(BUILTIN):]
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +87,8 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def model_location(self) -> str:
-        """What :func:`jaxdiag.checkpoint.resolve` takes: a hub id or a directory."""
-        return str(resolve_path(self.model, Path.cwd())) if self.model.startswith(BUILTIN) else self.model
+        """Where the model is: a hub id, a directory, or a shipped model's directory for ``builtin:``."""
+        return str(builtin_model_dir(self.model)) if self.model.startswith(BUILTIN) else self.model
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -196,9 +180,8 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
         if not Path(prompts["path"]).is_file():
             raise JaxdiagError(f"prompt file {prompts['path']} does not exist")
     model = raw["model"]
-    if model.startswith(BUILTIN) and not resolve_path(model, base).is_dir():
-        available = sorted(p.name for p in package_data().iterdir() if p.is_dir()) if package_data().is_dir() else []
-        raise JaxdiagError(f"{source}: no built-in model {model!r} (available: {', '.join(BUILTIN + a for a in available) or 'none'})")
+    if model.startswith(BUILTIN) and model not in builtin_models():
+        raise JaxdiagError(f"{source}: no built-in model {model!r} (available: {', '.join(builtin_models()) or 'none'})")
     conditions = raw.get("conditions")
     if conditions is not None:
         if (not isinstance(conditions, list) or len(conditions) != 2

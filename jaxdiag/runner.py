@@ -24,9 +24,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdiag.diagnostics import DIAGNOSTICS
+from jaxdiag.schema import DIAGNOSTICS
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.model import GPT2, QueryMode
+from jaxdiag.model import GPT2, AttentionImpl
+from jaxdiag.probes import DIAGNOSTICS_PROBE, Probe
+from jaxdiag.schema import QueryMode
 
 
 def bucket_length(n: int, limit: int) -> int:
@@ -90,10 +92,16 @@ def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: i
     return units
 
 
-def _jitted_step(graphdef, query: QueryMode):
+def diagnostics_step(graphdef, query: QueryMode, probes: tuple[Probe, ...] = (DIAGNOSTICS_PROBE,), *,
+                     attention: AttentionImpl = "auto"):
+    """A jitted ``(state, tokens, lengths) -> {name: [b, layer, head(, seq)]}`` of ``probes``' values.
+
+    For ``query="last"`` the single probed row is squeezed away: ``[b, layer, head]``.
+    """
     @jax.jit
     def step(state, tokens, lengths):
-        return nnx.merge(graphdef, state)(tokens, lengths, query=query)["diagnostics"]
+        values = nnx.merge(graphdef, state)(tokens, lengths, probes=probes, query=query, attention=attention).probes
+        return {name: value[..., 0] for name, value in values.items()} if query == "last" else values
 
     return step
 
@@ -108,7 +116,7 @@ class DeviceRunner:
         graphdef, state = nnx.split(model)
         replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
         self._replicas = [_replica(replicated, d) for d in self.devices]
-        self._step = _jitted_step(graphdef, query)
+        self._step = diagnostics_step(graphdef, query)
         self.max_in_flight = in_flight_per_device * len(self.devices)
 
     def run(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, dict[str, np.ndarray]]]:

@@ -10,7 +10,7 @@ from typing import Literal
 
 SCHEMA_VERSION = 1
 
-# Per-head diagnostics, in store order: name -> (long_name, units). ../shared/CONTRACT.md, schema 1.
+# Per-head diagnostics, in store order: name -> (long_name, units). docs/CONTRACT.md, schema 1.
 DIAGNOSTIC_ATTRS: dict[str, tuple[str, str]] = {
     "kl": ("KL(pi || uniform) = log n - H(pi)", "nats"),
     "kl_norm": ("KL(pi || uniform) / log n", "1"),

@@ -113,8 +113,8 @@ def streaming_attention(
     scale: float,
     precision: jax.lax.Precision | None = None,
     block: int = DEFAULT_BLOCK,
-    diagnostics: bool = False,
-) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    row_stats: bool = False,
+) -> tuple[jax.Array, RowStats | None]:
     """Causal, right-padded attention over key blocks, with every query row's diagnostics on request.
 
     Args:
@@ -123,12 +123,13 @@ def streaming_attention(
         ``j <= i`` and ``j < lengths[b]`` (exactly the direct path's mask).
       scale: the score scale (``1 / sqrt(d_head)``, possibly divided by the layer index).
       block: keys per step; the sequence is padded up to a multiple of it internally.
-      diagnostics: also return the seven diagnostics for every query row, ``[batch, head, seq]``
-        (NaN for query rows at or beyond ``lengths``, as the direct path gives).
+      row_stats: also return every query row's final statistics, ``[batch, head, seq]`` each,
+        with rows at or beyond ``lengths`` marked empty (``n = 0``), so that
+        :func:`stats_diagnostics` gives NaN there, as the direct path does.
 
     Returns:
-      The attention output ``[batch, seq, head, d_head]`` in ``v``'s dtype, and the diagnostics
-      dict (or ``None``).
+      The attention output ``[batch, seq, head, d_head]`` in ``v``'s dtype, and the statistics
+      (or ``None``).
     """
     batch, seq, n_head, d_head = q.shape
     block = min(block, seq)
@@ -166,8 +167,7 @@ def streaming_attention(
     (stats, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, starts))
 
     out = (acc / stats.l[..., None]).astype(v.dtype).transpose(0, 2, 1, 3)  # every row has l >= 1
-    if not diagnostics:
+    if not row_stats:
         return out, None
     query_real = query_pos[None, None, :] < lengths[:, None, None]
-    stats = stats._replace(n=jnp.where(query_real, stats.n, 0.0))  # padded queries: NaN, as direct
-    return out, stats_diagnostics(stats)
+    return out, stats._replace(n=jnp.where(query_real, stats.n, 0.0))  # padded queries: NaN, as direct

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import jaxdiag
-from jaxdiag.diagnostics import DIAGNOSTICS
+from jaxdiag.probes import ATTENTION_PROBE
+from jaxdiag.schema import DIAGNOSTICS
 from tests.conftest import TINY_CONFIG, write_torch_checkpoint
 from tests.reference import assert_close, reference_diagnostics
 
@@ -55,8 +56,8 @@ def test_attention_and_hidden_states_match_transformers(checkpoint_and_batch):
     for i, seq in enumerate(token_lists):
         tokens[i, : len(seq)] = seq
     lengths = np.array([len(t) for t in token_lists], dtype=np.int32)
-    out = loaded.model(tokens, lengths, query=None, return_attention=True)
-    ours_attn, ours_hidden = np.asarray(out["attention"]), np.asarray(out["hidden"])
+    out = loaded.model(tokens, lengths, probes=(ATTENTION_PROBE,), query="all")
+    ours_attn, ours_hidden = np.moveaxis(np.asarray(out.probes["attention"]), 1, 0), np.asarray(out.hidden)
     for b, n in enumerate(lengths):
         assert np.abs(ours_attn[:, b, :, :n, :n] - attentions[:, b, :, :n, :n]).max() < 1e-5
         assert np.abs(ours_hidden[b, :n] - hidden[b, :n]).max() < 1e-4
@@ -124,7 +125,7 @@ def test_logits_match_transformers(tiny_checkpoint):
 
     loaded = jaxdiag.load(str(tiny_checkpoint))
     tokens = np.array([padded_batch(TINY_CONFIG["vocab_size"], [10])[0]], dtype=np.int32)
-    ours = np.asarray(loaded.model(tokens, np.array([10], np.int32), query=None, return_logits=True)["logits"])
+    ours = np.asarray(loaded.model(tokens, np.array([10], np.int32), logits=True).logits)
     model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint, attn_implementation="eager").eval()
     with torch.no_grad():
         theirs = model(torch.tensor(tokens).long()).logits.numpy()

@@ -134,30 +134,31 @@ def test_mean_ablation_with_a_heads_own_output_changes_nothing(model):
     """head_outputs reads what the model computes: on a one-token prompt every head's output is
     constant, so replacing it by its own mean must leave the logits unchanged."""
     import jax.numpy as jnp
-    from jaxdiag.induction.ablation import ablation_arrays, mean_head_outputs
+    from jaxdiag.induction.ablation import ablation_edit, mean_head_outputs
 
     tokens = np.array([[0], [5]], dtype=np.int32)
     lengths = jnp.ones((1,), jnp.int32)
     for row in tokens:
         means = mean_head_outputs(model, row[None])
         heads = [(l, h) for l in range(model.config.n_layer) for h in range(model.config.n_head)]
-        args = ablation_arrays((model.config.n_layer, model.config.n_head, model.config.d_head), heads, "mean", means)
-        plain = model(jnp.asarray(row[None]), lengths, query=None, return_logits=True)["logits"]
-        ablated = model(jnp.asarray(row[None]), lengths, query=None, return_logits=True, **args)["logits"]
+        edit = ablation_edit((model.config.n_layer, model.config.n_head, model.config.d_head), heads, "mean", means)
+        plain = model(jnp.asarray(row[None]), lengths, logits=True).logits
+        ablated = model(jnp.asarray(row[None]), lengths, logits=True, edit=edit).logits
         np.testing.assert_allclose(np.asarray(ablated), np.asarray(plain), atol=1e-5)
-        zeroed = ablation_arrays((model.config.n_layer, model.config.n_head, model.config.d_head), heads, "zero")
-        assert np.abs(np.asarray(model(jnp.asarray(row[None]), lengths, query=None, return_logits=True, **zeroed)["logits"]) - np.asarray(plain)).max() > 1e-3
+        zeroed = ablation_edit((model.config.n_layer, model.config.n_head, model.config.d_head), heads, "zero")
+        assert np.abs(np.asarray(model(jnp.asarray(row[None]), lengths, logits=True, edit=zeroed).logits) - np.asarray(plain)).max() > 1e-3
 
 
 def test_circuit_is_identified_without_the_diagnostics(model, circuit, ablation_record, monkeypatch):
     """Re-run the identification with the diagnostics disabled: same scores, same roles as shipped."""
-    import jaxdiag.model
+    import jaxdiag.probes
     from jaxdiag.induction.identify import identify
 
     def forbidden(*args, **kwargs):
         raise AssertionError("identification must not compute attention diagnostics")
 
-    monkeypatch.setattr(jaxdiag.model, "attention_diagnostics", forbidden)
+    monkeypatch.setattr(jaxdiag.probes, "attention_diagnostics", forbidden)
+    monkeypatch.setattr(jaxdiag.probes, "stats_diagnostics", forbidden)
     found = identify(model)
     np.testing.assert_allclose(found.causal_effect(), ablation_record["effect"], atol=1e-4)
     np.testing.assert_allclose(found.mean_drop, ablation_record["mean_ablation"], atol=1e-4)

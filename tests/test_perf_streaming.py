@@ -12,6 +12,7 @@ from jaxdiag.config import GPT2Config
 from jaxdiag.diagnostics import DIAGNOSTICS, attention_diagnostics
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, STREAMING_MIN_SEQ, choose_attention
+from jaxdiag.probes import ATTENTION_PROBE, DIAGNOSTICS_PROBE
 from jaxdiag.streaming import block_stats, empty_stats, merge, merge_scales, stats_diagnostics, streaming_attention
 
 ATOL = 1e-5
@@ -68,10 +69,11 @@ def test_streaming_attention_matches_direct_and_float64(seq, block, lengths):
     k = k + 0.5
     lengths = np.asarray(lengths, np.int32)
     scale = 0.6
-    out, diag = jax.jit(
-        lambda q, k, v, n: streaming_attention(q, k, v, n, scale=scale, block=block, diagnostics=True,
+    out, stats = jax.jit(
+        lambda q, k, v, n: streaming_attention(q, k, v, n, scale=scale, block=block, row_stats=True,
                                                precision=jax.lax.Precision.HIGHEST)
     )(q, k, v, lengths)
+    diag = stats_diagnostics(stats)
 
     z = np.einsum("bqhd,bkhd->bhqk", q.astype(np.float64), k.astype(np.float64)) * scale
     visible = causal_visible(seq, lengths)[:, None]
@@ -129,11 +131,11 @@ def test_model_streaming_path_equals_direct(small_model, query, seq, lengths):
     rng = np.random.default_rng(seq)
     tokens = jnp.asarray(rng.integers(0, 97, size=(len(lengths), seq)), jnp.int32)
     lengths = jnp.asarray(lengths, jnp.int32)
-    direct = small_model(tokens, lengths, query=query, attention="direct")
-    streaming = small_model(tokens, lengths, query=query, attention="streaming")
-    assert_diagnostics_close(streaming["diagnostics"], direct["diagnostics"])
+    direct = small_model(tokens, lengths, probes=(DIAGNOSTICS_PROBE,), query=query, attention="direct")
+    streaming = small_model(tokens, lengths, probes=(DIAGNOSTICS_PROBE,), query=query, attention="streaming")
+    assert_diagnostics_close(streaming.probes, direct.probes)
     for b, n in enumerate(np.asarray(lengths)):  # padded positions' hidden states are don't-cares
-        np.testing.assert_allclose(np.asarray(streaming["hidden"][b, :n]), np.asarray(direct["hidden"][b, :n]), atol=ATOL)
+        np.testing.assert_allclose(np.asarray(streaming.hidden[b, :n]), np.asarray(direct.hidden[b, :n]), atol=ATOL)
 
 
 def test_auto_picks_streaming_for_long_or_large_and_direct_otherwise():
@@ -145,8 +147,9 @@ def test_auto_picks_streaming_for_long_or_large_and_direct_otherwise():
         choose_attention("flash", batch=1, n_head=1, seq=1)
 
 
-def test_return_attention_refuses_streaming(small_model):
+def test_attention_probe_refuses_streaming(small_model):
     tokens, lengths = jnp.zeros((1, 4), jnp.int32), jnp.asarray([4], jnp.int32)
-    with pytest.raises(JaxdiagError, match="return_attention"):
-        small_model(tokens, lengths, return_attention=True, attention="streaming")
-    assert small_model(tokens, lengths, return_attention=True)["attention"].shape == (2, 1, 4, 4, 4)
+    with pytest.raises(JaxdiagError, match="probe 'attention' needs attention='direct'"):
+        small_model(tokens, lengths, probes=(ATTENTION_PROBE,), query="all", attention="streaming")
+    out = small_model(tokens, lengths, probes=(ATTENTION_PROBE,), query="all")
+    assert out.probes["attention"].shape == (1, 2, 4, 4, 4)  # [batch, layer, head, query, key]

@@ -13,11 +13,15 @@ from jaxdiag.runconfig import load_config, package_data, preset_names, presets_d
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_runs_folder_holds_exact_copies_of_the_shipped_presets():
+def test_presets_are_defined_once_and_runs_holds_examples_that_differ():
     shipped = {p.name: p.read_text() for p in presets_dir().glob("*.toml")}
-    copies = {p.name: p.read_text() for p in (REPO / "runs").glob("*.toml")}
+    examples = {p.name: p.read_text() for p in (REPO / "runs").glob("*.toml")}
     assert {"default.toml", "ioi_blog.toml", "ioi_10k.toml", "induction.toml"} <= set(shipped)
-    assert copies == shipped, "runs/*.toml must stay copies of jaxdiag/presets/*.toml (cp jaxdiag/presets/*.toml runs/)"
+    assert examples and not set(examples.values()) & set(shipped.values()), "runs/ must not copy a preset"
+    preset_configs = [load_config(preset=p.removesuffix(".toml")) for p in shipped]
+    for name in examples:
+        config = load_config(REPO / "runs" / name)  # every example is a valid config ...
+        assert config not in preset_configs, f"runs/{name} is a preset under another name"  # ... of its own
 
 
 @pytest.mark.parametrize("name", ["ioi_blog", "ioi-blog", "ioi_10k", "induction"])

@@ -24,7 +24,7 @@ def gpt2_tokenizer() -> Tokenizer:
 
 
 def _reference_blog_sets() -> tuple[list[str], list[str]]:
-    """REFERENCE.md's procedure, written out from its prose (templates spelt out, not derived)."""
+    """docs/REFERENCE.md's procedure, written out from its prose (templates spelt out, not derived)."""
     abba = [
         "When {A} and {B} went to the store, {B} gave a drink to",
         "When {A} and {B} went to the park, {B} handed a ball to",

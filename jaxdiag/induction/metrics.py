@@ -1,7 +1,8 @@
 """Forward passes for the induction model: next-token logits, attention patterns, copying accuracy.
 
-All go through :class:`jaxdiag.model.GPT2` with ``query=None`` (no diagnostics), so what is
-measured here is independent of the attention diagnostics the sweep computes.
+All go through :class:`jaxdiag.model.GPT2` without the diagnostics probe, so what is measured here is
+independent of the attention diagnostics the sweep computes. Ablations are
+:class:`jaxdiag.interventions.HeadEdit`\ s.
 """
 
 from __future__ import annotations
@@ -14,43 +15,42 @@ import numpy as np
 from flax import nnx
 
 from jaxdiag.induction.data import CopyingSet
+from jaxdiag.interventions import HeadEdit
 from jaxdiag.model import GPT2
+from jaxdiag.probes import ATTENTION_PROBE
 
 
 def _full_lengths(tokens: jax.Array) -> jax.Array:
     return jnp.full((tokens.shape[0],), tokens.shape[1], dtype=jnp.int32)
 
 
-def next_token_nll(model: GPT2, tokens: jax.Array, **ablation) -> jax.Array:
+def next_token_nll(model: GPT2, tokens: jax.Array, edit: HeadEdit | None = None) -> jax.Array:
     """``[b, t - 1]`` negative log-likelihood of ``tokens[:, 1:]`` given the prefixes (float32)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = model(inputs, _full_lengths(inputs), query=None, return_logits=True, **ablation)["logits"]
+    logits = model(inputs, _full_lengths(inputs), edit=edit, logits=True).logits
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 
 def compile_predict(model: GPT2) -> Callable[..., np.ndarray]:
-    """A jitted ``(tokens, head_scale=None, head_replacement=None) -> argmax next token [b, t - 1]``."""
+    """A jitted ``(tokens, edit=None) -> argmax next token [b, t - 1]``."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def predict(state, tokens, head_scale, head_replacement):
+    def predict(state, tokens, edit):
         inputs = tokens[:, :-1]
-        out = nnx.merge(graphdef, state)(
-            inputs, _full_lengths(inputs), query=None, return_logits=True,
-            head_scale=head_scale, head_replacement=head_replacement,
-        )
-        return jnp.argmax(out["logits"], axis=-1)
+        out = nnx.merge(graphdef, state)(inputs, _full_lengths(inputs), edit=edit, logits=True)
+        return jnp.argmax(out.logits, axis=-1)
 
-    def run(tokens, head_scale=None, head_replacement=None):
-        return np.asarray(predict(state, jnp.asarray(tokens), head_scale, head_replacement))
+    def run(tokens, edit: HeadEdit | None = None):
+        return np.asarray(predict(state, jnp.asarray(tokens), edit))
 
     return run
 
 
-def copying_accuracy(predict: Callable[..., np.ndarray], data: CopyingSet, **ablation) -> float:
+def copying_accuracy(predict: Callable[..., np.ndarray], data: CopyingSet, edit: HeadEdit | None = None) -> float:
     """Share of copyable targets (copy positions after the first) that the model's argmax predicts."""
-    predicted = predict(data.tokens, **ablation)
+    predicted = predict(data.tokens, edit)
     mask = data.target_mask()
     return float(np.mean(predicted[mask] == data.tokens[:, 1:][mask]))
 
@@ -61,8 +61,8 @@ def attention_patterns(model: GPT2, tokens: np.ndarray, batch_size: int = 64) ->
 
     @jax.jit
     def patterns(state, tokens):
-        out = nnx.merge(graphdef, state)(tokens, _full_lengths(tokens), query=None, return_attention=True)
-        return jnp.transpose(out["attention"], (1, 0, 2, 3, 4))  # [layer, b, ...] -> [b, layer, ...]
+        out = nnx.merge(graphdef, state)(tokens, _full_lengths(tokens), probes=(ATTENTION_PROBE,), query="all")
+        return out.probes["attention"]
 
     return np.concatenate(
         [np.asarray(patterns(state, jnp.asarray(tokens[i : i + batch_size]))) for i in range(0, len(tokens), batch_size)]

@@ -1,0 +1,81 @@
+"""Interventions: edits of heads' outputs inside the forward pass (zero, mean and patch).
+
+A :class:`HeadEdit` acts on each head's output ``a`` (its ``d_head`` slice of the attention output,
+before the layer's output projection) at every position::
+
+    a  <-  keep * a + (1 - keep) * replacement
+
+``keep = 1`` leaves a head alone; ``keep = 0`` replaces it (zeros: zero-ablation; its mean output
+over reference prompts: mean-ablation; the same head's output on another prompt: patching).
+Intermediate ``keep`` interpolates. The edit is a pytree of arrays, so a step can ``jax.vmap`` over
+many edits (one per head) or differentiate with respect to ``replacement``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiag.errors import JaxdiagError
+
+Head = tuple[int, int]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class HeadEdit:
+    """Per-layer edit of head outputs; leading axis ``layer`` on both arrays.
+
+    keep: ``[layer, ..., head]``, broadcastable per layer to ``[batch, seq, head]``.
+    replacement: ``[layer, ..., head, d_head]``, broadcastable per layer to ``[batch, seq, head, d_head]``.
+    """
+
+    keep: jax.Array
+    replacement: jax.Array
+
+    def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
+        return self.keep[i], self.replacement[i]
+
+
+def apply_edit(heads: jax.Array, keep: jax.Array, replacement: jax.Array) -> jax.Array:
+    """``heads [b, s, h, d]`` with each head's output replaced as the edit says."""
+    heads = heads * keep[..., None].astype(heads.dtype)
+    return heads + ((1 - keep)[..., None] * replacement).astype(heads.dtype)
+
+
+def keep_mask(shape: tuple[int, int], heads: Iterable[Head]) -> np.ndarray:
+    """``[layer, head]`` float32: 0 on ``heads``, 1 elsewhere."""
+    keep = np.ones(shape, dtype=np.float32)
+    for layer, head in heads:
+        if not (0 <= layer < shape[0] and 0 <= head < shape[1]):
+            raise JaxdiagError(f"head {layer}.{head} is not in a model of {shape[0]} layers x {shape[1]} heads")
+        keep[layer, head] = 0.0
+    return keep
+
+
+def zero_heads(shape: tuple[int, int, int], heads: Iterable[Head]) -> HeadEdit:
+    """Zero-ablate ``heads`` of a model with ``shape = (layer, head, d_head)``."""
+    n_layer, n_head, d_head = shape
+    return HeadEdit(jnp.asarray(keep_mask((n_layer, n_head), heads)),
+                    jnp.zeros((n_layer, n_head, d_head), jnp.float32))
+
+
+def mean_heads(means: np.ndarray, heads: Iterable[Head]) -> HeadEdit:
+    """Replace ``heads``' outputs by their mean outputs ``means [layer, head, d_head]``."""
+    means = np.asarray(means, dtype=np.float32)
+    return HeadEdit(jnp.asarray(keep_mask(means.shape[:2], heads)), jnp.asarray(means))
+
+
+def patch_heads(source: jax.Array, heads: Iterable[Head]) -> HeadEdit:
+    """Replace ``heads``' outputs at every position by their outputs on other prompts.
+
+    ``source [batch, layer, seq, head, d_head]`` is what :data:`jaxdiag.probes.HEAD_OUTPUT_PROBE`
+    gives for the source prompts (row ``b`` patches prompt ``b``; same ``seq`` as the edited batch).
+    """
+    source = jnp.asarray(source)
+    keep = jnp.asarray(keep_mask((source.shape[1], source.shape[3]), heads))
+    return HeadEdit(keep[:, None, None, :], jnp.moveaxis(source, 1, 0))
