@@ -106,7 +106,7 @@ class Attention(nnx.Module):
         self.c_attn = _linear(config.n_embd, 3 * config.n_embd, dtype, precision, rngs)
         self.c_proj = _linear(config.n_embd, config.n_embd, dtype, precision, rngs)
 
-    def __call__(self, x: jax.Array, ctx: _Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def __call__(self, x: jax.Array, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The layer's attention output and its probes' arrays (``{}`` when no probe is asked for)."""
         batch, seq, _ = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
@@ -125,7 +125,7 @@ class Attention(nnx.Module):
             "bqhd,bkhd->bhqk", q, k, precision=self.precision, preferred_element_type=jnp.float32
         ) * jnp.float32(self.scale)
 
-    def _direct(self, q, k, v, ctx: _Context) -> tuple[jax.Array, AttentionView | None]:
+    def _direct(self, q, k, v, ctx: Context) -> tuple[jax.Array, AttentionView | None]:
         """Attention that forms the layer's ``[b, h, q, k]`` scores."""
         scores = self._scores(q, k)
         # finfo.min rather than -inf, as transformers does: a row stays finite even if fully masked.
@@ -140,7 +140,7 @@ class Attention(nnx.Module):
         row_probs = jnp.take_along_axis(probs, ctx.rows[:, None, :, None], axis=2)
         return heads, ctx.view(self.layer_idx, heads, scores=row_scores, probs=row_probs)
 
-    def _streaming(self, q, k, v, ctx: _Context) -> tuple[jax.Array, AttentionView | None]:
+    def _streaming(self, q, k, v, ctx: Context) -> tuple[jax.Array, AttentionView | None]:
         """Blockwise attention (O(b h q) memory); the ``[b, h, q, k]`` pattern is never formed."""
         heads, stats = streaming_attention(
             q, k, v, ctx.lengths, scale=self.scale, precision=self.precision,
@@ -176,11 +176,13 @@ class Block(nnx.Module):
         self.ln_2 = _layer_norm(config, dtype, rngs)
         self.mlp = MLP(config, dtype=dtype, precision=precision, rngs=rngs)
 
-    def __call__(self, x: jax.Array, ctx: _Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def __call__(self, x: jax.Array, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
         attn_out, probed = self.attn(self.ln_1(x), ctx)
-        x = x + attn_out
-        x = x + self.mlp(self.ln_2(x))
-        return x, probed
+        return self.feed_forward(x + attn_out), probed
+
+    def feed_forward(self, x: jax.Array) -> jax.Array:
+        """The MLP's residual update, from the residual stream after this layer's attention."""
+        return x + self.mlp(self.ln_2(x))
 
 
 @jax.tree_util.register_dataclass
@@ -194,7 +196,7 @@ class Forward:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Context:
+class Context:
     """Everything every layer shares in one forward pass (masks, probed rows, probes, edit)."""
 
     impl: Literal["direct", "streaming"]
@@ -252,6 +254,19 @@ class GPT2(nnx.Module):
             (default) picks streaming for long prompts or large score tensors unless a probe
             needs the pattern. Both give the same values to float32 rounding.
         """
+        ctx = self.context(tokens, lengths, probes=probes, query=query, edit=edit, attention=attention)
+        x = self.embed(tokens)
+        per_layer = []
+        for block in self.h:
+            x, probed = block(x, ctx)
+            per_layer.append(probed)
+        hidden = self.ln_f(x)
+        return Forward(hidden, self.unembed(hidden) if logits else None, stack_layers(per_layer))
+
+    def context(self, tokens: jax.Array, lengths: jax.Array, *, probes: Sequence[Probe] = (),
+                query: QueryMode = "last", edit: HeadEdit | None = None,
+                attention: AttentionImpl = "auto") -> Context:
+        """Masks, probed rows and the attention path for a batch (arguments as for ``__call__``)."""
         batch, seq = tokens.shape
         if seq > self.config.n_positions:
             raise JaxdiagError(f"sequence length {seq} exceeds the model's context window of {self.config.n_positions}")
@@ -275,18 +290,13 @@ class GPT2(nnx.Module):
         else:
             rows = jnp.broadcast_to(positions, (batch, seq))
             row_visible = visible & key_real[:, None, :, None]  # padded query rows see nothing
-        ctx = _Context(impl, query, probes, edit, tokens, lengths, visible, rows, row_visible)
+        return Context(impl, query, probes, edit, tokens, lengths, visible, rows, row_visible)
 
-        x = self.wte(tokens) + self.wpe(positions)[None]
-        per_layer = []
-        for block in self.h:
-            x, probed = block(x, ctx)
-            per_layer.append(probed)
-        hidden = self.ln_f(x)
-        out_logits = None
-        if logits:
-            out_logits = jnp.einsum(
-                "bse,ve->bsv", hidden, self.wte.embedding[...].astype(hidden.dtype),
-                preferred_element_type=jnp.float32,
-            )
-        return Forward(hidden, out_logits, stack_layers(per_layer))
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """The residual stream entering layer 0: token plus position embeddings ``[b, seq, n_embd]``."""
+        return self.wte(tokens) + self.wpe(jnp.arange(tokens.shape[1]))[None]
+
+    def unembed(self, hidden: jax.Array) -> jax.Array:
+        """Float32 logits ``[..., vocab]`` of final hidden states ``[..., n_embd]`` (LM head tied to ``wte``)."""
+        return jnp.einsum("...e,ve->...v", hidden, self.wte.embedding[...].astype(hidden.dtype),
+                          preferred_element_type=jnp.float32)
