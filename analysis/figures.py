@@ -19,9 +19,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from scipy.cluster import hierarchy  # noqa: E402
 
 from analysis._util import quiet  # noqa: E402
-from analysis.findings import N_SIGMA, TESTED, Analysis  # noqa: E402
+from analysis.findings import N_SIGMA, TESTED, Analysis, figure_names  # noqa: E402
 from analysis.labels import head_label, pair_label  # noqa: E402
-from analysis.markdown import figure_names  # noqa: E402
 
 MAX_POINTS = 200
 COLOR_A, COLOR_B = "tab:red", "tab:blue"

@@ -22,6 +22,10 @@ from analysis.results import (ConfidenceInterval, CorrelationResult, MannWhitney
 
 TESTED = ("kl_norm", "chi")  # the posts' two diagnostics: every circuit test runs on both
 N_SIGMA = 5.0  # the posts' band: |C_diff| > 5 sigma
+# the report's figures in order; analysis.figures.FIGURES draws each (kept here so report.md can list
+# them without importing matplotlib)
+FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
+                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,3 +120,8 @@ class Analysis:
 
     def delta(self, var: str) -> xr.DataArray:
         return self.shifts[var].statistic
+
+
+def figure_names(an: Analysis) -> list[str]:
+    """The figures drawn for this report, in order (fig7 needs the prompt-count curve)."""
+    return [name for name in FIGURE_NAMES if an.curve or name != "fig7_prompt_count"]

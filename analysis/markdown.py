@@ -7,18 +7,9 @@ import math
 
 import numpy as np
 
-from analysis.findings import TESTED, Analysis
+from analysis.findings import TESTED, Analysis, figure_names
 from analysis.labels import head_label, pair_label
 from analysis.summary import circuit_head_rows, mann_whitney_entry
-
-FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
-                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered")
-
-
-def figure_names(an: Analysis) -> list[str]:
-    """The figures drawn for this report, in order (fig7 needs the prompt-count curve)."""
-    return [name for name in FIGURE_NAMES if an.curve or name != "fig7_prompt_count"]
-
 
 def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
