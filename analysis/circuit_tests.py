@@ -6,7 +6,6 @@ than non-circuit heads" (the posts' hypothesis). Per-head permutation tests are 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -14,28 +13,10 @@ from scipy import stats
 
 from analysis._util import quiet
 from analysis.errors import AnalysisError
-from analysis.resampling import finite_mask, permutation_members, weighted_means
-
-
-@dataclasses.dataclass(frozen=True)
-class MannWhitneyResult:
-    """One-sided Mann-Whitney U of circuit vs non-circuit |delta| (alternative: circuit greater)."""
-
-    statistic: float  # U of the circuit sample, as scipy.stats.mannwhitneyu reports it
-    pvalue: float  # scipy's default method (exact for tiny tie-free samples, else normal + continuity)
-    pvalue_exact: float  # scipy's exact null distribution (NaN when ties make it inapplicable)
-    auc: float  # U / (k m): P(|delta| of a random circuit head > that of a random other head)
-    n_circuit: int
-    n_other: int
-    min_pvalue: float  # smallest one-sided exact p attainable: 1 / C(k + m, k)
-
-
-@dataclasses.dataclass(frozen=True)
-class PermutationResult:
-    statistic: float | np.ndarray
-    pvalue: float | np.ndarray
-    null_distribution: np.ndarray
-    n_resamples: int
+from analysis.labels import like
+from analysis.resampling import finite_mask, permutation_members, permutation_pvalue, random_subsets, weighted_means
+from analysis.results import (ConfidenceInterval, CorrelationResult, MannWhitneyResult, PermutationResult,
+                              StratifiedResult)
 
 
 def min_attainable_pvalue(n_circuit: int, n_total: int) -> float:
@@ -68,6 +49,7 @@ def u_statistics(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def permutation_deltas(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """[n_perm, *heads] delta of means after shuffling condition labels across the pooled prompts."""
+    xa, xb = np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64)
     heads = xa.shape[1:]
     n_a, n_b = xa.shape[0], xb.shape[0]
     pooled = np.concatenate([xa.reshape(n_a, -1), xb.reshape(n_b, -1)])
@@ -76,17 +58,6 @@ def permutation_deltas(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.rand
     for members in permutation_members(n_a, n_b, n_perm, rng):
         out.append(weighted_means(members, pooled, finite) - weighted_means(1.0 - members, pooled, finite))
     return np.concatenate(out).reshape((n_perm, *heads))
-
-
-def p_from_null(observed: np.ndarray | float, null: np.ndarray) -> np.ndarray:
-    """(1 + #{null >= observed}) / (1 + n): a valid (never anti-conservative) Monte-Carlo p-value.
-
-    A relative tolerance absorbs the rounding between a recomputed statistic and the observed one.
-    """
-    observed = np.asarray(observed, dtype=float)
-    tol = 1e-9 * np.maximum(np.abs(observed), 1e-300)
-    p = (1.0 + np.sum(null >= observed - tol, axis=0)) / (1.0 + null.shape[0])
-    return np.where(np.isnan(observed), np.nan, p)
 
 
 def circuit_permutation_test(delta: np.ndarray, null_deltas: np.ndarray, mask: np.ndarray) -> PermutationResult:
@@ -99,40 +70,31 @@ def circuit_permutation_test(delta: np.ndarray, null_deltas: np.ndarray, mask: n
     flat_mask = np.ravel(mask)[keep]
     observed = float(u_statistics(np.abs(np.ravel(delta)[keep])[None], flat_mask)[0])
     null = u_statistics(np.abs(null_deltas.reshape(null_deltas.shape[0], -1)[:, keep]), flat_mask)
-    return PermutationResult(observed, float(p_from_null(observed, null)), null, null.shape[0])
+    return PermutationResult(observed, float(permutation_pvalue(observed, null)), null, null.shape[0], "greater")
 
 
 def per_head_permutation(delta: np.ndarray, null_deltas: np.ndarray) -> PermutationResult:
-    """Two-sided per-head permutation p-values on |delta| (array of the heads' shape)."""
-    return PermutationResult(np.abs(delta), p_from_null(np.abs(delta), np.abs(null_deltas)), null_deltas,
-                             null_deltas.shape[0])
+    """Two-sided per-head permutation p-values on |delta| (arrays labelled like delta)."""
+    abs_delta = np.abs(np.asarray(delta, dtype=float))
+    pvalue = permutation_pvalue(abs_delta, np.abs(np.asarray(null_deltas)))
+    return PermutationResult(like(delta, abs_delta), like(delta, pvalue), np.asarray(null_deltas),
+                             null_deltas.shape[0], "two-sided")
 
 
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
-    """BH-adjusted p-values (q-values) of the finite entries, same shape; NaN stays NaN."""
+    """BH-adjusted p-values (q-values) of the finite entries, labelled like pvalues; NaN stays NaN."""
     p = np.asarray(pvalues, dtype=float)
     q = np.full(p.shape, np.nan)
     finite = np.isfinite(p)
     if finite.any():
         q[finite] = stats.false_discovery_control(p[finite], method="bh")
-    return q
-
-
-@dataclasses.dataclass(frozen=True)
-class StratifiedResult:
-    """Layer-stratified rank test: circuit heads compared only with non-circuit heads of their own layer."""
-
-    statistic: float  # sum over layers of the within-layer Mann-Whitney U
-    auc: float  # statistic / sum over layers of k_l m_l
-    pvalue: float  # one-sided (circuit greater), Monte-Carlo over within-layer relabelling of circuit heads
-    layers: list[int]  # layers that hold both circuit and non-circuit heads (the only informative ones)
-    n_resamples: int
-    min_pvalue: float  # 1 / prod_l C(H_l, k_l): all circuit heads on top of their layers
+    return like(pvalues, q)
 
 
 def layer_stratified_test(abs_delta: np.ndarray, mask: np.ndarray, n_perm: int,
                           rng: np.random.Generator) -> StratifiedResult:
     """abs_delta, mask: [layer, head]. Controls the layer-depth confound by ranking within layers."""
+    abs_delta, mask = np.asarray(abs_delta, dtype=float), np.asarray(mask, dtype=bool)
     observed, null, pairs, layers, n_arrangements = 0.0, np.zeros(n_perm), 0, [], 1
     for layer in range(abs_delta.shape[0]):
         keep = np.isfinite(abs_delta[layer])
@@ -145,16 +107,17 @@ def layer_stratified_test(abs_delta: np.ndarray, mask: np.ndarray, n_perm: int,
         n_arrangements *= math.comb(n, k)
         ranks = stats.rankdata(values)
         observed += ranks[m].sum() - k * (k + 1) / 2.0
-        chosen = np.argsort(rng.random((n_perm, n)), axis=1)[:, :k]
+        chosen = random_subsets(n, k, n_perm, rng)
         null += ranks[chosen].sum(axis=1) - k * (k + 1) / 2.0
     if not layers:
         raise AnalysisError("no layer holds both circuit and non-circuit heads; the stratified test is undefined")
-    return StratifiedResult(float(observed), float(observed / pairs), float(p_from_null(observed, null[:, None])[0]),
+    return StratifiedResult(float(observed), float(observed / pairs), float(permutation_pvalue(observed, null)), null,
                             layers, n_perm, 1.0 / n_arrangements)
 
 
-def auc_interval(boot_deltas: np.ndarray, mask: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def auc_interval(boot_deltas: np.ndarray, mask: np.ndarray, level: float = 0.95) -> ConfidenceInterval:
     """Percentile CI of the ROC-AUC over prompt-bootstrap replicates of the deltas [B, *heads]."""
+    boot_deltas = np.asarray(boot_deltas)
     flat = np.abs(boot_deltas.reshape(boot_deltas.shape[0], -1))
     m = np.ravel(mask)
     if not np.isfinite(flat).all():
@@ -163,7 +126,7 @@ def auc_interval(boot_deltas: np.ndarray, mask: np.ndarray, level: float = 0.95)
     auc = u_statistics(flat, m) / (m.sum() * (~m).sum())
     alpha = (1 - level) / 2
     low, high = np.quantile(auc, [alpha, 1 - alpha])
-    return float(low), float(high)
+    return ConfidenceInterval(float(low), float(high))
 
 
 def descending_ranks(abs_delta: np.ndarray) -> np.ndarray:
@@ -172,14 +135,16 @@ def descending_ranks(abs_delta: np.ndarray) -> np.ndarray:
     ranks = np.full(flat.shape, np.nan)
     finite = np.isfinite(flat)
     ranks[finite] = stats.rankdata(-flat[finite])
-    return ranks.reshape(np.shape(abs_delta))
+    return like(abs_delta, ranks.reshape(np.shape(abs_delta)))
 
 
-def ablation_spearman(abs_delta: np.ndarray, ablation: np.ndarray):
-    """scipy.stats.spearmanr of |delta| and ablation effect over the heads where both are finite."""
+def ablation_spearman(abs_delta: np.ndarray, ablation: np.ndarray) -> CorrelationResult:
+    """scipy.stats.spearmanr (two-sided) of |delta| and ablation effect over the heads where both are finite."""
     x, y = np.ravel(abs_delta), np.ravel(ablation)
     keep = np.isfinite(x) & np.isfinite(y)
     if keep.sum() < 3:
         raise AnalysisError("ablation effects cover fewer than 3 heads; no Spearman correlation")
     with quiet():
-        return stats.spearmanr(x[keep], y[keep]), int(keep.sum())
+        res = stats.spearmanr(x[keep], y[keep])
+    return CorrelationResult(float(res.statistic), float(res.pvalue), ConfidenceInterval(np.nan, np.nan),
+                             int(keep.sum()))

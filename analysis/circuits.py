@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from analysis.errors import AnalysisError
+from analysis.labels import head_label
 
-BUILTIN = ("ioi23", "ioi26")
+BUILTIN = ("ioi23", "ioi26")  # the one list of shipped circuits (circuits/<name>.toml); jaxdiag.runconfig should use it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Circuit:
 
     def check_fits(self, n_layers: int, n_heads: int) -> None:
         """Raise AnalysisError when the circuit names heads a n_layers x n_heads model lacks."""
-        bad = [f"{l}.{h}" for l, h in self.heads if not (0 <= l < n_layers and 0 <= h < n_heads)]
+        bad = [head_label(l, h) for l, h in self.heads if not (0 <= l < n_layers and 0 <= h < n_heads)]
         if bad:
             raise AnalysisError(
                 f"circuit {self.name!r} names heads {', '.join(bad)} that a {n_layers}x{n_heads} model lacks"
@@ -113,7 +114,7 @@ def load_ablation(spec: Any, n_layers: int | None, n_heads: int | None, where: s
         out = np.full((n_layers, n_heads), np.nan)
         for (layer, head), v in entries.items():
             if not (0 <= layer < n_layers and 0 <= head < n_heads):
-                raise AnalysisError(f"{where}: ablation names head {layer}.{head} outside {n_layers}x{n_heads}")
+                raise AnalysisError(f"{where}: ablation names head {head_label(layer, head)} outside {n_layers}x{n_heads}")
             out[layer, head] = v
         return out
     try:

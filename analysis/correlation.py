@@ -4,36 +4,28 @@ correlation matrices across prompts (C_a, C_b, C_diff) with the posts' sigma ban
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from scipy import stats
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from analysis._util import quiet
-from analysis.resampling import bootstrap_counts, permutation_members
+from analysis.resampling import bootstrap_counts, permutation_members, permutation_pvalue
+from analysis.results import ConfidenceInterval, CorrelationResult, MaxNullResult
 
 
-@dataclasses.dataclass(frozen=True)
-class Pearson:
-    statistic: float
-    pvalue: float  # two-sided, scipy.stats.pearsonr
-    low: float  # 95% Fisher-z confidence interval
-    high: float
-    n: int
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> Pearson:
-    """Pearson r over the entries where both are finite (NaN result when fewer than 3 or constant)."""
+def pearson(x: np.ndarray, y: np.ndarray) -> CorrelationResult:
+    """Pearson r (two-sided p, 95% Fisher-z CI) over the entries where both are finite (NaN result
+    when fewer than 3 or constant)."""
     x, y = np.ravel(x), np.ravel(y)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return Pearson(np.nan, np.nan, np.nan, np.nan, int(x.size))
+        return CorrelationResult(np.nan, np.nan, ConfidenceInterval(np.nan, np.nan), int(x.size))
     res = stats.pearsonr(x, y)
     ci = res.confidence_interval(0.95)
-    return Pearson(float(res.statistic), float(res.pvalue), float(ci.low), float(ci.high), int(x.size))
+    return CorrelationResult(float(res.statistic), float(res.pvalue), ConfidenceInterval(float(ci.low), float(ci.high)),
+                             int(x.size))
 
 
 def complete_rows(x: np.ndarray) -> np.ndarray:
@@ -83,18 +75,7 @@ def correlation_from_moments(total: np.ndarray, cross: np.ndarray, n: int) -> np
         return cov / (sd[..., :, None] * sd[..., None, :])
 
 
-@dataclasses.dataclass(frozen=True)
-class MaxNull:
-    """Family-wise null for C_diff: the max over pairs of |C_diff| under condition-label shuffles."""
-
-    observed_max: float
-    pvalue: float  # P(null max >= observed max): does any pair differ beyond chance?
-    null_distribution: np.ndarray
-    quantile_95: float  # pairs beyond this are significant at family-wise 5%
-    n_resamples: int
-
-
-def c_diff_max_null(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.Generator) -> MaxNull:
+def c_diff_max_null(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.Generator) -> MaxNullResult:
     """Shuffle condition labels across pooled prompts and recompute C_a - C_b each time.
 
     The relabelled-a cross-product matrices of a chunk of permutations are one matrix product:
@@ -124,8 +105,8 @@ def c_diff_max_null(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.
         with quiet():
             null.append(np.nanmax(np.abs((c_a - c_b)[:, iu[0], iu[1]]), axis=1))
     null = np.concatenate(null)
-    p = (1.0 + np.sum(null >= observed - 1e-12)) / (1.0 + null.size)
-    return MaxNull(observed, float(p), null, float(np.quantile(null, 0.95)), int(null.size))
+    return MaxNullResult(observed, float(permutation_pvalue(observed, null)), null, float(np.quantile(null, 0.95)),
+                         int(null.size))
 
 
 OUTER_BYTES = 64 * 2**20
@@ -136,10 +117,10 @@ def _outer(x: np.ndarray) -> np.ndarray:
     return (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
 
 
-def family_wise_p(values: np.ndarray, null: MaxNull) -> np.ndarray:
+def family_wise_p(values: np.ndarray, null: MaxNullResult) -> np.ndarray:
     """Family-wise (max-statistic) p-value of each |C_diff| value."""
-    v = np.abs(np.asarray(values, dtype=float))[..., None]
-    return (1.0 + np.sum(null.null_distribution >= v - 1e-12, axis=-1)) / (1.0 + null.n_resamples)
+    v = np.abs(np.asarray(values, dtype=float))
+    return permutation_pvalue(v, null.null_distribution.reshape((-1,) + (1,) * v.ndim))
 
 
 def bootstrap_c_diff(xa: np.ndarray, xb: np.ndarray, pairs: list[tuple[int, int]], n_boot: int,

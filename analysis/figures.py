@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg): the posts' six, the prompt-count curve and C_diff clustered.
 
-Every function takes an Analysis and returns a Figure; `save` writes PNG and SVG. Scatter plots
+Every function takes the report object (an Analysis) and returns a Figure; `save` writes PNG and
+SVG; `write_figures(an, out_dir)` draws them all. Scatter plots
 draw at most MAX_POINTS prompts per condition (a random subset, seeded) so huge stores stay light.
 """
 
@@ -18,7 +19,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from scipy.cluster import hierarchy  # noqa: E402
 
 from analysis._util import quiet  # noqa: E402
-from analysis.pipeline import TESTED, Analysis  # noqa: E402
+from analysis.findings import N_SIGMA, TESTED, Analysis, figure_names  # noqa: E402
+from analysis.labels import head_label, pair_label  # noqa: E402
 
 MAX_POINTS = 200
 COLOR_A, COLOR_B = "tab:red", "tab:blue"
@@ -35,15 +37,20 @@ def save(fig: Figure, out_dir: Path, name: str) -> list[str]:
 
 
 def _points(an: Analysis, layer: int, head: int) -> tuple[np.ndarray, ...]:
-    (ka, kb), (ca, cb) = an.values["kl_norm"], an.values["chi"]
-    rng = np.random.default_rng(an.seed)
+    (ka, kb), (ca, cb) = _arrays(an)
+    rng = np.random.default_rng(an.comparison.seed)
     pick_a = rng.permutation(ka.shape[0])[:MAX_POINTS]
     pick_b = rng.permutation(kb.shape[0])[:MAX_POINTS]
     return ka[pick_a, layer, head], ca[pick_a, layer, head], kb[pick_b, layer, head], cb[pick_b, layer, head]
 
 
+def _arrays(an: Analysis) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """[prompt, layer, head] values of kl_norm and chi for both conditions."""
+    return tuple((xa.values, xb.values) for xa, xb in (an.comparison.values[v] for v in ("kl_norm", "chi")))
+
+
 def _means(an: Analysis, layer: int, head: int) -> tuple[float, float, float, float]:
-    (ka, kb), (ca, cb) = an.values["kl_norm"], an.values["chi"]
+    (ka, kb), (ca, cb) = _arrays(an)
     with quiet():
         return tuple(float(np.nanmean(v[:, layer, head])) for v in (ka, ca, kb, cb))
 
@@ -62,14 +69,14 @@ def _head_panel(ax, an: Analysis, layer: int, head: int, *, arrow: bool, small: 
 
 def one_head(an: Analysis) -> Figure:
     """Fig. 1: the circuit head with the largest |delta kl_norm| in the (KL, chi) plane."""
-    delta = np.where(an.mask, np.abs(np.nan_to_num(an.delta("kl_norm"))), -1)
+    delta = np.where(an.comparison.mask.values, np.abs(np.nan_to_num(an.delta("kl_norm").values)), -1)
     layer, head = np.unravel_index(int(np.argmax(delta)), delta.shape)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     _head_panel(ax, an, layer, head, arrow=True, small=False)
     ax.set_xlabel("KL / log n  (kl_norm)")
     ax.set_ylabel("chi")
-    role = an.circuit.role_of(layer, head) or "non-circuit"
-    ax.set_title(f"head {layer}.{head} ({role}): delta KL = {an.delta('kl_norm')[layer, head]:+.3f}")
+    role = an.comparison.circuit.role_of(layer, head) or "non-circuit"
+    ax.set_title(f"head {head_label(layer, head)} ({role}): delta KL = {float(an.delta('kl_norm')[layer, head]):+.3f}")
     ax.legend(handles=_legend(an), loc="best", fontsize=8)
     return fig
 
@@ -77,8 +84,8 @@ def one_head(an: Analysis) -> Figure:
 def _legend(an: Analysis):
     from matplotlib.lines import Line2D
 
-    return [Line2D([], [], ls="", marker="o", c=COLOR_A, label=f"{an.a} (mean: circle)"),
-            Line2D([], [], ls="", marker="s", c=COLOR_B, label=f"{an.b} (mean: square)")]
+    return [Line2D([], [], ls="", marker="o", c=COLOR_A, label=f"{an.comparison.a} (mean: circle)"),
+            Line2D([], [], ls="", marker="s", c=COLOR_B, label=f"{an.comparison.b} (mean: square)")]
 
 
 def _grid(an: Analysis, heads: list[tuple[int, int]], titles: list[str], suptitle: str, arrow: bool) -> Figure:
@@ -107,35 +114,37 @@ def _grid(an: Analysis, heads: list[tuple[int, int]], titles: list[str], suptitl
 
 def circuit_grid(an: Analysis) -> Figure:
     """Fig. 2: every circuit head by role, arrow from condition a's mean to condition b's."""
+    c = an.comparison
     heads, titles = [], []
-    for role, members in an.circuit.roles.items():
+    for role, members in c.circuit.roles.items():
         for layer, head in sorted(members):
             if (layer, head) not in heads:
                 heads.append((layer, head))
-                titles.append(f"{role} {layer}.{head}")
-    return _grid(an, heads, titles, f"circuit heads ({an.circuit.name}): {an.a} -> {an.b}", arrow=True)
+                titles.append(f"{role} {head_label(layer, head)}")
+    return _grid(an, heads, titles, f"circuit heads ({c.circuit.name}): {c.a} -> {c.b}", arrow=True)
 
 
 def other_grid(an: Analysis) -> Figure:
     """Fig. 3: every non-circuit head."""
-    heads = [(int(l), int(h)) for l, h in zip(*np.nonzero(~an.mask))]
-    return _grid(an, heads, [f"{l}.{h}" for l, h in heads], "non-circuit heads", arrow=True)
+    heads = [(int(l), int(h)) for l, h in zip(*np.nonzero(~an.comparison.mask.values))]
+    return _grid(an, heads, [head_label(l, h) for l, h in heads], "non-circuit heads", arrow=True)
 
 
 def delta_distributions(an: Analysis) -> Figure:
     """Fig. 4: |delta| of circuit vs non-circuit heads, with the test results in the titles."""
     fig, axes = plt.subplots(1, len(TESTED), figsize=(5.2 * len(TESTED), 4))
-    rng = np.random.default_rng(an.seed)
+    rng = np.random.default_rng(an.comparison.seed)
+    mask = an.comparison.mask.values
     for ax, var in zip(np.atleast_1d(axes), TESTED):
-        absd = np.abs(an.delta(var))
-        groups = [absd[an.mask], absd[~an.mask]]
+        absd = np.abs(an.delta(var).values)
+        groups = [absd[mask], absd[~mask]]
         ax.boxplot([g[np.isfinite(g)] for g in groups], showfliers=False)
         for i, g in enumerate(groups):
             ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, g.size), g, s=10, alpha=0.6,
                        c="tab:orange" if i == 0 else "tab:gray", zorder=3)
         ax.set_xticks([1, 2], [f"circuit ({groups[0].size})", f"other ({groups[1].size})"])
         ax.set_ylabel(f"|delta {var}|")
-        mw, pm = an.mann_whitney[var], an.permutation[var]
+        mw, pm = an.circuit_tests[var].mann_whitney, an.circuit_tests[var].permutation
         ax.set_title(f"MW U={mw.statistic:.0f}, p={mw.pvalue:.2g} (one-sided)\n"
                      f"AUC={mw.auc:.2f}, permutation p={pm.pvalue:.2g}", fontsize=9)
     fig.tight_layout()
@@ -144,13 +153,14 @@ def delta_distributions(an: Analysis) -> Figure:
 
 def correlation_matrices(an: Analysis) -> Figure:
     """Fig. 5: C_a, C_b and C_diff (heads x heads over prompts) with circuit heads ticked."""
-    n_layers, n_heads = an.shape
-    ticks = np.flatnonzero(an.mask.ravel())
-    labels = [f"{k // n_heads}.{k % n_heads}" for k in ticks]
+    c, x = an.comparison, an.cross_head
+    n_layers, n_heads = c.shape
+    ticks = np.flatnonzero(c.mask.values.ravel())  # the flat head axis is layer-major, like mask.ravel()
+    labels = list(x.units["unit"].values[ticks])
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.6))
-    for ax, mat, title, lim in zip(axes, (an.c_a, an.c_b, an.c_diff),
-                                   (f"C_{an.a}", f"C_{an.b}", f"C_diff = C_{an.a} - C_{an.b}"), (1, 1, 2)):
-        im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    for ax, mat, title, lim in zip(axes, (x.c_a, x.c_b, x.c_diff),
+                                   (f"C_{c.a}", f"C_{c.b}", f"C_diff = C_{c.a} - C_{c.b}"), (1, 1, 2)):
+        im = ax.imshow(mat.values, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         ax.set_title(title)
         ax.set_xticks(ticks, labels, rotation=90, fontsize=5)
         ax.set_yticks(ticks, labels, fontsize=5)
@@ -168,26 +178,26 @@ def clustered_c_diff(an: Analysis) -> Figure:
     Blocks on the diagonal are groups of heads whose co-variation changes together between
     conditions; circuit heads are labelled in bold.
     """
-    n_heads = an.shape[1]
-    k = an.c_diff.shape[0]
+    c, x = an.comparison, an.cross_head
+    k = x.c_diff.shape[0]
     fig, (top, ax) = plt.subplots(2, 1, figsize=(9, 10.5), height_ratios=(1, 4), sharex=True)
-    tree = hierarchy.dendrogram(an.linkage, ax=top, no_labels=True, color_threshold=0,
+    tree = hierarchy.dendrogram(x.linkage, ax=top, no_labels=True, color_threshold=0,
                                 above_threshold_color="0.3")
     order = np.asarray(tree["leaves"])
     top.set_ylabel("1 - C_diff (average)")
-    top.set_title(f"C_diff = C_{an.a} - C_{an.b}, heads clustered")
+    top.set_title(f"C_diff = C_{c.a} - C_{c.b}, heads clustered")
     for spine in ("top", "right"):
         top.spines[spine].set_visible(False)
     # dendrogram draws leaf i at x = 10 i + 5; the matrix below uses cell centres 10 i + 5 too
     extent = (0, 10 * k, 10 * k, 0)
-    im = ax.imshow(an.c_diff[np.ix_(order, order)], cmap="RdBu_r", vmin=-2, vmax=2, interpolation="nearest",
+    im = ax.imshow(x.c_diff.values[np.ix_(order, order)], cmap="RdBu_r", vmin=-2, vmax=2, interpolation="nearest",
                    extent=extent, aspect="auto")
-    circuit = an.mask.ravel()
+    circuit = c.mask.values.ravel()
     if k <= 48:  # above that, head labels are unreadable; circuit heads still get ticks
         shown = np.arange(k)
     else:
         shown = np.flatnonzero(circuit[order])
-    labels = [f"{order[i] // n_heads}.{order[i] % n_heads}" for i in shown]
+    labels = list(x.units["unit"].values[order[shown]])
     ax.set_xticks(10 * shown + 5, labels, rotation=90, fontsize=6)
     ax.set_yticks(10 * shown + 5, labels, fontsize=6)
     for tick_labels in (ax.get_xticklabels(), ax.get_yticklabels()):
@@ -200,27 +210,24 @@ def clustered_c_diff(an: Analysis) -> Figure:
 
 def band_scatter(an: Analysis) -> Figure:
     """Fig. 6: C_a vs C_b over head pairs with the posts' 5-sigma band around the diagonal."""
-    from analysis.correlation import upper_pairs
-    from analysis.pipeline import N_SIGMA
-
-    i, j = upper_pairs(an.c_a.shape[0])
+    c, x = an.comparison, an.cross_head
+    c_a, c_b = x.c_a.values, x.c_b.values
+    i, j = np.triu_indices(c_a.shape[0], 1)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.scatter(an.c_a[i, j], an.c_b[i, j], s=3, alpha=0.3, c="tab:gray", lw=0, rasterized=True)
+    ax.scatter(c_a[i, j], c_b[i, j], s=3, alpha=0.3, c="tab:gray", lw=0, rasterized=True)
     grid = np.linspace(-1, 1, 3)
-    width = N_SIGMA * an.sigma
+    width = N_SIGMA * x.sigma
     ax.plot(grid, grid, c="k", lw=0.8)
     ax.plot(grid, grid - width, c="tab:red", ls="--", lw=0.8, label=f"|C_diff| = {N_SIGMA:g} sigma ({width:.3f})")
     ax.plot(grid, grid + width, c="tab:red", ls="--", lw=0.8)
-    n_heads = an.shape[1]
-    for x, y in an.flagged:
-        ax.scatter(an.c_a[x, y], an.c_b[x, y], s=25, c="tab:red", zorder=3)
-        ax.annotate(f"{x // n_heads}.{x % n_heads}-{y // n_heads}.{y % n_heads}", (an.c_a[x, y], an.c_b[x, y]),
-                    fontsize=7)
+    for p, q in x.flagged:
+        ax.scatter(c_a[p, q], c_b[p, q], s=25, c="tab:red", zorder=3)
+        ax.annotate(pair_label(x.head(p), x.head(q)), (c_a[p, q], c_b[p, q]), fontsize=7)
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel(f"C_{an.a}")
-    ax.set_ylabel(f"C_{an.b}")
-    ax.set_title(f"{len(an.flagged)} pair(s) outside the band; max-|C_diff| null p = {an.max_null.pvalue:.2g}")
+    ax.set_xlabel(f"C_{c.a}")
+    ax.set_ylabel(f"C_{c.b}")
+    ax.set_title(f"{len(x.flagged)} pair(s) outside the band; max-|C_diff| null p = {x.max_null.pvalue:.2g}")
     ax.legend(fontsize=8)
     return fig
 
@@ -261,9 +268,8 @@ FIGURES = {
 
 
 def write_figures(an: Analysis, out_dir: Path) -> list[str]:
+    """Draw every figure of the report into out_dir (PNG + SVG); return the file names."""
     files = []
-    for name, draw in FIGURES.items():
-        if name == "fig7_prompt_count" and not an.curve:
-            continue
-        files += save(draw(an), out_dir, name)
+    for name in figure_names(an):
+        files += save(FIGURES[name](an), out_dir, name)
     return files

@@ -19,8 +19,9 @@ from typing import Sequence
 from analysis._util import to_jsonable
 from analysis.circuits import Circuit, load_ablation, load_circuit
 from analysis.errors import AnalysisError
-from analysis.markdown import render
-from analysis.pipeline import run_analysis, summary
+from analysis.markdown import markdown
+from analysis.pipeline import run_analysis
+from analysis.summary import summary
 from analysis.store import default_conditions, open_store, run_config
 
 
@@ -63,11 +64,8 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
         chosen = dataclasses.replace(chosen, ablation=load_ablation(ablation, *shape, "--ablation", Path.cwd()))
     default_a, default_b = default_conditions(ds, config) if a is None or b is None else (a, b)
     a, b = a or default_a, b or default_b
-    analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, store_path=store)
     result = to_jsonable(summary(analysis))
-    result["store"] = {"path": str(store), **{k: to_jsonable(ds.attrs.get(k)) for k in (
-        "model", "model_revision", "weights_sha256", "jaxdiag_version", "query_positions", "precision",
-        "created", "complete") if k in ds.attrs}}
     text = json.dumps(result, indent=1, allow_nan=False)
 
     from analysis.figures import write_figures  # matplotlib only when there is something to draw
@@ -76,9 +74,9 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        figures = write_figures(analysis, staging)
+        write_figures(analysis, staging)
         (staging / "summary.json").write_text(text + "\n")
-        (staging / "report.md").write_text(render(analysis, result, figures))
+        (staging / "report.md").write_text(markdown(analysis))
         for name in os.listdir(staging):  # all-or-nothing: only complete files reach out_dir
             os.replace(staging / name, out / name)
     finally:

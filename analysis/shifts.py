@@ -9,32 +9,15 @@ computes it for multi-sample statistics).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
+import xarray as xr
 from scipy.special import ndtr, ndtri
 
 from analysis._util import quiet
 from analysis.errors import AnalysisError
+from analysis.labels import like
 from analysis.resampling import bootstrap_counts, finite_mask, weighted_means
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfidenceInterval:
-    low: np.ndarray
-    high: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class ShiftResult:
-    """scipy.stats-style result of :func:`shift`. Arrays have the heads' shape (e.g. [layer, head])."""
-
-    statistic: np.ndarray  # mean over condition a prompts minus mean over condition b prompts
-    confidence_interval: ConfidenceInterval
-    standard_error: np.ndarray
-    bootstrap_distribution: np.ndarray  # [n_boot, *heads]
-    method: str
-    confidence_level: float
+from analysis.results import ConfidenceInterval, ShiftResult
 
 
 def mean_delta(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
@@ -112,16 +95,26 @@ def bca_interval(boot: np.ndarray, theta: np.ndarray, accel: np.ndarray, level: 
     return ConfidenceInterval(*out)
 
 
-def shift(xa: np.ndarray, xb: np.ndarray, *, n_boot: int = 1000, rng: np.random.Generator | int = 0,
-          method: str = "BCa", confidence_level: float = 0.95) -> ShiftResult:
+def shift(xa: np.ndarray | xr.DataArray, xb: np.ndarray | xr.DataArray, *, n_boot: int = 1000,
+          rng: np.random.Generator | int = 0, method: str = "BCa", confidence_level: float = 0.95) -> ShiftResult:
     """Delta of means (a - b) per head with a bootstrap confidence interval.
 
     xa, xb: [n_prompts_a, *heads] and [n_prompts_b, *heads] (e.g. [n, layer, head]); NaN entries are
-    skipped. method: "BCa" or "percentile".
+    skipped. method: "BCa" or "percentile". DataArrays with prompts on their first dim give
+    DataArray results labelled like the heads (the bootstrap distribution gains a "resample" dim).
     """
+    heads = xa.isel({xa.dims[0]: 0}, drop=True) if isinstance(xa, xr.DataArray) else None
+    res = _shift(np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64), n_boot, rng, method,
+                 confidence_level)
+    ci = ConfidenceInterval(like(heads, res.confidence_interval.low), like(heads, res.confidence_interval.high))
+    return ShiftResult(like(heads, res.statistic), ci, like(heads, res.standard_error),
+                       like(heads, res.bootstrap_distribution, ("resample",)), method, confidence_level)
+
+
+def _shift(xa: np.ndarray, xb: np.ndarray, n_boot: int, rng: np.random.Generator | int, method: str,
+           confidence_level: float) -> ShiftResult:
     if method not in ("BCa", "percentile"):
         raise AnalysisError(f"unknown interval method {method!r}: use 'BCa' or 'percentile'")
-    xa, xb = np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64)
     if xa.shape[1:] != xb.shape[1:]:
         raise AnalysisError(f"conditions have different head shapes {xa.shape[1:]} and {xb.shape[1:]}")
     if min(xa.shape[0], xb.shape[0]) < 2:

@@ -43,6 +43,13 @@ def run_config(ds: xr.Dataset) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def provenance(ds: xr.Dataset) -> dict[str, Any]:
+    """The store attributes a report repeats (model, version, precision, ...), those present."""
+    keys = ("model", "model_revision", "weights_sha256", "jaxdiag_version", "query_positions", "precision",
+            "created", "complete")
+    return {k: ds.attrs[k] for k in keys if k in ds.attrs}
+
+
 def conditions(ds: xr.Dataset) -> list[str]:
     return [str(c) for c in ds["condition"].values]
 
@@ -60,7 +67,12 @@ def check_condition(ds: xr.Dataset, condition: str) -> None:
 
 
 def condition_values(ds: xr.Dataset, condition: str, variable: str) -> np.ndarray:
-    """float64 [n_prompts, layer, head] of one condition, NaN-filled padding prompts dropped.
+    """float64 [n_prompts, layer, head] of one condition (condition_array without its labels)."""
+    return condition_array(ds, condition, variable).values
+
+
+def condition_array(ds: xr.Dataset, condition: str, variable: str) -> xr.DataArray:
+    """float64 (prompt, layer, head) DataArray of one condition, NaN-filled padding prompts dropped.
 
     Stores written with ``--query all`` are read at each prompt's last real token (query position
     n_tokens - 1), the position the posts analyse.
@@ -79,7 +91,7 @@ def condition_values(ds: xr.Dataset, condition: str, variable: str) -> np.ndarra
         if np.any(index >= positions.size) or np.any(positions[np.minimum(index, positions.size - 1)] != last):
             raise AnalysisError("store's query positions do not include every prompt's last token")
         da = da.isel(query=xr.DataArray(index, dims="prompt"))
-    return np.asarray(da.transpose("prompt", "layer", "head").values, dtype=np.float64)
+    return da.transpose("prompt", "layer", "head").astype(np.float64)
 
 
 def _valid_prompts(ds: xr.Dataset, condition: str, da: xr.DataArray) -> np.ndarray:

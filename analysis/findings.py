@@ -1,0 +1,127 @@
+"""The report object: everything one comparison of two conditions found, grouped by question.
+
+`analysis.pipeline.run_analysis` builds an `Analysis`; summary.json (`analysis.summary.summary`),
+report.md (`analysis.markdown.markdown`) and the figures (`analysis.figures.write_figures`) are pure
+functions of it. Per-head arrays are (layer, head) DataArrays; head x head matrices are
+(unit, unit_2) DataArrays over the flat head axis of `analysis.labels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from scipy.cluster import hierarchy
+
+from analysis.circuits import Circuit
+from analysis.labels import head_at
+from analysis.results import (ConfidenceInterval, CorrelationResult, MannWhitneyResult, MaxNullResult,
+                              PermutationResult, ShiftResult, StratifiedResult)
+
+TESTED = ("kl_norm", "chi")  # the posts' two diagnostics: every circuit test runs on both
+N_SIGMA = 5.0  # the posts' band: |C_diff| > 5 sigma
+# the report's figures in order; analysis.figures.FIGURES draws each (kept here so report.md can list
+# them without importing matplotlib)
+FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
+                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered")
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """What was compared: two conditions' prompts on every head, a circuit, the resampling settings."""
+
+    a: str
+    b: str
+    circuit: Circuit
+    mask: xr.DataArray  # (layer, head), True on circuit heads
+    values: dict[str, tuple[xr.DataArray, xr.DataArray]]  # variable -> (prompt, layer, head) of a and of b
+    n_boot: int
+    n_perm: int
+    seed: int
+    store: dict[str, Any]  # path and provenance attributes of the store read
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape
+
+    @property
+    def n_prompts(self) -> dict[str, int]:
+        xa, xb = self.values["kl_norm"]
+        return {self.a: xa.sizes["prompt"], self.b: xb.sizes["prompt"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitTests:
+    """Is the circuit more shifted than the other heads? Every test on one diagnostic's |delta|."""
+
+    mann_whitney: MannWhitneyResult  # heads as units, one-sided
+    auc_interval: ConfidenceInterval  # prompt-bootstrap percentile CI of mann_whitney.auc
+    permutation: PermutationResult  # the same U against condition-label shuffles, one-sided
+    stratified: StratifiedResult  # within-layer ranks, one-sided
+    per_head: PermutationResult  # statistic |delta|, pvalue per head: (layer, head), two-sided
+    q_bh: xr.DataArray  # Benjamini-Hochberg q of per_head.pvalue, (layer, head)
+    rank: xr.DataArray  # rank of |delta| among all heads, 1 = largest, (layer, head)
+
+    def bh_heads(self, level: float) -> list[tuple[int, int]]:
+        """Heads with q <= level, layer-major."""
+        hit = np.argwhere(np.asarray(self.q_bh) <= level)
+        return [(int(self.q_bh["layer"].values[l]), int(self.q_bh["head"].values[h])) for l, h in hit]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairInterval:
+    """Bootstrap percentile CI of one C_diff entry (heads as flat indices)."""
+
+    pair: tuple[int, int]
+    confidence_interval: ConfidenceInterval
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossHead:
+    """Cross-head correlation of kl_norm over prompts: C_a, C_b, C_diff, the posts' band, a null."""
+
+    c_a: xr.DataArray  # (unit, unit_2)
+    c_b: xr.DataArray
+    c_diff: xr.DataArray
+    sigma: float  # the posts' band unit
+    flagged: list[tuple[int, int]]  # flat-head pairs (i < j) with |C_diff| > N_SIGMA sigma, largest first
+    max_null: MaxNullResult  # family-wise null of max |C_diff|
+    family_wise_p: xr.DataArray  # (unit, unit_2) p of each |C_diff| under max_null
+    pair_intervals: list[PairInterval]
+    linkage: np.ndarray  # scipy linkage matrix of the heads on 1 - C_diff (correlation.head_linkage)
+
+    @property
+    def units(self) -> xr.DataArray:
+        return self.c_diff["unit"]
+
+    def head(self, index: int) -> tuple[int, int]:
+        """(layer, head) of a flat head index."""
+        return head_at(self.units, index)
+
+    @property
+    def order(self) -> np.ndarray:
+        """Flat head indices in dendrogram order (the tree's leaves, left to right)."""
+        return hierarchy.leaves_list(self.linkage)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """One comparison and everything found about it: the single input of every report output."""
+
+    comparison: Comparison
+    shifts: dict[str, ShiftResult]  # every variable: delta per head with BCa CI, (layer, head)
+    circuit_tests: dict[str, CircuitTests]  # the TESTED variables
+    correlations: dict[str, CorrelationResult]  # diagnostic-vs-diagnostic, across heads
+    cross_head: CrossHead
+    ablation: CorrelationResult | None  # Spearman of |delta kl_norm| with the circuit's ablation effects
+    curve: dict[str, list]  # significance vs prompt count (empty when not computed)
+
+    def delta(self, var: str) -> xr.DataArray:
+        return self.shifts[var].statistic
+
+
+def figure_names(an: Analysis) -> list[str]:
+    """The figures drawn for this report, in order (fig7 needs the prompt-count curve)."""
+    return [name for name in FIGURE_NAMES if an.curve or name != "fig7_prompt_count"]

@@ -1,0 +1,108 @@
+"""summary.json's content: a pure function of the report object (CONTRACT.md's keys plus details).
+
+Arrays are indexed [layer][head]; heads are written as [layer, head] pairs. numpy types and NaN are
+left for `analysis._util.to_jsonable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from analysis.findings import N_SIGMA, TESTED, Analysis, CircuitTests, CrossHead
+
+
+def summary(an: Analysis) -> dict[str, Any]:
+    c = an.comparison
+    n_layers, n_heads = c.shape
+    out: dict[str, Any] = {
+        "summary_version": 1,
+        "conditions": {"a": c.a, "b": c.b},
+        "n_prompts": c.n_prompts,
+        "shape": {"n_layers": n_layers, "n_heads": n_heads},
+        "circuit": {
+            "name": c.circuit.name, "source": c.circuit.source,
+            "heads": [list(h) for h in c.circuit.heads],
+            "roles": {r: [list(h) for h in hs] for r, hs in c.circuit.roles.items()},
+        },
+        "delta": {v: s.statistic.values for v, s in an.shifts.items()},
+        "delta_ci": {v: {"low": s.confidence_interval.low.values, "high": s.confidence_interval.high.values,
+                         "method": s.method, "level": s.confidence_level} for v, s in an.shifts.items()},
+        "delta_se": {v: s.standard_error.values for v, s in an.shifts.items()},
+        "mannwhitney": {}, "permutation": {}, "per_head": {}, "layer_stratified": {},
+    }
+    for v in TESTED:
+        t = an.circuit_tests[v]
+        out["mannwhitney"][v] = mann_whitney_entry(t)
+        out["permutation"][v] = {"p": t.permutation.pvalue, "U": t.permutation.statistic,
+                                 "n_perm": t.permutation.n_resamples, "alternative": t.permutation.alternative}
+        out["per_head"][v] = {
+            "p": t.per_head.pvalue.values, "q_bh": t.q_bh.values, "n_perm": c.n_perm,
+            "min_attainable_p": 1.0 / (c.n_perm + 1), "alternative": t.per_head.alternative,
+            "rank_abs_delta": t.rank.values,
+            "bh_0.05": [list(h) for h in t.bh_heads(0.05)], "bh_0.01": [list(h) for h in t.bh_heads(0.01)],
+        }
+        st = t.stratified
+        out["layer_stratified"][v] = {"U": st.statistic, "auc": st.auc, "p": st.pvalue, "layers": st.layers,
+                                      "n_perm": st.n_resamples, "min_attainable_p": st.min_pvalue,
+                                      "alternative": st.alternative}
+    out["circuit_heads"] = circuit_head_rows(an)
+    if an.ablation is not None:
+        out["ablation_spearman"] = {"rho": an.ablation.statistic, "p": an.ablation.pvalue, "n_heads": an.ablation.n,
+                                    "x": "|delta kl_norm|", "alternative": an.ablation.alternative}
+    out["correlations"] = {k: r.statistic for k, r in an.correlations.items()}
+    out["correlation_tests"] = {k: {"statistic": r.statistic, "pvalue": r.pvalue, "low": r.confidence_interval.low,
+                                    "high": r.confidence_interval.high, "n": r.n} for k, r in an.correlations.items()}
+    out["c_diff"] = c_diff_entry(an.cross_head)
+    out["prompt_curve"] = an.curve
+    out["settings"] = {"n_boot": c.n_boot, "n_perm": c.n_perm, "seed": c.seed,
+                       "bootstrap": "prompts resampled with replacement within each condition",
+                       "permutation": "condition labels shuffled across the pooled prompts"}
+    out["store"] = c.store
+    return out
+
+
+def mann_whitney_entry(t: CircuitTests) -> dict[str, Any]:
+    m = t.mann_whitney
+    return {"U": m.statistic, "p": m.pvalue, "p_exact": m.pvalue_exact, "alternative": m.alternative,
+            "n_circuit": m.n_circuit, "n_other": m.n_other, "min_attainable_p": m.min_pvalue,
+            "auc": m.auc, "auc_ci": [t.auc_interval.low, t.auc_interval.high]}
+
+
+def circuit_head_rows(an: Analysis) -> list[dict[str, Any]]:
+    """One row per circuit head (layer-major): role, delta, rank, per-head p and q, ablation effect."""
+    c = an.comparison
+    rows = []
+    for layer, head in c.circuit.heads:
+        at = {"layer": layer, "head": head}
+        rows.append({
+            "layer": layer, "head": head, "role": c.circuit.role_of(layer, head),
+            **{f"delta_{v}": an.delta(v).sel(at).item() for v in TESTED},
+            **{f"rank_abs_{v}": an.circuit_tests[v].rank.sel(at).item() for v in TESTED},
+            **{f"p_{v}": an.circuit_tests[v].per_head.pvalue.sel(at).item() for v in TESTED},
+            **{f"q_{v}": an.circuit_tests[v].q_bh.sel(at).item() for v in TESTED},
+            "ablation": None if c.circuit.ablation is None else c.circuit.ablation[layer, head],
+        })
+    return rows
+
+
+def c_diff_entry(x: CrossHead) -> dict[str, Any]:
+    c_diff, fw = x.c_diff.values, x.family_wise_p.values
+    i, j = np.triu_indices(c_diff.shape[0], 1)
+    significant = np.flatnonzero(fw[i, j] <= 0.05)
+    return {
+        "sigma": x.sigma, "n_sigma": N_SIGMA,
+        "range": [np.nanmin(c_diff[i, j]), np.nanmax(c_diff[i, j])] if i.size else [None, None],
+        "flagged_pairs": [[*x.head(p), *x.head(q), c_diff[p, q], c_diff[p, q] / x.sigma] for p, q in x.flagged],
+        "null_max_abs_p": {
+            "observed_max": x.max_null.statistic, "p": x.max_null.pvalue,
+            "quantile_95": x.max_null.quantile_95, "n_perm": x.max_null.n_resamples,
+            "flagged_pairs": [[*x.head(p), *x.head(q), fw[p, q]] for p, q in x.flagged],
+            "significant_pairs": [[*x.head(i[k]), *x.head(j[k]), c_diff[i[k], j[k]], fw[i[k], j[k]]]
+                                  for k in significant],
+        },
+        "bootstrap_ci": [[*x.head(p.pair[0]), *x.head(p.pair[1]), c_diff[p.pair], p.confidence_interval.low,
+                          p.confidence_interval.high] for p in x.pair_intervals],
+        "dendrogram_order": [list(x.head(int(k))) for k in x.order],
+    }
