@@ -156,11 +156,24 @@ def load_circuit(spec: str | Path, *, search_dirs: tuple[Path, ...] = ()) -> Cir
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise AnalysisError(f"unknown circuit {text!r}: not one of {', '.join(BUILTIN)} and no such file")
+    return from_mapping(read_circuit_file(found), name=found.stem, source=str(found), base=found.parent)
+
+
+def read_circuit_file(path: Path) -> dict[str, Any]:
+    """A circuit file's document, made self-contained: ``name`` defaults to the file stem and an
+    ablation file named by a relative path is read in (a run config keeps this inline in its store)."""
     try:
-        if found.suffix.lower() == ".json":
-            data = json.loads(found.read_text())
-        else:
-            data = tomllib.loads(found.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise AnalysisError(f"circuit file {str(found)!r} does not parse: {e}".splitlines()[0]) from None
-    return from_mapping(data, name=found.stem, source=str(found), base=found.parent)
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise AnalysisError(f"circuit file {str(path)!r} does not parse: {e}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise AnalysisError(f"circuit file {str(path)!r} must hold a table")
+    ablation = data.get("ablation")
+    if isinstance(ablation, str):
+        ablation_path = path.parent / ablation
+        try:
+            data["ablation"] = json.loads(ablation_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise AnalysisError(f"circuit file {str(path)!r}: cannot read its ablation file {str(ablation_path)!r}: {e}".splitlines()[0]) from None
+    return {"name": path.stem} | data

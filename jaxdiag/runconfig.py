@@ -35,7 +35,6 @@ from jaxdiag.schema import BUILTIN_PREFIX, PRECISIONS, QUERIES
 
 BUILTIN = BUILTIN_PREFIX
 DEFAULT_PRESET = "default"
-BUILTIN_CIRCUITS = ("ioi23", "ioi26")
 DEFAULT_CONDITIONS = {"ioi-blog": ("ioi", "non_ioi"), "ioi": ("ioi", "non_ioi"), "induction": ("repeated", "random")}
 
 
@@ -210,25 +209,17 @@ def _resolve_circuit(value: Any, source: str, base: Path) -> str | dict | None:
     if value is None or isinstance(value, dict):
         return value
     _check_type(source, "circuit", value, str)
+    from analysis.circuits import BUILTIN as BUILTIN_CIRCUITS, from_mapping, read_circuit_file
+    from analysis.errors import AnalysisError
+
     if value in BUILTIN_CIRCUITS:
         return value
     path = resolve_path(value, base)
     if not path.is_file():
         raise JaxdiagError(f"{source}: circuit {value!r} is neither {' nor '.join(BUILTIN_CIRCUITS)} nor an existing file")
-    if path.suffix == ".json":
-        try:
-            table = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise JaxdiagError(f"cannot read circuit file {path}: {exc}") from None
-    else:
-        table = read_toml(path)
-    if not isinstance(table, dict):
-        raise JaxdiagError(f"circuit file {path} must hold a table")
-    ablation = table.get("ablation")
-    if isinstance(ablation, str):  # a file beside the circuit: inline it too, relative paths die with the move
-        ablation_path = resolve_path(ablation, path.parent)
-        try:
-            table["ablation"] = json.loads(ablation_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise JaxdiagError(f"circuit file {path}: cannot read its ablation file {ablation_path}: {exc}") from None
-    return {"name": path.stem} | table
+    try:  # parsed and checked now, before any model is loaded
+        table = read_circuit_file(path)
+        from_mapping(table, name=path.stem, source=str(path))
+    except AnalysisError as exc:
+        raise JaxdiagError(str(exc)) from None
+    return table
