@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-size", type=int, metavar="C", help="prompts per store chunk")
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--seed", type=int, metavar="S")
+    run.add_argument("--effects", metavar="KINDS", help="causal effects to compute per head: zero,mean,patch")
     run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
@@ -66,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, preset=args.preset, overrides={
         "model": args.model, "prompts": args.prompts, "n_prompts": args.n_prompts, "query": args.query,
         "prepend_bos": args.prepend_bos, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-        "precision": args.precision, "seed": args.seed,
+        "precision": args.precision, "seed": args.seed, "effects": args.effects,
     })
     if args.coordinator is not None:
         import jax

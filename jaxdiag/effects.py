@@ -18,7 +18,7 @@ then costs ``L - l`` layer-forwards instead of ``L``: ``H L (L + 1) / 2`` for th
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,6 @@ import jax.numpy as jnp
 from jaxdiag.model import GPT2, Context
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
 
-EffectKind = Literal["zero", "mean", "patch"]
-EFFECT_KINDS: tuple[str, ...] = ("zero", "mean", "patch")
 
 
 def task_metric(logits: jax.Array, target: jax.Array, foil: jax.Array) -> jax.Array:

@@ -35,15 +35,29 @@ MetadataValue = str | int | float | bool
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """One prompt: its condition, token ids (BOS included when the run prepends it), text, metadata."""
+    """One prompt: its condition, token ids (BOS included when the run prepends it), text, metadata,
+    and what the causal effects need: the task's ``target`` and ``foil`` token ids (-1: none) and the
+    ``pair`` that names its counterpart in the other condition (None: unpaired)."""
 
     condition: str
     tokens: tuple[int, ...]
     text: str = ""
     metadata: dict[str, MetadataValue] = dataclasses.field(default_factory=dict)
+    target: int = -1
+    foil: int = -1
+    pair: str | None = None
 
 
 Encoder = Callable[[str], list[int]]
+
+
+def single_token(encode: Encoder, word: str, where: str) -> int:
+    """The one token id of ``word`` as the tokenizer gives it, without BOS; an error if it is several."""
+    before = len(encode("x")) - 1  # 0 or 1: what the tokenizer puts before any text (BOS)
+    ids = encode(word)[before:]
+    if len(ids) != 1:
+        raise JaxdiagError(f"{where}: {word!r} is {len(ids)} tokens, not one")
+    return ids[0]
 
 # ---------------------------------------------------------------------------------------------
 # The posts' sets (docs/REFERENCE.md), exactly.
@@ -89,6 +103,21 @@ def ioi_blog_texts(n_prompts: int = BLOG_N_PROMPTS) -> Iterator[tuple[str, str, 
         seen.add(text)
         yield "non_ioi", text, {"template": f"non_ioi-{BLOG_NON_IOI.index(template) + 1}",
                                 "io_name": a, "s_name": b, "c_name": c}
+
+
+def ioi_blog_prompts(encode: Encoder, n_prompts: int = BLOG_N_PROMPTS) -> Iterator[Prompt]:
+    """The posts' prompts, tokenised, with the IOI task's target and foil (see :func:`ioi_task`)."""
+    for condition, text, metadata in ioi_blog_texts(n_prompts):
+        yield Prompt(condition, tuple(encode(text)), text, metadata,
+                     **ioi_task(encode, condition, str(metadata["io_name"]), str(metadata["s_name"])))
+
+
+def ioi_task(encode: Encoder, condition: str, io_name: str, s_name: str) -> dict[str, int]:
+    """IOI's metric: logit(IO) - logit(S) at the final " to"; a non-IOI prompt has no IO (no target)."""
+    if condition != "ioi":
+        return {}
+    return {"target": single_token(encode, " " + io_name, "ioi target"),
+            "foil": single_token(encode, " " + s_name, "ioi foil")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +214,7 @@ def ioi_prompts(encode: Encoder, *, n_prompts: int, n_tokens: int, seed: int) ->
             yield Prompt(condition, tuple(tokens), text, {
                 "template": f"{label}-{index + 1}", "io_name": picked[0], "s_name": picked[1],
                 "c_name": picked[2] if n_names == 3 else "", "place": place, "object": obj,
-            })
+            }, **ioi_task(encode, condition, picked[0], picked[1]))
 
     yield from draw("ioi", [abba, baba], 2, random.Random(f"jaxdiag-ioi-{seed}"))
     yield from draw("non_ioi", [non_ioi], 3, random.Random(f"jaxdiag-non_ioi-{seed}"))
@@ -217,13 +246,15 @@ def induction_prompts(*, n_prompts: int, segment_length: int, vocab_size: int, b
 
     for condition in ("repeated", "random"):
         rng = random.Random(f"jaxdiag-induction-{condition}-{seed}")
-        for _ in range(n_prompts):
+        for i in range(n_prompts):
             if condition == "repeated":
                 segment = sample(rng, segment_length)
                 tokens = prefix + segment + segment
+                # the last token's earlier occurrence ends the first copy; the second copy's first token followed it
+                target = segment[0]
             else:
-                tokens = prefix + sample(rng, content)
-            yield Prompt(condition, tuple(tokens), "", {"segment_length": segment_length})
+                tokens, target = prefix + sample(rng, content), -1  # no repeat: nothing to copy
+            yield Prompt(condition, tuple(tokens), "", {"segment_length": segment_length}, target=target, pair=str(i))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,9 +305,18 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
         if (not isinstance(tokens, list) or not tokens
                 or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)):
             raise JaxdiagError(f"{where}: 'tokens' must be a non-empty list of integers")
+    task = {key: _task_token(record[key], encode, f"{where}: {key!r}") for key in ("target", "foil")
+            if record.get(key) is not None}
+    if "foil" in task and "target" not in task:
+        raise JaxdiagError(f"{where}: 'foil' needs a 'target'")
+    pair = record.get("pair")
+    if pair is not None:
+        if not isinstance(pair, (str, int)) or isinstance(pair, bool):
+            raise JaxdiagError(f"{where}: 'pair' must be a string or an integer")
+        task["pair"] = str(pair)
     metadata: dict[str, MetadataValue] = {}
     for key, value in record.items():
-        if key in ("condition", "text", "tokens"):
+        if key in ("condition", "text", "tokens", "target", "foil", "pair"):
             continue
         if key in RESERVED_KEYS or not key.isidentifier():
             raise JaxdiagError(f"{where}: metadata key {key!r} is reserved or not an identifier")
@@ -284,4 +324,17 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
             continue
         # nested values are kept as their JSON text: a coordinate holds scalars only
         metadata[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, sort_keys=True)
-    return Prompt(condition, tuple(int(t) for t in tokens), text, metadata)
+    return Prompt(condition, tuple(int(t) for t in tokens), text, metadata, **task)
+
+
+def _task_token(value: Any, encode: Encoder | None, where: str) -> int:
+    """A target or foil: a token id, or text that is exactly one token (without BOS)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise JaxdiagError(f"{where} must be a token id >= 0, not {value}")
+        return value
+    if not isinstance(value, str) or not value:
+        raise JaxdiagError(f"{where} must be a token id or a one-token string")
+    if encode is None:
+        raise JaxdiagError(f"{where} is text and this model has no tokenizer: give a token id")
+    return single_token(encode, value, where)

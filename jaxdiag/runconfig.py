@@ -31,7 +31,7 @@ from typing import Any
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import builtin_model_dir, builtin_models, package_data, presets_dir, resolve_path
 from jaxdiag.prompts import SOURCES
-from jaxdiag.schema import BUILTIN_PREFIX, PRECISIONS, QUERIES
+from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES
 
 BUILTIN = BUILTIN_PREFIX
 DEFAULT_PRESET = "default"
@@ -74,13 +74,24 @@ class RunConfig:
     seed: int = 0
     circuit: str | dict | None = None
     conditions: tuple[str, ...] | None = None
+    effects: tuple[str, ...] = ()  # causal-effect kinds (EFFECT_KINDS) to compute beside the diagnostics
+    effects_reference: str | None = None  # condition whose mean head outputs "mean" uses; None: the second
 
     def to_dict(self) -> dict[str, Any]:
         """The config as recorded in a store's ``config`` attribute (and compared on --resume)."""
         out = dataclasses.asdict(self)
         out["prompts"] = self.prompts.to_dict()
         out["conditions"] = list(self.conditions) if self.conditions else None
+        # a run without effects records exactly what earlier versions did (resume, bit-identical stores)
+        if self.effects:
+            out["effects"] = list(self.effects)
+        else:
+            del out["effects"], out["effects_reference"]
         return out
+
+    def reference_condition(self) -> str | None:
+        """The condition whose mean head outputs mean-ablation uses."""
+        return self.effects_reference or (self.conditions[1] if self.conditions else None)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -178,6 +189,17 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
             raise JaxdiagError(f"{source}: prompts.source = \"jsonl\" needs prompts.path")
         if not Path(prompts["path"]).is_file():
             raise JaxdiagError(f"prompt file {prompts['path']} does not exist")
+    effects = raw.get("effects", [])
+    if isinstance(effects, str):  # --effects zero,mean
+        effects = [kind.strip() for kind in effects.split(",") if kind.strip()]
+    if not isinstance(effects, list) or not all(isinstance(kind, str) for kind in effects):
+        raise JaxdiagError(f"{source}: effects must be a list of names, e.g. [\"zero\", \"patch\"]")
+    unknown_effects = [kind for kind in effects if kind not in EFFECT_KINDS]
+    if unknown_effects:
+        raise JaxdiagError(f"{source}: unknown effect {unknown_effects[0]!r} (choose from {', '.join(EFFECT_KINDS)})")
+    effects = tuple(kind for kind in EFFECT_KINDS if kind in effects)  # one order, however given
+    if "effects_reference" in raw:
+        _check_type(source, "effects_reference", raw["effects_reference"], str)
     model = raw["model"]
     if model.startswith(BUILTIN) and model not in builtin_models():
         raise JaxdiagError(f"{source}: no built-in model {model!r} (available: {', '.join(builtin_models()) or 'none'})")
@@ -201,6 +223,8 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
         seed=raw.get("seed", 0),
         circuit=_resolve_circuit(raw.get("circuit"), source, base),
         conditions=conditions,
+        effects=effects,
+        effects_reference=raw.get("effects_reference") if effects else None,
     )
 
 

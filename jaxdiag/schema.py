@@ -26,13 +26,19 @@ DIAGNOSTICS: tuple[str, ...] = tuple(DIAGNOSTIC_ATTRS)
 PROMPT_COORDS: tuple[str, ...] = ("text", "n_tokens", "tokens")
 DIMENSIONS: tuple[str, ...] = ("condition", "prompt", "layer", "head", "query", "position")
 
+# Causal effects a run can compute (docs/CONTRACT.md, schema 2): store variable `effect_<kind>`.
+EFFECT_KINDS: tuple[str, ...] = ("zero", "mean", "patch")
+# Per-prompt coordinates of a run with effects: the task's token ids (-1: none) and the pair id.
+TASK_COORDS: tuple[str, ...] = ("target", "foil", "pair")
+
 QueryMode = Literal["last", "all"]
 QUERIES: tuple[str, ...] = ("last", "all")
 Precision = Literal["highest", "default", "bf16"]
 PRECISIONS: tuple[str, ...] = ("highest", "default", "bf16")
 
 # Names a prompt's metadata key may not take: they are the store's own variables and coordinates.
-RESERVED_KEYS: frozenset[str] = frozenset({*DIMENSIONS, *PROMPT_COORDS, *DIAGNOSTICS})
+RESERVED_KEYS: frozenset[str] = frozenset({*DIMENSIONS, *PROMPT_COORDS, *DIAGNOSTICS, *TASK_COORDS, "metric",
+                                          *(f"effect_{kind}" for kind in EFFECT_KINDS), "head_mean"})
 
 # `builtin:NAME` names a model or file shipped in jaxdiag/data/.
 BUILTIN_PREFIX = "builtin:"
