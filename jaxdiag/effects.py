@@ -18,13 +18,17 @@ then costs ``L - l`` layer-forwards instead of ``L``: ``H L (L + 1) / 2`` for th
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 from jaxdiag.model import GPT2, Context
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
+from jaxdiag.runner import Unit, probe_values
+from jaxdiag.schema import QueryMode
 
 
 
@@ -118,11 +122,65 @@ def head_outputs(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> jax.Arra
     return model(tokens, lengths, probes=(HEAD_OUTPUT_PROBE,)).probes["head_out"]
 
 
-def head_output_sums(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(sum over real positions of every head's output [layer, head, d_head], number of positions)``.
-
-    Summed over chunks of the reference condition, then divided, these give ``head_mean``.
-    """
+def head_output_sums(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
+    """Per prompt: ``head_sum [b, layer, head, d_head]``, every head's output summed over the prompt's
+    real positions, and ``n_real [b]``, their number (see :func:`mean_head_outputs`)."""
     outputs = head_outputs(model, tokens, lengths).astype(jnp.float32)
     real = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)  # [b, s]
-    return jnp.einsum("blshd,bs->lhd", outputs, real), jnp.sum(real)
+    return {"head_sum": jnp.einsum("blshd,bs->blhd", outputs, real), "n_real": jnp.sum(real, axis=1)}
+
+
+def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
+               heads_per_step: int | None = None):
+    """A jitted sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
+
+    ``step(state, tokens, lengths, target, foil[, partner])`` -> ``{name: [b, ...]}``; ``partner``
+    (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for ``mean``.
+    """
+    if "mean" in kinds and head_mean is None:
+        raise ValueError("mean-ablation effects need the reference condition's head_mean")
+    means = None if head_mean is None else jnp.asarray(head_mean, jnp.float32)[:, None]  # [layer, 1, head, d]
+
+    @jax.jit
+    def step(state, tokens, lengths, target, foil, partner=None):
+        model = nnx.merge(graphdef, state)
+        config = model.config
+        values = probe_values(model, tokens, lengths, query)
+        replacements = {}
+        for kind in kinds:
+            if kind == "zero":
+                replacements[kind] = jnp.zeros((config.n_layer, 1, config.n_head, config.d_head), jnp.float32)
+            elif kind == "mean":
+                replacements[kind] = means
+            else:  # patch: the same positions of the partner, which has the same length
+                replacements[kind] = head_outputs(model, partner, lengths)
+        metric, effects = head_effects(model, tokens, lengths, target, foil, replacements, heads_per_step=heads_per_step)
+        return values | {"metric": metric} | {f"effect_{kind}": value for kind, value in effects.items()}
+
+    return step
+
+
+def head_sums_step(graphdef):
+    """A jitted ``(state, tokens, lengths) -> {"head_sum": [b, layer, head, d], "n_real": [b]}`` per prompt."""
+    @jax.jit
+    def step(state, tokens, lengths):
+        return head_output_sums(nnx.merge(graphdef, state), tokens, lengths)
+
+    return step
+
+
+def mean_head_outputs(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> np.ndarray:
+    """``head_mean [layer, head, d_head]`` over every real position of the units' real prompts.
+
+    Summed on the host in float64 in unit order, so the mean is the same however units are batched
+    onto devices.
+    """
+    total, count = None, 0.0
+    for unit, result in results:
+        rows = len(unit.keys)
+        sums = result["head_sum"][:rows].astype(np.float64).sum(axis=0)
+        total = sums if total is None else total + sums
+        count += float(result["n_real"][:rows].sum())
+    if total is None:
+        raise ValueError("no reference prompts for the mean head outputs")
+    return (total / count).astype(np.float32)

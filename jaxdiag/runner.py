@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Hashable, Iterable, Iterator, Sequence
+from typing import Callable, Hashable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -70,6 +70,7 @@ class Unit:
     keys: list[Hashable]
     tokens: np.ndarray  # [batch_size, seq_len] int32
     lengths: np.ndarray  # [batch_size] int32
+    inputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # more per-row step inputs
 
 
 def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: int, limit: int) -> list[Unit]:
@@ -92,16 +93,19 @@ def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: i
     return units
 
 
+def probe_values(model: GPT2, tokens: jax.Array, lengths: jax.Array, query: QueryMode,
+                 probes: tuple[Probe, ...] = (DIAGNOSTICS_PROBE,), attention: AttentionImpl = "auto") -> dict[str, jax.Array]:
+    """``probes``' values ``{name: [b, layer, head(, seq)]}``; for ``query="last"`` the one row is squeezed away."""
+    values = model(tokens, lengths, probes=probes, query=query, attention=attention).probes
+    return {name: value[..., 0] for name, value in values.items()} if query == "last" else values
+
+
 def diagnostics_step(graphdef, query: QueryMode, probes: tuple[Probe, ...] = (DIAGNOSTICS_PROBE,), *,
                      attention: AttentionImpl = "auto"):
-    """A jitted ``(state, tokens, lengths) -> {name: [b, layer, head(, seq)]}`` of ``probes``' values.
-
-    For ``query="last"`` the single probed row is squeezed away: ``[b, layer, head]``.
-    """
+    """A jitted ``(state, tokens, lengths) -> probe_values(...)``."""
     @jax.jit
     def step(state, tokens, lengths):
-        values = nnx.merge(graphdef, state)(tokens, lengths, probes=probes, query=query, attention=attention).probes
-        return {name: value[..., 0] for name, value in values.items()} if query == "last" else values
+        return probe_values(nnx.merge(graphdef, state), tokens, lengths, query, probes, attention)
 
     return step
 
@@ -109,14 +113,16 @@ def diagnostics_step(graphdef, query: QueryMode, probes: tuple[Probe, ...] = (DI
 class DeviceRunner:
     """Runs units on all local devices with a bounded number in flight; results come back in order."""
 
-    def __init__(self, model: GPT2, query: QueryMode, *, devices: Sequence[jax.Device] | None = None,
-                 in_flight_per_device: int = 2):
+    def __init__(self, model: GPT2, query: QueryMode, *, make_step: Callable | None = None,
+                 devices: Sequence[jax.Device] | None = None, in_flight_per_device: int = 2):
+        """``make_step(graphdef)`` builds the jitted ``step(state, tokens, lengths, **unit.inputs) -> {name: [b, ...]}``
+        (default: :func:`diagnostics_step`)."""
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.mesh = Mesh(np.array(self.devices), ("data",))
         graphdef, state = nnx.split(model)
         replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
         self._replicas = [_replica(replicated, d) for d in self.devices]
-        self._step = diagnostics_step(graphdef, query)
+        self._step = make_step(graphdef) if make_step is not None else diagnostics_step(graphdef, query)
         self.max_in_flight = in_flight_per_device * len(self.devices)
 
     def run(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, dict[str, np.ndarray]]]:
@@ -125,8 +131,9 @@ class DeviceRunner:
         for i, unit in enumerate(units):
             slot = i % len(self.devices)
             device = self.devices[slot]
+            inputs = {name: jax.device_put(value, device) for name, value in unit.inputs.items()}
             out = self._step(self._replicas[slot], jax.device_put(unit.tokens, device),
-                             jax.device_put(unit.lengths, device))
+                             jax.device_put(unit.lengths, device), **inputs)
             for value in out.values():
                 value.copy_to_host_async()  # the copy overlaps later units' compute
             pending.append((unit, out))
@@ -166,8 +173,9 @@ def run_diagnostics(
 
 
 def scatter(out: dict[str, np.ndarray], rows: Sequence[int], result: dict[str, np.ndarray]) -> None:
-    """Copy a unit's real rows into ``out[name][rows]``; query positions are cut or NaN-padded to fit."""
-    for name in DIAGNOSTICS:
+    """Copy a unit's real rows into ``out[name][rows]`` for every name of ``out``; query positions
+    (``query="all"``) are cut or NaN-padded to fit."""
+    for name in out:
         values = result[name][: len(rows)]
         if values.ndim == 4:  # query = "all": the bucket may be longer or shorter than the output
             width = min(values.shape[-1], out[name].shape[-1])

@@ -127,8 +127,8 @@ def test_head_output_sums_count_real_positions_only(tiny_checkpoint):
     model = jaxdiag.load(str(tiny_checkpoint)).model
     tokens = jnp.asarray([[3, 4, 5, 0], [7, 8, 0, 0]], jnp.int32)
     lengths = jnp.asarray([3, 2], jnp.int32)
-    total, count = head_output_sums(model, tokens, lengths)
+    sums = head_output_sums(model, tokens, lengths)
     outputs = np.asarray(head_outputs(model, tokens, lengths))
-    expected = outputs[0, :, :3].sum(1) + outputs[1, :, :2].sum(1)  # [layer, s, h, d] -> [layer, h, d]
-    assert float(count) == 5
-    np.testing.assert_allclose(np.asarray(total), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(sums["n_real"]), [3, 2])
+    np.testing.assert_allclose(np.asarray(sums["head_sum"][0]), outputs[0, :, :3].sum(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sums["head_sum"][1]), outputs[1, :, :2].sum(1), rtol=1e-5, atol=1e-6)
