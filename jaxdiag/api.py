@@ -15,15 +15,12 @@ import xarray as xr
 
 from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
 from jaxdiag.config import GPT2Config
-from jaxdiag.schema import DIAGNOSTIC_ATTRS
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, Precision, QueryMode
 from jaxdiag.prompts import Prompt
 from jaxdiag.runner import run_diagnostics
 from jaxdiag.store import prompts_dataset
 from jaxdiag.tokenizer import Tokenizer
-
-ATTRS = DIAGNOSTIC_ATTRS
 
 
 @dataclasses.dataclass

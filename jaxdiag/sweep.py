@@ -152,6 +152,7 @@ class Chunk:
     units_left: int = 0
 
     def units(self, *, batch_size: int, limit: int) -> list[Unit]:
+        """The chunk's device batches; the chunk is finished once that many results are in."""
         rows = [(RowKey(self, row), prompt.tokens) for row, prompt in enumerate(self.prompts)]
         units = make_units(rows, batch_size=batch_size, limit=limit)
         self.units_left = len(units)
