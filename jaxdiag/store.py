@@ -238,6 +238,10 @@ def write_chunk(path: Path, ds: xr.Dataset, condition: int, chunk: int, *,
     values = ds.drop_vars([name for name in ds.coords if name in ds.dims])
     # xarray writes into a variable-length string array only from object arrays, not fixed-width <U
     values = values.assign_coords({name: c.astype(object) for name, c in values.coords.items() if c.dtype.kind == "U"})
+    # consolidated=True reads the metadata consolidated at creation (no listing of the progress
+    # folder); mode r+ writes no metadata. xarray costs ~15 ms more per chunk than slicing zarr
+    # arrays directly (measured: 29 vs 13 ms for a 1 MB chunk; about even, ~90 ms, for 16 MB), and
+    # it runs on the writer thread, overlapping device compute.
     values.to_zarr(path, region=region, mode="r+", zarr_format=3, consolidated=True, write_empty_chunks=False)
     if before_marker is not None:
         before_marker()

@@ -30,7 +30,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import xarray as xr
@@ -130,6 +130,10 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest())
 
 
+class Progress(Protocol):
+    def update(self, n: int) -> object: ...
+
+
 class RowKey(NamedTuple):
     """The key naming a prompt in a unit: its chunk and its row there, so each result carries its owner."""
 
@@ -198,7 +202,7 @@ def finished_chunks(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> It
             yield chunk
 
 
-def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress) -> None:
+def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: Progress) -> None:
     """Write each chunk on one worker thread while the next ones compute; raise the first failed write.
 
     At most ``WRITE_QUEUE_CHUNKS`` finished chunks wait in memory: beyond that the producer waits.
