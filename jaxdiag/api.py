@@ -15,13 +15,12 @@ import xarray as xr
 
 from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
 from jaxdiag.config import GPT2Config
-from jaxdiag.schema import DIAGNOSTIC_ATTRS, DIAGNOSTICS
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, Precision, QueryMode
+from jaxdiag.prompts import Prompt
 from jaxdiag.runner import run_diagnostics
+from jaxdiag.store import prompts_dataset
 from jaxdiag.tokenizer import Tokenizer
-
-ATTRS = DIAGNOSTIC_ATTRS
 
 
 @dataclasses.dataclass
@@ -70,25 +69,6 @@ def diagnose(model: LoadedModel, prompts: Sequence[str | Sequence[int]], *, quer
 
 def to_dataset(values: dict[str, np.ndarray], token_lists: Sequence[Sequence[int]], texts: Sequence[str],
                *, query: QueryMode) -> xr.Dataset:
-    n = len(token_lists)
-    n_layer, n_head = values["kl"].shape[1:3]
-    dims = ["prompt", "layer", "head"] + (["query"] if query == "all" else [])
-    max_len = max(len(t) for t in token_lists)
-    tokens = np.full((n, max_len), -1, dtype=np.int32)
-    for i, seq in enumerate(token_lists):
-        tokens[i, : len(seq)] = seq
-    coords = {
-        "prompt": np.arange(n),
-        "layer": np.arange(n_layer),
-        "head": np.arange(n_head),
-        "text": ("prompt", np.asarray(texts, dtype=str)),
-        "n_tokens": ("prompt", np.asarray([len(t) for t in token_lists], dtype=np.int32)),
-        "tokens": (("prompt", "position"), tokens),
-    }
-    if query == "all":
-        coords["query"] = np.arange(values["kl"].shape[-1])
-    data = {
-        name: xr.Variable(dims, values[name], attrs={"long_name": ATTRS[name][0], "units": ATTRS[name][1]})
-        for name in DIAGNOSTICS
-    }
-    return xr.Dataset(data, coords=coords)
+    """The store's schema for one set of prompts (no ``condition`` dim): what a sweep writes for each condition."""
+    prompts = [Prompt("", tuple(tokens), text) for tokens, text in zip(token_lists, texts)]
+    return prompts_dataset(prompts, values, query=query)

@@ -1,12 +1,19 @@
-"""The sweep's Zarr v3 store (CONTRACT.md schema_version 1): template, chunk writes, resume, finalise.
+"""The sweep's Zarr v3 store (CONTRACT.md schema_version 1): its schema, creation, chunk writes, resume, finalise.
 
-Layout: dims ``condition, prompt, layer, head[, query]``; every variable is chunked one condition
-by ``chunk_size`` prompts by everything else, so a chunk is one unit of work, written once, by one
-process. A chunk is known to be written when its marker file exists in ``.jaxdiag-progress/``
-inside the store; the marker is created (atomically, by rename) only after the chunk's data and
-coordinates are all written, so a run killed at any point resumes by redoing exactly the chunks
-without a marker. Chunks that hold only padding (a condition with fewer prompts) are never written:
-Zarr returns the fill values (NaN, 0, -1, "") the contract asks for.
+The schema is written once, as xarray: :func:`prompts_dataset` turns prompts and their diagnostics
+into a Dataset with dims ``prompt, layer, head[, query]`` (what ``jaxdiag.diagnose`` returns);
+the store is that Dataset with a leading ``condition`` dim (:func:`with_condition`). The store's
+template is the schema applied to empty prompts (nothing but fill values), written with its Zarr
+encoding by :func:`create_store`; a chunk of the sweep is the schema applied to its prompts,
+written into its region by :func:`write_chunk`.
+
+Layout: every variable is chunked one condition by ``chunk_size`` prompts by everything else, so a
+chunk is one unit of work, written once, by one process. A chunk is known to be written when its
+marker file exists in ``.jaxdiag-progress/`` inside the store; the marker is created (atomically, by
+rename) only after the chunk's data and coordinates are all written, so a run killed at any point
+resumes by redoing exactly the chunks without a marker. Chunks that hold only padding (a condition
+with fewer prompts) are never written: Zarr returns the fill values (NaN, 0, -1, "") the contract
+asks for.
 
 The store is created in a temporary directory beside the target and renamed into place, so a
 failure during creation leaves nothing behind and an existing store is only replaced once its
@@ -23,12 +30,14 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import xarray as xr
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.schema import SCHEMA_VERSION
+from jaxdiag.prompts import Prompt
+from jaxdiag.schema import DIAGNOSTIC_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, QueryMode
 
 PROGRESS_DIR = ".jaxdiag-progress"
 # Chunk size when the config leaves it open: at most this many prompts, and at most this many
@@ -85,10 +94,106 @@ def is_store(path: Path) -> bool:
     return (path / "zarr.json").is_file()
 
 
+# ---------------------------------------------------------------------------------------------
+# The schema, once.
+
+
+def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], *, query: QueryMode,
+                    width: int | None = None, metadata: Mapping[str, str] | None = None,
+                    start: int = 0) -> xr.Dataset:
+    """Diagnostics of ``prompts`` with their per-prompt coordinates: dims ``prompt, layer, head[, query]``.
+
+    ``values`` maps every diagnostic to ``[n, layer, head(, query)]`` float32 (used as given, not
+    copied); ``tokens`` is -1-padded to ``width`` (default: the longest prompt); ``metadata`` names
+    the per-prompt metadata coordinates and their kinds ("str" | "float"), missing values being ""
+    and NaN; ``prompt`` counts from ``start``.
+    """
+    metadata = metadata or {}
+    n = len(prompts)
+    width = max(len(p.tokens) for p in prompts) if width is None else width
+    first = next(iter(values.values()))
+    dims = ["prompt", "layer", "head"] + (["query"] if query == "all" else [])
+    tokens = np.full((n, width), -1, dtype=np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt.tokens)] = prompt.tokens
+    coords: dict[str, Any] = {
+        "prompt": np.arange(start, start + n),
+        "layer": np.arange(first.shape[1]),
+        "head": np.arange(first.shape[2]),
+        "text": ("prompt", np.asarray([p.text for p in prompts], dtype=str)),
+        "n_tokens": ("prompt", np.asarray([len(p.tokens) for p in prompts], dtype=np.int32)),
+        "tokens": (("prompt", "position"), tokens),
+    }
+    for key, kind in metadata.items():
+        coords[key] = ("prompt", _metadata_column(prompts, key, kind))
+    if query == "all":
+        coords["query"] = np.arange(first.shape[-1])
+    data = {name: xr.Variable(dims, values[name], attrs={"long_name": long_name, "units": units})
+            for name, (long_name, units) in DIAGNOSTIC_ATTRS.items()}
+    return xr.Dataset(data, coords=coords)
+
+
+def _metadata_column(prompts: Sequence[Prompt], key: str, kind: str) -> np.ndarray:
+    if kind == "float":
+        return np.asarray([float(p.metadata.get(key, np.nan)) for p in prompts], dtype=np.float64)
+    return np.asarray([_as_text(p.metadata.get(key)) for p in prompts], dtype=str)
+
+
+def _as_text(value) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def with_condition(ds: xr.Dataset, conditions: Sequence[str]) -> xr.Dataset:
+    """``ds`` repeated over a leading ``condition`` dim, per-prompt coordinates included (views, no copies)."""
+    per_prompt = [name for name in ds.coords if name not in ds.dims]
+    # expand_dims leaves coordinates alone: demote them so they gain the dim too, then restore them
+    return ds.reset_coords().expand_dims(condition=np.asarray(conditions, dtype=str)).set_coords(per_prompt)
+
+
+def store_template(layout: Layout, attrs: Mapping[str, Any]) -> xr.Dataset:
+    """The whole store holding nothing yet: the schema of empty prompts, with its Zarr encoding attached.
+
+    Every value is a fill value and every diagnostic a zero-stride view of one NaN, so nothing of
+    the store's size is allocated.
+    """
+    empty = [Prompt("", ())] * layout.n_prompts
+    nan = np.broadcast_to(np.float32(np.nan), (layout.n_prompts, *layout.diagnostic_shape()))
+    schema = prompts_dataset(empty, dict.fromkeys(DIAGNOSTIC_ATTRS, nan), query=layout.query, width=layout.max_len,
+                             metadata=layout.metadata)
+    ds = with_condition(schema, layout.conditions)
+    coordinates = " ".join([*PROMPT_COORDS, *layout.metadata])
+    # the root "coordinates" attribute makes xarray treat per-prompt arrays (tokens has no data
+    # variable sharing its position dimension) as coordinates, not data variables
+    ds.attrs = {**attrs, "coordinates": coordinates}
+    for name, variable in ds.variables.items():
+        variable.encoding = _zarr_encoding(name, variable, layout.chunk_size)
+        if name in DIAGNOSTIC_ATTRS:
+            variable.encoding["coordinates"] = coordinates  # every per-prompt coordinate, as schema 1 has it
+    return ds
+
+
+def _zarr_encoding(name: str, variable: xr.Variable, chunk_size: int) -> dict[str, Any]:
+    """How a template variable is stored: chunks, fill value, dtype (schema 1's, byte for byte)."""
+    string = variable.dtype.kind == "U"
+    if variable.dims == (name,):  # an index coordinate: one chunk, Zarr's default fill value
+        return {"chunks": variable.shape, **({"dtype": object} if string else {})}
+    return {
+        "chunks": tuple(1 if d == "condition" else chunk_size if d == "prompt" else n for d, n in variable.sizes.items()),
+        # the template holds nothing but the fill value, so its first element is Zarr's fill_value
+        "fill_value": variable.data[(0,) * variable.ndim].item(),
+        "_FillValue": None,  # no CF attribute: Zarr's fill_value is the only one schema 1 has
+        **({"dtype": object} if string else {}),  # object: variable-length UTF-8, not fixed-width
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
 def create_store(path: Path, layout: Layout, attrs: dict[str, Any], *, overwrite: bool) -> None:
     """Write an empty store (all metadata, index coordinates) at ``path``; replace one only if ``overwrite``."""
-    import zarr
-
     if path.exists() and not overwrite:
         raise JaxdiagError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
     if path.exists() and not is_store(path):
@@ -97,9 +202,11 @@ def create_store(path: Path, layout: Layout, attrs: dict[str, Any], *, overwrite
     _remove_abandoned_temps(path)
     temp = path.parent / f".{path.name}.creating-{os.getpid()}"
     try:
-        root = zarr.open_group(str(temp), mode="w", zarr_format=3)
-        _write_template(root, layout, attrs)
-        zarr.consolidate_metadata(str(temp))
+        # Without dask, xarray writes every value; write_empty_chunks=False makes Zarr store no chunk
+        # that is all fill value, so the template costs one pass over zero-stride views (measured:
+        # 0.5 s for a 0.6 GB query="all" template, 2.2 s for 5.2 GB, 300 MB peak memory).
+        store_template(layout, attrs).to_zarr(temp, mode="w", zarr_format=3, consolidated=True,
+                                              write_empty_chunks=False)
         (temp / PROGRESS_DIR).mkdir()
         if path.exists():
             shutil.rmtree(path)
@@ -121,92 +228,24 @@ def _remove_abandoned_temps(path: Path) -> None:
             pass  # someone else's live process
 
 
-def _write_template(root, layout: Layout, attrs: dict[str, Any]) -> None:
-    from jaxdiag.api import ATTRS  # long names and units of the diagnostics, as the notebook API gives them
-
-    c = layout.chunk_size
-    n_c, n_p = len(layout.conditions), layout.n_prompts
-    dims = ["condition", "prompt", "layer", "head"] + (["query"] if layout.query == "all" else [])
-
-    def index(name: str, values: np.ndarray) -> None:
-        dtype = str if values.dtype.kind == "U" else values.dtype  # variable-length strings, like "text"
-        root.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape,
-                          dimension_names=[name])[...] = values
-
-    index("condition", np.asarray(layout.conditions, dtype=str))
-    index("prompt", np.arange(n_p, dtype=np.int64))
-    index("layer", np.arange(layout.n_layers, dtype=np.int64))
-    index("head", np.arange(layout.n_heads, dtype=np.int64))
-    if layout.query == "all":
-        index("query", np.arange(layout.max_len, dtype=np.int64))
-
-    per_prompt = ["text", "n_tokens", "tokens", *layout.metadata]
-    coordinates = " ".join(per_prompt)
-    shape = (n_c, n_p, *layout.diagnostic_shape())
-    for name, (long_name, units) in ATTRS.items():
-        root.create_array(name, shape=shape, dtype="float32", chunks=(1, c, *shape[2:]), fill_value=np.nan,
-                          dimension_names=dims,
-                          attributes={"long_name": long_name, "units": units, "coordinates": coordinates})
-    root.create_array("text", shape=(n_c, n_p), dtype=str, chunks=(1, c), fill_value="",
-                      dimension_names=["condition", "prompt"])
-    root.create_array("n_tokens", shape=(n_c, n_p), dtype="int32", chunks=(1, c), fill_value=0,
-                      dimension_names=["condition", "prompt"])
-    root.create_array("tokens", shape=(n_c, n_p, layout.max_len), dtype="int32", chunks=(1, c, layout.max_len),
-                      fill_value=-1, dimension_names=["condition", "prompt", "position"])
-    for name, kind in layout.metadata.items():
-        if kind == "str":
-            root.create_array(name, shape=(n_c, n_p), dtype=str, chunks=(1, c), fill_value="",
-                              dimension_names=["condition", "prompt"])
-        else:
-            root.create_array(name, shape=(n_c, n_p), dtype="float64", chunks=(1, c), fill_value=np.nan,
-                              dimension_names=["condition", "prompt"])
-    # the root "coordinates" attribute makes xarray treat per-prompt arrays (tokens has no data
-    # variable sharing its position dimension) as coordinates, not data variables
-    root.attrs.update({**attrs, "coordinates": coordinates})
-
-
-@dataclasses.dataclass
-class ChunkData:
-    """Everything one chunk writes: rows ``start .. start + n`` of condition ``condition``."""
-
-    condition: int
-    chunk: int
-    start: int
-    diagnostics: dict[str, np.ndarray]  # name -> [n, layer, head(, query)] float32
-    tokens: np.ndarray  # [n, max_len] int32, -1 padded
-    n_tokens: np.ndarray  # [n] int32
-    text: list[str]
-    metadata: dict[str, np.ndarray]  # name -> [n] str or float64
-
-
-class StoreWriter:
-    """Writes chunks into an existing store; one per writing thread."""
-
-    def __init__(self, path: Path):
-        import zarr
-
-        self.path = path
-        self.root = zarr.open_group(str(path), mode="r+")
-        self._arrays: dict[str, Any] = {}
-
-    def _array(self, name: str):
-        if name not in self._arrays:
-            self._arrays[name] = self.root[name]
-        return self._arrays[name]
-
-    def write(self, data: ChunkData, *, before_marker: Callable[[], None] | None = None) -> None:
-        """Write a chunk's data and coordinates, then (and only then) its done marker."""
-        rows = slice(data.start, data.start + len(data.text))
-        for name, values in data.diagnostics.items():
-            self._array(name)[data.condition, rows] = values
-        self._array("tokens")[data.condition, rows] = data.tokens
-        self._array("n_tokens")[data.condition, rows] = data.n_tokens
-        self._array("text")[data.condition, rows] = np.asarray(data.text, dtype=str)
-        for name, values in data.metadata.items():
-            self._array(name)[data.condition, rows] = values
-        if before_marker is not None:
-            before_marker()
-        mark_done(self.path, data.condition, data.chunk)
+def write_chunk(path: Path, ds: xr.Dataset, condition: int, chunk: int, *,
+                before_marker: Callable[[], None] | None = None) -> None:
+    """Write one chunk's Dataset (dims ``condition`` of size 1, ``prompt``, ...) into its region, then its done marker."""
+    prompts = ds.indexes["prompt"]
+    region = {"condition": slice(condition, condition + 1), "prompt": slice(prompts[0], prompts[-1] + 1)}
+    # index coordinates were written with the template; rewriting them would make processes
+    # writing neighbouring chunks race over the same Zarr chunk
+    values = ds.drop_vars([name for name in ds.coords if name in ds.dims])
+    # xarray writes into a variable-length string array only from object arrays, not fixed-width <U
+    values = values.assign_coords({name: c.astype(object) for name, c in values.coords.items() if c.dtype.kind == "U"})
+    # consolidated=True reads the metadata consolidated at creation (no listing of the progress
+    # folder); mode r+ writes no metadata. xarray costs ~15 ms more per chunk than slicing zarr
+    # arrays directly (measured: 29 vs 13 ms for a 1 MB chunk; about even, ~90 ms, for 16 MB), and
+    # it runs on the writer thread, overlapping device compute.
+    values.to_zarr(path, region=region, mode="r+", zarr_format=3, consolidated=True, write_empty_chunks=False)
+    if before_marker is not None:
+        before_marker()
+    mark_done(path, condition, chunk)
 
 
 def _marker(path: Path, condition: int, chunk: int) -> Path:

@@ -9,13 +9,14 @@ Order of work, so that bad input fails before any device work and leaves nothing
 4. load the weights, create the store (temp directory + rename), then walk the prompts again.
 
 The second walk groups each condition's prompts into chunks of ``chunk_size`` (one chunk of the
-store each) and each chunk into length-sorted units of ``batch_size`` (one device batch each).
+store each) and each chunk into length-sorted units of ``batch_size`` (one device batch each),
+whose keys name the chunk and row of each prompt, so every result finds its chunk.
 Units depend only on the prompts and the config, so every prompt meets the same compiled shapes
 however many devices or processes run the sweep and whether or not it was resumed: stores agree
 bit for bit. Chunks are dealt to processes round-robin; a process skips chunks already written.
 Device compute runs ahead of the host (``DeviceRunner`` keeps units in flight), and finished
-chunks go through a bounded queue to a writer thread, so compute, copies and Zarr writes overlap
-and memory stays bounded.
+chunks go to a one-thread pool with a bounded number waiting, so compute, copies and Zarr writes
+overlap and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -25,24 +26,26 @@ import dataclasses
 import hashlib
 import json
 import os
-import queue
 import sys
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
+import xarray as xr
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_texts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
+from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
+from jaxdiag.schema import DIAGNOSTICS
 from jaxdiag.store import (
-    SCHEMA_VERSION, ChunkData, Layout, StoreWriter, check_resumable, create_store, default_chunk_size,
-    done_chunks, finalise, is_store, read_attrs, utc_now,
+    SCHEMA_VERSION, Layout, check_resumable, create_store, default_chunk_size, done_chunks, finalise, is_store,
+    prompts_dataset, read_attrs, utc_now, with_condition, write_chunk,
 )
 
-WRITE_QUEUE_CHUNKS = 4
+WRITE_QUEUE_CHUNKS = 4  # finished chunks in memory waiting for (or in) their write
 # Fault injection for the kill-and-resume test: seconds to wait after a chunk's data is written
 # and before its done marker is, widening the window a SIGKILL must survive.
 FAULT_DELAY_ENV = "JAXDIAG_FAULT_DELAY_S"
@@ -127,15 +130,52 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest())
 
 
-@dataclasses.dataclass
-class _Chunk:
+class Progress(Protocol):
+    def update(self, n: int) -> object: ...
+
+
+class RowKey(NamedTuple):
+    """The key naming a prompt in a unit: its chunk and its row there, so each result carries its owner."""
+
+    chunk: Chunk
+    row: int
+
+
+@dataclasses.dataclass(eq=False)  # identity, not value: a chunk is hashed as part of its rows' keys
+class Chunk:
+    """One chunk of the store from prompts to written region: rows ``start ..`` of condition ``condition``.
+
+    ``values`` fills in as the chunk's units come back from the device; the last one finishes it.
+    """
+
     condition: int
-    chunk: int
+    index: int
     start: int
     prompts: list[Prompt]
+    values: dict[str, np.ndarray]  # name -> [n, layer, head(, query)] float32, NaN until computed
+    units_left: int = 0
+
+    def units(self, *, batch_size: int, limit: int) -> list[Unit]:
+        """The chunk's device batches; the chunk is finished once that many results are in."""
+        rows = [(RowKey(self, row), prompt.tokens) for row, prompt in enumerate(self.prompts)]
+        units = make_units(rows, batch_size=batch_size, limit=limit)
+        self.units_left = len(units)
+        return units
+
+    def add(self, unit: Unit, result: dict[str, np.ndarray]) -> bool:
+        """Take in one unit's result; True when it was the last one."""
+        scatter(self.values, [key.row for key in unit.keys], result)
+        self.units_left -= 1
+        return self.units_left == 0
+
+    def dataset(self, layout: Layout) -> xr.Dataset:
+        """The chunk as its region of the store: the store's schema for these prompts, condition included."""
+        ds = prompts_dataset(self.prompts, self.values, query=layout.query, width=layout.max_len,
+                             metadata=layout.metadata, start=self.start)
+        return with_condition(ds, [layout.conditions[self.condition]])
 
 
-def iter_chunks(prompts: Iterable[Prompt], layout: Layout, wanted: set[tuple[int, int]]) -> Iterator[_Chunk]:
+def iter_chunks(prompts: Iterable[Prompt], layout: Layout, wanted: set[tuple[int, int]]) -> Iterator[Chunk]:
     """The chunks in ``wanted``, each with its prompts; other chunks' prompts are passed over, not kept."""
     index = {name: i for i, name in enumerate(layout.conditions)}
     position = [0] * len(layout.conditions)
@@ -149,77 +189,39 @@ def iter_chunks(prompts: Iterable[Prompt], layout: Layout, wanted: set[tuple[int
         buffers[c].append(prompt)
         start, stop = layout.chunk_range(c, k)
         if len(buffers[c]) == stop - start:
-            yield _Chunk(c, k, start, buffers.pop(c))
+            shape = (stop - start, *layout.diagnostic_shape())
+            values = {name: np.full(shape, np.nan, dtype=np.float32) for name in DIAGNOSTICS}
+            yield Chunk(c, k, start, buffers.pop(c), values)
 
 
-class _ChunkBuffer:
-    """Collects a chunk's unit results; complete when every unit has reported."""
-
-    def __init__(self, chunk: _Chunk, layout: Layout, n_units: int):
-        self.chunk = chunk
-        self.remaining = n_units
-        shape = (len(chunk.prompts), *layout.diagnostic_shape())
-        from jaxdiag.diagnostics import DIAGNOSTICS
-
-        self.values = {name: np.full(shape, np.nan, dtype=np.float32) for name in DIAGNOSTICS}
-
-    def to_data(self, layout: Layout) -> ChunkData:
-        prompts = self.chunk.prompts
-        tokens = np.full((len(prompts), layout.max_len), -1, dtype=np.int32)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt.tokens)] = prompt.tokens
-        metadata = {}
-        for key, kind in layout.metadata.items():
-            if kind == "float":
-                metadata[key] = np.asarray([float(p.metadata.get(key, np.nan)) for p in prompts], dtype=np.float64)
-            else:
-                metadata[key] = np.asarray([_as_text(p.metadata.get(key)) for p in prompts], dtype=str)
-        return ChunkData(self.chunk.condition, self.chunk.chunk, self.chunk.start, self.values, tokens,
-                         np.asarray([len(p.tokens) for p in prompts], dtype=np.int32),
-                         [p.text for p in prompts], metadata)
+def finished_chunks(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> Iterator[Chunk]:
+    """Each chunk as soon as the last of its units' results is in."""
+    for unit, result in results:
+        chunk = unit.keys[0].chunk  # a unit never spans chunks: each chunk makes its own
+        if chunk.add(unit, result):
+            yield chunk
 
 
-def _as_text(value) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value)
+def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: Progress) -> None:
+    """Write each chunk on one worker thread while the next ones compute; raise the first failed write.
 
+    At most ``WRITE_QUEUE_CHUNKS`` finished chunks wait in memory: beyond that the producer waits.
+    """
+    delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
+    pause = (lambda: time.sleep(delay)) if delay else None
 
-class _Writer(threading.Thread):
-    """Writes finished chunks from a bounded queue; the first error stops it and is re-raised by ``join_checked``."""
+    def write(chunk: Chunk) -> None:
+        write_chunk(path, chunk.dataset(layout), chunk.condition, chunk.index, before_marker=pause)
+        progress.update(len(chunk.prompts))
 
-    def __init__(self, path: Path, layout: Layout, progress):
-        super().__init__(name="jaxdiag-store-writer", daemon=True)
-        self.queue: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE_CHUNKS)
-        self.path, self.layout, self.progress = path, layout, progress
-        self.error: BaseException | None = None
-        self.delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
-
-    def run(self) -> None:
-        writer = StoreWriter(self.path)
-        while (item := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain, so the producer never blocks on a dead writer
-            try:
-                data = item.to_data(self.layout)
-                writer.write(data, before_marker=self._pause if self.delay else None)
-                self.progress.update(len(data.text))
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                self.error = exc
-
-    def _pause(self) -> None:
-        time.sleep(self.delay)
-
-    def put(self, buffer: _ChunkBuffer) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(buffer)
-
-    def join_checked(self) -> None:
-        self.queue.put(None)
-        self.join()
-        if self.error is not None:
-            raise self.error
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxdiag-store-writer") as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for chunk in chunks:
+            while pending and (pending[0].done() or len(pending) >= WRITE_QUEUE_CHUNKS):
+                pending.popleft().result()  # re-raises a failed write's error
+            pending.append(pool.submit(write, chunk))
+        for future in pending:
+            future.result()
 
 
 def _progress(total: int, quiet: bool, description: str):
@@ -244,7 +246,6 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
     from jaxdiag import __version__
     from jaxdiag.checkpoint import load_checkpoint, resolve
     from jaxdiag.config import GPT2Config
-    from jaxdiag.runner import DeviceRunner, make_units, scatter
     from jaxdiag.tokenizer import Tokenizer
 
     started = time.perf_counter()
@@ -306,32 +307,14 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
         log(f"resuming {path}: {len(already)} of {len(all_chunks)} chunks already written")
 
     progress = _progress(n_todo, quiet, "jaxdiag run" if n_processes == 1 else f"jaxdiag run [{process}]")
-    writer = _Writer(path, layout, progress)
-    writer.start()
     try:
         if todo:
-            owners: collections.deque = collections.deque()
-
-            def units():
-                for chunk in iter_chunks(walk(), layout, todo):
-                    rows = [(row, prompt.tokens) for row, prompt in enumerate(chunk.prompts)]
-                    chunk_units = make_units(rows, batch_size=config.batch_size, limit=model_config.n_positions)
-                    buffer = _ChunkBuffer(chunk, layout, len(chunk_units))
-                    for unit in chunk_units:
-                        owners.append(buffer)
-                        yield unit
-
-            for unit, result in DeviceRunner(model, config.query).run(units()):
-                buffer = owners.popleft()
-                scatter(buffer.values, unit.keys, result)
-                buffer.remaining -= 1
-                if buffer.remaining == 0:
-                    writer.put(buffer)
+            chunks = iter_chunks(walk(), layout, todo)
+            units = (unit for chunk in chunks
+                     for unit in chunk.units(batch_size=config.batch_size, limit=model_config.n_positions))
+            write_chunks(finished_chunks(DeviceRunner(model, config.query).run(units)), path, layout, progress)
     finally:
-        try:
-            writer.join_checked()
-        finally:
-            progress.close()
+        progress.close()
 
     _wait_for_all(n_processes, "jaxdiag-chunks-written")
     complete = False
