@@ -27,7 +27,7 @@ from flax import nnx
 
 from jaxdiag.model import GPT2, Context
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
-from jaxdiag.runner import Unit, probe_values
+from jaxdiag.runner import Unit, diagnostics_step
 from jaxdiag.schema import QueryMode
 
 
@@ -132,20 +132,23 @@ def head_output_sums(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> dict
 
 def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
                heads_per_step: int | None = None):
-    """A jitted sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
+    """A sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
 
     ``step(state, tokens, lengths, target, foil[, partner])`` -> ``{name: [b, ...]}``; ``partner``
     (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for ``mean``.
+    The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
+    run with effects stores the same diagnostics, bit for bit, as one without.
     """
     if "mean" in kinds and head_mean is None:
         raise ValueError("mean-ablation effects need the reference condition's head_mean")
     means = None if head_mean is None else jnp.asarray(head_mean, jnp.float32)[:, None]  # [layer, 1, head, d]
 
+    diagnose = diagnostics_step(graphdef, query)
+
     @jax.jit
-    def step(state, tokens, lengths, target, foil, partner=None):
+    def effects(state, tokens, lengths, target, foil, partner):
         model = nnx.merge(graphdef, state)
         config = model.config
-        values = probe_values(model, tokens, lengths, query)
         replacements = {}
         for kind in kinds:
             if kind == "zero":
@@ -154,8 +157,11 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
                 replacements[kind] = means
             else:  # patch: the same positions of the partner, which has the same length
                 replacements[kind] = head_outputs(model, partner, lengths)
-        metric, effects = head_effects(model, tokens, lengths, target, foil, replacements, heads_per_step=heads_per_step)
-        return values | {"metric": metric} | {f"effect_{kind}": value for kind, value in effects.items()}
+        metric, per_kind = head_effects(model, tokens, lengths, target, foil, replacements, heads_per_step=heads_per_step)
+        return {"metric": metric} | {f"effect_{kind}": value for kind, value in per_kind.items()}
+
+    def step(state, tokens, lengths, target, foil, partner=None):
+        return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner)
 
     return step
 

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import builtin_model_dir, builtin_models, package_data, presets_dir, resolve_path
@@ -89,9 +89,11 @@ class RunConfig:
             del out["effects"], out["effects_reference"]
         return out
 
-    def reference_condition(self) -> str | None:
-        """The condition whose mean head outputs mean-ablation uses."""
-        return self.effects_reference or (self.conditions[1] if self.conditions else None)
+    def reference_condition(self, found: Sequence[str]) -> str | None:
+        """The condition whose mean head outputs mean-ablation uses: as configured, else the second of
+        the run's conditions (or of the conditions ``found`` in the prompts, in their order)."""
+        conditions = self.conditions or tuple(found)
+        return self.effects_reference or (conditions[1] if len(conditions) > 1 else None)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what a store of diagnostics alone is
+SCHEMA_VERSION_EFFECTS = 2  # a store that also holds docs/CONTRACT.md's schema-2 causal effects
 
 # Per-head diagnostics, in store order: name -> (long_name, units). docs/CONTRACT.md, schema 1.
 DIAGNOSTIC_ATTRS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,16 @@ DIMENSIONS: tuple[str, ...] = ("condition", "prompt", "layer", "head", "query", 
 EFFECT_KINDS: tuple[str, ...] = ("zero", "mean", "patch")
 # Per-prompt coordinates of a run with effects: the task's token ids (-1: none) and the pair id.
 TASK_COORDS: tuple[str, ...] = ("target", "foil", "pair")
+_METRIC_UNITS = "logit difference (with a foil) or nats (log p(target))"
+_EDITS = {"zero": "set to 0", "mean": "replaced by its mean output on the reference condition (head_mean)",
+          "patch": "replaced by its output on the prompt's pair partner"}
+# Per-prompt task variables: name -> (long_name, units).
+TASK_ATTRS: dict[str, tuple[str, str]] = {
+    "metric": ("logit(target) - logit(foil) at the last real position, or log_softmax(logits)[target] "
+               "without a foil; NaN without a target", _METRIC_UNITS),
+    **{f"effect_{kind}": (f"metric with the head's output (its d_head slice before c_proj, at every position) "
+                          f"{how}, minus metric", _METRIC_UNITS) for kind, how in _EDITS.items()},
+}
 
 QueryMode = Literal["last", "all"]
 QUERIES: tuple[str, ...] = ("last", "all")

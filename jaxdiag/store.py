@@ -37,7 +37,7 @@ import xarray as xr
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt
-from jaxdiag.schema import DIAGNOSTIC_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, QueryMode
+from jaxdiag.schema import DIAGNOSTIC_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS, QueryMode
 
 PROGRESS_DIR = ".jaxdiag-progress"
 # Chunk size when the config leaves it open: at most this many prompts, and at most this many
@@ -58,6 +58,7 @@ class Layout:
     query: str
     chunk_size: int
     metadata: dict[str, str]  # per-prompt metadata coordinate -> "str" | "float"
+    effects: tuple[str, ...] = ()  # causal-effect kinds: adds metric, effect_<kind> and the task coordinates
 
     @property
     def n_prompts(self) -> int:
@@ -73,6 +74,18 @@ class Layout:
 
     def diagnostic_shape(self) -> tuple[int, ...]:
         return (self.n_layers, self.n_heads) + ((self.max_len,) if self.query == "all" else ())
+
+    def value_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every per-prompt variable a chunk computes, with its shape for one prompt."""
+        shapes = dict.fromkeys(DIAGNOSTIC_ATTRS, self.diagnostic_shape())
+        if self.effects:
+            shapes["metric"] = ()
+            shapes.update({f"effect_{kind}": (self.n_layers, self.n_heads) for kind in self.effects})
+        return shapes
+
+    def coordinates(self) -> str:
+        """Every per-prompt coordinate's name (a data variable's ``coordinates`` attribute)."""
+        return " ".join([*PROMPT_COORDS, *(TASK_COORDS if self.effects else ()), *self.metadata])
 
 
 def default_chunk_size(n_layers: int, n_heads: int, max_len: int, query: str) -> int:
@@ -104,9 +117,11 @@ def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray],
     """Diagnostics of ``prompts`` with their per-prompt coordinates: dims ``prompt, layer, head[, query]``.
 
     ``values`` maps every diagnostic to ``[n, layer, head(, query)]`` float32 (used as given, not
-    copied); ``tokens`` is -1-padded to ``width`` (default: the longest prompt); ``metadata`` names
-    the per-prompt metadata coordinates and their kinds ("str" | "float"), missing values being ""
-    and NaN; ``prompt`` counts from ``start``.
+    copied), and, in a run with effects, ``metric`` to ``[n]`` and each ``effect_<kind>`` to
+    ``[n, layer, head]`` (then the task coordinates ``target``, ``foil``, ``pair`` come too);
+    ``tokens`` is -1-padded to ``width`` (default: the longest prompt); ``metadata`` names the
+    per-prompt metadata coordinates and their kinds ("str" | "float"), missing values being "" and
+    NaN; ``prompt`` counts from ``start``.
     """
     metadata = metadata or {}
     n = len(prompts)
@@ -124,12 +139,22 @@ def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray],
         "n_tokens": ("prompt", np.asarray([len(p.tokens) for p in prompts], dtype=np.int32)),
         "tokens": (("prompt", "position"), tokens),
     }
+    task = "metric" in values
+    if task:
+        coords["target"] = ("prompt", np.asarray([p.target for p in prompts], dtype=np.int32))
+        coords["foil"] = ("prompt", np.asarray([p.foil for p in prompts], dtype=np.int32))
+        coords["pair"] = ("prompt", np.asarray([p.pair or "" for p in prompts], dtype=str))
     for key, kind in metadata.items():
         coords[key] = ("prompt", _metadata_column(prompts, key, kind))
     if query == "all":
         coords["query"] = np.arange(first.shape[-1])
     data = {name: xr.Variable(dims, values[name], attrs={"long_name": long_name, "units": units})
             for name, (long_name, units) in DIAGNOSTIC_ATTRS.items()}
+    for name in values:
+        if name in TASK_ATTRS:
+            long_name, units = TASK_ATTRS[name]
+            data[name] = xr.Variable(["prompt"] if name == "metric" else ["prompt", "layer", "head"], values[name],
+                                     attrs={"long_name": long_name, "units": units})
     return xr.Dataset(data, coords=coords)
 
 
@@ -152,25 +177,31 @@ def with_condition(ds: xr.Dataset, conditions: Sequence[str]) -> xr.Dataset:
     return ds.reset_coords().expand_dims(condition=np.asarray(conditions, dtype=str)).set_coords(per_prompt)
 
 
-def store_template(layout: Layout, attrs: Mapping[str, Any]) -> xr.Dataset:
+def store_template(layout: Layout, attrs: Mapping[str, Any], *, head_mean: np.ndarray | None = None) -> xr.Dataset:
     """The whole store holding nothing yet: the schema of empty prompts, with its Zarr encoding attached.
 
-    Every value is a fill value and every diagnostic a zero-stride view of one NaN, so nothing of
-    the store's size is allocated.
+    Every value is a fill value and every per-prompt variable a zero-stride view of one NaN, so
+    nothing of the store's size is allocated. ``head_mean [layer, head, d_head]`` (the reference
+    means of a run with mean-ablation effects) is known before any prompt runs and written here.
     """
     empty = [Prompt("", ())] * layout.n_prompts
-    nan = np.broadcast_to(np.float32(np.nan), (layout.n_prompts, *layout.diagnostic_shape()))
-    schema = prompts_dataset(empty, dict.fromkeys(DIAGNOSTIC_ATTRS, nan), query=layout.query, width=layout.max_len,
-                             metadata=layout.metadata)
+    values = {name: np.broadcast_to(np.float32(np.nan), (layout.n_prompts, *shape))
+              for name, shape in layout.value_shapes().items()}
+    schema = prompts_dataset(empty, values, query=layout.query, width=layout.max_len, metadata=layout.metadata)
     ds = with_condition(schema, layout.conditions)
-    coordinates = " ".join([*PROMPT_COORDS, *layout.metadata])
+    coordinates = layout.coordinates()
     # the root "coordinates" attribute makes xarray treat per-prompt arrays (tokens has no data
     # variable sharing its position dimension) as coordinates, not data variables
     ds.attrs = {**attrs, "coordinates": coordinates}
     for name, variable in ds.variables.items():
         variable.encoding = _zarr_encoding(name, variable, layout.chunk_size)
-        if name in DIAGNOSTIC_ATTRS:
+        if name in ds.data_vars:
             variable.encoding["coordinates"] = coordinates  # every per-prompt coordinate, as schema 1 has it
+    if head_mean is not None:
+        ds["head_mean"] = xr.Variable(("layer", "head", "d_head"), np.asarray(head_mean, np.float32), attrs={
+            "long_name": "each head's output (before c_proj) averaged over every real position of the "
+                         "reference condition's prompts: what mean-ablation puts in its place", "units": "activation"})
+        ds["head_mean"].encoding = {"chunks": head_mean.shape, "fill_value": np.nan, "_FillValue": None}
     return ds
 
 
@@ -192,7 +223,8 @@ def _zarr_encoding(name: str, variable: xr.Variable, chunk_size: int) -> dict[st
 # Writing.
 
 
-def create_store(path: Path, layout: Layout, attrs: dict[str, Any], *, overwrite: bool) -> None:
+def create_store(path: Path, layout: Layout, attrs: dict[str, Any], *, overwrite: bool,
+                 head_mean: np.ndarray | None = None) -> None:
     """Write an empty store (all metadata, index coordinates) at ``path``; replace one only if ``overwrite``."""
     if path.exists() and not overwrite:
         raise JaxdiagError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
@@ -205,7 +237,7 @@ def create_store(path: Path, layout: Layout, attrs: dict[str, Any], *, overwrite
         # Without dask, xarray writes every value; write_empty_chunks=False makes Zarr store no chunk
         # that is all fill value, so the template costs one pass over zero-stride views (measured:
         # 0.5 s for a 0.6 GB query="all" template, 2.2 s for 5.2 GB, 300 MB peak memory).
-        store_template(layout, attrs).to_zarr(temp, mode="w", zarr_format=3, consolidated=True,
+        store_template(layout, attrs, head_mean=head_mean).to_zarr(temp, mode="w", zarr_format=3, consolidated=True,
                                               write_empty_chunks=False)
         (temp / PROGRESS_DIR).mkdir()
         if path.exists():
@@ -284,8 +316,9 @@ def read_attrs(path: Path) -> dict[str, Any]:
 def check_resumable(path: Path, expected: dict[str, Any]) -> None:
     """Refuse to resume a store made by a different run: the keys in ``expected`` must all match."""
     attrs = read_attrs(path)
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise JaxdiagError(f"cannot resume {path}: schema_version {attrs.get('schema_version')!r}, this jaxdiag writes {SCHEMA_VERSION}")
+    version = expected.get("schema_version", SCHEMA_VERSION)
+    if attrs.get("schema_version") != version:
+        raise JaxdiagError(f"cannot resume {path}: schema_version {attrs.get('schema_version')!r}, this run writes {version}")
     for key, value in expected.items():
         if attrs.get(key) != value:
             if key == "config":
@@ -340,7 +373,10 @@ def describe(path: str | Path) -> str:
     lines.append(f"status: {status}")
     lines.append("dims: " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
     lines.append("variables: " + ", ".join(f"{n} ({ds[n].dtype})" for n in ds.data_vars))
-    extra = [n for n in ds.coords if n not in ds.dims and n not in ("text", "n_tokens", "tokens")]
+    if attrs.get("effects"):
+        reference = f" (mean-ablation reference: {attrs['effects_reference']})" if attrs.get("effects_reference") else ""
+        lines.append("effects: " + ", ".join(f"effect_{kind}" for kind in attrs["effects"]) + reference)
+    extra = [n for n in ds.coords if n not in ds.dims and n not in (*PROMPT_COORDS, *TASK_COORDS)]
     if extra:
         lines.append("metadata coordinates: " + ", ".join(extra))
     if "n_tokens" in ds.coords:

@@ -35,16 +35,18 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 import numpy as np
 import xarray as xr
 
+from jaxdiag.effects import head_sums_step, mean_head_outputs, sweep_step
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_texts, ioi_prompts, jsonl_prompts
+from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
 from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
-from jaxdiag.schema import DIAGNOSTICS
+from jaxdiag.schema import SCHEMA_VERSION_EFFECTS
 from jaxdiag.store import (
     SCHEMA_VERSION, Layout, check_resumable, create_store, default_chunk_size, done_chunks, finalise, is_store,
     prompts_dataset, read_attrs, utc_now, with_condition, write_chunk,
 )
 
+EFFECT_STEP_BYTES = 256 * 2**20
 WRITE_QUEUE_CHUNKS = 4  # finished chunks in memory waiting for (or in) their write
 # Fault injection for the kill-and-resume test: seconds to wait after a chunk's data is written
 # and before its done marker is, widening the window a SIGKILL must survive.
@@ -60,6 +62,13 @@ class Plan:
     max_len: int
     metadata: dict[str, str]  # key -> "str" | "float"
     digest: str
+    n_targets: int = 0  # prompts with a task target (counted when effects are asked for)
+    # pair id -> its prompts' (condition, tokens), kept when patch effects are asked for
+    pairs: dict[str, list[tuple[str, tuple[int, ...]]]] | None = None
+
+    def partner_tokens(self, prompt: Prompt) -> tuple[int, ...]:
+        """The tokens of ``prompt``'s pair partner (the member of its pair in the other condition)."""
+        return next(tokens for condition, tokens in self.pairs[prompt.pair] if condition != prompt.condition)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +94,7 @@ def prompt_stream(config: RunConfig, encode: Callable[[str], list[int]] | None, 
 
     if spec.source == "ioi-blog":
         def walk() -> Iterator[Prompt]:
-            enc = need_encoder()
-            for condition, text, metadata in ioi_blog_texts(limit or 50):
-                yield Prompt(condition, tuple(enc(text)), text, metadata)
+            yield from ioi_blog_prompts(need_encoder(), limit or 50)
     elif spec.source == "ioi":
         def walk() -> Iterator[Prompt]:
             yield from ioi_prompts(need_encoder(), n_prompts=limit or 1000, n_tokens=spec.n_tokens, seed=config.seed)
@@ -106,28 +113,66 @@ def prompt_stream(config: RunConfig, encode: Callable[[str], list[int]] | None, 
     return walk
 
 
-def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int) -> Plan:
-    """Validate every prompt and summarise the set; raises JaxdiagError on the first bad one."""
+def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int,
+                 effects: tuple[str, ...] = ()) -> Plan:
+    """Validate every prompt and summarise the set; raises JaxdiagError on the first bad one.
+
+    With ``effects``, the task fields (target, foil, pair) are validated and enter the digest too;
+    without, the digest is what earlier versions computed, so their stores still resume.
+    """
     from jaxdiag.runner import check_prompt
 
     counts: dict[str, int] = {}
     kinds: dict[str, set[str]] = {}
-    max_len = 0
+    max_len = n_targets = 0
+    pairs: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
     digest = hashlib.sha256()
     for prompt in prompts:
         index = counts.get(prompt.condition, 0)
-        check_prompt(prompt.tokens, vocab_size=vocab_size, n_positions=n_positions,
-                     label=f"prompt {index} of condition {prompt.condition!r}")
+        label = f"prompt {index} of condition {prompt.condition!r}"
+        check_prompt(prompt.tokens, vocab_size=vocab_size, n_positions=n_positions, label=label)
         counts[prompt.condition] = index + 1
         max_len = max(max_len, len(prompt.tokens))
         for key, value in prompt.metadata.items():
             kinds.setdefault(key, set()).add("str" if isinstance(value, str) else "float")
         record = [prompt.condition, list(prompt.tokens), prompt.text, sorted(prompt.metadata.items())]
+        if effects:
+            n_targets += _check_task(prompt, vocab_size, label)
+            record.append([prompt.target, prompt.foil, prompt.pair])
+            if "patch" in effects:
+                if prompt.pair is None:
+                    raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
+                pairs.setdefault(prompt.pair, []).append((prompt.condition, prompt.tokens))
         digest.update(json.dumps(record).encode() + b"\n")
     if not counts:
         raise JaxdiagError("the prompt set is empty")
+    if effects and n_targets == 0:
+        raise JaxdiagError("effects were asked for but no prompt has a target (JSONL 'target', or the ioi, "
+                           "ioi-blog and induction sources)")
+    for pair, members in pairs.items():
+        _check_pair(pair, members)
     metadata = {key: "float" if kind == {"float"} else "str" for key, kind in kinds.items()}
-    return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest())
+    return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest(), n_targets,
+                pairs if "patch" in effects else None)
+
+
+def _check_task(prompt: Prompt, vocab_size: int, label: str) -> int:
+    """1 if the prompt has a target, 0 if not; an error for ids outside the vocabulary."""
+    for name, value in (("target", prompt.target), ("foil", prompt.foil)):
+        if value >= vocab_size:
+            raise JaxdiagError(f"{label}: {name} id {value} is outside the vocabulary [0, {vocab_size})")
+    return int(prompt.target >= 0)
+
+
+def _check_pair(pair: str, members: list[tuple[str, tuple[int, ...]]]) -> None:
+    if len(members) != 2:
+        what = "has no partner" if len(members) == 1 else f"has {len(members)} prompts"
+        raise JaxdiagError(f"pair {pair!r} {what}: a pair is two prompts, one in each of two conditions")
+    (first, a), (second, b) = members
+    if first == second:
+        raise JaxdiagError(f"pair {pair!r}: both prompts are in condition {first!r}; a pair spans two conditions")
+    if len(a) != len(b):
+        raise JaxdiagError(f"pair {pair!r}: the prompts have {len(a)} and {len(b)} tokens; a patch needs equal lengths")
 
 
 class Progress(Protocol):
@@ -155,10 +200,16 @@ class Chunk:
     values: dict[str, np.ndarray]  # name -> [n, layer, head(, query)] float32, NaN until computed
     units_left: int = 0
 
-    def units(self, *, batch_size: int, limit: int) -> list[Unit]:
-        """The chunk's device batches; the chunk is finished once that many results are in."""
+    def units(self, *, batch_size: int, limit: int, plan: Plan | None = None) -> list[Unit]:
+        """The chunk's device batches; the chunk is finished once that many results are in.
+
+        With ``plan`` (a run with effects) each unit also carries its rows' task inputs.
+        """
         rows = [(RowKey(self, row), prompt.tokens) for row, prompt in enumerate(self.prompts)]
         units = make_units(rows, batch_size=batch_size, limit=limit)
+        if plan is not None:
+            for unit in units:
+                unit.inputs = task_inputs(unit, [self.prompts[key.row] for key in unit.keys], plan)
         self.units_left = len(units)
         return units
 
@@ -175,6 +226,21 @@ class Chunk:
         return with_condition(ds, [layout.conditions[self.condition]])
 
 
+def task_inputs(unit: Unit, prompts: list[Prompt], plan: Plan) -> dict[str, np.ndarray]:
+    """A unit's ``target``/``foil`` ids (-1: none) and, for patch effects, its rows' partners' tokens."""
+    batch = unit.tokens.shape[0]
+    target, foil = np.full(batch, -1, np.int32), np.full(batch, -1, np.int32)
+    for row, prompt in enumerate(prompts):
+        target[row], foil[row] = prompt.target, prompt.foil
+    inputs = {"target": target, "foil": foil}
+    if plan.pairs is not None:
+        partner = unit.tokens.copy()  # dummy rows patch themselves
+        for row, prompt in enumerate(prompts):
+            partner[row, : len(prompt.tokens)] = plan.partner_tokens(prompt)
+        inputs["partner"] = partner
+    return inputs
+
+
 def iter_chunks(prompts: Iterable[Prompt], layout: Layout, wanted: set[tuple[int, int]]) -> Iterator[Chunk]:
     """The chunks in ``wanted``, each with its prompts; other chunks' prompts are passed over, not kept."""
     index = {name: i for i, name in enumerate(layout.conditions)}
@@ -189,8 +255,8 @@ def iter_chunks(prompts: Iterable[Prompt], layout: Layout, wanted: set[tuple[int
         buffers[c].append(prompt)
         start, stop = layout.chunk_range(c, k)
         if len(buffers[c]) == stop - start:
-            shape = (stop - start, *layout.diagnostic_shape())
-            values = {name: np.full(shape, np.nan, dtype=np.float32) for name in DIAGNOSTICS}
+            values = {name: np.full((stop - start, *shape), np.nan, dtype=np.float32)
+                      for name, shape in layout.value_shapes().items()}
             yield Chunk(c, k, start, buffers.pop(c), values)
 
 
@@ -222,6 +288,17 @@ def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: 
             pending.append(pool.submit(write, chunk))
         for future in pending:
             future.result()
+
+
+def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.ndarray | None):
+    """The step builder of a run with effects (None: the runner's diagnostics step)."""
+    if not config.effects:
+        return None
+    # Heads of a layer run together, as many as keep one edited run's activations near 256 MiB.
+    per_head = 8 * 4 * config.batch_size * plan.max_len * model_config.n_embd
+    heads_per_step = max(1, min(model_config.n_head, EFFECT_STEP_BYTES // per_head))
+    return lambda graphdef: sweep_step(graphdef, config.query, config.effects, head_mean=head_mean,
+                                       heads_per_step=heads_per_step)
 
 
 def _progress(total: int, quiet: bool, description: str):
@@ -266,23 +343,36 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
                                          bos_id=model_config.bos_token_id, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
     walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id)
-    plan = plan_prompts(walk(), vocab_size=model_config.vocab_size, n_positions=model_config.n_positions)
+    plan = plan_prompts(walk(), vocab_size=model_config.vocab_size, n_positions=model_config.n_positions,
+                        effects=config.effects)
     if config.conditions:
         missing = [c for c in config.conditions if c not in plan.conditions]
         if missing:
             raise JaxdiagError(f"conditions {', '.join(missing)} named in the run config are not in the prompt set "
                                f"(it has {', '.join(plan.conditions)})")
+    reference = config.reference_condition(plan.conditions) if "mean" in config.effects else None
+    if "mean" in config.effects and reference not in plan.conditions:
+        raise JaxdiagError(f"mean-ablation effects need a reference condition in the prompt set: {reference!r} is not "
+                           f"one of {', '.join(plan.conditions)} (set effects_reference)")
     chunk_size = config.chunk_size or default_chunk_size(model_config.n_layer, model_config.n_head, plan.max_len,
                                                          config.query)
     config = dataclasses.replace(config, chunk_size=chunk_size)
     layout = Layout(plan.conditions, plan.counts, model_config.n_layer, model_config.n_head, plan.max_len,
-                    config.query, chunk_size, plan.metadata)
+                    config.query, chunk_size, plan.metadata, config.effects)
     identity = {"config": config.to_json(), "weights_sha256": checkpoint.weights_sha256,
                 "prompts_sha256": plan.digest}
+    if config.effects:
+        identity["schema_version"] = SCHEMA_VERSION_EFFECTS
 
     if process == 0 and resume and path.exists():
         check_resumable(path, identity)
     _, model = load_checkpoint(checkpoint, precision=config.precision)
+    head_mean = None
+    if reference is not None:  # every process computes the same means: same units, float64 sums in order
+        log(f"mean head outputs over condition {reference!r}")
+        reference_units = make_units([(i, p.tokens) for i, p in enumerate(walk()) if p.condition == reference],
+                                     batch_size=config.batch_size, limit=model_config.n_positions)
+        head_mean = mean_head_outputs(DeviceRunner(model, config.query, make_step=head_sums_step).run(reference_units))
     if process == 0 and not (resume and path.exists()):
         attrs = {
             "schema_version": SCHEMA_VERSION, "jaxdiag_version": __version__, "model": config.model,
@@ -293,7 +383,11 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
         }
         if checkpoint.revision:
             attrs["model_revision"] = checkpoint.revision
-        create_store(path, layout, attrs, overwrite=overwrite)
+        if config.effects:
+            attrs["effects"] = list(config.effects)
+            if reference is not None:
+                attrs["effects_reference"] = reference
+        create_store(path, layout, attrs, overwrite=overwrite, head_mean=head_mean)
     _wait_for_all(n_processes, "jaxdiag-store-created")
     if n_processes > 1:
         check_resumable(path, identity)  # every process checks it joins the store it was meant to
@@ -310,9 +404,12 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
     try:
         if todo:
             chunks = iter_chunks(walk(), layout, todo)
+            task_plan = plan if config.effects else None
             units = (unit for chunk in chunks
-                     for unit in chunk.units(batch_size=config.batch_size, limit=model_config.n_positions))
-            write_chunks(finished_chunks(DeviceRunner(model, config.query).run(units)), path, layout, progress)
+                     for unit in chunk.units(batch_size=config.batch_size, limit=model_config.n_positions,
+                                             plan=task_plan))
+            runner = DeviceRunner(model, config.query, make_step=_effects_step(config, model_config, plan, head_mean))
+            write_chunks(finished_chunks(runner.run(units)), path, layout, progress)
     finally:
         progress.close()
 
