@@ -18,7 +18,7 @@ then costs ``L - l`` layer-forwards instead of ``L``: ``H L (L + 1) / 2`` for th
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,21 +69,29 @@ def _finish_from(model: GPT2, layer: int, middle: jax.Array, ctx: Context) -> ja
     return model.ln_f(x)
 
 
+Readout = Callable[[jax.Array], jax.Array]  # final hidden states [b, seq, n_embd] -> a value per prompt [b]
+
+
+def task_readout(model: GPT2, lengths: jax.Array, target: jax.Array, foil: jax.Array) -> Readout:
+    """The sweep's metric as a readout: :func:`task_metric` at each prompt's last real position."""
+    return lambda hidden: task_metric(model.unembed(last_position(hidden, lengths)), target, foil)
+
+
 def head_effects(
     model: GPT2,
     tokens: jax.Array,
     lengths: jax.Array,
-    target: jax.Array,
-    foil: jax.Array,
+    readout: Readout,
     replacements: Mapping[str, jax.Array],
     *,
     heads_per_step: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Clean metric ``[b]`` and, per kind, every head's effect ``[b, layer, head]``.
+    """Clean readout ``[b]`` and, per kind, every head's effect on it ``[b, layer, head]``.
 
     Args:
       tokens, lengths: right-padded prompts ``[b, seq]`` and their lengths ``[b]``.
-      target, foil: ``[b]`` token ids (-1: no target / no foil); see :func:`task_metric`.
+      readout: what is measured from the final hidden states, one value per prompt (e.g.
+        :func:`task_readout`; the induction model's identification counts correct copies).
       replacements: kind name -> what each head's output becomes, broadcastable to
         ``[b, layer, seq, head, d_head]``: zeros ``[layer, 1, head, d_head]`` for ``zero``, the
         reference means ``head_mean[:, None]`` for ``mean``, the partners' head outputs
@@ -92,7 +100,7 @@ def head_effects(
     """
     hidden, layers, ctx = clean_run(model, tokens, lengths)
     ctx = model.context(tokens, lengths)  # the edited runs need no probe
-    clean = task_metric(model.unembed(last_position(hidden, lengths)), target, foil)
+    clean = readout(hidden)
     config = model.config
     n_head, d_head = config.n_head, config.d_head
     batch, seq = tokens.shape
@@ -108,8 +116,7 @@ def head_effects(
 
             def edited_metric(head: jax.Array, layer=layer, middle=middle, change=change, w_out=w_out) -> jax.Array:
                 shift = jnp.einsum("bsd,de->bse", change[:, :, head], w_out[head], precision=attn.precision)
-                final = _finish_from(model, layer, middle + shift.astype(middle.dtype), ctx)
-                return task_metric(model.unembed(last_position(final, lengths)), target, foil)
+                return readout(_finish_from(model, layer, middle + shift.astype(middle.dtype), ctx))
 
             metrics = jax.lax.map(edited_metric, jnp.arange(n_head), batch_size=heads_per_step or n_head)
             per_layer.append(metrics.T - clean[:, None])  # [b, head]
@@ -157,7 +164,8 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
                 replacements[kind] = means
             else:  # patch: the same positions of the partner, which has the same length
                 replacements[kind] = head_outputs(model, partner, lengths)
-        metric, per_kind = head_effects(model, tokens, lengths, target, foil, replacements, heads_per_step=heads_per_step)
+        metric, per_kind = head_effects(model, tokens, lengths, task_readout(model, lengths, target, foil), replacements,
+                                        heads_per_step=heads_per_step)
         return {"metric": metric} | {f"effect_{kind}": value for kind, value in per_kind.items()}
 
     def step(state, tokens, lengths, target, foil, partner=None):

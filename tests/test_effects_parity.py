@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import jaxdiag
-from jaxdiag.effects import head_effects, head_output_sums, head_outputs, task_metric
+from jaxdiag.effects import head_effects, head_output_sums, head_outputs, task_metric, task_readout
 from tests.conftest import TINY_CONFIG, write_torch_checkpoint
 
 FOUR_LAYERS = dict(vocab_size=300, n_positions=64, n_embd=48, n_layer=4, n_head=6)
@@ -100,7 +100,7 @@ def test_effects_match_hooked_transformers(case):
     sources = head_outputs(model, jnp.asarray(tokens), jnp.asarray(lengths))[jnp.asarray(partner)]
     replacements = {"zero": jnp.zeros((c.n_layer, 1, c.n_head, c.d_head)), "patch": sources}
     metric, effects = jax.jit(
-        lambda t, n, a, b: head_effects(model, t, n, a, b, replacements, heads_per_step=2)
+        lambda t, n, a, b: head_effects(model, t, n, task_readout(model, n, a, b), replacements, heads_per_step=2)
     )(jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(target), jnp.asarray(foil))
 
     ref_metric, ref_zero, ref_patch = torch_effects(directory, tokens, lengths, target, foil, partner)

@@ -13,7 +13,7 @@ import xarray as xr
 
 import jaxdiag
 from jaxdiag.cli import main
-from jaxdiag.effects import head_effects, head_outputs
+from jaxdiag.effects import head_effects, head_outputs, task_readout
 from tests.sweep_helpers import TEXT_MODEL, TOKEN_MODEL, save_tiny_model
 
 
@@ -83,8 +83,8 @@ def test_stored_effects_equal_the_step_computed_directly(effect_store, models):
         replacements = {"zero": jnp.zeros((cfg.n_layer, 1, cfg.n_head, cfg.d_head)),
                         "mean": jnp.asarray(ds["head_mean"].values)[:, None],
                         "patch": head_outputs(model, jnp.asarray(partner_tokens), lengths)}
-        metric, effects = head_effects(model, jnp.asarray(tokens), lengths, jnp.asarray(sub["target"].values),
-                                       jnp.asarray(sub["foil"].values), replacements)
+        readout = task_readout(model, lengths, jnp.asarray(sub["target"].values), jnp.asarray(sub["foil"].values))
+        metric, effects = head_effects(model, jnp.asarray(tokens), lengths, readout, replacements)
         np.testing.assert_allclose(sub["metric"].values, np.asarray(metric), rtol=1e-4, atol=1e-5)
         for kind, value in effects.items():
             np.testing.assert_allclose(sub[f"effect_{kind}"].values, np.asarray(value), rtol=1e-4, atol=1e-5,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Iterable, Literal
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
+from jaxdiag.effects import head_effects
 from jaxdiag.induction.data import CopyingSet
 from jaxdiag.induction.metrics import compile_predict, copying_accuracy
 from jaxdiag.interventions import HeadEdit, mean_heads, zero_heads
@@ -59,13 +62,38 @@ def ablated_accuracy(model: GPT2, data: CopyingSet, heads: Iterable[Head], metho
 
 
 def per_head_drops(model: GPT2, data: CopyingSet, method: Method = "mean", means: np.ndarray | None = None,
-                   *, progress: bool = False) -> tuple[float, np.ndarray]:
-    """``(baseline accuracy, [layer, head] drop in accuracy when that head alone is ablated)``."""
-    predict = compile_predict(model)
-    n_layer, n_head, _ = _shape(model)
-    baseline = copying_accuracy(predict, data)
-    drops = np.zeros((n_layer, n_head))
-    for layer, head in tqdm([(l, h) for l in range(n_layer) for h in range(n_head)], disable=not progress,
-                            desc=f"{method}-ablating heads"):
-        drops[layer, head] = baseline - ablated_accuracy(model, data, [(layer, head)], method, means, predict)
-    return baseline, drops
+                   *, progress: bool = False, batch_size: int = 64) -> tuple[float, np.ndarray]:
+    """``(baseline accuracy, [layer, head] drop in accuracy when that head alone is ablated)``.
+
+    Every head at once with :func:`jaxdiag.effects.head_effects` (the sweep's machinery): the
+    readout counts each prompt's correctly copied targets, and a head's drop is the count it
+    loses, summed over prompts, over the number of targets.
+    """
+    n_layer, n_head, d_head = _shape(model)
+    if method == "mean" and means is None:
+        raise ValueError("mean-ablation needs the heads' mean outputs")
+    replacement = (jnp.zeros((n_layer, 1, n_head, d_head)) if method == "zero"
+                   else jnp.asarray(means, jnp.float32)[:, None])
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def correct_counts(state, inputs, targets, mask):
+        model = nnx.merge(graphdef, state)
+        lengths = jnp.full((inputs.shape[0],), inputs.shape[1], jnp.int32)
+
+        def readout(hidden):
+            hits = (jnp.argmax(model.unembed(hidden), axis=-1) == targets) & mask
+            return jnp.sum(hits, axis=1).astype(jnp.float32)
+
+        clean, effects = head_effects(model, inputs, lengths, readout, {method: replacement})
+        return clean, effects[method]
+
+    mask = data.target_mask()
+    correct, lost = 0.0, np.zeros((n_layer, n_head))
+    for start in tqdm(range(0, len(data.tokens), batch_size), disable=not progress, desc=f"{method}-ablating heads"):
+        rows = slice(start, start + batch_size)
+        clean, effects = correct_counts(state, jnp.asarray(data.tokens[rows, :-1]), jnp.asarray(data.tokens[rows, 1:]),
+                                        jnp.asarray(mask[rows]))
+        correct += float(np.asarray(clean).sum())
+        lost -= np.asarray(effects, np.float64).sum(axis=0)
+    return correct / mask.sum(), lost / mask.sum()
