@@ -260,10 +260,17 @@ def causal_effects(an: Analysis) -> Figure:
     report's circuit roles (grey: other heads); black outline: the kind's causal circuit."""
     c = an.comparison
     kinds = list(an.causal)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.6), squeeze=False)
+    cols = min(3, len(kinds))
+    rows = math.ceil(len(kinds) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.6 * rows), squeeze=False)
+    for ax in axes.ravel()[len(kinds):]:
+        ax.axis("off")
     roles = list(c.circuit.roles)
     colours = {role: plt.get_cmap("tab10")(i % 10) for i, role in enumerate(roles)}
     abs_delta = np.abs(an.delta("kl_norm").values)
+    # label the causal circuit and the five most shifted heads; labelling every circuit head would pile
+    # names on the unshifted, non-causal corner
+    most_shifted = {np.unravel_index(k, abs_delta.shape) for k in np.argsort(-np.nan_to_num(abs_delta), axis=None)[:5]}
     for ax, kind in zip(axes.ravel(), kinds):
         e = an.causal[kind]
         abs_effect = np.abs(e.mean.statistic.values)
@@ -273,7 +280,7 @@ def causal_effects(an: Analysis) -> Figure:
             outlined = (layer, head) in causal
             ax.scatter(x, abs_delta[layer, head], s=40 if outlined else 16, c=[colours.get(role, "0.6")],
                        edgecolors="k" if outlined else "none", linewidths=1.2, zorder=3 if role else 2)
-            if outlined or role:
+            if outlined or (layer, head) in most_shifted:
                 ax.annotate(head_label(layer, head), (x, abs_delta[layer, head]), fontsize=6,
                             xytext=(3, 2), textcoords="offset points")
         ax.axvline(e.threshold, c="k", ls=":", lw=0.8)
@@ -289,7 +296,7 @@ def causal_effects(an: Analysis) -> Figure:
     handles += [Line2D([], [], ls="", marker="o", c="0.6", label="other heads"),
                 Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="causal circuit")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=7)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.08 / rows, 1, 1))
     return fig
 
 

@@ -191,7 +191,8 @@ def causal_lines(an: Analysis) -> list[str]:
     c = an.comparison
     lines = ["", "## Causal effects", "",
              "An effect is the task metric with one head's output intervened on (zero: set to 0; mean: replaced "
-             "by its mean on the reference condition; patch: replaced by its pair partner's) minus the clean "
+             "by its mean on the reference condition; patch: replaced by its pair partner's; atp_*: attribution-"
+             "patching estimates of these) minus the clean "
              "metric, per prompt; negative = the task relies on the head. Means over the prompts with a task "
              "target, with 95% BCa bootstrap intervals (prompts resampled with replacement); summary.json "
              "`causal`, arrays indexed [layer][head]."]
