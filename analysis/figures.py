@@ -262,10 +262,12 @@ def causal_effects(an: Analysis) -> Figure:
     kinds = list(an.causal)
     cols = min(3, len(kinds))
     rows = math.ceil(len(kinds) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.6 * rows), squeeze=False)
+    roles = list(c.circuit.roles)
+    ncol = 2 * cols  # legend: the roles, "other heads" and "causal circuit"
+    legend_height = 0.22 * math.ceil((len(roles) + 2) / ncol) + 0.1  # inches
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.6 * rows + legend_height), squeeze=False)
     for ax in axes.ravel()[len(kinds):]:
         ax.axis("off")
-    roles = list(c.circuit.roles)
     colours = {role: plt.get_cmap("tab10")(i % 10) for i, role in enumerate(roles)}
     abs_delta = np.abs(an.delta("kl_norm").values)
     # label the causal circuit and the five most shifted heads; labelling every circuit head would pile
@@ -295,8 +297,8 @@ def causal_effects(an: Analysis) -> Figure:
     handles = [Line2D([], [], ls="", marker="o", c=colours[r], label=r) for r in roles]
     handles += [Line2D([], [], ls="", marker="o", c="0.6", label="other heads"),
                 Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="causal circuit")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=7)
-    fig.tight_layout(rect=(0, 0.08 / rows, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7)
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     return fig
 
 
