@@ -24,14 +24,18 @@ import json
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analysis.errors import AnalysisError
 from analysis.labels import head_label
 
+if TYPE_CHECKING:
+    import xarray as xr
+
 BUILTIN = ("ioi23", "ioi26")  # the one list of shipped circuits (circuits/<name>.toml); jaxdiag.runconfig should use it
+EFFECTS_CIRCUIT = "effects:"  # "effects:K": the causal circuit of the store's effect kind K (analysis.causal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +145,18 @@ def from_mapping(data: dict[str, Any], *, name: str, source: str, base: Path | N
     return circuit
 
 
-def load_circuit(spec: str | Path, *, search_dirs: tuple[Path, ...] = ()) -> Circuit:
-    """A built-in circuit by name ('ioi23', 'ioi26') or a TOML/JSON circuit file.
+def load_circuit(spec: str | Path, *, search_dirs: tuple[Path, ...] = (), store: xr.Dataset | None = None,
+                 condition: str | None = None) -> Circuit:
+    """A built-in circuit by name ('ioi23', 'ioi26'), a TOML/JSON circuit file, or 'effects:K', the causal
+    circuit of the store's effects of kind K (store: the opened store; condition: whose prompts to
+    average over when it has targets, see analysis.effects.effect_sample).
 
     Relative file paths are tried as given, then under each of ``search_dirs`` (the report passes the
     store's parent directory so a run config's relative circuit path still resolves).
     """
     text = str(spec)
+    if text.startswith(EFFECTS_CIRCUIT):
+        return effects_circuit(text[len(EFFECTS_CIRCUIT):], store, condition)
     if text in BUILTIN:
         resource = resources.files("analysis") / "circuits" / f"{text}.toml"
         return from_mapping(tomllib.loads(resource.read_text()), name=text, source=text)
@@ -157,6 +166,26 @@ def load_circuit(spec: str | Path, *, search_dirs: tuple[Path, ...] = ()) -> Cir
     if found is None:
         raise AnalysisError(f"unknown circuit {text!r}: not one of {', '.join(BUILTIN)} and no such file")
     return from_mapping(read_circuit_file(found), name=found.stem, source=str(found), base=found.parent)
+
+
+def effects_circuit(kind: str, store: xr.Dataset | None, condition: str | None) -> Circuit:
+    """The causal circuit of effect kind `kind` (the default analysis.causal.CircuitRule), roles by sign."""
+    name = f"{EFFECTS_CIRCUIT}{kind}"
+    if store is None:
+        raise AnalysisError(f"circuit {name!r} is read from a store's causal effects, and no store was given")
+    # imported here, not at the top: circuit-file reading (also used by jaxdiag's run-config check) stays
+    # free of the statistics stack
+    from analysis.causal import CircuitRule, causal_roles
+    from analysis.effects import effect_sample
+
+    sample = effect_sample(store, kind, prefer=condition)
+    rule = CircuitRule()
+    roles = causal_roles(sample, rule)
+    if not roles:
+        raise AnalysisError(f"causal circuit {name!r} is empty: no head passes the rule ({rule.text()})")
+    where = f"over {', '.join(sample.conditions)} prompts"
+    return Circuit(name, roles, f"causal circuit of effect_{kind} {where}: {rule.text()}", None,
+                   f"store effect_{kind}")
 
 
 def read_circuit_file(path: Path) -> dict[str, Any]:

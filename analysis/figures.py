@@ -255,6 +255,53 @@ def prompt_count_curve(an: Analysis) -> Figure:
     return fig
 
 
+def causal_effects(an: Analysis) -> Figure:
+    """Fig. 9: per head, |delta kl_norm| against |mean effect|, one panel per effect kind. Colours: the
+    report's circuit roles (grey: other heads); black outline: the kind's causal circuit."""
+    c = an.comparison
+    kinds = list(an.causal)
+    cols = min(3, len(kinds))
+    rows = math.ceil(len(kinds) / cols)
+    roles = list(c.circuit.roles)
+    ncol = 2 * cols  # legend: the roles, "other heads" and "causal circuit"
+    legend_height = 0.22 * math.ceil((len(roles) + 2) / ncol) + 0.1  # inches
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.6 * rows + legend_height), squeeze=False)
+    for ax in axes.ravel()[len(kinds):]:
+        ax.axis("off")
+    colours = {role: plt.get_cmap("tab10")(i % 10) for i, role in enumerate(roles)}
+    abs_delta = np.abs(an.delta("kl_norm").values)
+    # label the causal circuit and the five most shifted heads; labelling every circuit head would pile
+    # names on the unshifted, non-causal corner
+    most_shifted = {np.unravel_index(k, abs_delta.shape) for k in np.argsort(-np.nan_to_num(abs_delta), axis=None)[:5]}
+    for ax, kind in zip(axes.ravel(), kinds):
+        e = an.causal[kind]
+        abs_effect = np.abs(e.mean.statistic.values)
+        causal = set(e.circuit)
+        for (layer, head), x in np.ndenumerate(abs_effect):
+            role = c.circuit.role_of(layer, head)
+            outlined = (layer, head) in causal
+            ax.scatter(x, abs_delta[layer, head], s=40 if outlined else 16, c=[colours.get(role, "0.6")],
+                       edgecolors="k" if outlined else "none", linewidths=1.2, zorder=3 if role else 2)
+            if outlined or (layer, head) in most_shifted:
+                ax.annotate(head_label(layer, head), (x, abs_delta[layer, head]), fontsize=6,
+                            xytext=(3, 2), textcoords="offset points")
+        ax.axvline(e.threshold, c="k", ls=":", lw=0.8)
+        sp = e.spearman["kl_norm"]
+        ax.set_title(f"effect_{kind}: Spearman rho = {sp.statistic:.2f} "
+                     f"[{sp.confidence_interval.low:.2f}, {sp.confidence_interval.high:.2f}]\n"
+                     f"causal circuit {len(e.circuit)} heads (outlined; dotted: size cut)", fontsize=9)
+        ax.set_xlabel(f"|mean effect| (effect_{kind}, metric units)")
+        ax.set_ylabel(f"|delta kl_norm| ({c.a} - {c.b})")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", c=colours[r], label=r) for r in roles]
+    handles += [Line2D([], [], ls="", marker="o", c="0.6", label="other heads"),
+                Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="causal circuit")]
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7)
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
+    return fig
+
+
 FIGURES = {
     "fig1_one_head": one_head,
     "fig2_circuit_heads": circuit_grid,
@@ -264,6 +311,7 @@ FIGURES = {
     "fig6_ca_vs_cb": band_scatter,
     "fig7_prompt_count": prompt_count_curve,
     "fig8_c_diff_clustered": clustered_c_diff,
+    "fig9_causal_effects": causal_effects,
 }
 
 

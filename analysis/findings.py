@@ -15,17 +15,20 @@ import numpy as np
 import xarray as xr
 from scipy.cluster import hierarchy
 
+from analysis.causal import CircuitRule
 from analysis.circuits import Circuit
 from analysis.labels import head_at
 from analysis.results import (ConfidenceInterval, CorrelationResult, MannWhitneyResult, MaxNullResult,
-                              PermutationResult, ShiftResult, StratifiedResult)
+                              MeanEffectResult, PermutationResult, ShiftResult, StratifiedResult)
 
 TESTED = ("kl_norm", "chi")  # the posts' two diagnostics: every circuit test runs on both
 N_SIGMA = 5.0  # the posts' band: |C_diff| > 5 sigma
+FLAG_LEVEL = 0.05  # the diagnostics flag a head when its per-head BH q <= this (the report's headline level)
 # the report's figures in order; analysis.figures.FIGURES draws each (kept here so report.md can list
 # them without importing matplotlib)
 FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
-                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered")
+                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered",
+                "fig9_causal_effects")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,29 @@ class CrossHead:
 
 
 @dataclasses.dataclass(frozen=True)
+class CausalEffects:
+    """One kind of causal effect against the diagnostics: does a large shift mean a causally important head?"""
+
+    kind: str  # the store's effect_<kind>
+    conditions: tuple[str, ...]  # whose prompts the effects are averaged over (condition a when it has targets)
+    mean: MeanEffectResult  # per head, (layer, head)
+    q_bh: xr.DataArray  # Benjamini-Hochberg q of mean.pvalue, (layer, head)
+    rule: CircuitRule
+    circuit: list[tuple[int, int]]  # the causal circuit: heads passing rule, layer-major
+    spearman: dict[str, CorrelationResult]  # TESTED var -> Spearman of |delta var| with |mean effect|, bootstrap CI
+    flagged: dict[str, list[tuple[int, int]]]  # TESTED var -> heads the diagnostics flag (BH q <= FLAG_LEVEL)
+    precision: dict[str, float]  # TESTED var -> share of flagged heads in the causal circuit
+    recall: dict[str, float]  # TESTED var -> share of the causal circuit flagged
+
+    @property
+    def threshold(self) -> float:
+        """The "large" cut: rule.fraction x the largest |mean effect|."""
+        with np.errstate(invalid="ignore"):
+            magnitude = np.abs(self.mean.statistic.values)
+        return float(self.rule.fraction * np.nanmax(magnitude)) if np.isfinite(magnitude).any() else np.nan
+
+
+@dataclasses.dataclass(frozen=True)
 class Analysis:
     """One comparison and everything found about it: the single input of every report output."""
 
@@ -117,11 +143,13 @@ class Analysis:
     cross_head: CrossHead
     ablation: CorrelationResult | None  # Spearman of |delta kl_norm| with the circuit's ablation effects
     curve: dict[str, list]  # significance vs prompt count (empty when not computed)
+    causal: dict[str, CausalEffects] = dataclasses.field(default_factory=dict)  # effect kind -> (none: no effects)
 
     def delta(self, var: str) -> xr.DataArray:
         return self.shifts[var].statistic
 
 
 def figure_names(an: Analysis) -> list[str]:
-    """The figures drawn for this report, in order (fig7 needs the prompt-count curve)."""
-    return [name for name in FIGURE_NAMES if an.curve or name != "fig7_prompt_count"]
+    """The figures drawn for this report, in order (fig7 needs the prompt-count curve, fig9 causal effects)."""
+    needs = {"fig7_prompt_count": bool(an.curve), "fig9_causal_effects": bool(an.causal)}
+    return [name for name in FIGURE_NAMES if needs.get(name, True)]

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from analysis.findings import TESTED, Analysis, figure_names
+from analysis.findings import FLAG_LEVEL, TESTED, Analysis, CausalEffects, figure_names
 from analysis.labels import head_label, pair_label
 from analysis.summary import circuit_head_rows, mann_whitney_entry
 
@@ -144,6 +144,8 @@ def markdown(an: Analysis) -> str:
             lines.append(f"| {n_i} | {fmt(t['mw_p_kl_norm'][i])} | {fmt(t['auc_kl_norm'][i])} | "
                          f"{fmt(t['ci_width_kl_norm'][i])} | {fmt(t['mw_p_chi'][i])} | {fmt(t['auc_chi'][i])} | "
                          f"{fmt(t['ci_width_chi'][i])} |")
+    if an.causal:
+        lines += causal_lines(an)
     lines += ["", "## Figures", ""] + [f"![{f}.png]({f}.png)" for f in figure_names(an)] + [""]
     return "\n".join(lines)
 
@@ -181,3 +183,56 @@ def cross_head_lines(an: Analysis) -> list[str]:
         "- Heads in dendrogram order (average linkage on 1 - C_diff) are in summary.json `c_diff.dendrogram_order`; "
         "`fig8_c_diff_clustered` draws C_diff in that order under its tree.",
     ]
+
+
+def causal_lines(an: Analysis) -> list[str]:
+    """The "Causal effects" section: per effect kind, the mean effects, the causal circuit and how well the
+    diagnostics' shifts find it."""
+    c = an.comparison
+    lines = ["", "## Causal effects", "",
+             "An effect is the task metric with one head's output intervened on (zero: set to 0; mean: replaced "
+             "by its mean on the reference condition; patch: replaced by its pair partner's; atp_*: attribution-"
+             "patching estimates of these) minus the clean "
+             "metric, per prompt; negative = the task relies on the head. Means over the prompts with a task "
+             "target, with 95% BCa bootstrap intervals (prompts resampled with replacement); summary.json "
+             "`causal`, arrays indexed [layer][head]."]
+    for kind, e in an.causal.items():
+        lines += [""] + causal_kind_lines(an, kind, e)
+    return lines
+
+
+def causal_kind_lines(an: Analysis, kind: str, e: CausalEffects) -> list[str]:
+    c, m = an.comparison, e.mean
+    lines = [
+        f"### effect_{kind}",
+        "",
+        f"- Averaged over {m.n} prompt(s) of {', '.join(f'`{x}`' for x in e.conditions)}.",
+        f"- **Per-head test (two-sided)**: one-sample t-test of the per-prompt effects against 0 "
+        f"(`scipy.stats.ttest_1samp`), Benjamini-Hochberg q over all {c.mask.size} heads.",
+        f"- **Causal circuit** (rule: {e.rule.text()}; cut |mean effect| >= {fmt(e.threshold)}): "
+        f"{len(e.circuit)} head(s): {heads_text(e.circuit) or 'none'}. Use it as the report's circuit with "
+        f"`--circuit effects:{kind}`.",
+    ]
+    for v in TESTED:
+        r = e.spearman[v]
+        lines.append(f"- **Spearman (two-sided p)** of |delta {v}| with |mean effect| across {r.n} heads: rho = "
+                     f"{fmt(r.statistic)}, 95% CI [{fmt(r.confidence_interval.low)}, {fmt(r.confidence_interval.high)}] "
+                     f"(percentile; prompts resampled within each condition, both quantities recomputed), "
+                     f"p = {fmt(r.pvalue)}.")
+    for v in TESTED:
+        lines.append(f"- **Diagnostics vs causal circuit ({v})**: heads flagged by the per-head permutation test "
+                     f"of |delta {v}| (two-sided, BH q <= {FLAG_LEVEL:g}): {len(e.flagged[v])} "
+                     f"({heads_text(e.flagged[v]) or 'none'}); precision {fmt(e.precision[v])}, "
+                     f"recall {fmt(e.recall[v])}.")
+    lines += ["", "| head | role | mean effect | 95% CI | t-test p | BH q | causal circuit |",
+              "|---|---|---|---|---|---|---|"]
+    flat = m.statistic.stack(unit=("layer", "head"))
+    in_circuit = set(e.circuit)
+    for k in np.argsort(-np.nan_to_num(np.abs(flat.values)))[:10]:
+        at = {"layer": int(flat["layer"].values[k]), "head": int(flat["head"].values[k])}
+        lines.append(
+            f"| {head_label(**at)} | {c.circuit.role_of(**at) or '-'} | {float(m.statistic.sel(at)):+.4f} | "
+            f"[{float(m.confidence_interval.low.sel(at)):+.4f}, {float(m.confidence_interval.high.sel(at)):+.4f}] | "
+            f"{fmt(float(m.pvalue.sel(at)))} | {fmt(float(e.q_bh.sel(at)))} | "
+            f"{'yes' if (at['layer'], at['head']) in in_circuit else '-'} |")
+    return lines

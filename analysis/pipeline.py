@@ -13,12 +13,15 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
+from analysis import causal as ca
 from analysis import circuit_tests as ct
 from analysis import correlation as corr
 from analysis._util import quiet
 from analysis.circuits import Circuit
 from analysis.errors import AnalysisError
-from analysis.findings import N_SIGMA, TESTED, Analysis, CircuitTests, Comparison, CrossHead, PairInterval
+from analysis.effects import effect_kinds, effect_sample, is_effect_variable
+from analysis.findings import (FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CircuitTests, Comparison,
+                               CrossHead, PairInterval)
 from analysis.labels import head_matrix, per_head, units_of
 from analysis.prompt_curve import prompt_curve
 from analysis.resampling import rng_for
@@ -26,16 +29,17 @@ from analysis.results import ConfidenceInterval, CorrelationResult, ShiftResult
 from analysis.shifts import shift
 from analysis.store import check_condition, check_variables, condition_array, provenance
 
-SEED_BOOT, SEED_PERM, SEED_STRAT, SEED_CNULL, SEED_CBOOT, SEED_CURVE = range(1, 7)
+SEED_BOOT, SEED_PERM, SEED_STRAT, SEED_CNULL, SEED_CBOOT, SEED_CURVE, SEED_EFFECT, SEED_JOINT = range(1, 9)
 HEAD_VARIABLE_DIMS = {"condition", "prompt", "layer", "head"}
 
 
 def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int = 1000, n_perm: int = 1000,
                  seed: int = 0, variables: tuple[str, ...] | None = None, curve: bool = True,
-                 store_path: str | Path | None = None) -> Analysis:
+                 store_path: str | Path | None = None, rule: ca.CircuitRule = ca.CircuitRule()) -> Analysis:
     """Compare condition a with condition b on every head of the store (loads only needed variables).
 
     store_path: how the report names the store (default: the path xarray opened it from).
+    rule: what makes a head part of a causal circuit (used only when the store has causal effects).
     """
     comparison = compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
                          store_path=store_path)
@@ -57,8 +61,9 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
         xb = {v: comparison.values[v][1].values for v in TESTED}
         table = prompt_curve(xa, xb, comparison.mask.values, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200))
     steps.update()
+    causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in effect_kinds(ds)}
     steps.close()
-    return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table)
+    return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal)
 
 
 def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_perm: int, seed: int,
@@ -74,7 +79,8 @@ def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_
     shape = (ds.sizes["layer"], ds.sizes["head"])
     circuit.check_fits(*shape)
     mask = per_head(circuit.mask(*shape), ds, name="circuit")
-    variables = variables or tuple(v for v in ds.data_vars if HEAD_VARIABLE_DIMS <= set(ds[v].dims))
+    variables = variables or tuple(v for v in ds.data_vars
+                                   if HEAD_VARIABLE_DIMS <= set(ds[v].dims) and not is_effect_variable(v))
     variables = tuple(dict.fromkeys(TESTED + tuple(variables)))
     values = {v: (condition_array(ds, a, v), condition_array(ds, b, v)) for v in variables}
     n_a, n_b = (x.sizes["prompt"] for x in values["kl_norm"])
@@ -100,6 +106,24 @@ def circuit_tests(comparison: Comparison, var: str, shifted: ShiftResult) -> Cir
         q_bh=ct.benjamini_hochberg(per_head_test.pvalue),
         rank=ct.descending_ranks(abs_delta),
     )
+
+
+def causal_effects(ds: xr.Dataset, comparison: Comparison, kind: str, shifts: dict[str, ShiftResult],
+                   tests: dict[str, CircuitTests], rule: ca.CircuitRule) -> CausalEffects:
+    """One effect kind against the diagnostics. Every kind gets the same bootstrap draws (same seeds)."""
+    c = comparison
+    sample = effect_sample(ds, kind, prefer=c.a)
+    mean = ca.mean_effect(sample.values, n_boot=c.n_boot, rng=rng_for(c.seed, SEED_EFFECT))
+    diagnostics = {v: tuple(x.values for x in c.values[v]) for v in TESTED}
+    boot_deltas, boot_means = ca.joint_bootstrap(diagnostics, c.a, c.b, sample, c.n_boot, rng_for(c.seed, SEED_JOINT))
+    abs_mean = np.abs(mean.statistic.values)
+    spearman = {v: ca.effect_spearman(np.abs(shifts[v].statistic.values), abs_mean, np.abs(boot_deltas[v]),
+                                      np.abs(boot_means)) for v in TESTED}
+    circuit = ca.select_heads(mean.statistic, mean.pvalue, rule)
+    flagged = {v: tests[v].bh_heads(FLAG_LEVEL) for v in TESTED}
+    scores = {v: ca.precision_recall(flagged[v], circuit) for v in TESTED}
+    return CausalEffects(kind, sample.conditions, mean, ct.benjamini_hochberg(mean.pvalue), rule, circuit, spearman,
+                         flagged, {v: p for v, (p, _) in scores.items()}, {v: r for v, (_, r) in scores.items()})
 
 
 def diagnostic_correlations(comparison: Comparison, shifts: dict[str, ShiftResult]) -> dict[str, CorrelationResult]:

@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 
 from analysis._util import to_jsonable
@@ -24,9 +24,14 @@ from analysis.pipeline import run_analysis
 from analysis.summary import summary
 from analysis.store import default_conditions, open_store, run_config
 
+if TYPE_CHECKING:
+    import xarray as xr
 
-def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path) -> Circuit:
-    """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 model."""
+
+def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path,
+                    ds: xr.Dataset | None = None, condition: str | None = None) -> Circuit:
+    """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 model. ds and condition serve
+    'effects:K' (the causal circuit of the store's effects, averaged over condition's prompts)."""
     spec = spec or config.get("circuit")
     if isinstance(spec, dict):  # a run config may carry the circuit table inline
         from analysis.circuits import from_mapping
@@ -39,7 +44,7 @@ def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], stor
             raise AnalysisError(
                 f"no circuit for a {shape[0]}x{shape[1]} model: pass --circuit FILE (or name one in the run config)"
             )
-    return load_circuit(spec, search_dirs=(store.parent, Path.cwd()))
+    return load_circuit(spec, search_dirs=(store.parent, Path.cwd()), store=ds, condition=condition)
 
 
 def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a: str | None = None,
@@ -47,8 +52,8 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
                  ablation: str | None = None) -> dict:
     """Analyse a store and write figures (PNG + SVG), summary.json and report.md into out_dir.
 
-    circuit: "ioi23", "ioi26" or a TOML/JSON circuit file (default: the run config's, else ioi23 on
-    12 x 12 models). a, b: conditions (default: the run config's two, else ioi/non_ioi, else the
+    circuit: "ioi23", "ioi26", a TOML/JSON circuit file or "effects:K" (the causal circuit of the store's
+    effects of kind K) (default: the run config's, else ioi23 on 12 x 12 models). a, b: conditions (default: the run config's two, else ioi/non_ioi, else the
     store's first two). ablation: optional JSON of per-head ablation effects (overrides the circuit
     file's). Returns the summary dict (as written, NaN -> None). Raises AnalysisError on bad input,
     before anything is written.
@@ -57,13 +62,13 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
     ds = open_store(store)
     config = run_config(ds)
     shape = (int(ds.sizes["layer"]), int(ds.sizes["head"]))
-    chosen = resolve_circuit(circuit, config, shape, store)
+    default_a, default_b = default_conditions(ds, config) if a is None or b is None else (a, b)
+    a, b = a or default_a, b or default_b
+    chosen = resolve_circuit(circuit, config, shape, store, ds, a)
     if ablation is not None:
         import dataclasses
 
         chosen = dataclasses.replace(chosen, ablation=load_ablation(ablation, *shape, "--ablation", Path.cwd()))
-    default_a, default_b = default_conditions(ds, config) if a is None or b is None else (a, b)
-    a, b = a or default_a, b or default_b
     analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, store_path=store)
     result = to_jsonable(summary(analysis))
     text = json.dumps(result, indent=1, allow_nan=False)
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     p.add_argument("store")
     p.add_argument("--out", required=True)
-    p.add_argument("--circuit", default=None, help="ioi23 | ioi26 | circuit file (TOML/JSON)")
+    p.add_argument("--circuit", default=None, help="ioi23 | ioi26 | circuit file (TOML/JSON) | effects:KIND")
     p.add_argument("--a", default=None, help="condition a (default: the run config's first)")
     p.add_argument("--b", default=None, help="condition b (default: the run config's second)")
     p.add_argument("--n-boot", type=int, default=1000)

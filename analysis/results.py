@@ -98,3 +98,20 @@ class MaxNullResult:
     @property
     def observed_max(self) -> float:
         return self.statistic
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanEffectResult:
+    """Mean causal effect per head over prompts, with a BCa bootstrap CI and a one-sample test against 0
+    (analysis.causal.mean_effect)."""
+
+    statistic: Array  # mean over prompts of the per-prompt effect
+    confidence_interval: ConfidenceInterval
+    standard_error: Array  # SD of the bootstrap distribution
+    bootstrap_distribution: Array  # [resample, *heads]
+    pvalue: Array  # one-sample t-test of the per-prompt effects against 0 (scipy.stats.ttest_1samp)
+    t: Array  # its t statistic
+    n: int  # prompts
+    method: str
+    confidence_level: float
+    alternative: str = "two-sided"

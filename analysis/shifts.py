@@ -40,10 +40,12 @@ def bootstrap_delta(xa: np.ndarray, xb: np.ndarray, n_boot: int, rng: np.random.
     return (a - b).reshape((n_boot, *heads))
 
 
-def jackknife_acceleration(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    """BCa acceleration of mean(a) - mean(b) from leave-one-prompt-out means of each sample in turn."""
+def jackknife_acceleration(xa: np.ndarray, xb: np.ndarray | None = None) -> np.ndarray:
+    """BCa acceleration of mean(a) - mean(b) (of mean(a) when xb is None) from leave-one-prompt-out
+    means of each sample in turn."""
     nums, dens = 0.0, 0.0
-    for x, sign in ((xa, 1.0), (xb, -1.0)):
+    samples = ((xa, 1.0),) if xb is None else ((xa, 1.0), (xb, -1.0))
+    for x, sign in samples:
         n = x.shape[0]
         finite = np.isfinite(x)
         total, count = np.where(finite, x, 0.0).sum(axis=0), finite.sum(axis=0)

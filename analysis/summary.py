@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.findings import N_SIGMA, TESTED, Analysis, CircuitTests, CrossHead
+from analysis.findings import FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CircuitTests, CrossHead
 
 
 def summary(an: Analysis) -> dict[str, Any]:
@@ -55,6 +55,9 @@ def summary(an: Analysis) -> dict[str, Any]:
     out["correlation_tests"] = {k: {"statistic": r.statistic, "pvalue": r.pvalue, "low": r.confidence_interval.low,
                                     "high": r.confidence_interval.high, "n": r.n} for k, r in an.correlations.items()}
     out["c_diff"] = c_diff_entry(an.cross_head)
+    if an.causal:  # stores without effects keep exactly the keys they always had
+        out["effects"] = list(an.causal)
+        out["causal"] = {kind: causal_entry(e) for kind, e in an.causal.items()}
     out["prompt_curve"] = an.curve
     out["settings"] = {"n_boot": c.n_boot, "n_perm": c.n_perm, "seed": c.seed,
                        "bootstrap": "prompts resampled with replacement within each condition",
@@ -85,6 +88,28 @@ def circuit_head_rows(an: Analysis) -> list[dict[str, Any]]:
             "ablation": None if c.circuit.ablation is None else c.circuit.ablation[layer, head],
         })
     return rows
+
+
+def causal_entry(e: CausalEffects) -> dict[str, Any]:
+    m = e.mean
+    return {
+        "conditions": list(e.conditions), "n_prompts": m.n,
+        "mean": m.statistic.values,
+        "ci": {"low": m.confidence_interval.low.values, "high": m.confidence_interval.high.values,
+               "method": m.method, "level": m.confidence_level},
+        "se": m.standard_error.values,
+        "test": {"t": m.t.values, "p": m.pvalue.values, "q_bh": e.q_bh.values, "alternative": m.alternative,
+                 "method": "one-sample t-test against 0 (scipy.stats.ttest_1samp)"},
+        "circuit": [list(h) for h in e.circuit],
+        "rule": e.rule.text(), "level": e.rule.level, "fraction": e.rule.fraction, "threshold": e.threshold,
+        "spearman": {v: {"rho": r.statistic, "low": r.confidence_interval.low, "high": r.confidence_interval.high,
+                         "p": r.pvalue, "n_heads": r.n, "alternative": r.alternative,
+                         "x": f"|delta {v}|", "y": "|mean effect|",
+                         "ci": "percentile, prompts resampled within each condition"} for v, r in e.spearman.items()},
+        "flagged": {v: [list(h) for h in heads] for v, heads in e.flagged.items()},
+        "flag_rule": f"per-head permutation test of |delta| (two-sided), Benjamini-Hochberg q <= {FLAG_LEVEL:g}",
+        "precision": e.precision, "recall": e.recall,
+    }
 
 
 def c_diff_entry(x: CrossHead) -> dict[str, Any]:

@@ -5,6 +5,10 @@ around per-head baselines, so the true delta of means of head (l, h) is exactly 
 
     ds = make_dataset(n_layers=3, n_heads=8, shifts={"kl_norm": {(2, 3): 0.1}})
     write_store(ds, "synthetic.zarr")
+
+Causal effects (CONTRACT.md schema 2) are planted the same way: ``effects={(2, 3): -1.0}`` gives every
+effect kind of head (2, 3) a per-prompt mean of exactly -1.0 on the first condition (the only one with a
+task target); every other head's mean effect is 0.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.errors import AnalysisError
-from jaxdiag.schema import DIAGNOSTICS
+from jaxdiag.schema import DIAGNOSTICS, EFFECT_KINDS
 
 VARIABLES = DIAGNOSTICS
 HeadShifts = Mapping[tuple[int, int], float]
@@ -30,7 +34,8 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
                  shifts: Mapping[str, HeadShifts] | None = None, noise: float = 0.05,
                  noise_by_head: np.ndarray | None = None, kl_chi_corr: float = 0.5,
                  couplings: Mapping[tuple[tuple[int, int], tuple[int, int]], float] | None = None,
-                 seed: int = 0, circuit: str | dict | None = None) -> xr.Dataset:
+                 seed: int = 0, circuit: str | dict | None = None, effects: HeadShifts | None = None,
+                 effect_kinds: Sequence[str] = EFFECT_KINDS, effect_noise: float = 0.05) -> xr.Dataset:
     """A store-shaped Dataset with dims (condition, prompt, layer, head).
 
     shifts: {"kl_norm" | "chi": {(layer, head): delta}} added to the first condition only, so
@@ -41,6 +46,10 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
       with correlation about r in the first condition only (a planted C_diff entry).
     n_prompts: one count, or one per condition (shorter conditions are NaN-filled, n_tokens 0).
     circuit: recorded in the run config (a name, a file path, or an inline circuit table).
+    effects: {(layer, head): mean effect} planted in `metric` and `effect_<kind>` for every kind of
+      effect_kinds (see `plant_effects`); None (the default) writes a store without effects, exactly as
+      before (the effects draw from their own random stream, so the diagnostics are the same either way).
+    effect_noise: SD of the per-prompt effect around its head's planted mean.
     """
     rng = np.random.default_rng(seed)
     conditions = [str(c) for c in conditions]
@@ -91,7 +100,7 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
     if circuit is not None:
         config["circuit"] = circuit
     dims = ("condition", "prompt", "layer", "head")
-    return xr.Dataset(
+    ds = xr.Dataset(
         {v: (dims, data[v]) for v in VARIABLES},
         coords={
             "condition": np.asarray(conditions, dtype=str), "prompt": np.arange(n_max),
@@ -108,6 +117,43 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
             "config": json.dumps(config), "complete": True,
         },
     )
+    if effects is None:
+        return ds
+    return plant_effects(ds, counts, effects, effect_kinds, effect_noise, np.random.default_rng([seed, 1]))
+
+
+def plant_effects(ds: xr.Dataset, counts: Sequence[int], effects: HeadShifts, kinds: Sequence[str], noise: float,
+                  rng: np.random.Generator, d_head: int = 4) -> xr.Dataset:
+    """Add the schema-2 task and causal-effect variables: the first condition has a target on every
+    prompt, the others none (their metric and effects are NaN, as for a "random" condition).
+
+    effect_<kind>[first condition, prompt, l, h] = effects.get((l, h), 0) + noise * N(0, 1), so a head's
+    true mean effect is exactly its planted value.
+    """
+    n_conditions, n_max = ds.sizes["condition"], ds.sizes["prompt"]
+    shape = (ds.sizes["layer"], ds.sizes["head"])
+    planted = np.zeros(shape)
+    for (layer, head), value in effects.items():
+        planted[layer, head] = value
+    n = counts[0]  # prompts of the first condition: the only ones with a target
+    metric = np.full((n_conditions, n_max), np.nan, dtype=np.float32)
+    metric[0, :n] = 2.0 + 0.5 * rng.standard_normal(n)
+    out = ds.assign(metric=(("condition", "prompt"), metric))
+    for kind in kinds:
+        values = np.full((n_conditions, n_max, *shape), np.nan, dtype=np.float32)
+        values[0, :n] = planted + noise * rng.standard_normal((n, *shape))
+        out[f"effect_{kind}"] = (("condition", "prompt", "layer", "head"), values)
+    if "mean" in kinds:
+        out["head_mean"] = (("layer", "head", "d_head"), rng.standard_normal((*shape, d_head)).astype(np.float32))
+    target = np.full((n_conditions, n_max), -1, dtype=np.int32)
+    target[0, :n] = rng.integers(0, 50257, size=n)
+    foil = np.full((n_conditions, n_max), -1, dtype=np.int32)
+    foil[0, :n] = rng.integers(0, 50257, size=n)
+    out = out.assign_coords(target=(("condition", "prompt"), target), foil=(("condition", "prompt"), foil),
+                            pair=(("condition", "prompt"), np.full((n_conditions, n_max), "", dtype=str)))
+    reference = str(ds["condition"].values[1 if n_conditions > 1 else 0])
+    out.attrs.update(schema_version=2, effects=list(kinds), effects_reference=reference)
+    return out
 
 
 def write_store(ds: xr.Dataset, path: str | Path) -> Path:
