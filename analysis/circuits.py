@@ -30,6 +30,7 @@ import numpy as np
 
 from analysis.errors import AnalysisError
 from analysis.labels import head_label
+from jaxdiag.schema import BUILTIN_PREFIX
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -147,7 +148,8 @@ def from_mapping(data: dict[str, Any], *, name: str, source: str, base: Path | N
 
 def load_circuit(spec: str | Path, *, search_dirs: tuple[Path, ...] = (), store: xr.Dataset | None = None,
                  condition: str | None = None) -> Circuit:
-    """A built-in circuit by name ('ioi23', 'ioi26'), a TOML/JSON circuit file, or 'effects:K', the causal
+    """A built-in circuit by name ('ioi23', 'ioi26'), a TOML/JSON circuit file (``builtin:MODEL/FILE``
+    for one shipped beside a built-in model), or 'effects:K', the causal
     circuit of the store's effects of kind K (store: the opened store; condition: whose prompts to
     average over when it has targets, see analysis.effects.effect_sample).
 
@@ -160,6 +162,10 @@ def load_circuit(spec: str | Path, *, search_dirs: tuple[Path, ...] = (), store:
     if text in BUILTIN:
         resource = resources.files("analysis") / "circuits" / f"{text}.toml"
         return from_mapping(tomllib.loads(resource.read_text()), name=text, source=text)
+    if text.startswith(BUILTIN_PREFIX):  # a circuit file shipped beside a built-in model
+        from jaxdiag.paths import resolve_path
+
+        text = str(resolve_path(text, Path.cwd()))
     path = Path(text)
     candidates = [path] + ([Path(d) / path for d in search_dirs] if not path.is_absolute() else [])
     found = next((p for p in candidates if p.is_file()), None)

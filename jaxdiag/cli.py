@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="analyse a store", description="Write figures and summary.json for a store.")
     report.add_argument("store", metavar="STORE.zarr")
     report.add_argument("--out", required=True, metavar="DIR")
-    report.add_argument("--circuit", metavar="ioi23|ioi26|FILE")
+    report.add_argument("--circuit", metavar="ioi23|ioi26|FILE|effects:KIND",
+                        help="circuit to test: built-in, a TOML/JSON file, or a causal circuit of the store's effects")
     report.add_argument("--a", metavar="COND")
     report.add_argument("--b", metavar="COND")
     report.add_argument("--n-boot", type=int, default=1000, metavar="N")

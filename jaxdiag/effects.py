@@ -183,7 +183,7 @@ def head_sums_step(graphdef):
     return step
 
 
-def mean_head_outputs(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> np.ndarray:
+def reference_means(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> np.ndarray:
     """``head_mean [layer, head, d_head]`` over every real position of the units' real prompts.
 
     Summed on the host in float64 in unit order, so the mean is the same however units are batched

@@ -223,22 +223,27 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
         batch_size=raw.get("batch_size", 32),
         chunk_size=raw.get("chunk_size"),
         seed=raw.get("seed", 0),
-        circuit=_resolve_circuit(raw.get("circuit"), source, base),
+        circuit=_resolve_circuit(raw.get("circuit"), source, base, effects),
         conditions=conditions,
         effects=effects,
         effects_reference=raw.get("effects_reference") if effects else None,
     )
 
 
-def _resolve_circuit(value: Any, source: str, base: Path) -> str | dict | None:
+def _resolve_circuit(value: Any, source: str, base: Path, effects: tuple[str, ...] = ()) -> str | dict | None:
     """A circuit name stays a name; a circuit file is read and kept inline, so the store is self-contained."""
     if value is None or isinstance(value, dict):
         return value
     _check_type(source, "circuit", value, str)
-    from analysis.circuits import BUILTIN as BUILTIN_CIRCUITS, from_mapping, read_circuit_file
+    from analysis.circuits import BUILTIN as BUILTIN_CIRCUITS, EFFECTS_CIRCUIT, from_mapping, read_circuit_file
     from analysis.errors import AnalysisError
 
     if value in BUILTIN_CIRCUITS:
+        return value
+    if value.startswith(EFFECTS_CIRCUIT):  # the causal circuit of a kind this run computes
+        kind = value[len(EFFECTS_CIRCUIT):]
+        if kind not in effects:
+            raise JaxdiagError(f"{source}: circuit {value!r} needs effects to include {kind!r}")
         return value
     path = resolve_path(value, base)
     if not path.is_file():

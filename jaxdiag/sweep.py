@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 import numpy as np
 import xarray as xr
 
-from jaxdiag.effects import head_sums_step, mean_head_outputs, sweep_step
+from jaxdiag.effects import head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
@@ -372,7 +372,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
         log(f"mean head outputs over condition {reference!r}")
         reference_units = make_units([(i, p.tokens) for i, p in enumerate(walk()) if p.condition == reference],
                                      batch_size=config.batch_size, limit=model_config.n_positions)
-        head_mean = mean_head_outputs(DeviceRunner(model, config.query, make_step=head_sums_step).run(reference_units))
+        head_mean = reference_means(DeviceRunner(model, config.query, make_step=head_sums_step).run(reference_units))
     if process == 0 and not (resume and path.exists()):
         attrs = {
             "schema_version": SCHEMA_VERSION, "jaxdiag_version": __version__, "model": config.model,

@@ -131,7 +131,7 @@ def test_no_head_attends_to_a_fixed_offset_on_random_prompts(model):
 
 
 def test_mean_ablation_with_a_heads_own_output_changes_nothing(model):
-    """head_outputs reads what the model computes: on a one-token prompt every head's output is
+    """mean_head_outputs reads what the model computes: on a one-token prompt every head's output is
     constant, so replacing it by its own mean must leave the logits unchanged."""
     import jax.numpy as jnp
     from jaxdiag.induction.ablation import ablation_edit, mean_head_outputs

@@ -37,3 +37,22 @@ def test_benchmark_command_runs_end_to_end(tmp_path):
     for heading in ("## Targets", "## Short prompts", "## Long prompts", "## Peak memory", "## Scale-out", "## GPU"):
         assert heading in markdown
     assert results["command"] in markdown
+
+
+def test_effects_benchmark_runs_end_to_end(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.effects", "--smoke", "--out-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "effects_smoke.json").read_text())
+    markdown = (tmp_path / "EFFECTS_SMOKE.md").read_text()
+    assert results["machine"]["cpu_count"] and "--smoke" in results["command"] and results["command"] in markdown
+    n_heads = results["model"]["n_layer"] * results["model"]["n_head"]
+    assert results["transformerlens"]["shape"] == [results["model"]["n_layer"], results["model"]["n_head"]]
+    for row in ("diagnostics", "patch", "zero+mean+patch"):
+        assert results["jaxdiag"][row]["prompts_per_s"] > 0
+    patch = results["jaxdiag"]["patch"]
+    assert abs(patch["head_effects_per_s"] - patch["prompts_per_s"] * n_heads) < 1e-6 * patch["head_effects_per_s"]
+    summary = results["summary"]
+    assert summary["patch_speedup_vs_transformerlens"] > 0 and summary["flop_ratio_one_forward_per_head_vs_jaxdiag"] > 1

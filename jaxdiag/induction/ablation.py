@@ -15,27 +15,22 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jaxdiag.effects import head_effects
+from jaxdiag.effects import head_effects, head_output_sums
 from jaxdiag.induction.data import CopyingSet
 from jaxdiag.induction.metrics import compile_predict, copying_accuracy
 from jaxdiag.interventions import HeadEdit, mean_heads, zero_heads
 from jaxdiag.model import GPT2
-from jaxdiag.probes import HEAD_OUTPUT_PROBE
 
 Method = Literal["zero", "mean"]
 Head = tuple[int, int]
 
 
-def head_outputs(model: GPT2, tokens: np.ndarray) -> np.ndarray:
-    """``[n, t, layer, head, d_head]``: every head's output (before ``c_proj``) on full-length ``tokens``."""
-    tokens = jnp.asarray(tokens)
-    out = model(tokens, jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32), probes=(HEAD_OUTPUT_PROBE,))
-    return np.moveaxis(np.asarray(out.probes["head_out"]), 1, 2)  # [n, layer, t, ...] -> [n, t, layer, ...]
-
-
 def mean_head_outputs(model: GPT2, tokens: np.ndarray) -> np.ndarray:
-    """``[layer, head, d_head]``: each head's output averaged over all prompts and positions."""
-    return head_outputs(model, tokens).mean(axis=(0, 1)).astype(np.float32)
+    """``[layer, head, d_head]``: each head's output averaged over all prompts and positions of full-length ``tokens``
+    (the sweep's ``head_mean`` computation, :func:`jaxdiag.effects.head_output_sums`)."""
+    tokens = jnp.asarray(tokens)
+    sums = head_output_sums(model, tokens, jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32))
+    return (np.asarray(sums["head_sum"], np.float64).sum(axis=0) / float(np.sum(sums["n_real"]))).astype(np.float32)
 
 
 def ablation_edit(shape: tuple[int, int, int], heads: Iterable[Head], method: Method,
