@@ -143,7 +143,8 @@ def load_config(config_file: str | None = None, *, preset: str | None = None,
     prompts_raw = dict(prompts_raw)
     if "prompts" in overrides:  # --prompts FILE: a JSONL file relative to where the user is
         prompts_raw = {"source": "jsonl", "path": str(resolve_path(overrides.pop("prompts"), cwd))}
-        raw = {k: v for k, v in raw.items() if k != "conditions"}  # they named the replaced source's conditions
+        # the conditions and the effects' task belonged to the replaced source (--effects still applies)
+        raw = {k: v for k, v in raw.items() if k not in ("conditions", "effects", "effects_reference")}
     elif prompts_raw.get("source") == "jsonl" and isinstance(prompts_raw.get("path"), str):
         prompts_raw["path"] = str(resolve_path(prompts_raw["path"], base))
     if "n_prompts" in overrides:
