@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiag.interventions import shift_heads
 from jaxdiag.model import GPT2, Context
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
 from jaxdiag.runner import Unit, diagnostics_step
@@ -122,6 +123,82 @@ def head_effects(
             per_layer.append(metrics.T - clean[:, None])  # [b, head]
         effects[kind] = jnp.stack(per_layer, axis=1)
     return clean, effects
+
+
+def _graddrop_forward(model: GPT2, tokens: jax.Array, ctx: Context, drop: jax.Array) -> jax.Array:
+    """Final hidden states; the gradient through layer l's residual update is scaled by ``1 - drop[l]``.
+
+    The forward values do not depend on ``drop`` (``u - d (u - stop_gradient(u))`` is ``u``), so
+    every GradDrop variant differentiates the same clean run.
+    """
+    x = model.embed(tokens)
+    for layer, block in enumerate(model.h):
+        attn_out, _ = block.attn(block.ln_1(x), ctx)
+        attn_out = attn_out - drop[layer] * (attn_out - jax.lax.stop_gradient(attn_out))
+        middle = x + attn_out
+        mlp_out = block.mlp(block.ln_2(middle))
+        x = middle + (mlp_out - drop[layer] * (mlp_out - jax.lax.stop_gradient(mlp_out)))
+    return model.ln_f(x)
+
+
+def head_gradients(model: GPT2, tokens: jax.Array, lengths: jax.Array, readout: Readout,
+                   drop: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(readout [b], head outputs [b, layer, seq, head, d], d readout / d head outputs, same shape)``.
+
+    One forward and one backward pass; each prompt's gradient is of its own readout (prompts do not
+    interact; a NaN readout contributes nothing). ``drop [layer]`` drops (scales) the gradient through
+    layers' residual updates (GradDrop), ``None`` for plain gradients.
+    """
+    config = model.config
+    batch, seq = tokens.shape
+    drop = jnp.zeros((config.n_layer,), jnp.float32) if drop is None else drop
+
+    def total(shift):
+        ctx = model.context(tokens, lengths, edit=shift_heads(shift))
+        values = readout(_graddrop_forward(model, tokens, ctx, drop))
+        return jnp.sum(jnp.where(jnp.isfinite(values), values, 0.0)), values
+
+    zero = jnp.zeros((config.n_layer, batch, seq, config.n_head, config.d_head), jnp.float32)
+    grads, values = jax.grad(total, has_aux=True)(zero)
+    return values, head_outputs(model, tokens, lengths), jnp.moveaxis(grads, 0, 1)
+
+
+def attribution_effects(
+    model: GPT2,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    readout: Readout,
+    replacements: Mapping[str, jax.Array],
+    *,
+    graddrop: bool = False,
+) -> dict[str, jax.Array]:
+    """Attribution patching: each head's first-order estimate of its exact effect, ``[b, layer, head]``.
+
+    ``atp_<kind>`` = sum over positions and the head's d_head slice of ``(a_ref - a) * d metric / d a``
+    with ``a`` and the gradient from this prompt's own run and ``a_ref`` the kind's replacement (as
+    for :func:`head_effects`). With ``graddrop``, also ``atpstar_<kind>``: AtP* for head outputs
+    (Kramar et al. 2024, GradDrop), the mean over layers l of ``|AtP with the gradient through layer
+    l's residual update dropped|``, over the L - 1 layers other than the head's own (dropping its
+    own layer removes every path from the head, so that term is 0): an unsigned magnitude.
+    """
+    config = model.config
+    batch, seq = tokens.shape
+    values, heads, grads = head_gradients(model, tokens, lengths, readout)
+    defined = jnp.isfinite(values)[:, None, None]
+    estimates = {}
+    references = {kind: jnp.broadcast_to(r, (batch, config.n_layer, seq, config.n_head, config.d_head))
+                  for kind, r in replacements.items()}
+    for kind, reference in references.items():
+        atp = jnp.einsum("blshd,blshd->blh", reference - heads, grads)
+        estimates[f"atp_{kind}"] = jnp.where(defined, atp, jnp.nan)
+    if graddrop:
+        drops = jnp.eye(config.n_layer, dtype=jnp.float32)
+        dropped = jax.lax.map(lambda d: head_gradients(model, tokens, lengths, readout, d)[2], drops)  # [L, b, ...]
+        for kind, reference in references.items():
+            per_drop = jnp.einsum("blshd,kblshd->kblh", reference - heads, dropped)
+            star = jnp.sum(jnp.abs(per_drop), axis=0) / max(config.n_layer - 1, 1)
+            estimates[f"atpstar_{kind}"] = jnp.where(defined, star, jnp.nan)
+    return estimates
 
 
 def head_outputs(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> jax.Array:

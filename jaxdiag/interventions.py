@@ -3,12 +3,14 @@
 A :class:`HeadEdit` acts on each head's output ``a`` (its ``d_head`` slice of the attention output,
 before the layer's output projection) at every position::
 
-    a  <-  keep * a + (1 - keep) * replacement
+    a  <-  keep * a + (1 - keep) * replacement  [+ shift]
 
 ``keep = 1`` leaves a head alone; ``keep = 0`` replaces it (zeros: zero-ablation; its mean output
 over reference prompts: mean-ablation; the same head's output on another prompt: patching).
-Intermediate ``keep`` interpolates. The edit is a pytree of arrays, so a step can ``jax.vmap`` over
-many edits (one per head) or differentiate with respect to ``replacement``.
+Intermediate ``keep`` interpolates; an optional ``shift`` is added on top (steering, and the
+point at which attribution patching takes the metric's gradient with respect to ``a``). The edit
+is a pytree of arrays, so a step can ``jax.vmap`` over many edits (one per head) or differentiate
+with respect to any of them.
 """
 
 from __future__ import annotations
@@ -32,19 +34,29 @@ class HeadEdit:
 
     keep: ``[layer, ..., head]``, broadcastable per layer to ``[batch, seq, head]``.
     replacement: ``[layer, ..., head, d_head]``, broadcastable per layer to ``[batch, seq, head, d_head]``.
+    shift: None, or like ``replacement``: added after the replacement.
     """
 
     keep: jax.Array
     replacement: jax.Array
+    shift: jax.Array | None = None
 
-    def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
-        return self.keep[i], self.replacement[i]
+    def layer(self, i: int) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        return self.keep[i], self.replacement[i], None if self.shift is None else self.shift[i]
 
 
-def apply_edit(heads: jax.Array, keep: jax.Array, replacement: jax.Array) -> jax.Array:
-    """``heads [b, s, h, d]`` with each head's output replaced as the edit says."""
+def apply_edit(heads: jax.Array, keep: jax.Array, replacement: jax.Array, shift: jax.Array | None = None) -> jax.Array:
+    """``heads [b, s, h, d]`` with each head's output replaced (and shifted) as the edit says."""
     heads = heads * keep[..., None].astype(heads.dtype)
-    return heads + ((1 - keep)[..., None] * replacement).astype(heads.dtype)
+    heads = heads + ((1 - keep)[..., None] * replacement).astype(heads.dtype)
+    return heads if shift is None else heads + shift.astype(heads.dtype)
+
+
+def shift_heads(shift: jax.Array) -> HeadEdit:
+    """Add ``shift [layer, ..., seq, head, d_head]`` to every head's output and replace nothing."""
+    n_layer, n_head = shift.shape[0], shift.shape[-2]
+    return HeadEdit(jnp.ones((n_layer, n_head), shift.dtype), jnp.zeros((n_layer, n_head, shift.shape[-1]), shift.dtype),
+                    shift)
 
 
 def keep_mask(shape: tuple[int, int], heads: Iterable[Head]) -> np.ndarray:
