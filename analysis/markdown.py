@@ -195,16 +195,21 @@ def cross_head_lines(an: Analysis) -> list[str]:
 def causal_lines(an: Analysis) -> list[str]:
     """The "Causal effects" section: per effect kind, the mean effects, the causal circuit and how well the
     diagnostics' shifts find it."""
-    c = an.comparison
-    lines = ["", "## Causal effects", "",
-             "An effect is the task metric with one head's output intervened on (zero: set to 0; mean: replaced "
-             "by its mean on the reference condition; patch: replaced by its pair partner's; atp_*: attribution-"
-             "patching estimates of these) minus the clean "
-             "metric, per prompt; negative = the task relies on the head. Means over the prompts with a task "
-             "target, with 95% BCa bootstrap intervals (prompts resampled with replacement); summary.json "
-             "`causal`, arrays indexed [layer][head]."]
-    for kind, e in an.causal.items():
-        lines += [""] + causal_kind_lines(an, kind, e)
+    return section("Causal effects",
+                   "An effect is the task metric with one head's output intervened on (zero: set to 0; mean: replaced "
+                   "by its mean on the reference condition; patch: replaced by its pair partner's; atp_*: attribution-"
+                   "patching estimates of these) minus the clean "
+                   "metric, per prompt; negative = the task relies on the head. Means over the prompts with a task "
+                   "target, with 95% BCa bootstrap intervals (prompts resampled with replacement); summary.json "
+                   "`causal`, arrays indexed [layer][head].",
+                   [causal_kind_lines(an, kind, e) for kind, e in an.causal.items()])
+
+
+def section(title: str, intro: str, parts: list[list[str]]) -> list[str]:
+    """A report section: its heading, one paragraph, then each part after a blank line."""
+    lines = ["", f"## {title}", "", intro]
+    for part in parts:
+        lines += [""] + part
     return lines
 
 
@@ -248,21 +253,19 @@ def causal_kind_lines(an: Analysis, kind: str, e: CausalEffects) -> list[str]:
 def cheap_lines(an: Analysis) -> list[str]:
     """The "Cheap methods against exact patching" section: per exact kind, how each cheap method ranks the
     heads against the exact |mean effect| and which causal-circuit heads its top k misses."""
-    lines = ["", "## Cheap methods against exact patching", "",
-             "Cheap methods: `atp_K`, attribution patching, a signed first-order estimate of exact effect K from one "
-             "forward and one backward pass (ranked by |mean|); `atpstar_K`, AtP* with GradDrop, an unsigned "
-             "estimate of |K| (ranked by its mean); and every diagnostic's |delta| between the two conditions. "
-             "Effect estimates are averaged over the same prompts as the exact effect. **Spearman (two-sided p)** "
-             "of each method's per-head value with |mean exact effect| across heads, 95% percentile interval from "
-             "the causal section's prompt bootstrap (prompts resampled within each condition, the same draws, "
-             "every quantity recomputed). **Top k**: the method's k largest heads, k = the exact kind's causal-"
-             "circuit size, scored against that circuit (precision = share of the top k in the circuit, recall = "
-             "share of the circuit in the top k; equal unless the method has fewer than k finite heads); missed = "
-             "circuit heads outside the top k, with their exact mean effect. summary.json `cheap_vs_exact`, "
-             "`cheap_vs_exact_verdict`."]
-    for kind, x in an.cheap.items():
-        lines += [""] + cheap_kind_lines(an, kind, x)
-    return lines
+    return section("Cheap methods against exact patching",
+                   "Cheap methods: `atp_K`, attribution patching, a signed first-order estimate of exact effect K "
+                   "from one forward and one backward pass (ranked by |mean|); `atpstar_K`, AtP* with GradDrop, an "
+                   "unsigned estimate of |K| (ranked by its mean); and every diagnostic's |delta| between the two "
+                   "conditions. Effect estimates are averaged over the same prompts as the exact effect. "
+                   "**Spearman (two-sided p)** of each method's per-head value with |mean exact effect| across "
+                   "heads, 95% percentile interval from the causal section's prompt bootstrap (prompts resampled "
+                   "within each condition, the same draws, every quantity recomputed). **Top k**: the method's k "
+                   "largest heads, k = the exact kind's causal-circuit size, scored against that circuit "
+                   "(precision = share of the top k in the circuit, recall = share of the circuit in the top k; "
+                   "equal unless the method has fewer than k finite heads); missed = circuit heads outside the top "
+                   "k, with their exact mean effect. summary.json `cheap_vs_exact`, `cheap_vs_exact_verdict`.",
+                   [cheap_kind_lines(an, kind, x) for kind, x in an.cheap.items()])
 
 
 def cheap_kind_lines(an: Analysis, kind: str, x: CheapVsExact) -> list[str]:
@@ -275,10 +278,11 @@ def cheap_kind_lines(an: Analysis, kind: str, x: CheapVsExact) -> list[str]:
               "|---|---|---|---|---|---|---|---|"]
     for m, a in x.methods.items():
         r = a.spearman
-        missed = "; ".join(f"{head_label(*h)} ({float(effect.sel(layer=h[0], head=h[1])):+.4f})" for h in a.missed)
-        lines.append(f"| `{m}` | {table_cell(magnitude_label(a))} | {fmt(r.statistic)} | [{fmt(r.confidence_interval.low)}, "
-                     f"{fmt(r.confidence_interval.high)}] | {fmt(r.pvalue)} | {fmt(a.precision)} | {fmt(a.recall)} | "
-                     f"{missed or ('none' if x.k else 'n/a (empty circuit)')} |")
+        missed = "; ".join(f"{head_label(*h)} ({float(effect.sel(layer=h[0], head=h[1])):+.4f})"
+                           for h in a.missed) or ("none" if x.k else "n/a (empty circuit)")
+        lines.append(f"| `{m}` | {table_cell(magnitude_label(a))} | {fmt(r.statistic)} | "
+                     f"[{fmt(r.confidence_interval.low)}, {fmt(r.confidence_interval.high)}] | {fmt(r.pvalue)} | "
+                     f"{fmt(a.precision)} | {fmt(a.recall)} | {missed} |")
     lines += ["", verdict_line(kind, x)]
     return lines
 
@@ -287,7 +291,8 @@ def verdict_line(kind: str, x: CheapVsExact) -> str:
     """Which method agrees best with the exact effects, and which the intervals cannot rank below it."""
     best = x.best
     if best is None:
-        return f"**Verdict (effect_{kind})**: no method's Spearman rho is defined (too few finite heads or constant values)."
+        return (f"**Verdict (effect_{kind})**: no method's Spearman rho is defined (too few finite heads or "
+                "constant values).")
     r = x.methods[best].spearman
     said = (f"**Verdict (effect_{kind})**: `{best}` agrees best with the exact effects (rho = {fmt(r.statistic)}, "
             f"95% CI [{fmt(r.confidence_interval.low)}, {fmt(r.confidence_interval.high)}])")
