@@ -10,7 +10,7 @@ head the task relies on has a negative effect.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import xarray as xr
@@ -89,11 +89,24 @@ def mean_effect(values: xr.DataArray, *, n_boot: int, rng: np.random.Generator,
 
 def joint_bootstrap(diagnostics: dict[str, tuple[np.ndarray, np.ndarray]], a: str, b: str, sample: EffectSample,
                     n_boot: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Replicates [n_boot, *heads] of delta (a - b) of each diagnostic and of the mean effect, from ONE
-    resample of prompts within each condition per replicate: an effect prompt of condition a or b gets
-    the draw count its diagnostics got, so both per-head quantities move together.
+    """Replicates [n_boot, *heads] of delta (a - b) of each diagnostic and of the sample's mean effect, from
+    ONE resample of prompts within each condition per replicate (see `joint_bootstrap_many`)."""
+    deltas, means = joint_bootstrap_many(diagnostics, a, b, sample, {sample.kind: np.asarray(sample.values)}, n_boot,
+                                         rng)
+    return deltas, means[sample.kind]
+
+
+def joint_bootstrap_many(diagnostics: dict[str, tuple[np.ndarray, np.ndarray]], a: str, b: str, sample: EffectSample,
+                         effects: Mapping[str, np.ndarray], n_boot: int,
+                         rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Replicates [n_boot, *heads] of delta (a - b) of each diagnostic and of the mean of each per-prompt
+    effect array, from ONE resample of prompts within each condition per replicate: an effect prompt of
+    condition a or b gets the draw count its diagnostics got, so every per-head quantity moves together.
+    The draws depend only on the prompt counts and rng, not on which quantities ride along.
 
     diagnostics: var -> ([n_a, *heads], [n_b, *heads]) in the row order of analysis.store.condition_array.
+    effects: name -> [sample.n_prompts, *heads], rows in the sample's order (e.g. the sample's own values
+    and another kind's effects on the same prompts, analysis.effects.aligned_effects).
     """
     xa0 = next(iter(diagnostics.values()))[0]
     heads = xa0.shape[1:]
@@ -106,20 +119,24 @@ def joint_bootstrap(diagnostics: dict[str, tuple[np.ndarray, np.ndarray]], a: st
     flat = {v: tuple(np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1) for x in pair)
             for v, pair in diagnostics.items()}
     finite = {v: tuple(finite_mask(x) for x in pair) for v, pair in flat.items()}
-    effects = np.asarray(sample.values, dtype=np.float64).reshape(sample.n_prompts, -1)
-    effects_finite = finite_mask(effects)
+    # one matrix product per effect array (not one over their concatenation), so a quantity's replicates
+    # are bit for bit the same whatever else rides along
+    per_prompt = {k: np.asarray(x, dtype=np.float64).reshape(sample.n_prompts, -1) for k, x in effects.items()}
+    per_prompt_finite = {k: finite_mask(x) for k, x in per_prompt.items()}
     draws = {c: bootstrap_counts(n, n_boot, rng) for c, n in sizes.items()}
     deltas: dict[str, list[np.ndarray]] = {v: [] for v in diagnostics}
-    means: list[np.ndarray] = []
+    means: dict[str, list[np.ndarray]] = {k: [] for k in effects}
     for chunk in zip(*draws.values()):
         counts = dict(zip(draws, chunk))
         for v, (xa, xb) in flat.items():
             fa, fb = finite[v]
             deltas[v].append(weighted_means(counts[a], xa, fa) - weighted_means(counts[b], xb, fb))
         weights = np.concatenate([counts[c][:, position[c]] for c in sample.conditions], axis=1)
-        means.append(weighted_means(weights, effects, effects_finite))
+        for k, x in per_prompt.items():
+            means[k].append(weighted_means(weights, x, per_prompt_finite[k]))
     shape = (n_boot, *heads)
-    return {v: np.concatenate(d).reshape(shape) for v, d in deltas.items()}, np.concatenate(means).reshape(shape)
+    return ({v: np.concatenate(d).reshape(shape) for v, d in deltas.items()},
+            {k: np.concatenate(m).reshape(shape) for k, m in means.items()})
 
 
 def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:

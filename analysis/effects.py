@@ -4,6 +4,9 @@ effects of one kind on the prompts that have a task target.
 Store names relied on: attribute ``effects`` (the kinds computed, a list), variables ``effect_<kind>``
 (condition, prompt, layer, head) = metric with that head intervened on minus the clean metric, NaN
 where the prompt has no target (so the clean ``metric`` itself is not needed here).
+
+Cheap kinds: ``atp_K`` (attribution patching, a signed first-order estimate of exact kind K) and
+``atpstar_K`` (AtP* with GradDrop, an unsigned magnitude estimate of |K|); every other kind is exact.
 """
 
 from __future__ import annotations
@@ -42,6 +45,29 @@ def effect_kinds(ds: xr.Dataset) -> list[str]:
             raw = raw.split(",")
     kinds = [str(k).strip() for k in np.atleast_1d(raw) if str(k).strip()]
     return [k for k in dict.fromkeys(kinds) if effect_variable(k) in ds.data_vars]
+
+
+# prefix of a cheap kind -> its family; longest first, so "atpstar_" is never read as "atp_"
+CHEAP_FAMILIES = {"atpstar_": "atpstar", "atp_": "atp"}
+
+
+def cheap_family(kind: str) -> tuple[str, str] | None:
+    """(family, exact kind estimated) of a cheap kind ('atp_patch' -> ('atp', 'patch')); None for exact kinds."""
+    for prefix, family in CHEAP_FAMILIES.items():
+        if kind.startswith(prefix):
+            return family, kind[len(prefix):]
+    return None
+
+
+def exact_kinds(ds: xr.Dataset) -> list[str]:
+    """The store's exact effect kinds (every kind that is not an AtP-family estimate), in store order."""
+    return [k for k in effect_kinds(ds) if cheap_family(k) is None]
+
+
+def cheap_kinds(ds: xr.Dataset, exact: str) -> list[str]:
+    """The store's cheap estimates of exact kind ``exact`` (atp before atpstar)."""
+    found = {cheap_family(k): k for k in effect_kinds(ds)}
+    return [found[(family, exact)] for family in ("atp", "atpstar") if (family, exact) in found]
 
 
 def check_kind(ds: xr.Dataset, kind: str) -> None:
@@ -88,3 +114,13 @@ def effect_sample(ds: xr.Dataset, kind: str, prefer: str | None = None) -> Effec
     index = np.concatenate([with_target[c] for c in used])
     labelled = per_head(values, ds, name=variable).rename({"dim_0": "prompt"})
     return EffectSample(kind, labelled, condition, index, tuple(used))
+
+
+def aligned_effects(ds: xr.Dataset, kind: str, sample: EffectSample) -> xr.DataArray:
+    """Effects of ``kind`` on exactly the prompts (rows, in order) of another kind's sample, so two kinds'
+    per-head means and bootstrap replicates average over the same prompts."""
+    check_kind(ds, kind)
+    variable = effect_variable(kind)
+    per_condition = {c: condition_array(ds, c, variable).values for c in sample.conditions}
+    rows = [per_condition[c][i] for c, i in zip(sample.condition, sample.index)]
+    return per_head(np.asarray(rows, dtype=np.float64), ds, name=variable).rename({"dim_0": "prompt"})

@@ -21,6 +21,7 @@ from scipy.cluster import hierarchy  # noqa: E402
 from analysis._util import quiet  # noqa: E402
 from analysis.findings import N_SIGMA, TESTED, Analysis, figure_names  # noqa: E402
 from analysis.labels import head_label, pair_label  # noqa: E402
+from analysis.summary import magnitude_label  # noqa: E402
 
 MAX_POINTS = 200
 COLOR_A, COLOR_B = "tab:red", "tab:blue"
@@ -302,6 +303,70 @@ def causal_effects(an: Analysis) -> Figure:
     return fig
 
 
+CHEAP_MARKERS = {"atp": "o", "atpstar": "^", "diagnostic": "s"}  # one marker style per method family
+CHEAP_COLOURS = {"atp": "tab:blue", "atpstar": "tab:orange", "diagnostic": "tab:green"}
+RANKED_DIAGNOSTIC = "delta_kl_norm"  # the diagnostic drawn against the effect estimates (all are in the table)
+
+
+def _outlined_scatter(ax, x: np.ndarray, y: np.ndarray, outlined: np.ndarray, *, marker: str, colour: str,
+                      label: str) -> None:
+    """Points of one method; the outlined ones (causal-circuit heads) larger, with a black edge."""
+    ax.scatter(x[~outlined], y[~outlined], s=18, marker=marker, c=colour, edgecolors="none", alpha=0.8, label=label)
+    ax.scatter(x[outlined], y[outlined], s=40, marker=marker, c=colour, edgecolors="k", linewidths=1.2, zorder=3)
+
+
+def cheap_vs_exact(an: Analysis) -> Figure:
+    """Fig. 10: per exact kind (one row), cheap estimates against the exact mean effect per head. Left: mean
+    AtP against the mean effect, both signed, with the y = x line a perfect first-order estimate lies on.
+    Right: rank of each method's value (|mean AtP|, mean AtP*, |delta kl_norm|) against the rank of
+    |mean effect| (1 = largest), since AtP* and |delta| are on other scales. Black outline: causal circuit."""
+    from analysis.circuit_tests import descending_ranks
+    from matplotlib.lines import Line2D
+
+    kinds = list(an.cheap)
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(10.4, 4.4 * len(kinds) + 0.4), squeeze=False)
+    for (signed_ax, rank_ax), kind in zip(axes, kinds):
+        x, e = an.cheap[kind], an.causal[kind]
+        effect = e.mean.statistic.values
+        circuit = set(e.circuit)
+        outlined = np.array([(int(l), int(h)) in circuit  # layer-major, like .ravel()
+                             for l in e.mean.statistic["layer"].values for h in e.mean.statistic["head"].values])
+        atp = [a for a in x.methods.values() if a.family == "atp"]
+        for a in atp:
+            _outlined_scatter(signed_ax, effect.ravel(), a.signed.values.ravel(), outlined, marker=CHEAP_MARKERS["atp"],
+                              colour=CHEAP_COLOURS["atp"], label=a.name)
+        if atp:
+            with quiet():
+                values = np.concatenate([effect.ravel()] + [a.signed.values.ravel() for a in atp])
+                low, high = np.nanmin(values), np.nanmax(values)
+            signed_ax.plot([low, high], [low, high], c="k", lw=0.8, ls="--", label="y = x")
+            signed_ax.axhline(0, c="0.7", lw=0.5)
+            signed_ax.axvline(0, c="0.7", lw=0.5)
+            signed_ax.set_xlabel(f"mean effect_{kind} (exact, signed)")
+            signed_ax.set_ylabel("mean AtP estimate (signed)")
+            signed_ax.legend(fontsize=7, loc="best")
+            signed_ax.set_title(f"effect_{kind}: AtP against exact", fontsize=9)
+        else:
+            signed_ax.axis("off")
+            signed_ax.text(0.5, 0.5, f"no AtP estimate of effect_{kind}", ha="center", va="center")
+        exact_rank = descending_ranks(np.abs(effect)).ravel()
+        shown = [a for a in x.methods.values() if a.family != "diagnostic" or a.name == RANKED_DIAGNOSTIC]
+        for a in shown:
+            _outlined_scatter(rank_ax, exact_rank, descending_ranks(a.magnitude.values).ravel(), outlined,
+                              marker=CHEAP_MARKERS[a.family], colour=CHEAP_COLOURS[a.family],
+                              label=f"{magnitude_label(a)}: rho {a.spearman.statistic:.2f}")
+        n = effect.size
+        rank_ax.plot([1, n], [1, n], c="k", lw=0.8, ls="--")
+        rank_ax.set_xlabel(f"rank of |mean effect_{kind}| (1 = largest)")
+        rank_ax.set_ylabel("rank of the method's value (1 = largest)")
+        rank_ax.set_title(f"effect_{kind}: ranks; causal circuit ({len(e.circuit)} heads) outlined", fontsize=9)
+        handles, _ = rank_ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="causal circuit"))
+        rank_ax.legend(handles=handles, fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "fig1_one_head": one_head,
     "fig2_circuit_heads": circuit_grid,
@@ -312,6 +377,7 @@ FIGURES = {
     "fig7_prompt_count": prompt_count_curve,
     "fig8_c_diff_clustered": clustered_c_diff,
     "fig9_causal_effects": causal_effects,
+    "fig10_cheap_vs_exact": cheap_vs_exact,
 }
 
 

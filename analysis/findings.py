@@ -28,7 +28,7 @@ FLAG_LEVEL = 0.05  # the diagnostics flag a head when its per-head BH q <= this 
 # them without importing matplotlib)
 FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
                 "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered",
-                "fig9_causal_effects")
+                "fig9_causal_effects", "fig10_cheap_vs_exact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +133,47 @@ class CausalEffects:
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodAgreement:
+    """One cheap method's per-head ranking against one exact effect kind's |mean effect|."""
+
+    name: str  # a cheap effect kind ("atp_patch", "atpstar_patch") or "delta_<var>" for a diagnostic's shift
+    family: str  # "atp" (signed estimate of the effect), "atpstar" (unsigned estimate of |effect|), "diagnostic"
+    description: str  # the store variable's description attribute ("" when it has none)
+    magnitude: xr.DataArray  # what is ranked, (layer, head): |mean AtP|, |mean AtP*| (= its mean), |delta var|
+    signed: xr.DataArray | None  # mean AtP per head, to set against the signed mean effect (family "atp" only)
+    spearman: CorrelationResult  # of magnitude with |mean effect|, prompt-bootstrap percentile CI
+    top_k: list[tuple[int, int]]  # the method's k largest heads, largest first; k = the causal circuit's size
+    precision: float  # share of top_k in the causal circuit
+    recall: float  # share of the causal circuit in top_k
+    missed: list[tuple[int, int]]  # causal-circuit heads outside top_k (false negatives), largest |effect| first
+
+
+@dataclasses.dataclass(frozen=True)
+class CheapVsExact:
+    """Every cheap method against one exact effect kind (its mean effect and circuit: Analysis.causal[kind])."""
+
+    kind: str
+    k: int  # size of the kind's causal circuit: how many heads each method nominates
+    methods: dict[str, MethodAgreement]  # effect estimates first, then the diagnostics in store order
+
+    @property
+    def best(self) -> str | None:
+        """The method with the highest Spearman rho (the first on a tie; None when no rho is defined)."""
+        rhos = {m: a.spearman.statistic for m, a in self.methods.items() if np.isfinite(a.spearman.statistic)}
+        return max(rhos, key=rhos.get) if rhos else None
+
+    @property
+    def ties(self) -> list[str]:
+        """Methods whose rho interval overlaps the best one's: the data do not rank them below it."""
+        best = self.best
+        if best is None:
+            return []
+        top = self.methods[best].spearman.confidence_interval
+        return [m for m, a in self.methods.items() if m != best
+                and a.spearman.confidence_interval.high >= top.low and top.high >= a.spearman.confidence_interval.low]
+
+
+@dataclasses.dataclass(frozen=True)
 class Analysis:
     """One comparison and everything found about it: the single input of every report output."""
 
@@ -144,12 +185,15 @@ class Analysis:
     ablation: CorrelationResult | None  # Spearman of |delta kl_norm| with the circuit's ablation effects
     curve: dict[str, list]  # significance vs prompt count (empty when not computed)
     causal: dict[str, CausalEffects] = dataclasses.field(default_factory=dict)  # effect kind -> (none: no effects)
+    cheap: dict[str, CheapVsExact] = dataclasses.field(default_factory=dict)  # exact kind -> (none: no AtP/AtP*)
 
     def delta(self, var: str) -> xr.DataArray:
         return self.shifts[var].statistic
 
 
 def figure_names(an: Analysis) -> list[str]:
-    """The figures drawn for this report, in order (fig7 needs the prompt-count curve, fig9 causal effects)."""
-    needs = {"fig7_prompt_count": bool(an.curve), "fig9_causal_effects": bool(an.causal)}
+    """The figures drawn for this report, in order (fig7 needs the prompt-count curve, fig9 causal effects,
+    fig10 cheap estimates of them)."""
+    needs = {"fig7_prompt_count": bool(an.curve), "fig9_causal_effects": bool(an.causal),
+             "fig10_cheap_vs_exact": bool(an.cheap)}
     return [name for name in FIGURE_NAMES if needs.get(name, True)]

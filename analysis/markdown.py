@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
-from analysis.findings import FLAG_LEVEL, TESTED, Analysis, CausalEffects, figure_names
+from analysis.findings import FLAG_LEVEL, TESTED, Analysis, CausalEffects, CheapVsExact, figure_names
 from analysis.labels import head_label, pair_label
-from analysis.summary import circuit_head_rows, mann_whitney_entry
+from analysis.summary import circuit_head_rows, magnitude_label, mann_whitney_entry
 
 def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
@@ -22,6 +22,11 @@ def fmt(x, digits: int = 3) -> str:
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
         return f"{x:.{digits - 1}e}"
     return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+
+
+def table_cell(text: str) -> str:
+    """text safe inside a Markdown table row (a bare | would end the cell)."""
+    return text.replace("|", r"\|")
 
 
 def heads_text(heads) -> str:
@@ -146,6 +151,8 @@ def markdown(an: Analysis) -> str:
                          f"{fmt(t['ci_width_chi'][i])} |")
     if an.causal:
         lines += causal_lines(an)
+    if an.cheap:
+        lines += cheap_lines(an)
     lines += ["", "## Figures", ""] + [f"![{f}.png]({f}.png)" for f in figure_names(an)] + [""]
     return "\n".join(lines)
 
@@ -188,16 +195,21 @@ def cross_head_lines(an: Analysis) -> list[str]:
 def causal_lines(an: Analysis) -> list[str]:
     """The "Causal effects" section: per effect kind, the mean effects, the causal circuit and how well the
     diagnostics' shifts find it."""
-    c = an.comparison
-    lines = ["", "## Causal effects", "",
-             "An effect is the task metric with one head's output intervened on (zero: set to 0; mean: replaced "
-             "by its mean on the reference condition; patch: replaced by its pair partner's; atp_*: attribution-"
-             "patching estimates of these) minus the clean "
-             "metric, per prompt; negative = the task relies on the head. Means over the prompts with a task "
-             "target, with 95% BCa bootstrap intervals (prompts resampled with replacement); summary.json "
-             "`causal`, arrays indexed [layer][head]."]
-    for kind, e in an.causal.items():
-        lines += [""] + causal_kind_lines(an, kind, e)
+    return section("Causal effects",
+                   "An effect is the task metric with one head's output intervened on (zero: set to 0; mean: replaced "
+                   "by its mean on the reference condition; patch: replaced by its pair partner's; atp_*: attribution-"
+                   "patching estimates of these) minus the clean "
+                   "metric, per prompt; negative = the task relies on the head. Means over the prompts with a task "
+                   "target, with 95% BCa bootstrap intervals (prompts resampled with replacement); summary.json "
+                   "`causal`, arrays indexed [layer][head].",
+                   [causal_kind_lines(an, kind, e) for kind, e in an.causal.items()])
+
+
+def section(title: str, intro: str, parts: list[list[str]]) -> list[str]:
+    """A report section: its heading, one paragraph, then each part after a blank line."""
+    lines = ["", f"## {title}", "", intro]
+    for part in parts:
+        lines += [""] + part
     return lines
 
 
@@ -236,3 +248,55 @@ def causal_kind_lines(an: Analysis, kind: str, e: CausalEffects) -> list[str]:
             f"{fmt(float(m.pvalue.sel(at)))} | {fmt(float(e.q_bh.sel(at)))} | "
             f"{'yes' if (at['layer'], at['head']) in in_circuit else '-'} |")
     return lines
+
+
+def cheap_lines(an: Analysis) -> list[str]:
+    """The "Cheap methods against exact patching" section: per exact kind, how each cheap method ranks the
+    heads against the exact |mean effect| and which causal-circuit heads its top k misses."""
+    return section("Cheap methods against exact patching",
+                   "Cheap methods: `atp_K`, attribution patching, a signed first-order estimate of exact effect K "
+                   "from one forward and one backward pass (ranked by |mean|); `atpstar_K`, AtP* with GradDrop, an "
+                   "unsigned estimate of |K| (ranked by its mean); and every diagnostic's |delta| between the two "
+                   "conditions. Effect estimates are averaged over the same prompts as the exact effect. "
+                   "**Spearman (two-sided p)** of each method's per-head value with |mean exact effect| across "
+                   "heads, 95% percentile interval from the causal section's prompt bootstrap (prompts resampled "
+                   "within each condition, the same draws, every quantity recomputed). **Top k**: the method's k "
+                   "largest heads, k = the exact kind's causal-circuit size, scored against that circuit "
+                   "(precision = share of the top k in the circuit, recall = share of the circuit in the top k; "
+                   "equal unless the method has fewer than k finite heads); missed = circuit heads outside the top "
+                   "k, with their exact mean effect. summary.json `cheap_vs_exact`, `cheap_vs_exact_verdict`.",
+                   [cheap_kind_lines(an, kind, x) for kind, x in an.cheap.items()])
+
+
+def cheap_kind_lines(an: Analysis, kind: str, x: CheapVsExact) -> list[str]:
+    e = an.causal[kind]
+    effect = e.mean.statistic
+    lines = [f"### effect_{kind}", "",
+             f"Causal circuit ({x.k} head(s)): {heads_text(e.circuit) or 'none'}."]
+    lines += [f"- `{m}`: {a.description}" for m, a in x.methods.items() if a.family != "diagnostic" and a.description]
+    lines += ["", "| method | ranks | Spearman rho | 95% CI | p | precision | recall | missed (exact mean effect) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for m, a in x.methods.items():
+        r = a.spearman
+        missed = "; ".join(f"{head_label(*h)} ({float(effect.sel(layer=h[0], head=h[1])):+.4f})"
+                           for h in a.missed) or ("none" if x.k else "n/a (empty circuit)")
+        lines.append(f"| `{m}` | {table_cell(magnitude_label(a))} | {fmt(r.statistic)} | "
+                     f"[{fmt(r.confidence_interval.low)}, {fmt(r.confidence_interval.high)}] | {fmt(r.pvalue)} | "
+                     f"{fmt(a.precision)} | {fmt(a.recall)} | {missed} |")
+    lines += ["", verdict_line(kind, x)]
+    return lines
+
+
+def verdict_line(kind: str, x: CheapVsExact) -> str:
+    """Which method agrees best with the exact effects, and which the intervals cannot rank below it."""
+    best = x.best
+    if best is None:
+        return (f"**Verdict (effect_{kind})**: no method's Spearman rho is defined (too few finite heads or "
+                "constant values).")
+    r = x.methods[best].spearman
+    said = (f"**Verdict (effect_{kind})**: `{best}` agrees best with the exact effects (rho = {fmt(r.statistic)}, "
+            f"95% CI [{fmt(r.confidence_interval.low)}, {fmt(r.confidence_interval.high)}])")
+    if x.ties:
+        return said + (f"; but the intervals of {', '.join(f'`{m}`' for m in x.ties)} overlap its interval, so these "
+                       f"data do not rank {'it' if len(x.ties) == 1 else 'them'} below `{best}`.")
+    return said + "; no other method's interval overlaps its interval."

@@ -14,6 +14,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from analysis import causal as ca
+from analysis import cheap
 from analysis import circuit_tests as ct
 from analysis import correlation as corr
 from analysis._util import quiet
@@ -62,8 +63,9 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
         table = prompt_curve(xa, xb, comparison.mask.values, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200))
     steps.update()
     causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in effect_kinds(ds)}
+    cheap_methods = cheap.cheap_vs_exact(ds, comparison, causal, shifts, lambda: rng_for(seed, SEED_JOINT))
     steps.close()
-    return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal)
+    return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods)
 
 
 def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_perm: int, seed: int,

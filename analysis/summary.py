@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.findings import FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CircuitTests, CrossHead
+from analysis.findings import (FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CheapVsExact, CircuitTests,
+                               CrossHead, MethodAgreement)
 
 
 def summary(an: Analysis) -> dict[str, Any]:
@@ -58,6 +59,10 @@ def summary(an: Analysis) -> dict[str, Any]:
     if an.causal:  # stores without effects keep exactly the keys they always had
         out["effects"] = list(an.causal)
         out["causal"] = {kind: causal_entry(e) for kind, e in an.causal.items()}
+    if an.cheap:  # only stores with AtP/AtP* estimates get the key
+        out["cheap_vs_exact"] = {kind: {m: method_entry(a, an.causal[kind]) for m, a in x.methods.items()}
+                                 for kind, x in an.cheap.items()}
+        out["cheap_vs_exact_verdict"] = {kind: verdict_entry(x) for kind, x in an.cheap.items()}
     out["prompt_curve"] = an.curve
     out["settings"] = {"n_boot": c.n_boot, "n_perm": c.n_perm, "seed": c.seed,
                        "bootstrap": "prompts resampled with replacement within each condition",
@@ -131,3 +136,31 @@ def c_diff_entry(x: CrossHead) -> dict[str, Any]:
                           p.confidence_interval.high] for p in x.pair_intervals],
         "dendrogram_order": [list(x.head(int(k))) for k in x.order],
     }
+
+
+def method_entry(m: MethodAgreement, exact: CausalEffects) -> dict[str, Any]:
+    """One cheap method against one exact kind; missed heads carry their exact mean effect."""
+    r = m.spearman
+    effect = exact.mean.statistic
+    return {
+        "family": m.family, "estimate": m.magnitude.values,
+        "spearman": {"rho": r.statistic, "low": r.confidence_interval.low, "high": r.confidence_interval.high,
+                     "p": r.pvalue, "n_heads": r.n, "alternative": r.alternative,
+                     "x": magnitude_label(m), "y": "|mean effect|",
+                     "ci": "percentile, prompts resampled within each condition"},
+        "precision": m.precision, "recall": m.recall, "top_k": len(exact.circuit),
+        "method_top_k": [list(h) for h in m.top_k],
+        "missed": [[*h, effect.sel(layer=h[0], head=h[1]).item()] for h in m.missed],
+    }
+
+
+def verdict_entry(x: CheapVsExact) -> dict[str, Any]:
+    return {"best": x.best, "ties": x.ties,
+            "rule": "highest Spearman rho; ties: methods whose 95% interval overlaps the best one's"}
+
+
+def magnitude_label(m: MethodAgreement) -> str:
+    """What a method ranks, in words (summary.json and report.md share it)."""
+    if m.family == "diagnostic":
+        return f"|delta {m.name.removeprefix('delta_')}|"
+    return f"|mean {m.name}|" if m.family == "atp" else f"mean {m.name} (unsigned)"

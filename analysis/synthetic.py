@@ -8,7 +8,9 @@ around per-head baselines, so the true delta of means of head (l, h) is exactly 
 
 Causal effects (CONTRACT.md schema 2) are planted the same way: ``effects={(2, 3): -1.0}`` gives every
 effect kind of head (2, 3) a per-prompt mean of exactly -1.0 on the first condition (the only one with a
-task target); every other head's mean effect is 0.
+task target); every other head's mean effect is 0. Cheap estimates ride on them:
+``cheap_kinds=("atp_patch", "atpstar_patch")`` adds AtP-like ``effect_atp_patch`` = effect_patch + noise
+(signed) and AtP*-like ``effect_atpstar_patch`` = |effect_patch + noise| (an unsigned magnitude).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from analysis.effects import cheap_family, effect_variable
 from analysis.errors import AnalysisError
 from jaxdiag.schema import DIAGNOSTICS, EFFECT_KINDS
 
 VARIABLES = DIAGNOSTICS
+EXACT_KINDS = tuple(k for k in EFFECT_KINDS if cheap_family(k) is None)  # planted by default; estimates on request
 HeadShifts = Mapping[tuple[int, int], float]
 
 
@@ -35,7 +39,8 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
                  noise_by_head: np.ndarray | None = None, kl_chi_corr: float = 0.5,
                  couplings: Mapping[tuple[tuple[int, int], tuple[int, int]], float] | None = None,
                  seed: int = 0, circuit: str | dict | None = None, effects: HeadShifts | None = None,
-                 effect_kinds: Sequence[str] = EFFECT_KINDS, effect_noise: float = 0.05) -> xr.Dataset:
+                 effect_kinds: Sequence[str] = EXACT_KINDS, effect_noise: float = 0.05,
+                 cheap_kinds: Sequence[str] = (), cheap_noise: float = 0.05) -> xr.Dataset:
     """A store-shaped Dataset with dims (condition, prompt, layer, head).
 
     shifts: {"kl_norm" | "chi": {(layer, head): delta}} added to the first condition only, so
@@ -50,6 +55,9 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
       effect_kinds (see `plant_effects`); None (the default) writes a store without effects, exactly as
       before (the effects draw from their own random stream, so the diagnostics are the same either way).
     effect_noise: SD of the per-prompt effect around its head's planted mean.
+    cheap_kinds: AtP-family estimates of planted kinds ("atp_K", "atpstar_K"; see `plant_cheap`), drawn from
+      their own random stream, so the exact effects are the same with or without them.
+    cheap_noise: SD of a cheap estimate's per-prompt error (0: AtP equals the exact effect).
     """
     rng = np.random.default_rng(seed)
     conditions = [str(c) for c in conditions]
@@ -118,8 +126,32 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
         },
     )
     if effects is None:
+        if cheap_kinds:
+            raise AnalysisError("cheap_kinds estimate planted effects: pass effects too")
         return ds
-    return plant_effects(ds, counts, effects, effect_kinds, effect_noise, np.random.default_rng([seed, 1]))
+    ds = plant_effects(ds, counts, effects, effect_kinds, effect_noise, np.random.default_rng([seed, 1]))
+    return plant_cheap(ds, cheap_kinds, cheap_noise, np.random.default_rng([seed, 2])) if cheap_kinds else ds
+
+
+def plant_cheap(ds: xr.Dataset, kinds: Sequence[str], noise: float, rng: np.random.Generator) -> xr.Dataset:
+    """Add AtP-family estimates of the store's planted effects, per prompt: effect_atp_K = effect_K +
+    noise * N(0, 1) (signed, like attribution patching) and effect_atpstar_K = |effect_K + noise * N(0, 1)|
+    (an unsigned magnitude, like AtP*); NaN wherever effect_K is."""
+    out = ds.copy()
+    for kind in kinds:
+        family = cheap_family(kind)
+        if family is None or effect_variable(family[1]) not in ds:
+            raise AnalysisError(f"cannot plant {kind!r}: it must be atp_K or atpstar_K of a planted kind K")
+        exact = ds[effect_variable(family[1])].values.astype(np.float64)
+        estimate = exact + noise * rng.standard_normal(exact.shape)
+        if family[0] == "atpstar":
+            estimate = np.abs(estimate)
+        out[effect_variable(kind)] = (ds[effect_variable(family[1])].dims, estimate.astype(np.float32))
+        out[effect_variable(kind)].attrs["description"] = (
+            f"synthetic: {'|' if family[0] == 'atpstar' else ''}effect_{family[1]} + {noise:g} x N(0, 1)"
+            f"{'|' if family[0] == 'atpstar' else ''} per prompt")
+    out.attrs["effects"] = list(dict.fromkeys([*ds.attrs["effects"], *kinds]))
+    return out
 
 
 def plant_effects(ds: xr.Dataset, counts: Sequence[int], effects: HeadShifts, kinds: Sequence[str], noise: float,

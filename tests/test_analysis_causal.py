@@ -44,10 +44,15 @@ def planted_store(**kwargs):
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("causal")
     ds = planted_store(shifts={"kl_norm": {(3, 1): 0.08, (0, 5): 0.07}})
+    return root, ds, stored_report(ds, root, n_perm=200)
+
+
+def stored_report(ds, root, **settings) -> dict:
+    """Write ds as root/run.zarr and its report (circuit effects:patch unless settings say otherwise) into
+    root/out; return the summary."""
     write_store(ds, root / "run.zarr")
-    summary = write_report(str(root / "run.zarr"), str(root / "out"), circuit="effects:patch", n_boot=200,
-                           n_perm=200, seed=1)
-    return root, ds, summary
+    return write_report(str(root / "run.zarr"), str(root / "out"), **{"circuit": "effects:patch", "n_boot": 200,
+                                                                        "seed": 1} | settings)
 
 
 def test_causal_circuit_is_exactly_the_planted_heads(planted):
@@ -224,8 +229,10 @@ def test_default_rule_is_stated():
     assert "two-sided" in rule.text() and "0.01" in rule.text() and "0.2 x" in rule.text()
 
 
-def test_effects_report_runs_without_jax(tmp_path):
-    code = textwrap.dedent(f"""
+def run_without_jax(script: str) -> None:
+    """Run script (Python, dedented) in a fresh interpreter where importing JAX, Flax, optax or jaxdiag
+    (beyond the jax-free jaxdiag.schema) fails; it must print "ok" and leave none of them imported."""
+    code = textwrap.dedent("""
         import sys
         BLOCKED = ("jax", "jaxlib", "flax", "optax", "jaxdiag")
         ALLOWED = ("jaxdiag", "jaxdiag.schema")
@@ -233,16 +240,22 @@ def test_effects_report_runs_without_jax(tmp_path):
         class Block:
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in BLOCKED and name not in ALLOWED:
-                    raise ImportError(f"blocked {{name}}")
+                    raise ImportError(f"blocked {name}")
 
         sys.meta_path.insert(0, Block())
-        from analysis.synthetic import make_dataset, write_store
-        from analysis.report import write_report
-        write_store(make_dataset(n_layers=2, n_heads=3, n_prompts=12, effects={{(1, 1): -1.0}}), r"{tmp_path}/s.zarr")
-        s = write_report(r"{tmp_path}/s.zarr", r"{tmp_path}/out", circuit="effects:patch", n_boot=20, n_perm=20)
-        assert s["circuit"]["heads"] == [[1, 1]], s["circuit"]
+    """) + textwrap.dedent(script) + textwrap.dedent("""
         assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED and m not in ALLOWED]
         print("ok")
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_effects_report_runs_without_jax(tmp_path):
+    run_without_jax(f"""
+        from analysis.synthetic import make_dataset, write_store
+        from analysis.report import write_report
+        write_store(make_dataset(n_layers=2, n_heads=3, n_prompts=12, effects={{(1, 1): -1.0}}), r"{tmp_path}/s.zarr")
+        s = write_report(r"{tmp_path}/s.zarr", r"{tmp_path}/out", circuit="effects:patch", n_boot=20, n_perm=20)
+        assert s["circuit"]["heads"] == [[1, 1]], s["circuit"]
+    """)
