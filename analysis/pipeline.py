@@ -20,7 +20,7 @@ from analysis import correlation as corr
 from analysis._util import quiet
 from analysis.circuits import Circuit
 from analysis.errors import AnalysisError
-from analysis.effects import effect_kinds, effect_sample, is_effect_variable
+from analysis.effects import effect_sample, exact_kinds, is_effect_variable
 from analysis.findings import (FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CircuitTests, Comparison,
                                CrossHead, PairInterval)
 from analysis.labels import head_matrix, per_head, units_of
@@ -62,7 +62,8 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
         xb = {v: comparison.values[v][1].values for v in TESTED}
         table = prompt_curve(xa, xb, comparison.mask.values, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200))
     steps.update()
-    causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in effect_kinds(ds)}
+    # exact kinds only: an AtP estimate gets its own section (cheap_vs_exact), and AtP* is a magnitude
+    causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in exact_kinds(ds)}
     cheap_methods = cheap.cheap_vs_exact(ds, comparison, causal, shifts, lambda: rng_for(seed, SEED_JOINT))
     steps.close()
     return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods)

@@ -4,9 +4,10 @@ Measures, in one run on this machine, on a GPT-2-small-sized model (random weigh
 trained ones do) and pairs of 15-token prompts:
 
 - jaxdiag's diagnostics alone (the sweep's step) — prompts/s;
-- jaxdiag's sweep step with every head's ``patch`` effect (and with zero + mean + patch) —
-  prompts/s and prompt x head effects/s: the posts' cost argument ("forward passes only"),
-  measured;
+- jaxdiag's sweep step with every head's exact ``patch`` effect, its attribution-patching
+  estimate (AtP: one forward and one backward pass) and AtP* (GradDrop: one backward pass per
+  layer), and with zero + mean + patch — prompts/s and prompt x head effects/s: the posts' cost
+  argument ("forward passes only"), measured;
 - TransformerLens 4's ``patching.get_act_patch_attn_head_out_all_pos`` on the same model (a
   ``TransformerBridge`` booted from the same checkpoint): one full forward (LM head included) per
   head, the field's standard all-heads patching — prompt x head effects/s;
@@ -79,7 +80,7 @@ def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, targe
 
     diagnose = diagnostics_step(graphdef, "last")
     runs = {"diagnostics": lambda: diagnose(state, tokens, lengths)}
-    for kinds in (("patch",), ("zero", "mean", "patch")):
+    for kinds in (("patch",), ("atp_patch",), ("atpstar_patch",), ("zero", "mean", "patch")):
         means = np.zeros((model.config.n_layer, model.config.n_head, model.config.d_head), np.float32)
         step = sweep_step(graphdef, "last", kinds, head_mean=means)
         runs["+".join(kinds)] = lambda step=step: step(state, tokens, lengths, target, foil, partner)
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["summary"] = {
         "patch_speedup_vs_transformerlens": jd["patch"]["head_effects_per_s"] / tl["head_effects_per_s"],
         "patch_cost_vs_diagnostics": jd["diagnostics"]["prompts_per_s"] / jd["patch"]["prompts_per_s"],
+        "exact_patch_cost_vs_atp": jd["atp_patch"]["prompts_per_s"] / jd["patch"]["prompts_per_s"],
+        "exact_patch_cost_vs_atpstar": jd["atpstar_patch"]["prompts_per_s"] / jd["patch"]["prompts_per_s"],
         "flop_ratio_one_forward_per_head_vs_jaxdiag": flops["one_forward_per_head"] / flops["jaxdiag_patch"],
         "jaxdiag_patch_gflops": flops["jaxdiag_patch"] * jd["patch"]["prompts_per_s"] / 1e9,
         "transformerlens_gflops": flops["one_forward_per_head"] * tl["prompts_per_s"] / 1e9,
@@ -207,6 +210,8 @@ def render(r: dict[str, Any]) -> str:
     flops = r["flops_per_prompt"]
     rows = [("jaxdiag diagnostics alone", jd["diagnostics"], flops["diagnostics"]),
             ("jaxdiag diagnostics + patch effects", jd["patch"], flops["jaxdiag_patch"]),
+            ("jaxdiag diagnostics + AtP (patch)", jd["atp_patch"], None),
+            ("jaxdiag diagnostics + AtP* (patch)", jd["atpstar_patch"], None),
             ("jaxdiag diagnostics + zero, mean, patch", jd["zero+mean+patch"], None),
             ("TransformerLens get_act_patch_attn_head_out_all_pos", tl, flops["one_forward_per_head"])]
     for name, row, f in rows:
@@ -218,7 +223,8 @@ def render(r: dict[str, Any]) -> str:
               f"All-heads patching: jaxdiag **{s['patch_speedup_vs_transformerlens']:.2f}x** TransformerLens "
               f"(FLOP ratio {s['flop_ratio_one_forward_per_head_vs_jaxdiag']:.2f}x: TransformerLens runs every layer and "
               f"the full LM head once per head). Effects cost {s['patch_cost_vs_diagnostics']:.0f}x the diagnostics "
-              "alone per prompt: the posts' \"forward passes only\" saving, measured.", ""]
+              "alone per prompt: the posts' \"forward passes only\" saving, measured. Exact all-heads patching costs "
+              f"{s['exact_patch_cost_vs_atp']:.1f}x AtP and {s['exact_patch_cost_vs_atpstar']:.1f}x AtP* per prompt.", ""]
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from jaxdiag.interventions import shift_heads
 from jaxdiag.model import GPT2, Context
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
 from jaxdiag.runner import Unit, diagnostics_step
-from jaxdiag.schema import QueryMode
+from jaxdiag.schema import EXACT_KINDS, QueryMode, edit_of
 
 
 
@@ -223,9 +223,12 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
     run with effects stores the same diagnostics, bit for bit, as one without.
     """
-    if "mean" in kinds and head_mean is None:
+    edits = sorted({edit_of(kind) for kind in kinds}, key=EXACT_KINDS.index)
+    if "mean" in edits and head_mean is None:
         raise ValueError("mean-ablation effects need the reference condition's head_mean")
     means = None if head_mean is None else jnp.asarray(head_mean, jnp.float32)[:, None]  # [layer, 1, head, d]
+    exact = [kind for kind in kinds if kind in EXACT_KINDS]
+    attribution = [kind for kind in kinds if kind not in EXACT_KINDS]
 
     diagnose = diagnostics_step(graphdef, query)
 
@@ -234,16 +237,22 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
         model = nnx.merge(graphdef, state)
         config = model.config
         replacements = {}
-        for kind in kinds:
-            if kind == "zero":
-                replacements[kind] = jnp.zeros((config.n_layer, 1, config.n_head, config.d_head), jnp.float32)
-            elif kind == "mean":
-                replacements[kind] = means
+        for edit in edits:
+            if edit == "zero":
+                replacements[edit] = jnp.zeros((config.n_layer, 1, config.n_head, config.d_head), jnp.float32)
+            elif edit == "mean":
+                replacements[edit] = means
             else:  # patch: the same positions of the partner, which has the same length
-                replacements[kind] = head_outputs(model, partner, lengths)
-        metric, per_kind = head_effects(model, tokens, lengths, task_readout(model, lengths, target, foil), replacements,
+                replacements[edit] = head_outputs(model, partner, lengths)
+        readout = task_readout(model, lengths, target, foil)
+        metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
                                         heads_per_step=heads_per_step)
-        return {"metric": metric} | {f"effect_{kind}": value for kind, value in per_kind.items()}
+        if attribution:
+            needed = {edit_of(kind) for kind in attribution}
+            estimates = attribution_effects(model, tokens, lengths, readout, {k: replacements[k] for k in needed},
+                                            graddrop=any(kind.startswith("atpstar_") for kind in attribution))
+            per_kind |= {kind: estimates[kind] for kind in attribution}
+        return {"metric": metric} | {f"effect_{kind}": per_kind[kind] for kind in kinds}
 
     def step(state, tokens, lengths, target, foil, partner=None):
         return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner)

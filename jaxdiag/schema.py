@@ -28,7 +28,16 @@ PROMPT_COORDS: tuple[str, ...] = ("text", "n_tokens", "tokens")
 DIMENSIONS: tuple[str, ...] = ("condition", "prompt", "layer", "head", "query", "position")
 
 # Causal effects a run can compute (docs/CONTRACT.md, schema 2): store variable `effect_<kind>`.
-EFFECT_KINDS: tuple[str, ...] = ("zero", "mean", "patch")
+# Exact effects (one edited run per head), attribution patching (AtP: first-order estimates from
+# one backward pass) and AtP* (AtP with GradDrop), each of the three edits.
+EXACT_KINDS: tuple[str, ...] = ("zero", "mean", "patch")
+EFFECT_KINDS: tuple[str, ...] = (*EXACT_KINDS, *(f"atp_{k}" for k in EXACT_KINDS), *(f"atpstar_{k}" for k in EXACT_KINDS))
+
+
+def edit_of(kind: str) -> str:
+    """The edit an effect kind estimates or measures: ``atpstar_patch`` -> ``patch``."""
+    return kind.rpartition("_")[2]
+
 # Per-prompt coordinates of a run with effects: the task's token ids (-1: none) and the pair id.
 TASK_COORDS: tuple[str, ...] = ("target", "foil", "pair")
 _METRIC_UNITS = "logit difference (with a foil) or nats (log p(target))"
@@ -40,6 +49,14 @@ TASK_ATTRS: dict[str, tuple[str, str]] = {
                "without a foil; NaN without a target", _METRIC_UNITS),
     **{f"effect_{kind}": (f"metric with the head's output (its d_head slice before c_proj, at every position) "
                           f"{how}, minus metric", _METRIC_UNITS) for kind, how in _EDITS.items()},
+    **{f"effect_atp_{kind}": (f"attribution patching (AtP), the first-order estimate of effect_{kind}: sum over "
+                              f"positions and the head's d_head slice of (a_ref - a) * d metric / d a on the prompt's "
+                              f"own run, a_ref = the head's output {how}; signed", _METRIC_UNITS) for kind, how in _EDITS.items()},
+    **{f"effect_atpstar_{kind}": (f"AtP* for head outputs (Kramar et al. 2024, GradDrop): for each layer l, AtP of "
+                                  f"effect_{kind} with the gradient through layer l's residual update (attention and MLP "
+                                  f"outputs) dropped; combined as sum over l of |estimate_l| / (n_layers - 1) (the "
+                                  f"head's own layer gives 0); unsigned, an estimate of |effect_{kind}|", _METRIC_UNITS)
+       for kind in _EDITS},
 }
 
 QueryMode = Literal["last", "all"]

@@ -40,7 +40,7 @@ from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
 from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
-from jaxdiag.schema import SCHEMA_VERSION_EFFECTS
+from jaxdiag.schema import SCHEMA_VERSION_EFFECTS, edit_of
 from jaxdiag.store import (
     SCHEMA_VERSION, Layout, check_resumable, create_store, default_chunk_size, done_chunks, finalise, is_store,
     prompts_dataset, read_attrs, utc_now, with_condition, write_chunk,
@@ -139,7 +139,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         if effects:
             n_targets += _check_task(prompt, vocab_size, label)
             record.append([prompt.target, prompt.foil, prompt.pair])
-            if "patch" in effects:
+            if any(edit_of(kind) == "patch" for kind in effects):
                 if prompt.pair is None:
                     raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
                 pairs.setdefault(prompt.pair, []).append((prompt.condition, prompt.tokens))
@@ -153,7 +153,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         _check_pair(pair, members)
     metadata = {key: "float" if kind == {"float"} else "str" for key, kind in kinds.items()}
     return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest(), n_targets,
-                pairs if "patch" in effects else None)
+                pairs if any(edit_of(kind) == "patch" for kind in effects) else None)
 
 
 def _check_task(prompt: Prompt, vocab_size: int, label: str) -> int:
@@ -350,8 +350,9 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
         if missing:
             raise JaxdiagError(f"conditions {', '.join(missing)} named in the run config are not in the prompt set "
                                f"(it has {', '.join(plan.conditions)})")
-    reference = config.reference_condition(plan.conditions) if "mean" in config.effects else None
-    if "mean" in config.effects and reference not in plan.conditions:
+    needs_mean = any(edit_of(kind) == "mean" for kind in config.effects)
+    reference = config.reference_condition(plan.conditions) if needs_mean else None
+    if needs_mean and reference not in plan.conditions:
         raise JaxdiagError(f"mean-ablation effects need a reference condition in the prompt set: {reference!r} is not "
                            f"one of {', '.join(plan.conditions)} (set effects_reference)")
     chunk_size = config.chunk_size or default_chunk_size(model_config.n_layer, model_config.n_head, plan.max_len,

@@ -13,7 +13,7 @@ import xarray as xr
 
 import jaxdiag
 from jaxdiag.cli import main
-from jaxdiag.effects import head_effects, head_outputs, task_readout
+from jaxdiag.effects import attribution_effects, head_effects, head_outputs, task_readout
 from tests.sweep_helpers import TEXT_MODEL, TOKEN_MODEL, save_tiny_model
 
 
@@ -163,3 +163,30 @@ def test_bad_task_input_is_one_line_and_writes_nothing(tmp_path, models, capsys,
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("jaxdiag: error:")
     assert not out.exists() and not list(tmp_path.glob(".bad.zarr*"))
+
+
+def test_attribution_patching_is_stored_as_computed(effect_store, models, tmp_path, capsys):
+    args, _, exact, _ = effect_store
+    out = tmp_path / "atp.zarr"
+    assert _run(capsys, *args[:-1], "atp_zero,atpstar_patch,patch", "--out", out)[0] == 0
+    ds = xr.open_zarr(out, chunks=None)
+    assert ds.attrs["effects"] == ["patch", "atp_zero", "atpstar_patch"]  # one order, however given
+    assert "unsigned" in ds["effect_atpstar_patch"].attrs["long_name"] and "signed" in ds["effect_atp_zero"].attrs["long_name"]
+    np.testing.assert_array_equal(ds["effect_patch"].values, exact["effect_patch"].values)  # exact effects unchanged
+    model = jaxdiag.load(str(models["token"]), prepend_bos=False).model
+    cfg = model.config
+    sub, partner = ds.sel(condition="clean"), ds.sel(condition="corrupt")
+    n = sub["n_tokens"].values
+    width = int(n.max())
+    order = [int(np.flatnonzero(partner["pair"].values == p)[0]) for p in sub["pair"].values]
+    lengths = jnp.asarray(n, jnp.int32)
+    tokens = jnp.asarray(sub["tokens"].values[:, :width].clip(min=0))
+    sources = head_outputs(model, jnp.asarray(partner["tokens"].values[order][:, :width].clip(min=0)), lengths)
+    readout = task_readout(model, lengths, jnp.asarray(sub["target"].values), jnp.asarray(sub["foil"].values))
+    expected = attribution_effects(model, tokens, lengths, readout,
+                                   {"zero": jnp.zeros((cfg.n_layer, 1, cfg.n_head, cfg.d_head)), "patch": sources},
+                                   graddrop=True)
+    for kind in ("atp_zero", "atpstar_patch"):
+        np.testing.assert_allclose(sub[f"effect_{kind}"].values, np.asarray(expected[kind]), rtol=1e-4, atol=1e-6,
+                                   err_msg=kind)
+    assert (ds["effect_atpstar_patch"].values[np.isfinite(ds["effect_atpstar_patch"].values)] >= 0).all()

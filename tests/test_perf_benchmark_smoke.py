@@ -50,7 +50,7 @@ def test_effects_benchmark_runs_end_to_end(tmp_path):
     assert results["machine"]["cpu_count"] and "--smoke" in results["command"] and results["command"] in markdown
     n_heads = results["model"]["n_layer"] * results["model"]["n_head"]
     assert results["transformerlens"]["shape"] == [results["model"]["n_layer"], results["model"]["n_head"]]
-    for row in ("diagnostics", "patch", "zero+mean+patch"):
+    for row in ("diagnostics", "patch", "atp_patch", "atpstar_patch", "zero+mean+patch"):
         assert results["jaxdiag"][row]["prompts_per_s"] > 0
     patch = results["jaxdiag"]["patch"]
     assert abs(patch["head_effects_per_s"] - patch["prompts_per_s"] * n_heads) < 1e-6 * patch["head_effects_per_s"]
