@@ -142,9 +142,10 @@ class Attention(nnx.Module):
 
     def _streaming(self, q, k, v, ctx: Context) -> tuple[jax.Array, AttentionView | None]:
         """Blockwise attention (O(b h q) memory); the ``[b, h, q, k]`` pattern is never formed."""
+        all_rows = bool(ctx.probes) and ctx.query == "all"
         heads, stats = streaming_attention(
-            q, k, v, ctx.lengths, scale=self.scale, precision=self.precision,
-            row_stats=bool(ctx.probes) and ctx.query == "all",
+            q, k, v, ctx.lengths, scale=self.scale, precision=self.precision, row_stats=all_rows,
+            tokens=ctx.tokens if all_rows else None,
         )
         if not ctx.probes:
             return heads, None

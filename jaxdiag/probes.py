@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from jaxdiag.diagnostics import attention_diagnostics
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.streaming import RowStats, stats_diagnostics
+from jaxdiag.streaming import RowStats, stats_diagnostics, stats_taxonomy
+from jaxdiag.taxonomy import taxonomy_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,12 @@ def _diagnostics(view: AttentionView) -> dict[str, jax.Array]:
     return attention_diagnostics(view.scores, view.visible)
 
 
+def _taxonomy(view: AttentionView) -> dict[str, jax.Array]:
+    if view.scores is None:
+        return stats_taxonomy(view.row_stats)
+    return taxonomy_scores(view.scores, view.visible, view.rows, view.tokens)
+
+
 def _pattern(view: AttentionView) -> dict[str, jax.Array]:
     return {"attention": _needs_pattern(view, "attention").probs}
 
@@ -77,6 +84,8 @@ def _needs_pattern(view: AttentionView, name: str) -> AttentionView:
 
 # The seven attention diagnostics of jaxdiag.diagnostics, [b, h, r] per layer.
 DIAGNOSTICS_PROBE = Probe("diagnostics", _diagnostics, streams=True)
+# The five head-taxonomy scores of jaxdiag.taxonomy (previous-token, self, duplicate, induction, log_z).
+TAXONOMY_PROBE = Probe("taxonomy", _taxonomy, streams=True)
 # The attention weights of the probed rows, [b, h, r, k] per layer: for tests and small inputs.
 ATTENTION_PROBE = Probe("attention", _pattern)
 # Every head's output at every position, [b, s, h, d_head] per layer (mean- and patch-ablation sources).

@@ -24,11 +24,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdiag.schema import DIAGNOSTICS
+from jaxdiag.schema import HEAD_VARIABLES
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, AttentionImpl
-from jaxdiag.probes import DIAGNOSTICS_PROBE, Probe
+from jaxdiag.probes import DIAGNOSTICS_PROBE, TAXONOMY_PROBE, Probe
 from jaxdiag.schema import QueryMode
+
+
+# What a sweep stores per head and probed row: the seven diagnostics and the five taxonomy scores.
+SWEEP_PROBES: tuple[Probe, ...] = (DIAGNOSTICS_PROBE, TAXONOMY_PROBE)
 
 
 def bucket_length(n: int, limit: int) -> int:
@@ -94,13 +98,13 @@ def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: i
 
 
 def probe_values(model: GPT2, tokens: jax.Array, lengths: jax.Array, query: QueryMode,
-                 probes: tuple[Probe, ...] = (DIAGNOSTICS_PROBE,), attention: AttentionImpl = "auto") -> dict[str, jax.Array]:
+                 probes: tuple[Probe, ...] = SWEEP_PROBES, attention: AttentionImpl = "auto") -> dict[str, jax.Array]:
     """``probes``' values ``{name: [b, layer, head(, seq)]}``; for ``query="last"`` the one row is squeezed away."""
     values = model(tokens, lengths, probes=probes, query=query, attention=attention).probes
     return {name: value[..., 0] for name, value in values.items()} if query == "last" else values
 
 
-def diagnostics_step(graphdef, query: QueryMode, probes: tuple[Probe, ...] = (DIAGNOSTICS_PROBE,), *,
+def diagnostics_step(graphdef, query: QueryMode, probes: tuple[Probe, ...] = SWEEP_PROBES, *,
                      attention: AttentionImpl = "auto"):
     """A jitted ``(state, tokens, lengths) -> probe_values(...)``."""
     @jax.jit
@@ -165,7 +169,7 @@ def run_diagnostics(
     n = len(token_lists)
     max_len = max(len(t) for t in token_lists)
     shape = (n, config.n_layer, config.n_head) + ((max_len,) if query == "all" else ())
-    out = {name: np.full(shape, np.nan, dtype=np.float32) for name in DIAGNOSTICS}
+    out = {name: np.full(shape, np.nan, dtype=np.float32) for name in HEAD_VARIABLES}
     units = make_units(list(enumerate(token_lists)), batch_size=batch_size, limit=config.n_positions)
     for unit, result in DeviceRunner(model, query).run(units):
         scatter(out, unit.keys, result)

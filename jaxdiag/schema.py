@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-SCHEMA_VERSION = 1  # what a store of diagnostics alone is
-SCHEMA_VERSION_EFFECTS = 2  # a store that also holds docs/CONTRACT.md's schema-2 causal effects
+# 2: docs/CONTRACT.md's schema 2 -- the head-taxonomy variables (always) and causal effects (on request).
+SCHEMA_VERSION = 2
 
 # Per-head diagnostics, in store order: name -> (long_name, units). docs/CONTRACT.md, schema 1.
 DIAGNOSTIC_ATTRS: dict[str, tuple[str, str]] = {
@@ -22,6 +22,18 @@ DIAGNOSTIC_ATTRS: dict[str, tuple[str, str]] = {
     "z_excess": ("<z>_pi - mean of visible z", "score units"),
 }
 DIAGNOSTICS: tuple[str, ...] = tuple(DIAGNOSTIC_ATTRS)
+# Head-taxonomy scores (schema 2), same dims: name -> (long_name, units).
+TAXONOMY_ATTRS: dict[str, tuple[str, str]] = {
+    "prev_attn": ("pi at the previous position t - 1 (NaN at t = 0)", "1"),
+    "self_attn": ("pi at the query's own position t", "1"),
+    "dup_attn": ("sum of pi over earlier positions holding the query's token (NaN if none)", "1"),
+    "induction_attn": ("sum of pi over positions j <= t whose previous token is the query's token (NaN if none)", "1"),
+    "log_z": ("log sum over visible keys of exp(z): the softmax normaliser", "score units"),
+}
+TAXONOMY: tuple[str, ...] = tuple(TAXONOMY_ATTRS)
+# Every per-head variable a sweep stores for each probed query row, in store order.
+HEAD_VARIABLE_ATTRS: dict[str, tuple[str, str]] = {**DIAGNOSTIC_ATTRS, **TAXONOMY_ATTRS}
+HEAD_VARIABLES: tuple[str, ...] = tuple(HEAD_VARIABLE_ATTRS)
 
 # Per-prompt coordinates every store has (besides the dimension coordinates).
 PROMPT_COORDS: tuple[str, ...] = ("text", "n_tokens", "tokens")
@@ -65,7 +77,7 @@ Precision = Literal["highest", "default", "bf16"]
 PRECISIONS: tuple[str, ...] = ("highest", "default", "bf16")
 
 # Names a prompt's metadata key may not take: they are the store's own variables and coordinates.
-RESERVED_KEYS: frozenset[str] = frozenset({*DIMENSIONS, *PROMPT_COORDS, *DIAGNOSTICS, *TASK_COORDS, "metric",
+RESERVED_KEYS: frozenset[str] = frozenset({*DIMENSIONS, *PROMPT_COORDS, *HEAD_VARIABLES, *TASK_COORDS, "metric",
                                           *(f"effect_{kind}" for kind in EFFECT_KINDS), "head_mean"})
 
 # `builtin:NAME` names a model or file shipped in jaxdiag/data/.

@@ -37,7 +37,7 @@ import xarray as xr
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt
-from jaxdiag.schema import DIAGNOSTIC_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS, QueryMode
+from jaxdiag.schema import HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS, QueryMode
 
 PROGRESS_DIR = ".jaxdiag-progress"
 # Chunk size when the config leaves it open: at most this many prompts, and at most this many
@@ -77,7 +77,7 @@ class Layout:
 
     def value_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every per-prompt variable a chunk computes, with its shape for one prompt."""
-        shapes = dict.fromkeys(DIAGNOSTIC_ATTRS, self.diagnostic_shape())
+        shapes = dict.fromkeys(HEAD_VARIABLE_ATTRS, self.diagnostic_shape())
         if self.effects:
             shapes["metric"] = ()
             shapes.update({f"effect_{kind}": (self.n_layers, self.n_heads) for kind in self.effects})
@@ -149,7 +149,7 @@ def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray],
     if query == "all":
         coords["query"] = np.arange(first.shape[-1])
     data = {name: xr.Variable(dims, values[name], attrs={"long_name": long_name, "units": units})
-            for name, (long_name, units) in DIAGNOSTIC_ATTRS.items()}
+            for name, (long_name, units) in HEAD_VARIABLE_ATTRS.items()}
     for name in values:
         if name in TASK_ATTRS:
             long_name, units = TASK_ATTRS[name]

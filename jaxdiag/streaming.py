@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiag.diagnostics import finish_diagnostics
+from jaxdiag.taxonomy import SUBSETS, finish_taxonomy, key_subsets, previous_tokens
 
 DEFAULT_BLOCK = 128
 
@@ -45,6 +46,11 @@ class RowStats(NamedTuple):
     m2: jax.Array  # sum exp(z - m) (z - mu)^2
     n: jax.Array  # visible keys seen (float32)
     mean_u: jax.Array  # plain mean of the visible scores
+    # with token ids (the taxonomy): per key subset (jaxdiag.taxonomy.SUBSETS) the sum exp(z - m) over
+    # its visible keys and their number, and the BOS score the row's scores were shifted by
+    subset_l: dict[str, jax.Array] | None = None
+    subset_n: dict[str, jax.Array] | None = None
+    z_bos: jax.Array | None = None
 
 
 def empty_stats(shape: tuple[int, ...]) -> RowStats:
@@ -104,6 +110,14 @@ def stats_diagnostics(stats: RowStats) -> dict[str, jax.Array]:
     )
 
 
+def stats_taxonomy(stats: RowStats) -> dict[str, jax.Array]:
+    """The five taxonomy scores from a row's final statistics (needs the subset sums: ``tokens``)."""
+    safe_l = jnp.where(stats.l > 0, stats.l, 1.0)
+    lse = jnp.where(stats.n > 0, stats.m, 0.0) + jnp.log(safe_l)
+    shares = {name: value / safe_l for name, value in stats.subset_l.items()}
+    return finish_taxonomy(stats.n, lse + stats.z_bos, shares, stats.subset_n)
+
+
 def streaming_attention(
     q: jax.Array,
     k: jax.Array,
@@ -114,6 +128,7 @@ def streaming_attention(
     precision: jax.lax.Precision | None = None,
     block: int = DEFAULT_BLOCK,
     row_stats: bool = False,
+    tokens: jax.Array | None = None,
 ) -> tuple[jax.Array, RowStats | None]:
     """Causal, right-padded attention over key blocks, with every query row's diagnostics on request.
 
@@ -126,6 +141,8 @@ def streaming_attention(
       row_stats: also return every query row's final statistics, ``[batch, head, seq]`` each,
         with rows at or beyond ``lengths`` marked empty (``n = 0``), so that
         :func:`stats_diagnostics` gives NaN there, as the direct path does.
+      tokens: ``[batch, seq]`` token ids; with ``row_stats``, the statistics also carry the
+        taxonomy's key-subset sums (:func:`stats_taxonomy`).
 
     Returns:
       The attention output ``[batch, seq, head, d_head]`` in ``v``'s dtype, and the statistics
@@ -147,9 +164,18 @@ def streaming_attention(
     # Every query sees key 0 (causal, and lengths >= 1): its score is each row's reference point.
     z_bos = jnp.einsum("bqhd,bhd->bhq", q, k[:, 0], precision=precision, preferred_element_type=jnp.float32) * fscale
 
+    with_subsets = row_stats and tokens is not None
+    if with_subsets:
+        padded_tokens = jnp.pad(tokens, ((0, 0), (0, padded - seq)), constant_values=-1)
+        token_blocks = padded_tokens.reshape(batch, n_blocks, block).swapaxes(0, 1)
+        prev_blocks = previous_tokens(padded_tokens).reshape(batch, n_blocks, block).swapaxes(0, 1)
+        rows = jnp.broadcast_to(query_pos, (batch, seq))
+    else:  # unused placeholders, so the scan has one shape of inputs
+        token_blocks = prev_blocks = jnp.zeros((n_blocks, batch, block), jnp.int32)
+
     def step(carry, xs):
-        stats, acc = carry
-        k_blk, v_blk, start = xs
+        stats, acc, subset_l, subset_n = carry
+        k_blk, v_blk, start, tok_blk, prev_blk = xs
         key_pos = start + jnp.arange(block)
         visible = (key_pos[None, None, :] <= query_pos[None, :, None]) & (key_pos[None, None, :] < lengths[:, None, None])
         visible = visible[:, None]  # [b, 1, q, block]
@@ -160,14 +186,25 @@ def streaming_attention(
             "bhqk,bkhd->bhqd", weights.astype(v.dtype), v_blk, precision=precision, preferred_element_type=jnp.float32
         )
         acc = acc * alpha[..., None] + block_out * beta[..., None]
-        return (merge(stats, new, alpha, beta, m), acc), None
+        if with_subsets:  # the same rescaling as l: sums of exp(z - m) over each subset's visible keys
+            masks = key_subsets(rows, tokens, key_pos, tok_blk, prev_blk)
+            subset_l = {name: subset_l[name] * alpha + jnp.sum(jnp.where(mask, weights, 0.0), axis=-1) * beta
+                        for name, mask in masks.items()}
+            subset_n = {name: subset_n[name] + jnp.sum(mask & visible, axis=-1) for name, mask in masks.items()}
+        return (merge(stats, new, alpha, beta, m), acc, subset_l, subset_n), None
 
-    init = (empty_stats((batch, n_head, seq)), jnp.zeros((batch, n_head, seq, d_head), jnp.float32))
+    zeros = jnp.zeros((batch, n_head, seq), jnp.float32)
+    subset_init = ({name: zeros for name in SUBSETS}, {name: jnp.zeros((batch, 1, seq), jnp.int32) for name in SUBSETS})
+    init = (empty_stats((batch, n_head, seq)), jnp.zeros((batch, n_head, seq, d_head), jnp.float32), *subset_init)
     starts = jnp.arange(n_blocks) * block
-    (stats, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, starts))
+    (stats, acc, subset_l, subset_n), _ = jax.lax.scan(
+        step, init, (k_blocks, v_blocks, starts, token_blocks, prev_blocks))
 
     out = (acc / stats.l[..., None]).astype(v.dtype).transpose(0, 2, 1, 3)  # every row has l >= 1
     if not row_stats:
         return out, None
     query_real = query_pos[None, None, :] < lengths[:, None, None]
-    return out, stats._replace(n=jnp.where(query_real, stats.n, 0.0))  # padded queries: NaN, as direct
+    stats = stats._replace(n=jnp.where(query_real, stats.n, 0.0))  # padded queries: NaN, as direct
+    if with_subsets:
+        stats = stats._replace(subset_l=subset_l, subset_n=subset_n, z_bos=z_bos)
+    return out, stats

@@ -40,7 +40,7 @@ from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
 from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
-from jaxdiag.schema import SCHEMA_VERSION_EFFECTS, edit_of
+from jaxdiag.schema import edit_of
 from jaxdiag.store import (
     SCHEMA_VERSION, Layout, check_resumable, create_store, default_chunk_size, done_chunks, finalise, is_store,
     prompts_dataset, read_attrs, utc_now, with_condition, write_chunk,
@@ -362,8 +362,6 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
                     config.query, chunk_size, plan.metadata, config.effects)
     identity = {"config": config.to_json(), "weights_sha256": checkpoint.weights_sha256,
                 "prompts_sha256": plan.digest}
-    if config.effects:
-        identity["schema_version"] = SCHEMA_VERSION_EFFECTS
 
     if process == 0 and resume and path.exists():
         check_resumable(path, identity)

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from jaxdiag.prompts import Prompt
-from jaxdiag.schema import DIAGNOSTICS
+from jaxdiag.schema import HEAD_VARIABLES
 from jaxdiag.store import PROGRESS_DIR, Layout, create_store, done_chunks, finalise, prompts_dataset
 from jaxdiag.sweep import Chunk, write_chunks
 
@@ -28,7 +28,7 @@ def _chunk(condition: int, index: int) -> Chunk:
     prompts = [Prompt(LAYOUT.conditions[condition], tuple(range(1, 2 + row % 3)), f"p{row}",
                       {"tag": f"t{row}", "score": row / 2}) for row in range(start, stop)]
     shape = (stop - start, *LAYOUT.diagnostic_shape())
-    values = {name: np.full(shape, 10 * condition + index + i, dtype=np.float32) for i, name in enumerate(DIAGNOSTICS)}
+    values = {name: np.full(shape, 10 * condition + index + i, dtype=np.float32) for i, name in enumerate(HEAD_VARIABLES)}
     return Chunk(condition, index, start, prompts, values)
 
 
