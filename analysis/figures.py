@@ -381,8 +381,7 @@ def head_taxonomy(an: Analysis) -> Figure:
     cell = 0.28 if n_heads > 8 else 0.4
     fig, axes = plt.subplots(len(names), len(scores), squeeze=False,
                              figsize=(len(scores) * (cell * n_heads + 1.2), len(names) * (cell * n_layers + 1.0) + 0.6))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     for col, var in enumerate(scores):
         values = t.means[var].statistic
         # attention shares on one 0..1 scale; log_z has its own
