@@ -22,7 +22,7 @@ from analysis.effects import EffectSample
 from analysis.labels import like
 from analysis.resampling import bootstrap_counts, finite_mask, weighted_means
 from analysis.results import ConfidenceInterval, CorrelationResult, MeanEffectResult
-from analysis.shifts import bca_interval, bootstrap_means, jackknife_acceleration, percentile_interval
+from analysis.shifts import mean_interval, percentile_interval
 
 Head = tuple[int, int]
 TEST = "one-sample t-test of each head's per-prompt effects against 0 (scipy.stats.ttest_1samp, two-sided)"
@@ -78,13 +78,10 @@ def mean_effect(values: xr.DataArray, *, n_boot: int, rng: np.random.Generator,
     """Mean over prompts per head with a BCa interval (prompts resampled with replacement, one sample)
     and the two-sided one-sample t-test against 0. values: (prompt, layer, head)."""
     mean, t, pvalue = effect_test(values)
-    x = np.asarray(values, dtype=np.float64)
-    boot = bootstrap_means(x.reshape(x.shape[0], -1), n_boot, rng).reshape((n_boot, *x.shape[1:]))
-    ci = bca_interval(boot, np.asarray(mean), jackknife_acceleration(x), confidence_level)
-    with quiet():
-        se = np.nanstd(boot, axis=0, ddof=1)
+    _, ci, se, boot = mean_interval(np.asarray(values, dtype=np.float64), n_boot, rng, confidence_level)
     return MeanEffectResult(mean, ConfidenceInterval(like(mean, ci.low), like(mean, ci.high)), like(mean, se),
-                            like(mean, boot, ("resample",)), pvalue, t, int(x.shape[0]), "BCa", confidence_level)
+                            like(mean, boot, ("resample",)), pvalue, t, int(values.shape[0]), "BCa",
+                            confidence_level)
 
 
 def joint_bootstrap(diagnostics: dict[str, tuple[np.ndarray, np.ndarray]], a: str, b: str, sample: EffectSample,

@@ -22,6 +22,7 @@ from analysis._util import quiet  # noqa: E402
 from analysis.findings import N_SIGMA, TESTED, Analysis, figure_names  # noqa: E402
 from analysis.labels import head_label, pair_label  # noqa: E402
 from analysis.summary import magnitude_label  # noqa: E402
+from analysis.taxonomy import ROLE_SCORES  # noqa: E402
 
 MAX_POINTS = 200
 COLOR_A, COLOR_B = "tab:red", "tab:blue"
@@ -367,6 +368,50 @@ def cheap_vs_exact(an: Analysis) -> Figure:
     return fig
 
 
+def head_taxonomy(an: Analysis) -> Figure:
+    """Fig. 11: per condition (rows) and score (columns), each head's mean score as a layer x head map (grey:
+    undefined, e.g. induction_attn without repeats); outlined: heads with the role that score decides."""
+    from matplotlib.patches import Rectangle
+
+    t = an.taxonomy
+    scores = list(t.means)
+    names = [str(c) for c in t.sink_rate.statistic["condition"].values]
+    role_of_score = {var: role for role, var in ROLE_SCORES.items() if role in t.roles}
+    n_layers, n_heads = t.labels.sizes["layer"], t.labels.sizes["head"]
+    cell = 0.28 if n_heads > 8 else 0.4
+    fig, axes = plt.subplots(len(names), len(scores), squeeze=False,
+                             figsize=(len(scores) * (cell * n_heads + 1.2), len(names) * (cell * n_layers + 1.0) + 0.6))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    for col, var in enumerate(scores):
+        values = t.means[var].statistic
+        # attention shares on one 0..1 scale; log_z has its own
+        limits = (0.0, 1.0) if var != "log_z" else (None, None)
+        role = role_of_score.get(var)
+        for row, c in enumerate(names):
+            ax = axes[row, col]
+            im = ax.imshow(np.ma.masked_invalid(values.sel(condition=c).values), cmap=cmap, vmin=limits[0],
+                           vmax=limits[1], aspect="equal", interpolation="nearest")
+            if role is not None:
+                for layer, head in t.heads_with(role):
+                    ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.6))
+            ax.set_xticks(range(n_heads))
+            ax.set_yticks(range(n_layers))
+            ax.tick_params(labelsize=5, length=1.5, pad=1)
+            title = var if row else (f"{var}\n{role} >= {t.thresholds[role]:g} on {t.sources[role]}" if role else var)
+            ax.set_title(title, fontsize=7)
+            if col == 0:
+                ax.set_ylabel(f"{c}\nlayer", fontsize=7)
+            if row == len(names) - 1:
+                ax.set_xlabel("head", fontsize=7)
+            if var == "log_z" or var == [v for v in scores if v != "log_z"][-1]:  # one bar per scale
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+    rates = ", ".join(f"{c} {float(t.sink_rate.statistic.sel(condition=c)):.2f}" for c in names)
+    fig.suptitle(f"Head taxonomy: mean scores per condition (red outline: the column's role); "
+                 f"sink rate (bos_attn > {t.sink_rate.epsilon:g}): {rates}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "fig1_one_head": one_head,
     "fig2_circuit_heads": circuit_grid,
@@ -378,6 +423,7 @@ FIGURES = {
     "fig8_c_diff_clustered": clustered_c_diff,
     "fig9_causal_effects": causal_effects,
     "fig10_cheap_vs_exact": cheap_vs_exact,
+    "fig11_head_taxonomy": head_taxonomy,
 }
 
 

@@ -20,6 +20,7 @@ from analysis.circuits import Circuit
 from analysis.labels import head_at
 from analysis.results import (ConfidenceInterval, CorrelationResult, MannWhitneyResult, MaxNullResult,
                               MeanEffectResult, PermutationResult, ShiftResult, StratifiedResult)
+from analysis.taxonomy import HeadTaxonomy
 
 TESTED = ("kl_norm", "chi")  # the posts' two diagnostics: every circuit test runs on both
 N_SIGMA = 5.0  # the posts' band: |C_diff| > 5 sigma
@@ -28,7 +29,7 @@ FLAG_LEVEL = 0.05  # the diagnostics flag a head when its per-head BH q <= this 
 # them without importing matplotlib)
 FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
                 "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered",
-                "fig9_causal_effects", "fig10_cheap_vs_exact")
+                "fig9_causal_effects", "fig10_cheap_vs_exact", "fig11_head_taxonomy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +187,8 @@ class Analysis:
     curve: dict[str, list]  # significance vs prompt count (empty when not computed)
     causal: dict[str, CausalEffects] = dataclasses.field(default_factory=dict)  # effect kind -> (none: no effects)
     cheap: dict[str, CheapVsExact] = dataclasses.field(default_factory=dict)  # exact kind -> (none: no AtP/AtP*)
+    taxonomy: HeadTaxonomy | None = None  # per-head role scores and labels (None: a store without schema 2's
+    # taxonomy variables)
 
     def delta(self, var: str) -> xr.DataArray:
         return self.shifts[var].statistic
@@ -193,7 +196,7 @@ class Analysis:
 
 def figure_names(an: Analysis) -> list[str]:
     """The figures drawn for this report, in order (fig7 needs the prompt-count curve, fig9 causal effects,
-    fig10 cheap estimates of them)."""
+    fig10 cheap estimates of them, fig11 the taxonomy variables)."""
     needs = {"fig7_prompt_count": bool(an.curve), "fig9_causal_effects": bool(an.causal),
-             "fig10_cheap_vs_exact": bool(an.cheap)}
+             "fig10_cheap_vs_exact": bool(an.cheap), "fig11_head_taxonomy": an.taxonomy is not None}
     return [name for name in FIGURE_NAMES if needs.get(name, True)]

@@ -10,6 +10,7 @@ import numpy as np
 from analysis.findings import FLAG_LEVEL, TESTED, Analysis, CausalEffects, CheapVsExact, figure_names
 from analysis.labels import head_label, pair_label
 from analysis.summary import circuit_head_rows, magnitude_label, mann_whitney_entry
+from analysis.taxonomy import NEEDS_REPEATS, ROLE_SCORES, HeadTaxonomy
 
 def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
@@ -153,6 +154,8 @@ def markdown(an: Analysis) -> str:
         lines += causal_lines(an)
     if an.cheap:
         lines += cheap_lines(an)
+    if an.taxonomy is not None:
+        lines += taxonomy_lines(an.taxonomy)
     lines += ["", "## Figures", ""] + [f"![{f}.png]({f}.png)" for f in figure_names(an)] + [""]
     return "\n".join(lines)
 
@@ -300,3 +303,59 @@ def verdict_line(kind: str, x: CheapVsExact) -> str:
         return said + (f"; but the intervals of {', '.join(f'`{m}`' for m in x.ties)} overlap its interval, so these "
                        f"data do not rank {'it' if len(x.ties) == 1 else 'them'} below `{best}`.")
     return said + "; no other method's interval overlaps its interval."
+
+
+def taxonomy_lines(t: HeadTaxonomy) -> list[str]:
+    """The "Head taxonomy" section: the sink rate per condition, the roles and their rule, and every head's
+    mean scores per condition with intervals."""
+    names = [str(c) for c in t.sink_rate.statistic["condition"].values]
+    where = ("each prompt's score is its mean over the query positions where it is defined"
+             if t.query_positions == "all" else "each prompt's score is read at its last token")
+    intro = ("Per head and condition, the mean over prompts of each attention score (" + where + "), with 95% "
+             "BCa bootstrap intervals (prompts resampled with replacement); summary.json `taxonomy`. "
+             "prev_attn = attention on the previous token, self_attn on the current one, dup_attn on earlier copies "
+             "of the current token, induction_attn on tokens that followed an earlier copy of it (TransformerLens's "
+             "induction pattern), bos_attn on the first token, log_z the softmax normaliser. "
+             f"{' and '.join(NEEDS_REPEATS)} are NaN where the current token has no earlier copy, so a condition "
+             "without repeats shows n/a for them, never 0.")
+    sinks = [f"- **Sink rate** Sink_eps (Gu et al. 2024): share of heads whose mean bos_attn exceeds eps = "
+             f"{fmt(t.sink_rate.epsilon)}, among heads with a defined mean; 95% percentile interval over the same "
+             "prompt resamples. Uniform causal attention over T tokens gives H_T / T (0.211 at T = 16), below eps."]
+    for c in names:
+        at = {"condition": c}
+        sinks.append(f"  - `{c}`: {fmt(float(t.sink_rate.statistic.sel(at)))} "
+                     f"[{fmt(float(t.sink_rate.confidence_interval.low.sel(at)))}, "
+                     f"{fmt(float(t.sink_rate.confidence_interval.high.sel(at)))}] of "
+                     f"{int(t.sink_rate.n_heads.sel(at))} heads")
+    roles = ["- **Roles**: a head has a role when its mean score on the role's source condition is >= the "
+             "threshold (the condition where the score is defined most often: for induction and duplicate-token "
+             "roles, the one with repeats). Rules: "
+             + "; ".join(f"{r}: {ROLE_SCORES[r]} >= {fmt(t.thresholds[r])} on `{t.sources[r]}`" for r in t.roles)
+             + "."]
+    roles += [f"  - {r}: {heads_text(t.heads_with(r)) or 'none'}" for r in t.roles]
+    scores = list(t.means)
+    table = ["| head | labels | condition | " + " | ".join(scores) + " |",
+             "|---|---|---|" + "---|" * len(scores)]
+    labels = t.labels
+    for layer in labels["layer"].values:
+        for head in labels["head"].values:
+            tag = ", ".join(t.roles_of(layer, head)) or "-"
+            for k, c in enumerate(names):
+                at = {"condition": c, "layer": layer, "head": head}
+                cells = [_score_cell(t.means[v], at) for v in scores]
+                first = k == 0
+                table.append(f"| {head_label(layer, head) if first else ''} | {tag if first else ''} | `{c}` | "
+                             + " | ".join(cells) + " |")
+    return section("Head taxonomy", intro, [sinks, roles, table])
+
+
+def _score_cell(mean, at: dict) -> str:
+    def three(x) -> str:
+        x = float(x)
+        return f"{x:.3f}" if math.isfinite(x) else "n/a"
+
+    value = float(mean.statistic.sel(at))
+    if not math.isfinite(value):
+        return "n/a"
+    return (f"{three(value)} [{three(mean.confidence_interval.low.sel(at))}, "
+            f"{three(mean.confidence_interval.high.sel(at))}]")

@@ -8,6 +8,7 @@ and the permutations are the same draws for every variable, so joint statistics 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import xarray as xr
@@ -29,6 +30,7 @@ from analysis.resampling import rng_for
 from analysis.results import ConfidenceInterval, CorrelationResult, ShiftResult
 from analysis.shifts import shift
 from analysis.store import check_condition, check_variables, condition_array, provenance
+from analysis.taxonomy import TAXONOMY_VARIABLES, has_taxonomy, head_taxonomy
 
 SEED_BOOT, SEED_PERM, SEED_STRAT, SEED_CNULL, SEED_CBOOT, SEED_CURVE, SEED_EFFECT, SEED_JOINT = range(1, 9)
 HEAD_VARIABLE_DIMS = {"condition", "prompt", "layer", "head"}
@@ -36,11 +38,14 @@ HEAD_VARIABLE_DIMS = {"condition", "prompt", "layer", "head"}
 
 def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int = 1000, n_perm: int = 1000,
                  seed: int = 0, variables: tuple[str, ...] | None = None, curve: bool = True,
-                 store_path: str | Path | None = None, rule: ca.CircuitRule = ca.CircuitRule()) -> Analysis:
+                 store_path: str | Path | None = None, rule: ca.CircuitRule = ca.CircuitRule(),
+                 thresholds: Mapping[str, float] | None = None) -> Analysis:
     """Compare condition a with condition b on every head of the store (loads only needed variables).
 
     store_path: how the report names the store (default: the path xarray opened it from).
     rule: what makes a head part of a causal circuit (used only when the store has causal effects).
+    thresholds: role -> threshold of the head taxonomy (analysis.taxonomy.DEFAULT_THRESHOLDS otherwise; used
+      only when the store has the taxonomy variables).
     """
     comparison = compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
                          store_path=store_path)
@@ -65,8 +70,11 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
     # exact kinds only: an AtP estimate gets its own section (cheap_vs_exact), and AtP* is a magnitude
     causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in exact_kinds(ds)}
     cheap_methods = cheap.cheap_vs_exact(ds, comparison, causal, shifts, lambda: rng_for(seed, SEED_JOINT))
+    # every condition of the store, not just a and b: a head's role is a property of the model
+    taxonomy = head_taxonomy(ds, n_boot=n_boot, seed=seed, thresholds=thresholds) if has_taxonomy(ds) else None
     steps.close()
-    return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods)
+    return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods,
+                    taxonomy)
 
 
 def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_perm: int, seed: int,
@@ -82,8 +90,10 @@ def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_
     shape = (ds.sizes["layer"], ds.sizes["head"])
     circuit.check_fits(*shape)
     mask = per_head(circuit.mask(*shape), ds, name="circuit")
-    variables = variables or tuple(v for v in ds.data_vars
-                                   if HEAD_VARIABLE_DIMS <= set(ds[v].dims) and not is_effect_variable(v))
+    # the taxonomy scores have their own section (and NaN wherever a token has no earlier copy): the
+    # comparison's shifts stay those of the diagnostics, as on stores written before them
+    variables = variables or tuple(v for v in ds.data_vars if HEAD_VARIABLE_DIMS <= set(ds[v].dims)
+                                   and not is_effect_variable(v) and v not in TAXONOMY_VARIABLES)
     variables = tuple(dict.fromkeys(TESTED + tuple(variables)))
     values = {v: (condition_array(ds, a, v), condition_array(ds, b, v)) for v in variables}
     n_a, n_b = (x.sizes["prompt"] for x in values["kl_norm"])

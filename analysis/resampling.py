@@ -21,9 +21,10 @@ import numpy as np
 CHUNK = 256  # resamples per chunk: keeps a [CHUNK, n_prompts] float64 matrix around 20 MB at 10k prompts
 
 
-def rng_for(seed: int, purpose: int) -> np.random.Generator:
-    """An independent generator per purpose, so adding a test never changes another test's draws."""
-    return np.random.default_rng([int(seed), int(purpose)])
+def rng_for(seed: int, purpose: int, *part: int) -> np.random.Generator:
+    """An independent generator per purpose (and per part of one purpose, e.g. a condition's index), so
+    adding a test never changes another test's draws."""
+    return np.random.default_rng([int(seed), int(purpose), *(int(p) for p in part)])
 
 
 def bootstrap_counts(n: int, n_resamples: int, rng: np.random.Generator, chunk: int = CHUNK) -> Iterator[np.ndarray]:

@@ -115,3 +115,27 @@ class MeanEffectResult:
     method: str
     confidence_level: float
     alternative: str = "two-sided"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanResult:
+    """Mean over prompts per head (and condition) with a bootstrap interval; NaN where nothing is defined
+    (analysis.taxonomy.score_means)."""
+
+    statistic: Array  # mean over prompts of each prompt's score (NaN entries skipped)
+    confidence_interval: ConfidenceInterval
+    standard_error: Array  # SD of the bootstrap distribution
+    n: Array  # prompts with a defined score, per head
+    method: str
+    confidence_level: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkRateResult:
+    """Share of heads whose mean attention to the first token exceeds epsilon (Gu et al. 2024's Sink_eps),
+    per condition, with a percentile interval over the same prompt bootstrap as the means."""
+
+    statistic: Array  # (condition,) share of heads with mean bos_attn > epsilon, among heads with a defined mean
+    confidence_interval: ConfidenceInterval
+    epsilon: float
+    n_heads: Array  # (condition,) heads with a defined mean bos_attn (the denominator)

@@ -97,6 +97,18 @@ def bca_interval(boot: np.ndarray, theta: np.ndarray, accel: np.ndarray, level: 
     return ConfidenceInterval(*out)
 
 
+def mean_interval(x: np.ndarray, n_boot: int, rng: np.random.Generator, confidence_level: float = 0.95
+                  ) -> tuple[np.ndarray, ConfidenceInterval, np.ndarray, np.ndarray]:
+    """One sample's mean over prompts (axis 0) per column, NaN skipped, with a BCa interval (prompts
+    resampled with replacement): (mean, interval, bootstrap SE, [n_boot, *columns] replicates)."""
+    x = np.asarray(x, dtype=np.float64)
+    with quiet():
+        mean = np.nanmean(x, axis=0)
+        boot = bootstrap_means(x.reshape(x.shape[0], -1), n_boot, rng).reshape((n_boot, *x.shape[1:]))
+        se = np.nanstd(boot, axis=0, ddof=1)
+    return mean, bca_interval(boot, mean, jackknife_acceleration(x), confidence_level), se, boot
+
+
 def shift(xa: np.ndarray | xr.DataArray, xb: np.ndarray | xr.DataArray, *, n_boot: int = 1000,
           rng: np.random.Generator | int = 0, method: str = "BCa", confidence_level: float = 0.95) -> ShiftResult:
     """Delta of means (a - b) per head with a bootstrap confidence interval.

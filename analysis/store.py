@@ -77,11 +77,8 @@ def condition_array(ds: xr.Dataset, condition: str, variable: str) -> xr.DataArr
     Stores written with ``--query all`` are read at each prompt's last real token (query position
     n_tokens - 1), the position the posts analyse.
     """
-    check_condition(ds, condition)
-    check_variables(ds, [variable])
-    da = ds[variable].sel(condition=condition)
-    valid = _valid_prompts(ds, condition, da)
-    da = da.isel(prompt=valid)
+    da = condition_prompts(ds, condition, variable)
+    valid = _valid_prompts(ds, condition, ds[variable].sel(condition=condition))
     if "query" in da.dims:
         if "n_tokens" not in ds.coords:
             raise AnalysisError("store has a query dimension but no n_tokens coordinate to find the last token")
@@ -92,6 +89,15 @@ def condition_array(ds: xr.Dataset, condition: str, variable: str) -> xr.DataArr
             raise AnalysisError("store's query positions do not include every prompt's last token")
         da = da.isel(query=xr.DataArray(index, dims="prompt"))
     return da.transpose("prompt", "layer", "head").astype(np.float64)
+
+
+def condition_prompts(ds: xr.Dataset, condition: str, variable: str) -> xr.DataArray:
+    """One condition's (prompt, layer, head[, query]) values as stored (float32, lazy), NaN-filled padding
+    prompts dropped; every query position kept."""
+    check_condition(ds, condition)
+    check_variables(ds, [variable])
+    da = ds[variable].sel(condition=condition)
+    return da.isel(prompt=_valid_prompts(ds, condition, da))
 
 
 def _valid_prompts(ds: xr.Dataset, condition: str, da: xr.DataArray) -> np.ndarray:

@@ -12,6 +12,8 @@ import numpy as np
 
 from analysis.findings import (FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CheapVsExact, CircuitTests,
                                CrossHead, MethodAgreement)
+from analysis.labels import head_label
+from analysis.taxonomy import HeadTaxonomy, ROLE_SCORES
 
 
 def summary(an: Analysis) -> dict[str, Any]:
@@ -63,6 +65,8 @@ def summary(an: Analysis) -> dict[str, Any]:
         out["cheap_vs_exact"] = {kind: {m: method_entry(a, an.causal[kind]) for m, a in x.methods.items()}
                                  for kind, x in an.cheap.items()}
         out["cheap_vs_exact_verdict"] = {kind: verdict_entry(x) for kind, x in an.cheap.items()}
+    if an.taxonomy is not None:  # only stores with schema 2's taxonomy variables get the key
+        out["taxonomy"] = taxonomy_entry(an.taxonomy)
     out["prompt_curve"] = an.curve
     out["settings"] = {"n_boot": c.n_boot, "n_perm": c.n_perm, "seed": c.seed,
                        "bootstrap": "prompts resampled with replacement within each condition",
@@ -164,3 +168,38 @@ def magnitude_label(m: MethodAgreement) -> str:
     if m.family == "diagnostic":
         return f"|delta {m.name.removeprefix('delta_')}|"
     return f"|mean {m.name}|" if m.family == "atp" else f"mean {m.name} (unsigned)"
+
+
+def taxonomy_entry(t: HeadTaxonomy) -> dict[str, Any]:
+    """Per-head mean scores per condition with intervals, every head's roles, the sink rate."""
+    def by_condition(da) -> dict[str, Any]:
+        return {str(c): da.sel(condition=c).values for c in da["condition"].values}
+
+    labels = t.labels
+    return {
+        "scores": {v: by_condition(m.statistic) for v, m in t.means.items()},
+        "ci": {v: {str(c): {"low": m.confidence_interval.low.sel(condition=c).values,
+                            "high": m.confidence_interval.high.sel(condition=c).values}
+                   for c in m.statistic["condition"].values} for v, m in t.means.items()},
+        "n_prompts": {v: by_condition(m.n) for v, m in t.means.items()},
+        "labels": {head_label(l, h): t.roles_of(l, h) for l in labels["layer"].values for h in labels["head"].values},
+        "thresholds": {r: t.thresholds[r] for r in t.roles},
+        "role_scores": {r: ROLE_SCORES[r] for r in t.roles},
+        "sources": t.sources,
+        "sink_rate": {str(c): float(t.sink_rate.statistic.sel(condition=c)) for c in t.sink_rate.statistic["condition"].values},
+        "sink_rate_ci": {str(c): {"low": float(t.sink_rate.confidence_interval.low.sel(condition=c)),
+                                  "high": float(t.sink_rate.confidence_interval.high.sel(condition=c))}
+                         for c in t.sink_rate.statistic["condition"].values},
+        "sink_heads_counted": by_condition(t.sink_rate.n_heads),
+        "epsilon": t.sink_rate.epsilon,
+        "query_positions": t.query_positions,
+        "method": t.means["bos_attn"].method, "level": t.means["bos_attn"].confidence_level,
+        "rule": "role when the head's mean score on the role's source condition >= its threshold; "
+                "sink rate: share of heads (with a defined mean) whose mean bos_attn > epsilon",
+        "averaging": ("mean over prompts of each prompt's score; a prompt's score is its mean over the query "
+                      "positions where the score is defined" if t.query_positions == "all" else
+                      "mean over prompts of the score at each prompt's last token")
+                     + "; NaN where no prompt defines it (dup_attn, induction_attn need a repeated token)",
+        "ci_method": "BCa, prompts resampled with replacement within each condition; sink rate: percentile "
+                     "over the same resamples",
+    }

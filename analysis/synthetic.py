@@ -11,6 +11,11 @@ effect kind of head (2, 3) a per-prompt mean of exactly -1.0 on the first condit
 task target); every other head's mean effect is 0. Cheap estimates ride on them:
 ``cheap_kinds=("atp_patch", "atpstar_patch")`` adds AtP-like ``effect_atp_patch`` = effect_patch + noise
 (signed) and AtP*-like ``effect_atpstar_patch`` = |effect_patch + noise| (an unsigned magnitude).
+
+Head-taxonomy scores (CONTRACT.md schema 2) are planted by role: ``roles={"induction": [(1, 2)],
+"sink": [(0, 0)]}`` gives those heads a mean score of exactly ROLE_SCORE on the role's variable and every
+other head BACKGROUND_SCORE (see `plant_taxonomy`); dup_attn and induction_attn exist only on the
+conditions with repeats (default: the first) and are NaN elsewhere.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
                  couplings: Mapping[tuple[tuple[int, int], tuple[int, int]], float] | None = None,
                  seed: int = 0, circuit: str | dict | None = None, effects: HeadShifts | None = None,
                  effect_kinds: Sequence[str] = EXACT_KINDS, effect_noise: float = 0.05,
-                 cheap_kinds: Sequence[str] = (), cheap_noise: float = 0.05) -> xr.Dataset:
+                 cheap_kinds: Sequence[str] = (), cheap_noise: float = 0.05,
+                 roles: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+                 repeats: Sequence[str] | None = None) -> xr.Dataset:
     """A store-shaped Dataset with dims (condition, prompt, layer, head).
 
     shifts: {"kl_norm" | "chi": {(layer, head): delta}} added to the first condition only, so
@@ -58,6 +65,10 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
     cheap_kinds: AtP-family estimates of planted kinds ("atp_K", "atpstar_K"; see `plant_cheap`), drawn from
       their own random stream, so the exact effects are the same with or without them.
     cheap_noise: SD of a cheap estimate's per-prompt error (0: AtP equals the exact effect).
+    roles: {role: heads} of analysis.taxonomy.ROLE_SCORES planted in the taxonomy variables (see
+      `plant_taxonomy`; it rewrites bos_attn); None (the default) writes a store without them, exactly as
+      before (they draw from their own random stream).
+    repeats: the conditions whose prompts repeat tokens (dup_attn, induction_attn defined); default: the first.
     """
     rng = np.random.default_rng(seed)
     conditions = [str(c) for c in conditions]
@@ -125,12 +136,55 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
             "config": json.dumps(config), "complete": True,
         },
     )
+    if roles is not None:
+        ds = plant_taxonomy(ds, counts, roles, conditions[:1] if repeats is None else repeats,
+                            np.random.default_rng([seed, 3]))
     if effects is None:
         if cheap_kinds:
             raise AnalysisError("cheap_kinds estimate planted effects: pass effects too")
         return ds
     ds = plant_effects(ds, counts, effects, effect_kinds, effect_noise, np.random.default_rng([seed, 1]))
     return plant_cheap(ds, cheap_kinds, cheap_noise, np.random.default_rng([seed, 2])) if cheap_kinds else ds
+
+
+ROLE_SCORE, BACKGROUND_SCORE = 0.7, 0.05  # planted mean score of a head with / without the role
+ROLE_NOISE, BACKGROUND_NOISE = 0.05, 0.01  # per-prompt SDs: scores stay in (0, 1) without clipping
+LOG_Z = 2.0  # planted mean log_z of every head (it has no role)
+
+
+def plant_taxonomy(ds: xr.Dataset, counts: Sequence[int], roles: Mapping[str, Sequence[tuple[int, int]]],
+                   repeats: Sequence[str], rng: np.random.Generator) -> xr.Dataset:
+    """Add prev_attn, self_attn, dup_attn, induction_attn and log_z, and rewrite bos_attn: per prompt, a head
+    with the role gets ROLE_SCORE + ROLE_NOISE x N(0, 1) on the role's variable, every other head
+    BACKGROUND_SCORE + BACKGROUND_NOISE x N(0, 1), so the true means are exactly those two values. dup_attn
+    and induction_attn are NaN on conditions not in repeats (no token has an earlier copy there)."""
+    from analysis.taxonomy import ROLE_SCORES  # noqa: PLC0415 (taxonomy reads stores; synthetic writes them)
+
+    unknown = set(roles) - set(ROLE_SCORES)
+    if unknown:
+        raise AnalysisError(f"unknown role(s) {', '.join(sorted(unknown))}: roles are {', '.join(ROLE_SCORES)}")
+    names = [str(c) for c in ds["condition"].values]
+    if set(repeats) - set(names):
+        raise AnalysisError(f"repeats names unknown condition(s): {', '.join(sorted(set(repeats) - set(names)))}")
+    shape = (ds.sizes["condition"], ds.sizes["prompt"], ds.sizes["layer"], ds.sizes["head"])
+    out = ds.copy()
+    for role, var in ROLE_SCORES.items():
+        planted = np.zeros(shape[2:], dtype=bool)
+        for layer, head in roles.get(role, ()):
+            planted[layer, head] = True
+        values = np.full(shape, np.nan, dtype=np.float32)
+        for c, n in enumerate(counts):
+            noise = rng.standard_normal((n, *shape[2:]))
+            values[c, :n] = np.where(planted, ROLE_SCORE + ROLE_NOISE * noise, BACKGROUND_SCORE + BACKGROUND_NOISE * noise)
+            if var in ("dup_attn", "induction_attn") and names[c] not in repeats:
+                values[c, :n] = np.nan
+        out[var] = (ds["bos_attn"].dims, values)
+    log_z = np.full(shape, np.nan, dtype=np.float32)
+    for c, n in enumerate(counts):
+        log_z[c, :n] = LOG_Z + 0.1 * rng.standard_normal((n, *shape[2:]))
+    out["log_z"] = (ds["bos_attn"].dims, log_z)
+    out.attrs["schema_version"] = 2
+    return out
 
 
 def plant_cheap(ds: xr.Dataset, kinds: Sequence[str], noise: float, rng: np.random.Generator) -> xr.Dataset:

@@ -1,0 +1,260 @@
+"""Head taxonomy: which heads are previous-token, induction, duplicate-token, self or sink heads.
+
+The sweep stores, per query position t (CONTRACT.md schema 2), how much attention a head puts on
+t - 1 (`prev_attn`), on t itself (`self_attn`), on earlier copies of the current token (`dup_attn`),
+on tokens that followed an earlier copy of it (`induction_attn`, TransformerLens's induction
+pattern) and its softmax normaliser (`log_z`); `bos_attn` (schema 1) is the attention on the first
+token. Each is the TransformerLens head detector's "mul" score ΣA⊙D / ΣA of one query row (A sums to
+1), so its mean over prompts is that detector's score.
+
+A head's score on a condition is the mean over prompts of each prompt's score; a prompt's score is
+its value at the last token (query="last" stores) or its mean over the query positions where the
+score is defined (query="all"), so every prompt weighs the same and the bootstrap resamples prompts,
+the independent units. dup_attn and induction_attn are NaN where the current token has no earlier
+copy, so a condition without repeats has NaN means (never 0) and the roles that need repeats are
+decided on "the condition with repeats": the one where the score is defined most often.
+
+    labels = classify(ds)                      # (layer, head) booleans per role + a string `label`
+    labels = classify(ds, thresholds={"induction": 0.6}, condition="repeated")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+import xarray as xr
+
+from analysis._util import quiet
+from analysis.errors import AnalysisError
+from analysis.labels import HEAD_DIMS
+from analysis.resampling import rng_for
+from analysis.results import ConfidenceInterval, MeanResult, SinkRateResult
+from analysis.shifts import mean_interval, percentile_interval
+from analysis.store import conditions, condition_prompts
+
+# schema 2's head-taxonomy variables (dims as the diagnostics), and the scores the taxonomy reports:
+# those plus schema 1's bos_attn, which decides the sink role
+TAXONOMY_VARIABLES = ("prev_attn", "self_attn", "dup_attn", "induction_attn", "log_z")
+SCORES = ("prev_attn", "self_attn", "dup_attn", "induction_attn", "bos_attn", "log_z")
+NEEDS_REPEATS = ("dup_attn", "induction_attn")  # NaN wherever the current token has no earlier copy
+EPSILON = 0.3  # Gu et al. 2024's sink threshold on the mean attention to the first token
+ROLE_SCORES = {"previous_token": "prev_attn", "induction": "induction_attn", "duplicate_token": "dup_attn",
+               "self": "self_attn", "sink": "bos_attn"}
+# A head has a role when its mean score on the role's source condition is >= the threshold. 0.4 is six
+# times what uniform attention gives a single key at n = 15 (1/15 = 0.067) and leaves the head most of
+# its attention elsewhere; the sink cut is Gu et al.'s epsilon. Thresholds are settable per role.
+DEFAULT_THRESHOLDS = {"previous_token": 0.4, "induction": 0.4, "duplicate_token": 0.4, "self": 0.4, "sink": EPSILON}
+NO_ROLE = "none"  # `label` of a head without any role
+SEED_TAXONOMY = 9  # resampling purpose of the taxonomy's bootstrap (pipeline's purposes are 1..8)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSample:
+    """One score's per-prompt values on every condition, read once from the store."""
+
+    values: dict[str, np.ndarray]  # condition -> float64 [prompt, layer, head]
+    defined: dict[str, int]  # condition -> defined (prompt[, query], layer, head) entries: how often it exists
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadTaxonomy:
+    """Per-head mean scores per condition, the sink rate and every head's roles (the report's section)."""
+
+    means: dict[str, MeanResult]  # score -> statistic etc. with dims (condition, layer, head)
+    sink_rate: SinkRateResult  # dims (condition,)
+    labels: xr.Dataset  # classify's output: (layer, head) booleans per role and `label`
+    thresholds: dict[str, float]  # role -> threshold used
+    sources: dict[str, str]  # role -> condition whose means decided it
+    query_positions: str  # "last" or "all": what a prompt's score averages
+
+    @property
+    def roles(self) -> list[str]:
+        return [r for r in ROLE_SCORES if r in self.labels]
+
+    def heads_with(self, role: str) -> list[tuple[int, int]]:
+        """Heads labelled role, layer-major."""
+        return [(int(self.labels["layer"].values[l]), int(self.labels["head"].values[h]))
+                for l, h in np.argwhere(self.labels[role].values)]
+
+    def roles_of(self, layer: int, head: int) -> list[str]:
+        return [r for r in self.roles if bool(self.labels[r].sel(layer=layer, head=head))]
+
+
+def has_taxonomy(ds: xr.Dataset) -> bool:
+    """Does the store hold any of schema 2's head-taxonomy variables? (Older stores hold none.)"""
+    return any(v in ds.data_vars for v in TAXONOMY_VARIABLES)
+
+
+def prompt_scores(ds: xr.Dataset, condition: str, variable: str) -> tuple[np.ndarray, int]:
+    """float64 [prompt, layer, head] of one condition (padding prompts dropped) and how many entries are
+    defined. A query="all" store's prompt score is its mean over the query positions where it is defined
+    (NaN when none is)."""
+    da = condition_prompts(ds, condition, variable)
+    da = da.transpose("prompt", *HEAD_DIMS, *(("query",) if "query" in da.dims else ()))
+    x = np.asarray(da.values, dtype=np.float64)
+    defined = int(np.isfinite(x).sum())
+    if x.ndim == 4:
+        with quiet():  # a prompt with no defined query stays NaN
+            x = np.nanmean(x, axis=3)
+    return x, defined
+
+
+def score_samples(ds: xr.Dataset, variables: tuple[str, ...] | None = None) -> dict[str, ScoreSample]:
+    """Every score the store holds (default: SCORES), per condition, per prompt."""
+    variables = tuple(v for v in (variables or SCORES) if v in ds.data_vars)
+    out = {}
+    for v in variables:
+        read = {c: prompt_scores(ds, c, v) for c in conditions(ds)}
+        out[v] = ScoreSample({c: x for c, (x, _) in read.items()}, {c: n for c, (_, n) in read.items()})
+    return out
+
+
+def means_of(samples: Mapping[str, ScoreSample], template: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Mean over prompts of each score, (condition, layer, head); NaN where no prompt defines it."""
+    out = {}
+    for v, sample in samples.items():
+        with quiet():
+            stacked = np.stack([np.nanmean(x, axis=0) for x in sample.values.values()])
+        out[v] = _per_condition(stacked, list(sample.values), template, v)
+    return out
+
+
+def source_conditions(samples: Mapping[str, ScoreSample], condition: str | Mapping[str, str] | None = None
+                      ) -> dict[str, str]:
+    """Role -> the condition whose means decide it: condition (one name for every role, or role -> name),
+    else the condition where the role's score is defined most often (for induction and duplicate-token
+    roles, the condition with repeats; for the others, where every entry is defined, the store's first)."""
+    chosen = {r: condition for r in ROLE_SCORES} if isinstance(condition, str) else dict(condition or {})
+    unknown = set(chosen) - set(ROLE_SCORES)
+    if unknown:
+        raise AnalysisError(f"unknown role(s) {', '.join(sorted(unknown))}: roles are {', '.join(ROLE_SCORES)}")
+    out = {}
+    for role, var in ROLE_SCORES.items():
+        if var not in samples:
+            continue
+        defined = samples[var].defined
+        if role in chosen:
+            if chosen[role] not in defined:
+                raise AnalysisError(f"unknown condition {chosen[role]!r}: the store has {', '.join(defined)}")
+            out[role] = chosen[role]
+        else:  # max keeps the first of equals: ties go to the store's order
+            out[role] = max(defined, key=defined.get)
+    return out
+
+
+def check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float]:
+    """The defaults with the given roles' thresholds replaced."""
+    thresholds = dict(thresholds or {})
+    unknown = set(thresholds) - set(ROLE_SCORES)
+    if unknown:
+        raise AnalysisError(f"unknown role(s) {', '.join(sorted(unknown))}: roles are {', '.join(ROLE_SCORES)}")
+    return DEFAULT_THRESHOLDS | {r: float(t) for r, t in thresholds.items()}
+
+
+def label_heads(means: Mapping[str, xr.DataArray], sources: Mapping[str, str],
+                thresholds: Mapping[str, float]) -> xr.Dataset:
+    """(layer, head) Dataset: per role, True where the role's mean score on its source condition is >= its
+    threshold (NaN means never qualify), the score itself as `<role>_score`, and `label`: the roles joined
+    with "+" (NO_ROLE when none). Roles whose score is missing are left out."""
+    flags, scores = {}, {}
+    for role, condition in sources.items():
+        score = means[ROLE_SCORES[role]].sel(condition=condition, drop=True)
+        with quiet():
+            flags[role] = score >= thresholds[role]
+        scores[f"{role}_score"] = score
+    template = next(iter(means.values())).isel(condition=0, drop=True)
+    names = np.full(template.shape, "", dtype=object)
+    for role, flag in flags.items():
+        names = np.where(flag.values, np.where(names == "", role, names + "+" + role), names)
+    label = xr.DataArray(np.where(names == "", NO_ROLE, names).astype(str), dims=HEAD_DIMS,
+                         coords={d: template[d].values for d in HEAD_DIMS})
+    ds = xr.Dataset({**flags, **scores, "label": label})
+    ds.attrs.update(thresholds=dict(thresholds), sources=dict(sources),
+                    rule="role if the mean score on the source condition >= threshold")
+    return ds
+
+
+def classify(ds: xr.Dataset, thresholds: Mapping[str, float] | None = None,
+             condition: str | Mapping[str, str] | None = None) -> xr.Dataset:
+    """Label every head of a store by role (see DEFAULT_THRESHOLDS; `thresholds` replaces some of them).
+
+    Returns a (layer, head) Dataset with one boolean per role (previous_token: mean prev_attn >= 0.4;
+    induction: mean induction_attn >= 0.4; duplicate_token: mean dup_attn >= 0.4; self: mean self_attn
+    >= 0.4; sink: mean bos_attn >= 0.3), each role's score, and a string `label`. Means are over prompts of
+    the role's source condition (`condition`, else see `source_conditions`). Roles whose variable the
+    store lacks are left out: a store written before the taxonomy variables gets the sink role only.
+    """
+    samples = score_samples(ds, tuple(ROLE_SCORES.values()))
+    if not samples:
+        raise AnalysisError("store has none of the taxonomy scores (" + ", ".join(ROLE_SCORES.values()) + ")")
+    return label_heads(means_of(samples, ds), source_conditions(samples, condition), check_thresholds(thresholds))
+
+
+def sink_rate(mean: np.ndarray, boot: np.ndarray, epsilon: float = EPSILON,
+              confidence_level: float = 0.95) -> tuple[float, ConfidenceInterval, int]:
+    """Sink_eps of one condition: the share of heads whose mean bos_attn exceeds epsilon (strictly), among
+    heads with a defined mean, with a percentile interval over the bootstrap replicates of the means
+    (boot: [n_boot, layer, head]). (rate, interval, heads counted)."""
+    finite = np.isfinite(mean)
+    if not finite.any():
+        return np.nan, ConfidenceInterval(np.nan, np.nan), 0
+    with quiet():
+        rate = float(np.mean(mean[finite] > epsilon))
+        replicates = np.mean(boot[:, finite] > epsilon, axis=1)
+    ci = percentile_interval(replicates, confidence_level)
+    return rate, ConfidenceInterval(float(ci.low), float(ci.high)), int(finite.sum())
+
+
+def head_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, thresholds: Mapping[str, float] | None = None,
+                  epsilon: float = EPSILON, condition: str | Mapping[str, str] | None = None,
+                  confidence_level: float = 0.95) -> HeadTaxonomy:
+    """Every score's per-head mean per condition with a BCa interval (prompts resampled with replacement;
+    the same draws for every score of a condition), the sink rate per condition and the heads' roles."""
+    if "bos_attn" not in ds.data_vars:
+        raise AnalysisError("store lacks variable bos_attn (the sink score)")
+    samples = score_samples(ds)
+    names = conditions(ds)
+    means, boots = {}, {}
+    for v, sample in samples.items():
+        parts = [condition_mean(sample.values[c], n_boot, rng_for(seed, SEED_TAXONOMY, k), confidence_level)
+                 for k, c in enumerate(names)]
+        counts = np.stack([np.isfinite(sample.values[c]).sum(axis=0) for c in names])
+        stat, low, high, se = (np.stack(x) for x in zip(*[(m, ci.low, ci.high, s) for m, ci, s, _ in parts]))
+        means[v] = MeanResult(_per_condition(stat, names, ds, v),
+                              ConfidenceInterval(_per_condition(low, names, ds), _per_condition(high, names, ds)),
+                              _per_condition(se, names, ds), _per_condition(counts, names, ds), "BCa",
+                              confidence_level)
+        boots[v] = [boot for *_, boot in parts]
+    rates = [sink_rate(means["bos_attn"].statistic.values[k], boots["bos_attn"][k], epsilon, confidence_level)
+             for k in range(len(names))]
+    coords = {"condition": np.asarray(names, dtype=str)}
+    rate = SinkRateResult(
+        xr.DataArray([r for r, _, _ in rates], dims="condition", coords=coords),
+        ConfidenceInterval(xr.DataArray([ci.low for _, ci, _ in rates], dims="condition", coords=coords),
+                           xr.DataArray([ci.high for _, ci, _ in rates], dims="condition", coords=coords)),
+        float(epsilon), xr.DataArray([n for *_, n in rates], dims="condition", coords=coords))
+    sources = source_conditions(samples, condition)
+    chosen = check_thresholds(thresholds)
+    labels = label_heads({v: m.statistic for v, m in means.items()}, sources, chosen)
+    return HeadTaxonomy(means, rate, labels, chosen, sources, str(ds.attrs.get("query_positions", "last")))
+
+
+def condition_mean(x: np.ndarray, n_boot: int, rng: np.random.Generator, confidence_level: float
+                   ) -> tuple[np.ndarray, ConfidenceInterval, np.ndarray, np.ndarray]:
+    """analysis.shifts.mean_interval of one condition's [prompt, layer, head] scores; all NaN when the
+    condition has fewer than 2 prompts (nothing to resample)."""
+    if x.shape[0] >= 2:
+        return mean_interval(x, n_boot, rng, confidence_level)
+    with quiet():
+        mean = np.nanmean(x, axis=0) if x.shape[0] else np.full(x.shape[1:], np.nan)
+    nan = np.full(x.shape[1:], np.nan)
+    return mean, ConfidenceInterval(nan, nan), nan, np.full((n_boot, *x.shape[1:]), np.nan)
+
+
+def _per_condition(values: np.ndarray, names: list[str], template: xr.Dataset | xr.DataArray,
+                   name: str | None = None) -> xr.DataArray:
+    return xr.DataArray(values, dims=("condition", *HEAD_DIMS),
+                        coords={"condition": np.asarray(names, dtype=str),
+                                **{d: template[d].values for d in HEAD_DIMS}}, name=name)
