@@ -33,19 +33,21 @@ from analysis.resampling import rng_for
 from analysis.results import ConfidenceInterval, MeanResult, SinkRateResult
 from analysis.shifts import mean_interval, percentile_interval
 from analysis.store import conditions, condition_prompts
+from jaxdiag.schema import TAXONOMY
 
 # schema 2's head-taxonomy variables (dims as the diagnostics), and the scores the taxonomy reports:
 # those plus schema 1's bos_attn, which decides the sink role
-TAXONOMY_VARIABLES = ("prev_attn", "self_attn", "dup_attn", "induction_attn", "log_z")
+TAXONOMY_VARIABLES = TAXONOMY  # the store's five taxonomy variables (jaxdiag.schema)
 SCORES = ("prev_attn", "self_attn", "dup_attn", "induction_attn", "bos_attn", "log_z")
 NEEDS_REPEATS = ("dup_attn", "induction_attn")  # NaN wherever the current token has no earlier copy
 EPSILON = 0.3  # Gu et al. 2024's sink threshold on the mean attention to the first token
 ROLE_SCORES = {"previous_token": "prev_attn", "induction": "induction_attn", "duplicate_token": "dup_attn",
                "self": "self_attn", "sink": "bos_attn"}
-# A head has a role when its mean score on the role's source condition is >= the threshold. 0.4 is six
-# times what uniform attention gives a single key at n = 15 (1/15 = 0.067) and leaves the head most of
-# its attention elsewhere; the sink cut is Gu et al.'s epsilon. Thresholds are settable per role.
-DEFAULT_THRESHOLDS = {"previous_token": 0.4, "induction": 0.4, "duplicate_token": 0.4, "self": 0.4, "sink": EPSILON}
+# A head has a role when its mean score on the role's source condition is >= the threshold. 0.3 for
+# every role: the cut the shipped model's identification applies to the same attention scores
+# (jaxdiag.induction.identify.ROLE_SCORE) and Gu et al.'s sink epsilon; 4.5 times what uniform
+# attention gives one key at n = 15 (1/15). Thresholds are settable per role.
+DEFAULT_THRESHOLDS = {"previous_token": 0.3, "induction": 0.3, "duplicate_token": 0.3, "self": 0.3, "sink": EPSILON}
 NO_ROLE = "none"  # `label` of a head without any role
 SEED_TAXONOMY = 9  # resampling purpose of the taxonomy's bootstrap (pipeline's purposes are 1..8)
 
@@ -180,9 +182,9 @@ def classify(ds: xr.Dataset, thresholds: Mapping[str, float] | None = None,
              condition: str | Mapping[str, str] | None = None) -> xr.Dataset:
     """Label every head of a store by role (see DEFAULT_THRESHOLDS; `thresholds` replaces some of them).
 
-    Returns a (layer, head) Dataset with one boolean per role (previous_token: mean prev_attn >= 0.4;
-    induction: mean induction_attn >= 0.4; duplicate_token: mean dup_attn >= 0.4; self: mean self_attn
-    >= 0.4; sink: mean bos_attn >= 0.3), each role's score, and a string `label`. Means are over prompts of
+    Returns a (layer, head) Dataset with one boolean per role (previous_token: mean prev_attn >= 0.3;
+    induction: mean induction_attn >= 0.3; duplicate_token: mean dup_attn >= 0.3; self: mean self_attn
+    >= 0.3; sink: mean bos_attn >= 0.3), each role's score, and a string `label`. Means are over prompts of
     the role's source condition (`condition`, else see `source_conditions`). Roles whose variable the
     store lacks are left out: a store written before the taxonomy variables gets the sink role only.
     """

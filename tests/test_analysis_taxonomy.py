@@ -64,7 +64,7 @@ def test_thresholds_and_conditions_are_settable(planted):
     loose = classify(ds, thresholds={"previous_token": BACKGROUND_SCORE / 2})  # under every head's mean
     assert loose["previous_token"].values.all()
     assert (loose["label"].sel(layer=0, head=3).item() == "previous_token+duplicate_token")
-    # on the condition without repeats nothing is an induction head: its means are NaN, not >= 0.4
+    # on the condition without repeats nothing is an induction head: its means are NaN, not >= 0.3
     assert not classify(ds, condition={"induction": "random"})["induction"].values.any()
     with pytest.raises(AnalysisError, match="unknown role"):
         classify(ds, thresholds={"inductoin": 0.5})
@@ -193,7 +193,7 @@ def test_report_section_and_figure(planted):
     section = md.split("## Head taxonomy")[1].split("## Figures")[0]
     assert "Sink rate" in section and "H_T / T" in section and "never 0" in section
     assert "induction: 1.2 2.1" in section and "sink: 0.0 2.3" in section
-    assert "induction_attn >= 0.400 on `repeated`" in section
+    assert "induction_attn >= 0.300 on `repeated`" in section
     assert "| 1.2 | induction | `repeated` |" in section
     random_row = next(line for line in section.splitlines() if line.startswith("|  |  | `random` |"))
     assert random_row.count("n/a") == 2  # dup_attn and induction_attn without repeats

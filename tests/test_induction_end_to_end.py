@@ -117,3 +117,25 @@ def test_report_compares_cheap_methods_with_exact_patching(summary, report_text)
     assert atp["rho"] > 0.75 and star["rho"] > 0.75
     assert kl["high"] < min(atp["rho"], star["rho"])  # the diagnostics' whole interval lies below
     assert "Cheap methods against exact patching" in report_text
+
+
+def test_taxonomy_names_the_circuit_from_a_store_alone(tmp_path_factory):
+    """Every query position of the default prompts: classify() labels the identified induction heads and
+    the previous-token head, and no other head, from the store's taxonomy scores alone. (At the last
+    token alone 0.7 looks elsewhere: its previous-token output is read at the keys, not the query.)"""
+    import xarray as xr
+
+    from analysis import classify
+    from jaxdiag.cli import main
+
+    store = tmp_path_factory.mktemp("taxonomy") / "all.zarr"
+    assert main(["run", "--preset", "default", "--query", "all", "--n-prompts", "40", "--out", str(store), "--quiet"]) == 0
+    labels = classify(xr.open_zarr(store, chunks=None))
+    roles = tomllib.loads((CHECKPOINT_DIR / "circuit.toml").read_text())["roles"]
+
+    def heads(role: str) -> set[str]:
+        return {f"{l}.{h}" for l in labels["layer"].values for h in labels["head"].values
+                if bool(labels[role].sel(layer=l, head=h))}
+
+    assert heads("induction") == set(roles["Induction"])
+    assert heads("previous_token") == set(roles["Previous Token"])

@@ -56,3 +56,15 @@ def test_effects_benchmark_runs_end_to_end(tmp_path):
     assert abs(patch["head_effects_per_s"] - patch["prompts_per_s"] * n_heads) < 1e-6 * patch["head_effects_per_s"]
     summary = results["summary"]
     assert summary["patch_speedup_vs_transformerlens"] > 0 and summary["flop_ratio_one_forward_per_head_vs_jaxdiag"] > 1
+
+
+def test_taxonomy_benchmark_runs_end_to_end(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.taxonomy", "--smoke", "--out-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "taxonomy_smoke.json").read_text())
+    assert results["machine"]["cpu_count"] and results["command"] in (tmp_path / "TAXONOMY_SMOKE.md").read_text()
+    for row in results["rows"]:
+        assert all(s > 0 for s in row["seconds"].values()) and row["overhead"] > -1
