@@ -11,8 +11,7 @@ import torch
 
 import jaxdiag
 from jaxdiag.effects import attribution_effects, head_effects, head_gradients, head_outputs, task_readout
-from tests.conftest import TINY_CONFIG, write_torch_checkpoint
-from tests.test_effects_parity import FOUR_LAYERS
+from tests.test_effects_parity import paired_case
 
 
 def torch_atp(directory, tokens: np.ndarray, lengths: np.ndarray, target, foil, partner: np.ndarray):
@@ -50,21 +49,9 @@ def torch_atp(directory, tokens: np.ndarray, lengths: np.ndarray, target, foil, 
 
 @pytest.fixture(scope="module", params=["tiny", "four-layer"])
 def case(request, tmp_path_factory, tiny_checkpoint):
-    if request.param == "tiny":
-        directory, config = tiny_checkpoint, TINY_CONFIG
-    else:
-        directory = write_torch_checkpoint(tmp_path_factory.mktemp("four"), seed=3, qk_gain=4.0, **FOUR_LAYERS)
-        config = FOUR_LAYERS
-    rng = np.random.default_rng(7)
-    lengths = np.array([11, 11, 6, 6], np.int32)
-    tokens = np.zeros((4, 11), np.int32)
-    for i, n in enumerate(lengths):
-        tokens[i, :n] = rng.integers(0, config["vocab_size"], n)
-    partner = np.array([1, 0, 3, 2])
-    target = rng.integers(0, config["vocab_size"], 4)
-    foil = np.array([int(rng.integers(0, config["vocab_size"])), -1, int(rng.integers(0, config["vocab_size"])), -1])
-    model = jaxdiag.load(str(directory)).model
-    return directory, model, tokens, lengths, target, foil, partner
+    directory, tokens, lengths, target, foil, partner = paired_case(
+        request, tmp_path_factory, tiny_checkpoint, seed=7, lengths=[11, 11, 6, 6], partner=[1, 0, 3, 2])
+    return directory, jaxdiag.load(str(directory)).model, tokens, lengths, target, foil, partner
 
 
 def _replacements(model, tokens, lengths, partner):

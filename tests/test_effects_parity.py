@@ -73,23 +73,32 @@ def torch_effects(directory, tokens: np.ndarray, lengths: np.ndarray, target, fo
     return clean, zero, patch
 
 
-@pytest.fixture(scope="module", params=["tiny", "four-layer"])
-def case(request, tmp_path_factory, tiny_checkpoint):
+def paired_case(request, tmp_path_factory, tiny_checkpoint, *, seed: int, lengths: list[int], partner: list[int]):
+    """A random checkpoint (tiny, or four layers) and a padded batch of pairs with targets and foils.
+
+    ``partner[i]`` is prompt i's pair partner (same length); every other prompt has a foil, so both
+    metric kinds (logit difference, log-probability) occur.
+    """
     if request.param == "tiny":
         directory, config = tiny_checkpoint, TINY_CONFIG
     else:
-        directory = write_torch_checkpoint(tmp_path_factory.mktemp("four"), seed=2, qk_gain=4.0, **FOUR_LAYERS)
+        directory = write_torch_checkpoint(tmp_path_factory.mktemp("four"), seed=seed, qk_gain=4.0, **FOUR_LAYERS)
         config = FOUR_LAYERS
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
+    n = len(lengths)
+    tokens = np.zeros((n, max(lengths)), np.int32)
+    for i, length in enumerate(lengths):
+        tokens[i, :length] = rng.integers(0, config["vocab_size"], length)
+    target = rng.integers(0, config["vocab_size"], n)
+    foil = np.where(np.arange(n) % 2 == 0, rng.integers(0, config["vocab_size"], n), -1)
+    return directory, tokens, np.asarray(lengths, np.int32), target, foil, np.asarray(partner)
+
+
+@pytest.fixture(scope="module", params=["tiny", "four-layer"])
+def case(request, tmp_path_factory, tiny_checkpoint):
     # Pairs (0, 1) and (2, 3) share a length; prompt 4 is shorter and pairs with nobody (patches itself).
-    lengths = np.array([12, 12, 7, 7, 4], np.int32)
-    tokens = np.zeros((5, 12), np.int32)
-    for i, n in enumerate(lengths):
-        tokens[i, :n] = rng.integers(0, config["vocab_size"], n)
-    partner = np.array([1, 0, 3, 2, 4])
-    target = rng.integers(0, config["vocab_size"], 5)
-    foil = np.where(np.arange(5) % 2 == 0, rng.integers(0, config["vocab_size"], 5), -1)  # both metric kinds
-    return directory, tokens, lengths, target, foil, partner
+    return paired_case(request, tmp_path_factory, tiny_checkpoint, seed=5, lengths=[12, 12, 7, 7, 4],
+                       partner=[1, 0, 3, 2, 4])
 
 
 def test_effects_match_hooked_transformers(case):

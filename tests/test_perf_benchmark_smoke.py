@@ -10,12 +10,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_benchmark_command_runs_end_to_end(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
+def run_smoke(module: str, out_dir: Path) -> None:
+    """``python -m benchmarks.<module> --smoke --out-dir out_dir`` in a fresh process; it must succeed."""
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out-dir", str(out_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_benchmark_command_runs_end_to_end(tmp_path):
+    run_smoke("run", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     markdown = (tmp_path / "RESULTS.md").read_text()
 
@@ -40,11 +43,7 @@ def test_benchmark_command_runs_end_to_end(tmp_path):
 
 
 def test_effects_benchmark_runs_end_to_end(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.effects", "--smoke", "--out-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_smoke("effects", tmp_path)
     results = json.loads((tmp_path / "effects_smoke.json").read_text())
     markdown = (tmp_path / "EFFECTS_SMOKE.md").read_text()
     assert results["machine"]["cpu_count"] and "--smoke" in results["command"] and results["command"] in markdown
@@ -59,11 +58,7 @@ def test_effects_benchmark_runs_end_to_end(tmp_path):
 
 
 def test_taxonomy_benchmark_runs_end_to_end(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.taxonomy", "--smoke", "--out-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_smoke("taxonomy", tmp_path)
     results = json.loads((tmp_path / "taxonomy_smoke.json").read_text())
     assert results["machine"]["cpu_count"] and results["command"] in (tmp_path / "TAXONOMY_SMOKE.md").read_text()
     for row in results["rows"]:
