@@ -16,7 +16,7 @@ from jaxdiag.schema import PRECISIONS, QUERIES
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxdiag", description="Per-head attention diagnostics for GPT-2-family models.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info,report}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info,report,verify}")
 
     run = commands.add_parser("run", help="run a sweep into a Zarr store",
                               description="Run a sweep (a TOML run config or a preset; flags override it) into a Zarr store.")
@@ -56,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--n-boot", type=int, default=1000, metavar="N")
     report.add_argument("--n-perm", type=int, default=1000, metavar="N")
     report.add_argument("--seed", type=int, default=0, metavar="S")
+
+    verify = commands.add_parser(
+        "verify", help="verify the heads an AtP/AtP* ranking puts first by exact patching",
+        description="Rank heads by the store's attribution-patching estimate, patch the top ones and a random "
+                    "sample of the rest exactly on the same prompts, and bound the false negatives left.")
+    verify.add_argument("store", metavar="STORE.zarr")
+    verify.add_argument("--out", required=True, metavar="DIR")
+    verify.add_argument("--method", metavar="KIND", help="the estimate to rank by (default: the store's first atpstar_*)")
+    verify.add_argument("--top", type=int, default=10, metavar="K", help="heads to verify by exact patching")
+    verify.add_argument("--sample", type=int, default=10, metavar="M", help="random unverified heads patched for the bound")
+    verify.add_argument("--fraction", type=float, default=0.2, help="a head matters at >= this x the largest verified effect")
+    verify.add_argument("--batch-size", type=int, default=32, metavar="B")
+    verify.add_argument("--seed", type=int, default=0, metavar="S")
     return parser
 
 
@@ -105,6 +118,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from jaxdiag.verify import render, verify, write
+
+    result = verify(args.store, method=args.method, top=args.top, sample=args.sample, seed=args.seed,
+                    fraction=args.fraction, batch_size=args.batch_size)
+    write(result, args.out)
+    print(render(result))
+    return 0
+
+
 def _input_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [JaxdiagError]
     try:
@@ -118,7 +141,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "info": _info, "report": _report}
+    handlers = {"run": _run, "info": _info, "report": _report, "verify": _verify}
     try:
         return handlers[args.command](args)
     except _input_errors() as exc:

@@ -86,6 +86,7 @@ def head_effects(
     replacements: Mapping[str, jax.Array],
     *,
     heads_per_step: int | None = None,
+    only: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clean readout ``[b]`` and, per kind, every head's effect on it ``[b, layer, head]``.
 
@@ -98,6 +99,8 @@ def head_effects(
         reference means ``head_mean[:, None]`` for ``mean``, the partners' head outputs
         ``[b, layer, seq, head, d_head]`` (from :func:`head_outputs`) for ``patch``.
       heads_per_step: heads of one layer run together (``None``: all of a layer's heads at once).
+      only: compute just these ``(layer, head)``s (the others' effects are NaN): verifying a few
+        heads costs those heads' layer-forwards, not every head's.
     """
     hidden, layers, ctx = clean_run(model, tokens, lengths)
     ctx = model.context(tokens, lengths)  # the edited runs need no probe
@@ -111,6 +114,10 @@ def head_effects(
         replacement = jnp.broadcast_to(replacement, (batch, config.n_layer, seq, n_head, d_head))
         per_layer = []
         for layer, (middle, heads) in enumerate(layers):
+            chosen = list(range(n_head)) if only is None else sorted(h for l, h in only if l == layer)
+            if not chosen:
+                per_layer.append(jnp.full((batch, n_head), jnp.nan, jnp.float32))
+                continue
             attn = model.h[layer].attn
             w_out = attn.c_proj.kernel[...].reshape(n_head, d_head, config.n_embd)
             change = (replacement[:, layer] - heads).astype(heads.dtype)  # [b, s, h, d]
@@ -119,8 +126,11 @@ def head_effects(
                 shift = jnp.einsum("bsd,de->bse", change[:, :, head], w_out[head], precision=attn.precision)
                 return readout(_finish_from(model, layer, middle + shift.astype(middle.dtype), ctx))
 
-            metrics = jax.lax.map(edited_metric, jnp.arange(n_head), batch_size=heads_per_step or n_head)
-            per_layer.append(metrics.T - clean[:, None])  # [b, head]
+            metrics = jax.lax.map(edited_metric, jnp.asarray(chosen), batch_size=min(heads_per_step or n_head, len(chosen)))
+            values = metrics.T - clean[:, None]  # [b, chosen]
+            if only is not None:
+                values = jnp.full((batch, n_head), jnp.nan, values.dtype).at[:, jnp.asarray(chosen)].set(values)
+            per_layer.append(values)
         effects[kind] = jnp.stack(per_layer, axis=1)
     return clean, effects
 

@@ -190,3 +190,29 @@ def test_attribution_patching_is_stored_as_computed(effect_store, models, tmp_pa
         np.testing.assert_allclose(sub[f"effect_{kind}"].values, np.asarray(expected[kind]), rtol=1e-4, atol=1e-6,
                                    err_msg=kind)
     assert (ds["effect_atpstar_patch"].values[np.isfinite(ds["effect_atpstar_patch"].values)] >= 0).all()
+
+
+def test_verify_patches_the_top_heads_exactly_and_bounds_the_rest(effect_store, tmp_path, capsys):
+    args, _, _, _ = effect_store
+    store = tmp_path / "star.zarr"
+    assert _run(capsys, *args[:-1], "patch,atpstar_patch", "--out", store)[0] == 0
+    out = tmp_path / "verified"
+    assert main(["verify", str(store), "--out", str(out), "--top", "3", "--sample", "4"]) == 0
+    result = json.loads((out / "verify.json").read_text())
+    assert result["method"] == "atpstar_patch" and result["exact_kind"] == "patch"
+    ds = xr.open_zarr(store, chunks=None)
+    star = ds["effect_atpstar_patch"].mean(["condition", "prompt"]).values
+    exact = ds["effect_patch"].mean(["condition", "prompt"]).values  # every prompt here has a target
+    ranked = [tuple(int(x) for x in np.unravel_index(i, star.shape)) for i in np.argsort(-star, axis=None, kind="stable")]
+    assert [(c["layer"], c["head"]) for c in result["verified"]] == ranked[:3]
+    for check in result["verified"] + result["sampled"]:  # verify's exact patching = the sweep's, same prompts
+        assert check["exact_mean"] == pytest.approx(exact[check["layer"], check["head"]], rel=1e-4, abs=1e-6)
+    sampled = {(c["layer"], c["head"]) for c in result["sampled"]}
+    assert len(sampled) == 4 and not sampled & set(ranked[:3])
+    k = sum(c["matters"] for c in result["sampled"])
+    from scipy import stats
+
+    assert result["share_bound"] == pytest.approx(stats.beta.ppf(0.95, k + 1, 4 - k))
+    assert "Bound:" in (out / "verify.md").read_text()
+    code = main(["verify", str(effect_store[1]), "--out", str(tmp_path / "none")])
+    assert code == 2 and "no attribution-patching estimates" in capsys.readouterr().err
