@@ -7,10 +7,11 @@ JAX is imported only by ``run``, so ``info`` and ``report`` start fast.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Sequence
 
-from jaxdiag.errors import JaxdiagError
+from jaxdiag.errors import Interrupted, JaxdiagError
 from jaxdiag.schema import PRECISIONS, QUERIES
 
 
@@ -90,13 +91,22 @@ def _run(args: argparse.Namespace) -> int:
                                    process_id=args.process_id)
     from jaxdiag.sweep import run_sweep
 
+    # A scheduler's SIGTERM stops the run like Ctrl-C does: writes in flight are flushed, then exit 143.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-    result = run_sweep(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, log=say)
+    try:
+        result = run_sweep(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, log=say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     counts = ", ".join(f"{c} {n}" for c, n in zip(result.layout.conditions, result.layout.counts))
     rate = result.computed_prompts / result.seconds if result.seconds > 0 else 0.0
     say(f"wrote {result.path} ({counts}; {result.computed_prompts} prompts computed in {result.seconds:.1f} s, "
         f"{rate:.1f} prompts/s)")
     return 0
+
+
+def _terminated(signum, frame) -> None:
+    raise Interrupted("terminated", exit_status=128 + signum)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -148,9 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # one line, whatever the message holds
         print(f"jaxdiag: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("jaxdiag: interrupted (continue with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"jaxdiag: {exc or 'interrupted (continue with --resume)'}", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
 
 
 if __name__ == "__main__":

@@ -7,3 +7,12 @@ like any ``ValueError``.
 
 class JaxdiagError(ValueError):
     """Bad input from the user (model, config, prompts, store): the message names the problem."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; the CLI prints the message and exits with ``exit_status``
+    (130 for SIGINT, 143 for SIGTERM, as shells report them)."""
+
+    def __init__(self, message: str = "", exit_status: int = 130):
+        super().__init__(message)
+        self.exit_status = exit_status

@@ -136,6 +136,7 @@ def load_config(config_file: str | None = None, *, preset: str | None = None,
     raw = read_toml(path)
     base = path.resolve().parent
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_flags(overrides)
     cwd = Path.cwd()
     prompts_raw = raw.get("prompts", {})
     if not isinstance(prompts_raw, dict):
@@ -155,6 +156,23 @@ def load_config(config_file: str | None = None, *, preset: str | None = None,
     return _validate(merged, prompts_raw, source=str(path), base=base)
 
 
+# Command-line overrides that must be positive integers, by flag: their errors name the flag, not the file.
+_POSITIVE_FLAGS = {"batch_size": "--batch-size", "chunk_size": "--chunk-size", "n_prompts": "--n-prompts"}
+
+
+def _check_flags(overrides: dict[str, Any]) -> None:
+    """Errors in command-line values, named by their flag (the file they override is not at fault)."""
+    for key, flag in _POSITIVE_FLAGS.items():
+        value = overrides.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise JaxdiagError(f"{flag} must be an integer >= 1, not {value!r}")
+    effects = overrides.get("effects")
+    if isinstance(effects, str):
+        unknown = [kind for kind in (k.strip() for k in effects.split(",")) if kind and kind not in EFFECT_KINDS]
+        if unknown:
+            raise JaxdiagError(f"--effects: unknown effect {unknown[0]!r} (choose from {', '.join(EFFECT_KINDS)})")
+
+
 def _check_type(source: str, key: str, value: Any, kind: type | tuple[type, ...]) -> None:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
@@ -165,14 +183,15 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
     unknown = sorted(set(raw) - _TOP_KEYS) + [f"prompts.{k}" for k in sorted(set(prompts) - _PROMPT_KEYS)]
     if unknown:
         raise JaxdiagError(f"{source}: unknown key(s) {', '.join(unknown)}")
-    if "model" not in raw:
-        raise JaxdiagError(f"{source}: no model (set model = \"gpt2\", a directory, or pass --model)")
-    if "source" not in prompts:
-        raise JaxdiagError(f"{source}: no prompt source (set [prompts] source = {' | '.join(SOURCES)}, or pass --prompts FILE)")
+    # wrongly typed values first: a file with batch_size = "big" is about batch_size, whatever else it lacks
     for key, kind in (("model", str), ("precision", str), ("query", str), ("prepend_bos", bool), ("batch_size", int),
                       ("seed", int), ("revision", (str, type(None))), ("chunk_size", (int, type(None)))):
         if key in raw:
             _check_type(source, key, raw[key], kind)
+    if "model" not in raw:
+        raise JaxdiagError(f"{source}: no model (set model = \"gpt2\", a directory, or pass --model)")
+    if "source" not in prompts:
+        raise JaxdiagError(f"{source}: no prompt source (set [prompts] source = {' | '.join(SOURCES)}, or pass --prompts FILE)")
     for key, kind in (("source", str), ("n_prompts", (int, type(None))), ("n_tokens", int),
                       ("segment_length", int), ("path", str)):
         if key in prompts:

@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 
 from jaxdiag.effects import head_sums_step, reference_means, sweep_step
-from jaxdiag.errors import JaxdiagError
+from jaxdiag.errors import Interrupted, JaxdiagError
 from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
 from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
@@ -290,6 +290,15 @@ def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: 
             future.result()
 
 
+def stored_prompts(path: Path, layout: Layout) -> int:
+    """Prompts whose chunks are written and marked done (what a --resume keeps)."""
+    try:
+        done = done_chunks(path)
+    except OSError:
+        return 0
+    return sum(stop - start for start, stop in (layout.chunk_range(*cid) for cid in done if cid in set(layout.chunk_ids())))
+
+
 def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.ndarray | None):
     """The step builder of a run with effects (None: the runner's diagnostics step)."""
     if not config.effects:
@@ -386,7 +395,10 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
             attrs["effects"] = list(config.effects)
             if reference is not None:
                 attrs["effects_reference"] = reference
-        create_store(path, layout, attrs, overwrite=overwrite, head_mean=head_mean)
+        try:
+            create_store(path, layout, attrs, overwrite=overwrite, head_mean=head_mean)
+        except OSError as exc:  # nothing is left behind: the store is made in a temp folder and renamed
+            raise JaxdiagError(f"cannot create {path}: {exc.strerror or exc}") from None
     _wait_for_all(n_processes, "jaxdiag-store-created")
     if n_processes > 1:
         check_resumable(path, identity)  # every process checks it joins the store it was meant to
@@ -400,6 +412,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
         log(f"resuming {path}: {len(already)} of {len(all_chunks)} chunks already written")
 
     progress = _progress(n_todo, quiet, "jaxdiag run" if n_processes == 1 else f"jaxdiag run [{process}]")
+    total = sum(layout.counts)
     try:
         if todo:
             chunks = iter_chunks(walk(), layout, todo)
@@ -409,6 +422,14 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
                                              plan=task_plan))
             runner = DeviceRunner(model, config.query, make_step=_effects_step(config, model_config, plan, head_mean))
             write_chunks(finished_chunks(runner.run(units)), path, layout, progress)
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as the CLI raises it: the writes in flight are flushed
+        raise Interrupted(f"interrupted: {stored_prompts(path, layout)} of {total} prompts are stored in {path}; "
+                          f"continue with `jaxdiag run ... --out {path} --resume`",
+                          getattr(exc, "exit_status", 130)) from None
+    except OSError as exc:  # no space, permission lost, the store removed under the run
+        raise JaxdiagError(f"writing {path} failed: {exc.strerror or exc}; {stored_prompts(path, layout)} of {total} "
+                           f"prompts are stored: fix the cause, then continue with `jaxdiag run ... --out {path} --resume`"
+                           ) from None
     finally:
         progress.close()
 

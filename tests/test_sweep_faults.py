@@ -1,0 +1,93 @@
+"""Faults during a sweep: a full disk and SIGTERM end in one line with the completed chunks kept, and
+--resume finishes the store bit for bit as an uninterrupted run would have written it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import jaxdiag.sweep
+from jaxdiag.cli import main
+from jaxdiag.store import PROGRESS_DIR
+from tests.sweep_helpers import REPO, TOKEN_MODEL, assert_same_store, save_tiny_model, write_token_prompts
+
+COUNTS = {"a": 21, "b": 13}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    model = save_tiny_model(root / "model", **TOKEN_MODEL)
+    prompts = write_token_prompts(root / "p.jsonl", COUNTS)
+    args = ["--model", str(model), "--prompts", str(prompts), "--batch-size", "4", "--chunk-size", "4", "--quiet"]
+    reference = root / "reference.zarr"
+    assert main(["run", *args, "--out", str(reference)]) == 0
+    return root, args, reference
+
+
+def test_a_full_disk_is_one_line_and_resume_completes_the_store(setup, monkeypatch, capsys):
+    root, args, reference = setup
+    out = root / "full.zarr"
+    real = jaxdiag.sweep.write_chunk
+    calls = []
+
+    def fills_up(*a, **k):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*a, **k)
+
+    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", fills_up)
+    assert main(["run", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and "--resume" in err and str(out) in err
+    assert "12 of 34 prompts are stored" in err  # the three chunks written before the disk filled
+    assert len(list((out / PROGRESS_DIR).iterdir())) == 3
+    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", real)  # space is back
+    assert main(["run", *args, "--out", str(out), "--resume"]) == 0
+    assert_same_store(reference, out)
+
+
+def test_sigterm_flushes_reports_and_resumes_to_the_same_store(setup, capsys):
+    root, args, reference = setup
+    out = root / "term.zarr"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               JAXDIAG_FAULT_DELAY_S="0.3")  # slow chunk writes: the signal lands mid-sweep
+    proc = subprocess.Popen([sys.executable, "-m", "jaxdiag.cli", "run", *args, "--out", str(out)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    markers = out / PROGRESS_DIR
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if markers.is_dir() and len(list(markers.iterdir())) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before the signal"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxdiag: interrupted:") and "--resume" in lines[0]
+    done = [m for m in markers.iterdir() if not m.name.endswith(".tmp")]
+    assert 2 <= len(done) < 9  # what was written is kept; not everything was
+    assert main(["run", *args, "--out", str(out), "--resume"]) == 0
+    assert_same_store(reference, out)
+
+
+def test_a_store_that_cannot_be_created_is_one_line_and_leaves_nothing(setup, monkeypatch, capsys):
+    root, args, _ = setup
+    out = root / "nospace.zarr"
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(jaxdiag.sweep, "create_store", no_space)
+    assert main(["run", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"jaxdiag: error: cannot create {out}: No space left on device"
+    assert not out.exists()
