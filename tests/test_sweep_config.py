@@ -100,3 +100,22 @@ def test_circuit_files_are_inlined_with_their_ablation(tmp_path):
     config = load_config(str(tmp_path / "run.toml"))
     assert config.circuit == {"name": "mine", "description": "x", "ablation": {"effect": {"0.1": 0.5}},
                               "roles": {"Induction": ["1.2"]}}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 0}, "--batch-size must be an integer >= 1, not 0"),
+    ({"chunk_size": -1}, "--chunk-size must be an integer >= 1, not -1"),
+    ({"n_prompts": 0}, "--n-prompts must be an integer >= 1, not 0"),
+    ({"effects": "zero,exact"}, "--effects: unknown effect 'exact'"),
+])
+def test_flag_errors_name_the_flag_not_the_preset(overrides, message):
+    with pytest.raises(JaxdiagError) as error:
+        load_config(overrides=overrides)
+    assert str(error.value).startswith(message) and ".toml" not in str(error.value)
+
+
+def test_a_wrongly_typed_value_is_named_with_its_key_and_type(tmp_path):
+    config = tmp_path / "big.toml"
+    config.write_text('model = "builtin:induction-3l8h"\nbatch_size = "big"\n')  # and no [prompts] table
+    with pytest.raises(JaxdiagError, match=r"big.toml: batch_size must be int, not 'big'"):
+        load_config(str(config))
