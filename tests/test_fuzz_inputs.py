@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt, jsonl_prompts
+from jaxdiag.prompts import _is_unicode as is_text  # no lone surrogate: a string the store can hold
 from jaxdiag.runconfig import RunConfig, load_config
 
 FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -29,14 +30,6 @@ def fake_encode(text: str) -> list[int]:
 def assert_one_line(exc: JaxdiagError) -> None:
     message = str(exc)
     assert message and message.splitlines() == [message], f"not one line: {message!r}"
-
-
-def is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
