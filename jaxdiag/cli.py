@@ -44,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--num-processes", type=int, metavar="N")
     dist.add_argument("--process-id", type=int, metavar="I")
 
-    info = commands.add_parser("info", help="describe a store", description="Print a store's dims, conditions, completeness and provenance.")
+    info = commands.add_parser("info", help="describe a store", description="Print a store's dims, conditions, completeness, model, provenance and a digest of its run config.")
     info.add_argument("store", metavar="STORE.zarr")
+    info.add_argument("--json", action="store_true",
+                      help="print one JSON object with everything: attributes (the full run config included), "
+                           "dims, variables, conditions and counts, completeness")
 
     report = commands.add_parser("report", help="analyse a store", description="Write figures and summary.json for a store.")
     report.add_argument("store", metavar="STORE.zarr")
@@ -110,9 +113,16 @@ def _terminated(signum, frame) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from jaxdiag.store import describe
+    if args.json:
+        import json
 
-    print(describe(args.store))
+        from jaxdiag.store import info
+
+        print(json.dumps(info(args.store), indent=1))
+    else:
+        from jaxdiag.store import describe
+
+        print(describe(args.store))
     return 0
 
 

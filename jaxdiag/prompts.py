@@ -265,19 +265,47 @@ def jsonl_prompts(path: str | Path, encode: Encoder | None) -> Iterator[Prompt]:
     """Prompts of a JSONL file, line by line; a bad line raises JaxdiagError naming file and line."""
     path = Path(path)
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise JaxdiagError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    # surrogateescape: invalid UTF-8 reaches the line it is on (as lone surrogates), named there
     with handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             where = f"{path} line {number}"
+            if not _is_unicode(line):
+                raise JaxdiagError(f"{where}: not valid UTF-8")
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise JaxdiagError(f"{where}: not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:  # an int of > 4300 digits, nesting too deep for the parser
+                raise JaxdiagError(f"{where}: not usable JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})") from None
             yield _record_to_prompt(record, encode, where)
+
+
+def _is_unicode(text: str) -> bool:
+    """False if ``text`` holds a lone surrogate (invalid UTF-8 read with surrogateescape, or a JSON \\ud800 escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fits_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _check_string(value: str, where: str, what: str) -> str:
+    if not _is_unicode(value):
+        raise JaxdiagError(f"{where}: {what} holds a lone surrogate (\\ud800-\\udfff), which is not text")
+    return value
 
 
 def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt:
@@ -286,6 +314,7 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
     condition = record.get("condition")
     if not isinstance(condition, str) or not condition:
         raise JaxdiagError(f"{where}: 'condition' must be a non-empty string")
+    _check_string(condition, where, "'condition'")
     has_text, has_tokens = "text" in record, "tokens" in record
     if has_text == has_tokens:
         raise JaxdiagError(f"{where}: give exactly one of 'text' and 'tokens'")
@@ -293,6 +322,7 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
         text = record["text"]
         if not isinstance(text, str) or not text:
             raise JaxdiagError(f"{where}: 'text' must be a non-empty string")
+        _check_string(text, where, "'text'")
         if encode is None:
             raise JaxdiagError(f"{where}: text prompts need a tokenizer and this model has none")
         try:
@@ -313,7 +343,7 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
     if pair is not None:
         if not isinstance(pair, (str, int)) or isinstance(pair, bool):
             raise JaxdiagError(f"{where}: 'pair' must be a string or an integer")
-        task["pair"] = str(pair)
+        task["pair"] = _check_string(str(pair), where, "'pair'")
     metadata: dict[str, MetadataValue] = {}
     for key, value in record.items():
         if key in ("condition", "text", "tokens", "target", "foil", "pair"):
@@ -322,7 +352,11 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
             raise JaxdiagError(f"{where}: metadata key {key!r} is reserved or not an identifier")
         if value is None:
             continue
-        # nested values are kept as their JSON text: a coordinate holds scalars only
+        if isinstance(value, str):
+            _check_string(value, where, f"metadata {key!r}")
+        elif isinstance(value, int) and not _fits_float(value):  # a numeric coordinate is float64
+            raise JaxdiagError(f"{where}: metadata {key!r} is an integer too large for a float64 coordinate")
+        # nested values are kept as their JSON text (ASCII: escapes for anything else): a coordinate holds scalars only
         metadata[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, sort_keys=True)
     return Prompt(condition, tuple(int(t) for t in tokens), text, metadata, **task)
 

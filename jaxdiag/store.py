@@ -37,7 +37,8 @@ import xarray as xr
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.prompts import Prompt
-from jaxdiag.schema import HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS, QueryMode
+from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS,
+                            TAXONOMY, QueryMode)
 
 PROGRESS_DIR = ".jaxdiag-progress"
 # Chunk size when the config leaves it open: at most this many prompts, and at most this many
@@ -359,38 +360,126 @@ PROVENANCE_KEYS = ("jaxdiag_version", "model", "model_revision", "weights_sha256
                    "prompts_sha256")
 
 
-def describe(path: str | Path) -> str:
-    """The text ``jaxdiag info`` prints: dims, sizes, conditions with counts, completeness, provenance."""
+# What `jaxdiag info` shows of the run config (the rest, e.g. a circuit file's tables, is in --json).
+CONFIG_DIGEST_KEYS = ("model", "revision", "prompts", "query", "precision", "prepend_bos", "batch_size", "chunk_size",
+                      "seed", "conditions", "circuit", "effects", "effects_reference")
+MAX_VALUE_CHARS = 120  # a store attribute's value in the text, at most (the middle elided)
+
+
+def info(path: str | Path) -> dict[str, Any]:
+    """Everything ``jaxdiag info`` knows about a store, as JSON-ready values: ``store``, ``attrs`` (the
+    ``config`` attribute parsed), ``dims``, ``variables`` (name -> dtype), ``conditions`` (name, prompts,
+    min/max tokens: of the prompts written so far if the store is incomplete), ``complete``, and
+    ``metadata_coordinates``, and ``chunks_written`` for an incomplete store."""
     path = Path(path)
     ds = open_dataset(path)
-    attrs = ds.attrs
+    attrs = {key: _plain(value) for key, value in read_attrs(path).items()}  # all of them (xarray hides some)
+    if isinstance(attrs.get("config"), str):
+        try:
+            attrs["config"] = json.loads(attrs["config"])
+        except ValueError:
+            pass  # not JSON: kept as the text it is
+    conditions = []
+    n_tokens = np.asarray(ds["n_tokens"].values) if "n_tokens" in ds.coords else None
+    for i, name in enumerate(ds["condition"].values if "condition" in ds.coords else ()):
+        real = n_tokens[i][n_tokens[i] > 0] if n_tokens is not None else np.zeros(0, int)
+        conditions.append({"name": str(name), "prompts": int(real.size),
+                           "min_tokens": int(real.min()) if real.size else None,
+                           "max_tokens": int(real.max()) if real.size else None})
+    out: dict[str, Any] = {
+        "store": str(path), "complete": bool(attrs.get("complete")),
+        "dims": {str(d): int(n) for d, n in ds.sizes.items()},
+        "variables": {str(n): str(ds[n].dtype) for n in ds.data_vars},
+        "conditions": conditions,
+        "metadata_coordinates": [str(n) for n in ds.coords if n not in ds.dims and n not in (*PROMPT_COORDS, *TASK_COORDS)],
+        "attrs": attrs,
+    }
+    if not out["complete"]:
+        out["chunks_written"] = len(done_chunks(path))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A Zarr attribute as plain JSON values (numpy scalars and arrays to numbers and lists)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _clip(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    text = " ".join(str(value).split())  # one line, whatever the attribute holds
+    return text if len(text) <= limit else text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3):]
+
+
+def _config_digest(config: Any) -> list[str]:
+    """The run config's preset-level keys, one per line (a circuit by its name only)."""
+    if not isinstance(config, dict):
+        return [f"  {_clip(config)}"]
+    lines = []
+    for key in CONFIG_DIGEST_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if key == "prompts" and isinstance(value, dict):  # the source first
+            value = ", ".join(f"{k}={v}" for k, v in sorted(value.items(), key=lambda kv: kv[0] != "source")
+                              if v is not None)
+        elif key == "circuit" and isinstance(value, dict):  # a circuit file kept inline: its name, not its tables
+            value = f"{value.get('name', '(unnamed)')} (inline circuit file)"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        lines.append(f"  {key}: {_clip(value)}")
+    return lines
+
+
+def describe(path: str | Path) -> str:
+    """The text ``jaxdiag info`` prints: dims, conditions with counts, completeness, model, variables,
+    provenance and a digest of the run config (``jaxdiag info --json`` / :func:`info` give everything)."""
+    summary = info(path)
+    path, attrs = Path(summary["store"]), summary["attrs"]
     lines = [f"store: {path}", f"schema_version: {attrs.get('schema_version')}"]
-    complete = bool(attrs.get("complete"))
-    status = "complete" if complete else "INCOMPLETE"
-    if not complete:
-        n_done = len(done_chunks(path))
-        status += f" ({n_done} chunks written; continue with `jaxdiag run ... --out {path} --resume`)"
-    lines.append(f"status: {status}")
-    lines.append("dims: " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
-    lines.append("variables: " + ", ".join(f"{n} ({ds[n].dtype})" for n in ds.data_vars))
-    if attrs.get("effects"):
+    if summary["complete"]:
+        lines.append("status: complete")
+    else:
+        lines.append(f"status: INCOMPLETE ({summary['chunks_written']} chunks written)")
+        lines.append(f"  resume: jaxdiag run <the same config and flags> --out {path} --resume")
+    lines.append("dims: " + ", ".join(f"{d}={n}" for d, n in summary["dims"].items()))
+    if attrs.get("model") is not None:
+        shape = (f" ({attrs['n_layers']} layers x {attrs['n_heads']} heads)"
+                 if attrs.get("n_layers") is not None and attrs.get("n_heads") is not None else "")
+        lines.append(f"model: {_clip(attrs['model'])}{shape}")
+    if summary["conditions"]:
+        lines.append("conditions:" if summary["complete"] else "conditions (prompts written so far):")
+        for c in summary["conditions"]:
+            span = f", {c['min_tokens']}-{c['max_tokens']} tokens" if c["prompts"] else ""
+            lines.append(f"  {c['name']}: {c['prompts']} prompts{span}")
+    variables = summary["variables"]
+    groups = {"diagnostics": [n for n in DIAGNOSTICS if n in variables],
+              "taxonomy": [n for n in TAXONOMY if n in variables]}
+    effects, reference = attrs.get("effects"), ""
+    if effects:
         reference = f" (mean-ablation reference: {attrs['effects_reference']})" if attrs.get("effects_reference") else ""
-        lines.append("effects: " + ", ".join(f"effect_{kind}" for kind in attrs["effects"]) + reference)
-    extra = [n for n in ds.coords if n not in ds.dims and n not in (*PROMPT_COORDS, *TASK_COORDS)]
-    if extra:
-        lines.append("metadata coordinates: " + ", ".join(extra))
-    if "n_tokens" in ds.coords:
-        n_tokens = np.asarray(ds["n_tokens"].values)
-        lines.append("conditions:")
-        for i, name in enumerate(ds["condition"].values):
-            real = n_tokens[i][n_tokens[i] > 0]
-            span = f", {real.min()}-{real.max()} tokens" if real.size else ""
-            lines.append(f"  {name}: {real.size} prompts{span}")
+        groups["effects"] = [f"effect_{kind}" for kind in effects]
+    shown = {n for names in groups.values() for n in names}
+    groups["other variables"] = [n for n in variables if n not in shown]
+    for title, names in groups.items():
+        if names:
+            dtypes = sorted({variables.get(n, "?") for n in names})
+            suffix = reference if title == "effects" else ""
+            lines.append(f"{title}: {', '.join(names)} ({', '.join(dtypes)}){suffix}")
+    if summary["metadata_coordinates"]:
+        lines.append("metadata coordinates: " + ", ".join(summary["metadata_coordinates"]))
     lines.append("provenance:")
     for key in PROVENANCE_KEYS:
-        if attrs.get(key) is not None:
-            lines.append(f"  {key}: {attrs[key]}")
-    if attrs.get("config"):
-        lines.append(f"  config: {attrs['config']}")
+        if attrs.get(key) is not None and key not in ("model", "n_layers", "n_heads"):  # on the model line
+            lines.append(f"  {key}: {_clip(attrs[key])}")
+    if attrs.get("config") is not None:
+        lines.append("config (digest; `jaxdiag info --json` prints all of it):")
+        lines.extend(_config_digest(attrs["config"]))
     return "\n".join(lines)
 

@@ -168,7 +168,8 @@ def test_info_describes_the_store(blog_store, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     for expected in ("status: complete", "condition=2", "prompt=6", "layer=2", "head=4", "ioi: 6 prompts, 15-15 tokens",
-                     "non_ioi: 6 prompts", "weights_sha256:", "query_positions: last", "config: {"):
+                     "non_ioi: 6 prompts", "weights_sha256:", "query_positions: last", "config (digest",
+                     "  prompts: source=ioi-blog, n_prompts=6", "  circuit: ioi23"):
         assert expected in out
     assert main(["info", str(path.parent / "nothing.zarr")]) == 2
     assert "not a Zarr store" in capsys.readouterr().err
