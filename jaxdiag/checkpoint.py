@@ -21,7 +21,7 @@ from flax import nnx
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2
-from jaxdiag.paths import builtin_model_dir
+from jaxdiag.paths import builtin_model_dir, user_path
 from jaxdiag.schema import BUILTIN_PREFIX, Precision
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -42,7 +42,7 @@ class Checkpoint:
 
 def resolve(model: str, revision: str | None = None) -> Checkpoint:
     """Find a checkpoint: ``builtin:NAME`` (shipped in jaxdiag/data), a local directory, or a hub id."""
-    path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else Path(model).expanduser()
+    path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else user_path(model)
     if path.is_dir():
         directory, resolved_revision = path, None
     elif path.exists() or model.startswith((".", "/", "~")):

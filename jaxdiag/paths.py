@@ -18,11 +18,19 @@ def presets_dir() -> Path:
     return Path(str(resources.files("jaxdiag"))) / "presets"
 
 
+def user_path(value: str) -> Path:
+    """``value`` as a path, ``~`` and ``~user`` expanded; a one-line error for a user with no home."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # Path.expanduser's "Could not determine home directory"
+        raise JaxdiagError(f"path {value!r}: cannot expand {value.split('/')[0]!r} (no such user's home directory)") from None
+
+
 def resolve_path(value: str, base: Path) -> Path:
     """``builtin:REL`` -> the package's data/REL; a relative path -> relative to ``base``."""
     if value.startswith(BUILTIN_PREFIX):
         return package_data() / value[len(BUILTIN_PREFIX):]
-    path = Path(value).expanduser()
+    path = user_path(value)
     return path if path.is_absolute() else base / path
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.paths import builtin_model_dir, builtin_models, package_data, presets_dir, resolve_path
+from jaxdiag.paths import builtin_model_dir, builtin_models, package_data, presets_dir, resolve_path, user_path
 from jaxdiag.prompts import SOURCES
 from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES
 
@@ -112,6 +112,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise JaxdiagError(f"cannot read run config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise JaxdiagError(f"run config {path} is not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise JaxdiagError(f"run config {path} is not valid TOML: {exc}") from None
 
@@ -150,8 +152,8 @@ def load_config(config_file: str | None = None, *, preset: str | None = None,
         prompts_raw["path"] = str(resolve_path(prompts_raw["path"], base))
     if "n_prompts" in overrides:
         prompts_raw["n_prompts"] = overrides.pop("n_prompts")
-    if "model" in overrides and not overrides["model"].startswith(BUILTIN) and Path(overrides["model"]).expanduser().exists():
-        overrides["model"] = str(Path(overrides["model"]).expanduser().resolve())
+    if "model" in overrides and not overrides["model"].startswith(BUILTIN) and user_path(overrides["model"]).exists():
+        overrides["model"] = str(user_path(overrides["model"]).resolve())
     merged = {k: v for k, v in raw.items() if k != "prompts"} | overrides
     return _validate(merged, prompts_raw, source=str(path), base=base)
 
@@ -174,7 +176,8 @@ def _check_flags(overrides: dict[str, Any]) -> None:
 
 
 def _check_type(source: str, key: str, value: Any, kind: type | tuple[type, ...]) -> None:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    counts = kind is int or (isinstance(kind, tuple) and int in kind)
+    if not isinstance(value, kind) or (counts and isinstance(value, bool)):  # True is an int to Python, not a count
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise JaxdiagError(f"{source}: {key} must be {names}, not {value!r}")
 

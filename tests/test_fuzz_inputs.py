@@ -224,14 +224,6 @@ not_configs = (st.text(max_size=60).map(str.encode) | st.binary(max_size=40)
 config_files = st.integers(0, 4).flatmap(lambda i: config_documents() if i else not_configs)
 overrides = st.fixed_dictionaries({}, optional=OVERRIDES)
 
-# Exception types load_config is known to raise for bad input instead of JaxdiagError; they are
-# let through here ONLY until the loader is fixed (jaxdiag/runconfig.py belongs to another change):
-#   UnicodeDecodeError: a config file that is not UTF-8 (read_toml catches OSError, TOMLDecodeError only)
-#   RuntimeError: a path starting with "~unknownuser" (Path.expanduser) in --model, --prompts,
-#                 prompts.path or circuit
-KNOWN_LOADER_BUGS: tuple[type[BaseException], ...] = (UnicodeDecodeError, RuntimeError)
-
-
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory):
     """The configs' directory, holding the files relative paths may name: a prompt file, two bad circuits."""
@@ -253,9 +245,19 @@ def test_config_loader_loads_or_fails_with_one_line(config_dir, monkeypatch, doc
     except JaxdiagError as exc:
         assert_one_line(exc)
         event(str(exc).partition(": ")[2][:20])  # where examples end (pytest --hypothesis-show-statistics)
-    except KNOWN_LOADER_BUGS as exc:  # see KNOWN_LOADER_BUGS: to be removed with the loader's fix
-        event(f"known loader bug: {type(exc).__name__}")
     else:
         assert isinstance(config, RunConfig)
         event("loaded")
         config.to_json()  # what the store records
+
+
+@pytest.mark.parametrize("content, overrides, message", [
+    (b"\x80", {}, "is not UTF-8 text"),
+    (b'model = "gpt2"\n[prompts]\nsource = "ioi"\nn_prompts = true\n', {}, "n_prompts must be int or NoneType, not True"),
+    (b'model = "gpt2"\n[prompts]\nsource = "ioi"\n', {"model": "~jaxdiag_no_such_user/model"}, "no such user's home directory"),
+])
+def test_config_loader_regressions(tmp_path, content, overrides, message):
+    path = tmp_path / "run.toml"
+    path.write_bytes(content)
+    with pytest.raises(JaxdiagError, match=message):
+        load_config(str(path), overrides=overrides)
