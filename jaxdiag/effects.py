@@ -32,7 +32,6 @@ from jaxdiag.runner import Unit, diagnostics_step
 from jaxdiag.schema import EXACT_KINDS, QueryMode, edit_of
 
 
-
 def task_metric(logits: jax.Array, target: jax.Array, foil: jax.Array) -> jax.Array:
     """``[b]`` metric from last-position ``logits [b, vocab]``; ``target``/``foil`` ``[b]`` ids, -1 for none."""
     logits = logits.astype(jnp.float32)
@@ -135,20 +134,23 @@ def head_effects(
     return clean, effects
 
 
-def _graddrop_forward(model: GPT2, tokens: jax.Array, ctx: Context, drop: jax.Array) -> jax.Array:
-    """Final hidden states; the gradient through layer l's residual update is scaled by ``1 - drop[l]``.
+def _graddrop_forward(model: GPT2, tokens: jax.Array, ctx: Context, drop: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Final hidden states and the heads' outputs ``[b, layer, seq, head, d]`` (``ctx`` probes them);
+    the gradient through layer l's residual update is scaled by ``1 - drop[l]``.
 
     The forward values do not depend on ``drop`` (``u - d (u - stop_gradient(u))`` is ``u``), so
     every GradDrop variant differentiates the same clean run.
     """
     x = model.embed(tokens)
+    heads = []
     for layer, block in enumerate(model.h):
-        attn_out, _ = block.attn(block.ln_1(x), ctx)
+        attn_out, probed = block.attn(block.ln_1(x), ctx)
+        heads.append(probed["head_out"])
         attn_out = attn_out - drop[layer] * (attn_out - jax.lax.stop_gradient(attn_out))
         middle = x + attn_out
         mlp_out = block.mlp(block.ln_2(middle))
         x = middle + (mlp_out - drop[layer] * (mlp_out - jax.lax.stop_gradient(mlp_out)))
-    return model.ln_f(x)
+    return model.ln_f(x), jnp.stack(heads, axis=1)
 
 
 def head_gradients(model: GPT2, tokens: jax.Array, lengths: jax.Array, readout: Readout,
@@ -164,13 +166,15 @@ def head_gradients(model: GPT2, tokens: jax.Array, lengths: jax.Array, readout: 
     drop = jnp.zeros((config.n_layer,), jnp.float32) if drop is None else drop
 
     def total(shift):
-        ctx = model.context(tokens, lengths, edit=shift_heads(shift))
-        values = readout(_graddrop_forward(model, tokens, ctx, drop))
-        return jnp.sum(jnp.where(jnp.isfinite(values), values, 0.0)), values
+        ctx = model.context(tokens, lengths, probes=(HEAD_OUTPUT_PROBE,), edit=shift_heads(shift))
+        hidden, heads = _graddrop_forward(model, tokens, ctx, drop)
+        values = readout(hidden)
+        return jnp.sum(jnp.where(jnp.isfinite(values), values, 0.0)), (values, heads)
 
     zero = jnp.zeros((config.n_layer, batch, seq, config.n_head, config.d_head), jnp.float32)
-    grads, values = jax.grad(total, has_aux=True)(zero)
-    return values, head_outputs(model, tokens, lengths), jnp.moveaxis(grads, 0, 1)
+    # the heads' outputs come from the same forward (read before the zero shift is added)
+    grads, (values, heads) = jax.grad(total, has_aux=True)(zero)
+    return values, heads, jnp.moveaxis(grads, 0, 1)
 
 
 def attribution_effects(
@@ -218,10 +222,23 @@ def head_outputs(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> jax.Arra
 
 def head_output_sums(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
     """Per prompt: ``head_sum [b, layer, head, d_head]``, every head's output summed over the prompt's
-    real positions, and ``n_real [b]``, their number (see :func:`mean_head_outputs`)."""
+    real positions, and ``n_real [b]``, their number (see :func:`reference_means`)."""
     outputs = head_outputs(model, tokens, lengths).astype(jnp.float32)
     real = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)  # [b, s]
     return {"head_sum": jnp.einsum("blshd,bs->blhd", outputs, real), "n_real": jnp.sum(real, axis=1)}
+
+
+def edit_replacement(model: GPT2, edit: str, lengths: jax.Array, *, head_mean: np.ndarray | None = None,
+                     partner: jax.Array | None = None) -> jax.Array:
+    """What a head's output becomes under ``edit``, broadcastable to ``[b, layer, seq, head, d_head]``:
+    zeros (``zero``), the reference means ``head_mean [layer, head, d_head]`` (``mean``), or the same
+    head's outputs on the ``partner`` prompts, which have the same lengths (``patch``)."""
+    config = model.config
+    if edit == "zero":
+        return jnp.zeros((config.n_layer, 1, config.n_head, config.d_head), jnp.float32)
+    if edit == "mean":
+        return jnp.asarray(head_mean, jnp.float32)[:, None]
+    return head_outputs(model, partner, lengths)
 
 
 def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
@@ -236,7 +253,6 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     edits = sorted({edit_of(kind) for kind in kinds}, key=EXACT_KINDS.index)
     if "mean" in edits and head_mean is None:
         raise ValueError("mean-ablation effects need the reference condition's head_mean")
-    means = None if head_mean is None else jnp.asarray(head_mean, jnp.float32)[:, None]  # [layer, 1, head, d]
     exact = [kind for kind in kinds if kind in EXACT_KINDS]
     attribution = [kind for kind in kinds if kind not in EXACT_KINDS]
 
@@ -245,15 +261,8 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     @jax.jit
     def effects(state, tokens, lengths, target, foil, partner):
         model = nnx.merge(graphdef, state)
-        config = model.config
-        replacements = {}
-        for edit in edits:
-            if edit == "zero":
-                replacements[edit] = jnp.zeros((config.n_layer, 1, config.n_head, config.d_head), jnp.float32)
-            elif edit == "mean":
-                replacements[edit] = means
-            else:  # patch: the same positions of the partner, which has the same length
-                replacements[edit] = head_outputs(model, partner, lengths)
+        replacements = {edit: edit_replacement(model, edit, lengths, head_mean=head_mean, partner=partner)
+                        for edit in edits}
         readout = task_readout(model, lengths, target, foil)
         metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
                                         heads_per_step=heads_per_step)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.paths import builtin_model_dir, builtin_models, package_data, presets_dir, resolve_path, user_path
+from jaxdiag.paths import builtin_models, package_data, presets_dir, resolve_path, user_path
 from jaxdiag.prompts import SOURCES
 from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES
 
@@ -97,10 +97,6 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    def model_location(self) -> str:
-        """Where the model is: a hub id, a directory, or a shipped model's directory for ``builtin:``."""
-        return str(builtin_model_dir(self.model)) if self.model.startswith(BUILTIN) else self.model
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(RunConfig)}

@@ -296,7 +296,7 @@ def stored_prompts(path: Path, layout: Layout) -> int:
         done = done_chunks(path)
     except OSError:
         return 0
-    return sum(stop - start for start, stop in (layout.chunk_range(*cid) for cid in done if cid in set(layout.chunk_ids())))
+    return sum(stop - start for start, stop in (layout.chunk_range(*cid) for cid in done & set(layout.chunk_ids())))
 
 
 def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.ndarray | None):
@@ -346,7 +346,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
     if resume and path.exists() and not is_store(path):
         raise JaxdiagError(f"cannot resume {path}: it is not a Zarr store")
 
-    checkpoint = resolve(config.model_location(), config.revision)
+    checkpoint = resolve(config.model, config.revision)
     model_config = GPT2Config.from_json(checkpoint.directory / "config.json")
     tokenizer = Tokenizer.for_checkpoint(checkpoint.directory, vocab_size=model_config.vocab_size,
                                          bos_id=model_config.bos_token_id, prepend_bos=config.prepend_bos)

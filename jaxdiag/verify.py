@@ -117,13 +117,10 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
     import jax.numpy as jnp
 
     from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.effects import head_effects, head_outputs, task_readout
-    from jaxdiag.paths import builtin_model_dir
-    from jaxdiag.schema import BUILTIN_PREFIX
+    from jaxdiag.effects import edit_replacement, head_effects, task_readout
 
     config = json.loads(ds.attrs["config"])
-    location = str(builtin_model_dir(config["model"])) if config["model"].startswith(BUILTIN_PREFIX) else config["model"]
-    checkpoint = resolve(location, config.get("revision"))
+    checkpoint = resolve(config["model"], config.get("revision"))
     if checkpoint.weights_sha256 != ds.attrs.get("weights_sha256"):
         raise JaxdiagError(f"the model {config['model']!r} no longer has the weights the store was made with (sha256 differs)")
     _, model = load_checkpoint(checkpoint, precision=config.get("precision", "highest"))
@@ -139,8 +136,11 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
         raise JaxdiagError("mean-ablation verification needs the store's head_mean")
     out = np.full((len(rows), c.n_layer, c.n_head), np.nan)
 
+    head_mean = ds["head_mean"].values if kind == "mean" else None
+
     @jax.jit
-    def effects(tokens, lengths, target, foil, replacement):
+    def effects(tokens, lengths, target, foil, partner):
+        replacement = edit_replacement(model, kind, lengths, head_mean=head_mean, partner=partner)
         readout = task_readout(model, lengths, target, foil)
         return head_effects(model, tokens, lengths, readout, {kind: replacement}, only=heads)[1][kind]
 
@@ -153,16 +153,12 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
             cp = rows[batch]
             tokens = jnp.asarray(tokens_all[cp[:, 0], cp[:, 1], :length])
             lengths = jnp.full((len(batch),), length, jnp.int32)
-            if kind == "zero":
-                replacement = jnp.zeros((c.n_layer, 1, c.n_head, c.d_head))
-            elif kind == "mean":
-                replacement = jnp.asarray(ds["head_mean"].values)[:, None]
-            else:
+            partner = tokens  # unused unless patching
+            if kind == "patch":
                 partners = [_partner(members, str(ds["pair"].values[ci, pi]), ci, pi) for ci, pi in cp]
-                source = jnp.asarray(np.stack([tokens_all[a, b, :length] for a, b in partners]))
-                replacement = head_outputs(model, source, lengths)
+                partner = jnp.asarray(np.stack([tokens_all[a, b, :length] for a, b in partners]))
             out[batch] = np.asarray(effects(tokens, lengths, jnp.asarray(ds["target"].values[cp[:, 0], cp[:, 1]]),
-                                            jnp.asarray(ds["foil"].values[cp[:, 0], cp[:, 1]]), replacement))
+                                            jnp.asarray(ds["foil"].values[cp[:, 0], cp[:, 1]]), partner))
     return out
 
 

@@ -43,7 +43,9 @@ def test_default_preset_names_the_builtin_induction_model():
     if (package_data() / "induction-3l8h").is_dir():
         config = load_config()
         assert config.prompts.source == "induction" and config.conditions == ("repeated", "random")
-        assert Path(config.model_location()).is_dir() and isinstance(config.circuit, dict)
+        from jaxdiag.checkpoint import resolve
+
+        assert resolve(config.model).directory.is_dir() and isinstance(config.circuit, dict)
     else:
         with pytest.raises(JaxdiagError, match="no built-in model 'builtin:induction-3l8h'"):
             load_config()
