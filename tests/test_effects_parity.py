@@ -141,3 +141,24 @@ def test_head_output_sums_count_real_positions_only(tiny_checkpoint):
     np.testing.assert_array_equal(np.asarray(sums["n_real"]), [3, 2])
     np.testing.assert_allclose(np.asarray(sums["head_sum"][0]), outputs[0, :, :3].sum(1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(sums["head_sum"][1]), outputs[1, :, :2].sum(1), rtol=1e-5, atol=1e-6)
+
+
+def test_full_forward_edits_agree_with_the_restarted_runs(case):
+    """The public edits (interventions.zero_heads / patch_heads) through a whole forward pass give the
+    effects head_effects computes by restarting at the edited layer."""
+    from jaxdiag.interventions import patch_heads, zero_heads
+
+    directory, tokens, lengths, target, foil, partner = case
+    model = jaxdiag.load(str(directory)).model
+    c = model.config
+    t, n = jnp.asarray(tokens), jnp.asarray(lengths)
+    readout = task_readout(model, n, jnp.asarray(target), jnp.asarray(foil))
+    sources = head_outputs(model, t, n)[jnp.asarray(partner)]
+    clean, effects = head_effects(model, t, n, readout,
+                                  {"zero": jnp.zeros((c.n_layer, 1, c.n_head, c.d_head)), "patch": sources})
+    for head in [(0, 1), (c.n_layer - 1, c.n_head - 1)]:
+        for kind, edit in (("zero", zero_heads((c.n_layer, c.n_head, c.d_head), [head])),
+                           ("patch", patch_heads(sources, [head]))):
+            edited = readout(model(t, n, edit=edit).hidden)
+            np.testing.assert_allclose(np.asarray(edited - clean), np.asarray(effects[kind][:, head[0], head[1]]),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{kind} {head}")
