@@ -1,0 +1,211 @@
+"""Train the small GPT-2 (GPT-2's BPE vocabulary) with an IOI circuit that jaxdiag ships.
+
+    python -m jaxdiag.ioi.train --out DIR --seed 0
+
+Deterministic from the seed on one backend: data come from ``numpy.random.default_rng(seed)``, the
+initial weights from ``nnx.Rngs(seed)``, and the run is a fixed number of steps. The loss is read at
+each text's last token over the *used* vocabulary only (:func:`jaxdiag.ioi.data.used_vocabulary`):
+training runs a GPT-2 over those ids alone (remapped), and the shipped model's tied embedding rows of
+every other token are exactly 0.0 -- what the full model trained with that loss would keep, since
+those rows never get a gradient -- so ``model.safetensors`` compresses to almost nothing.
+Writes ``config.json`` + ``model.safetensors`` and ``training_record.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from jaxdiag.checkpoint import save_checkpoint
+from jaxdiag.config import GPT2Config
+from jaxdiag.ioi import data
+from jaxdiag.ioi.metrics import evaluate
+from jaxdiag.model import GPT2
+from jaxdiag.tokenizer import GPT2_VOCAB_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    n_layer: int = 4
+    n_head: int = 8
+    n_embd: int = 128
+    n_positions: int = data.N_POSITIONS
+    steps: int = 3000
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+    n_words: int = 3000  # random vocabulary words used as IOI "names"
+    mixture: data.Mixture = data.Mixture()
+
+    def model_config(self) -> GPT2Config:
+        return GPT2Config(vocab_size=GPT2_VOCAB_SIZE, n_positions=self.n_positions, n_embd=self.n_embd,
+                          n_layer=self.n_layer, n_head=self.n_head, bos_token_id=data.BOS_ID)
+
+
+def compact_config(cfg: TrainConfig, used: np.ndarray) -> GPT2Config:
+    """The training model: the same GPT-2 over the used vocabulary only (ids remapped to ``0 .. U-1``)."""
+    return dataclasses.replace(cfg.model_config(), vocab_size=len(used),
+                               bos_token_id=int(np.searchsorted(used, data.BOS_ID)))
+
+
+def expand(compact: GPT2, cfg: TrainConfig, used: np.ndarray) -> GPT2:
+    """The full-vocabulary model: the compact model's weights, with embedding rows outside ``used`` exactly 0.
+
+    Training on the compact vocabulary is the same as training the full model with its loss read
+    over the used ids only (every other tied row gets no gradient), at a fraction of the cost.
+    """
+    model = GPT2(cfg.model_config(), precision="highest", rngs=nnx.Rngs(0))
+    _, compact_state = nnx.split(compact)
+    graphdef, state = nnx.split(model)
+    flat = dict(compact_state.flat_state())
+    wte = np.zeros((GPT2_VOCAB_SIZE, cfg.n_embd), dtype=np.float32)
+    wte[used] = np.asarray(compact.wte.embedding[...])
+    for path, leaf in state.flat_state():
+        leaf.value = jnp.asarray(wte) if path == ("wte", "embedding") else flat[path].value
+    return nnx.merge(graphdef, state)
+
+
+def _loss(model: GPT2, tokens: jax.Array, lengths: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean over texts of ``-log sum_{t in targets} p(t)`` at the last token (compact ids, ``-1``: none).
+
+    Two targets mean either is right (the ``three`` kind).
+    """
+    hidden = model(tokens, lengths).hidden
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    log_probs = jax.nn.log_softmax(model.unembed(last), axis=-1)
+    picked = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0), axis=-1)
+    picked = jnp.where(targets >= 0, picked, -jnp.inf)
+    return -jnp.mean(jax.nn.logsumexp(picked, axis=-1))
+
+
+def _compile_step(model: GPT2, tx: optax.GradientTransformation):
+    """A jitted pure ``(params, opt_state, tokens, lengths, targets) -> (params, opt_state, loss)``."""
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    @jax.jit
+    def step(params, opt_state, tokens, lengths, targets):
+        loss, grads = jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p), tokens, lengths, targets))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return graphdef, params, step
+
+
+def training_batch(rng: np.random.Generator, cfg: TrainConfig, words, used: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One batch in compact ids, padded to the next multiple of 8 tokens (few compiled shapes)."""
+    examples = data.training_examples(rng, cfg.batch_size, cfg.mixture, words)
+    tokens, lengths, targets = data.encode_batch(examples, cfg.n_positions)
+    width = min(cfg.n_positions, -(-int(lengths.max()) // 8) * 8)
+    tokens = np.searchsorted(used, tokens[:, :width]).astype(np.int32)
+    targets = np.where(targets >= 0, np.searchsorted(used, targets), -1).astype(np.int32)
+    return tokens, lengths, targets
+
+
+def train(cfg: TrainConfig, seed: int, *, progress: bool = True, eval_every: int = 500,
+          snapshots: Path | None = None) -> tuple[GPT2, dict]:
+    """Train from scratch; returns the full-vocabulary model and a summary (losses, evaluation).
+
+    ``snapshots``: also save the model every ``eval_every`` steps into ``snapshots/step_N`` (the
+    schedule is constant after warm-up, so ``--steps N`` retrains that very snapshot).
+    """
+    rng = np.random.default_rng(seed)
+    words = data.word_pool(cfg.n_words)
+    used = data.used_vocabulary(words)
+    model = GPT2(compact_config(cfg, used), precision="highest", rngs=nnx.Rngs(seed))
+    schedule = optax.warmup_constant_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    graphdef, params, step = _compile_step(model, tx)
+    opt_state = tx.init(params)
+    history = []
+    bar = tqdm(total=cfg.steps, disable=not progress, desc="training", mininterval=5)
+    for i in range(1, cfg.steps + 1):
+        params, opt_state, loss_value = step(params, opt_state, *training_batch(rng, cfg, words, used))
+        bar.update()
+        if i % 100 == 0:
+            history.append({"step": i, "loss": round(float(loss_value), 4)})
+            bar.set_postfix(loss=f"{float(loss_value):.3f}")
+        if (progress or snapshots) and i % eval_every == 0 and i < cfg.steps:
+            full = expand(nnx.merge(graphdef, params), cfg, used)
+            summary = evaluate(full, n=256)
+            bar.write(f"step {i}: loss {float(loss_value):.4f} " + json.dumps(
+                {k: (v["positive"], v["mean"], v["p05"]) for k, v in summary.items()}), file=sys.stdout)
+            sys.stdout.flush()
+            if snapshots is not None:
+                save_checkpoint(full, snapshots / f"step_{i}")
+    bar.close()
+    model = expand(nnx.merge(graphdef, params), cfg, used)
+    return model, {"final_loss": float(loss_value), "loss_history": history, "evaluation": evaluate(model)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help=f"training steps (default {TrainConfig.steps})")
+    parser.add_argument("--arch", type=int, nargs=3, metavar=("LAYERS", "HEADS", "D_MODEL"),
+                        help="architecture (default: the recorded one)")
+    parser.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {TrainConfig.weight_decay})")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--snapshots", type=Path, help="also save a snapshot every 500 steps here")
+    args = parser.parse_args(argv)
+
+    cfg = TrainConfig()
+    if args.steps:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.arch:
+        cfg = dataclasses.replace(cfg, n_layer=args.arch[0], n_head=args.arch[1], n_embd=args.arch[2])
+    if args.weight_decay is not None:
+        cfg = dataclasses.replace(cfg, weight_decay=args.weight_decay)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model, summary = train(cfg, args.seed, progress=not args.no_progress, snapshots=args.snapshots)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    save_checkpoint(model, args.out)
+    words = data.word_pool(cfg.n_words)
+    record = {
+        "command": "python -m jaxdiag.ioi.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "seed": args.seed,
+        "train_config": dataclasses.asdict(cfg),
+        "final_loss": summary["final_loss"],
+        "evaluation": summary["evaluation"],
+        "loss_history": summary["loss_history"],
+        "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),  # summed over threads; wall time on a shared machine overstates
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": {
+            "jax": jax.__version__, "optax": optax.__version__, "backend": jax.default_backend(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        },
+        "data": {
+            "train_names": list(data.TRAIN_NAMES), "heldout_names": list(data.HELDOUT_NAMES),
+            "places": list(data.PLACES), "objects": list(data.OBJECTS),
+            "train_templates": list(data.TRAIN_TEMPLATES), "heldout_templates": list(data.HELDOUT_TEMPLATES),
+            "prefixes": list(data.PREFIXES), "single_templates": list(data.SINGLE_TEMPLATES),
+            "context_words": list(data.CONTEXT_WORDS), "word_pool": list(words),
+            "used_vocabulary_size": int(len(data.used_vocabulary(words))),
+        },
+    }
+    (args.out / "training_record.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({"final_loss": record["final_loss"], "wall_time_s": record["wall_time_s"],
+                      "evaluation": {k: (v["positive"], v["mean"], v["p05"]) for k, v in record["evaluation"].items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
