@@ -46,7 +46,7 @@ class TrainConfig:
     n_embd: int = 128
     n_positions: int = data.N_POSITIONS
     steps: int = 3000
-    batch_size: int = 128
+    batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 200
     weight_decay: float = 0.1
