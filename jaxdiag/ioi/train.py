@@ -119,7 +119,7 @@ def training_batch(rng: np.random.Generator, cfg: TrainConfig, words, used: np.n
 
 
 def train(cfg: TrainConfig, seed: int, *, progress: bool = True, eval_every: int = 500,
-          snapshots: Path | None = None) -> tuple[GPT2, dict]:
+          snapshots: Path | None = None, eval_prompts: int = 1000) -> tuple[GPT2, dict]:
     """Train from scratch; returns the full-vocabulary model and a summary (losses, evaluation).
 
     ``snapshots``: also save the model every ``eval_every`` steps into ``snapshots/step_N`` (the
@@ -151,7 +151,7 @@ def train(cfg: TrainConfig, seed: int, *, progress: bool = True, eval_every: int
                 save_checkpoint(full, snapshots / f"step_{i}")
     bar.close()
     model = expand(nnx.merge(graphdef, params), cfg, used)
-    return model, {"final_loss": float(loss_value), "loss_history": history, "evaluation": evaluate(model)}
+    return model, {"final_loss": float(loss_value), "loss_history": history, "evaluation": evaluate(model, eval_prompts)}
 
 
 def main(argv: list[str] | None = None) -> int:
