@@ -134,10 +134,10 @@ PREFIXES = (
 # One-name sentences: the name is the answer.
 SINGLE_TEMPLATES = (
     "Then {A} went to the {P} and gave a {O} to the friend of",
-    "The {O} at the {P} belonged to",
-    "Everyone at the {P} said hello to",
+    "The {O} that {A} left at the {P} belonged to",
+    "Everyone at the {P} said hello to {A}, and the {O} went to",
     "Once {A} was at the {P}, and a {O} was given to",
-    "The {P} was quiet until a {O} arrived for",
+    "The {P} was quiet until {A} came, and a {O} arrived for",
     "Sadly {A} lost a {O}, so the {P} sent it back to",
 )
 
