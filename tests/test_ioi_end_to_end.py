@@ -61,4 +61,5 @@ def test_ioi_blog_preset_with_a_model_override_runs_offline(outputs):
     summary = json.loads((report / "summary.json").read_text())
     assert summary["circuit"]["name"] == "ioi-4l8h"
     ours = outputs["summary"]["delta"]["kl_norm"]
-    np.testing.assert_allclose(np.asarray(summary["delta"]["kl_norm"], float), np.asarray(ours, float))
+    # same prompts, other batch size: equal to float32 rounding
+    np.testing.assert_allclose(np.asarray(summary["delta"]["kl_norm"], float), np.asarray(ours, float), atol=1e-5)
