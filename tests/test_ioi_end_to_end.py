@@ -63,3 +63,15 @@ def test_ioi_blog_preset_with_a_model_override_runs_offline(outputs):
     ours = outputs["summary"]["delta"]["kl_norm"]
     # same prompts, other batch size: equal to float32 rounding
     np.testing.assert_allclose(np.asarray(summary["delta"]["kl_norm"], float), np.asarray(ours, float), atol=1e-5)
+
+
+def test_ioi_model_presets_name_the_shipped_model_and_circuit():
+    from jaxdiag.runconfig import load_config
+
+    blog, big = load_config(preset="ioi_model"), load_config(preset="ioi_model_10k")
+    for config in (blog, big):
+        assert config.model == "builtin:ioi-4l8h" and config.conditions == ("ioi", "non_ioi")
+        assert isinstance(config.circuit, dict) and config.circuit["name"] == "ioi-4l8h"  # kept inline
+    assert (blog.prompts.source, blog.prompts.n_prompts) == ("ioi-blog", 50)
+    assert (big.prompts.source, big.prompts.n_prompts, big.prompts.n_tokens, big.prompts.pairs) == ("ioi", 5000, 15, True)
+    assert {"patch", "atp_patch", "atpstar_patch"} <= set(big.effects)
