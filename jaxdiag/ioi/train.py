@@ -80,7 +80,7 @@ def expand(compact: GPT2, cfg: TrainConfig, used: np.ndarray) -> GPT2:
     wte = np.zeros((GPT2_VOCAB_SIZE, cfg.n_embd), dtype=np.float32)
     wte[used] = np.asarray(compact.wte.embedding[...])
     for path, leaf in state.flat_state():
-        leaf.value = jnp.asarray(wte) if path == ("wte", "embedding") else flat[path].value
+        leaf[...] = jnp.asarray(wte) if path == ("wte", "embedding") else flat[path][...]
     return nnx.merge(graphdef, state)
 
 
