@@ -205,6 +205,48 @@ def transformerlens_bridge(spec: dict) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- whole processes
+
+
+def _jsonl_token_prompts(path: str) -> list[list[int]]:
+    return [json.loads(line)["tokens"] for line in open(path)]
+
+
+def torch_process(spec: dict) -> dict[str, Any]:
+    """A PyTorch tool's whole job, as a user script does it: import, load, read the prompts, run every
+    batch once (no warm-up), reduce, write the results to ``spec["out"]`` (npz). The caller times the
+    process from start to exit; the phase times here show where the time goes."""
+    t0 = time.perf_counter()
+    torch, device = _torch_setup(spec)
+    prompts = _jsonl_token_prompts(spec["prompts"])
+    tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # one length: no padding
+    t_imported = time.perf_counter()
+    if spec["tool"] == "transformers":
+        from transformers import GPT2Model
+
+        model = GPT2Model.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval().to(device)
+        patterns = lambda batch: model(batch, output_attentions=True).attentions
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(spec["checkpoint"], device=device)
+        names = [f"blocks.{i}.attn.hook_pattern" for i in range(bridge.cfg.n_layers)]
+
+        def patterns(batch):
+            _, cache = bridge.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_pattern"))
+            return [cache[name] for name in names]
+    t_loaded = time.perf_counter()
+    results: list[dict[str, np.ndarray]] = []
+    with torch.inference_mode():
+        for start in range(0, len(tokens), spec["batch"]):
+            results.append(torch_diagnostics(patterns(tokens[start : start + spec["batch"]]), torch))
+    t_ran = time.perf_counter()
+    np.savez(spec["out"], **{k: np.concatenate([r[k] for r in results]) for k in results[0]})
+    return {"import_read_s": round(t_imported - t0, 3), "load_s": round(t_loaded - t_imported, 3),
+            "run_s": round(t_ran - t_loaded, 3), "write_s": round(time.perf_counter() - t_ran, 3),
+            "torch_threads": torch.get_num_threads()}
+
+
 # --------------------------------------------------------------------------- GEMM rate
 
 
@@ -296,7 +338,7 @@ def probe(spec: dict) -> dict[str, Any]:
 
 KINDS = {
     "jaxdiag_runner": jaxdiag_runner, "jaxdiag_step": jaxdiag_step, "transformers": transformers_eager,
-    "transformerlens": transformerlens_bridge, "gemm": gemm, "probe": probe, "make_checkpoint": make_checkpoint,
+    "transformerlens": transformerlens_bridge, "torch_process": torch_process, "gemm": gemm, "probe": probe, "make_checkpoint": make_checkpoint,
 }
 
 

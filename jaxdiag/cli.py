@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
     run.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    _compile_cache_flags(run)
     dist = run.add_argument_group("multi-host (jax.distributed)")
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address of a multi-process run")
     dist.add_argument("--num-processes", type=int, metavar="N")
@@ -73,7 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--fraction", type=float, default=0.2, help="a head matters at >= this x the largest verified effect")
     verify.add_argument("--batch-size", type=int, default=32, metavar="B")
     verify.add_argument("--seed", type=int, default=0, metavar="S")
+    _compile_cache_flags(verify)
     return parser
+
+
+def _compile_cache_flags(command: argparse.ArgumentParser) -> None:
+    cache = command.add_mutually_exclusive_group()
+    cache.add_argument("--compile-cache", metavar="DIR",
+                       help="JAX's persistent compilation cache (default: $JAXDIAG_CACHE_DIR, else ~/.cache/jaxdiag/xla)")
+    cache.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
+
+
+def _use_compile_cache(args: argparse.Namespace) -> None:
+    if not args.no_compile_cache:
+        from jaxdiag.compile_cache import enable_compile_cache
+
+        enable_compile_cache(args.compile_cache)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -87,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         "prepend_bos": args.prepend_bos, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
         "precision": args.precision, "seed": args.seed, "effects": args.effects,
     })
+    _use_compile_cache(args)
     if args.coordinator is not None:
         import jax
 
@@ -141,6 +158,7 @@ def _report(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from jaxdiag.verify import render, verify, write
 
+    _use_compile_cache(args)
     result = verify(args.store, method=args.method, top=args.top, sample=args.sample, seed=args.seed,
                     fraction=args.fraction, batch_size=args.batch_size)
     write(result, args.out)
