@@ -187,3 +187,16 @@ def min_effect_pvalue(delta: np.ndarray, se: np.ndarray, df: np.ndarray, x: floa
     with quiet():
         p = stats.t.cdf((x - c) / se, df) + stats.t.cdf((-x - c) / se, df)
     return np.where(np.isfinite(c) & np.isfinite(se), np.minimum(p, 1.0), np.nan)
+
+
+def lead_circuit_test(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, design: str, n_perm: int,
+                      rng: np.random.Generator):
+    """The report's lead test on its own (what analysis.pipeline.circuit_tests computes as `permutation_z`, from
+    the same draws given the same generator): one-sided Mann-Whitney U of circuit vs other heads' |t|, against
+    its distribution over n_perm label permutations (design's scheme) with every head's t recomputed.
+    xa, xb: [n, *heads]; mask: heads' shape, True on circuit heads. Returns a PermutationResult."""
+    from analysis.circuit_tests import circuit_permutation_test  # noqa: PLC0415 (circuit_tests is the heavier module)
+
+    t = standardised(np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64), design)["t"]
+    _, null_t = permutation_null(xa, xb, design, n_perm, rng)
+    return circuit_permutation_test(t, null_t, mask)
