@@ -161,11 +161,18 @@ def _single_token_words(words: Sequence[str], encode: Encoder, bos: list[int]) -
     return [w for w in words if len(encode(" " + w)) == len(bos) + 1]
 
 
-def ioi_prompts(encode: Encoder, *, n_prompts: int, n_tokens: int, seed: int) -> Iterator[Prompt]:
+def ioi_prompts(encode: Encoder, *, n_prompts: int, n_tokens: int, seed: int,
+                pairs: bool = False) -> Iterator[Prompt]:
     """``n_prompts`` unique IOI prompts then ``n_prompts`` unique non-IOI prompts of exactly ``n_tokens``.
 
     ``encode`` is the run's tokenizer (BOS included when the run prepends it). IOI prompts alternate
     ABBA and BABA, so the two orders are balanced to within one prompt.
+
+    With ``pairs``, the i-th non-IOI prompt is the i-th IOI prompt's ABC counterfactual (Wang et al.
+    2022): the same template, names, place and object, with the second occurrence of the subject
+    replaced by a third name, so the two have the same token count and share the ``pair`` id
+    ``str(i)``. Without ``pairs`` the non-IOI prompts are drawn independently (and the walk is
+    exactly what earlier versions produced).
     """
     bos = encode("x")[:-1]  # [] or [bos]: what the tokenizer puts before the text
     names = _single_token_words(IOI_NAMES, encode, bos)
@@ -216,8 +223,27 @@ def ioi_prompts(encode: Encoder, *, n_prompts: int, n_tokens: int, seed: int) ->
                 "c_name": picked[2] if n_names == 3 else "", "place": place, "object": obj,
             }, **ioi_task(encode, condition, picked[0], picked[1]))
 
-    yield from draw("ioi", [abba, baba], 2, random.Random(f"jaxdiag-ioi-{seed}"))
-    yield from draw("non_ioi", [non_ioi], 3, random.Random(f"jaxdiag-non_ioi-{seed}"))
+    if not pairs:
+        yield from draw("ioi", [abba, baba], 2, random.Random(f"jaxdiag-ioi-{seed}"))
+        yield from draw("non_ioi", [non_ioi], 3, random.Random(f"jaxdiag-non_ioi-{seed}"))
+        return
+    # the counterfactuals need the IOI prompts, so the walk keeps them: n_prompts small Prompt objects
+    originals = [dataclasses.replace(p, pair=str(i))
+                 for i, p in enumerate(draw("ioi", [abba, baba], 2, random.Random(f"jaxdiag-ioi-{seed}")))]
+    yield from originals
+    rng = random.Random(f"jaxdiag-ioi-abc-{seed}")
+    for p in originals:
+        order, index = p.metadata["template"].split("-")
+        template = (IOI_ABBA if order == "abba" else IOI_BABA)[int(index) - 1]
+        io_name, s_name = str(p.metadata["io_name"]), str(p.metadata["s_name"])
+        c_name = rng.choice([n for n in names if n not in (io_name, s_name)])
+        text = "{C}".join(template.rsplit("{B}", 1)).format(A=io_name, B=s_name, C=c_name,
+                                                            P=p.metadata["place"], O=p.metadata["object"])
+        tokens = encode(text)
+        if len(tokens) != len(p.tokens):  # single-token names make this impossible; guard the invariant
+            raise JaxdiagError(f"the ABC counterfactual of {p.text!r} has {len(tokens)} tokens, not {len(p.tokens)}")
+        yield Prompt("non_ioi", tuple(tokens), text, {**p.metadata, "c_name": c_name},
+                     **ioi_task(encode, "non_ioi", io_name, s_name), pair=p.pair)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
     source = "ioi"                  # ioi-blog | ioi | jsonl | induction
     n_prompts = 5000                # per condition
     n_tokens = 15                   # ioi only
+    # pairs = true                  # ioi only: each non-IOI prompt is its IOI prompt's ABC counterfactual
     # path = "prompts.jsonl"        # jsonl only (relative to this file)
     # segment_length = 20           # induction only
 
@@ -49,11 +50,15 @@ class PromptSpec:
     n_tokens: int = 15
     segment_length: int = 20
     path: str | None = None
+    pairs: bool = False  # ioi only: the non-IOI prompts are the IOI prompts' ABC counterfactuals
+
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "n_prompts": self.n_prompts}
         if self.source == "ioi":
             out["n_tokens"] = self.n_tokens
+            if self.pairs:  # absent when off: configs of earlier versions resume unchanged
+                out["pairs"] = True
         if self.source == "induction":
             out["segment_length"] = self.segment_length
         if self.source == "jsonl":
@@ -192,7 +197,7 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
     if "source" not in prompts:
         raise JaxdiagError(f"{source}: no prompt source (set [prompts] source = {' | '.join(SOURCES)}, or pass --prompts FILE)")
     for key, kind in (("source", str), ("n_prompts", (int, type(None))), ("n_tokens", int),
-                      ("segment_length", int), ("path", str)):
+                      ("segment_length", int), ("path", str), ("pairs", bool)):
         if key in prompts:
             _check_type(source, f"prompts.{key}", prompts[key], kind)
     if raw.get("precision", "highest") not in PRECISIONS:
@@ -205,6 +210,8 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
         raise JaxdiagError(f"{source}: prompts.source must be one of {', '.join(SOURCES)}, not {prompts['source']!r}")
     if (prompts.get("n_prompts") or 1) < 1 or prompts.get("n_tokens", 1) < 1 or prompts.get("segment_length", 1) < 1:
         raise JaxdiagError(f"{source}: n_prompts, n_tokens and segment_length must be >= 1")
+    if prompts.get("pairs") and prompts["source"] != "ioi":
+        raise JaxdiagError(f"{source}: prompts.pairs applies to the ioi source only (jsonl prompts give their own 'pair')")
     if prompts["source"] == "jsonl":
         if "path" not in prompts:
             raise JaxdiagError(f"{source}: prompts.source = \"jsonl\" needs prompts.path")

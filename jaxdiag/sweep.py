@@ -97,7 +97,8 @@ def prompt_stream(config: RunConfig, encode: Callable[[str], list[int]] | None, 
             yield from ioi_blog_prompts(need_encoder(), limit or 50)
     elif spec.source == "ioi":
         def walk() -> Iterator[Prompt]:
-            yield from ioi_prompts(need_encoder(), n_prompts=limit or 1000, n_tokens=spec.n_tokens, seed=config.seed)
+            yield from ioi_prompts(need_encoder(), n_prompts=limit or 1000, n_tokens=spec.n_tokens,
+                                   seed=config.seed, pairs=spec.pairs)
     elif spec.source == "induction":
         def walk() -> Iterator[Prompt]:
             yield from induction_prompts(n_prompts=limit or 100, segment_length=spec.segment_length,

@@ -156,3 +156,22 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_vocab_checkpoint, c
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("jaxdiag: error:"), result.stderr
     assert not out.exists()
+
+
+def test_paired_ioi_run_patches_each_prompt_with_its_abc_counterfactual(gpt2_vocab_checkpoint, tmp_path):
+    """pairs = true end to end: the store carries the pair ids and patch effects find each partner."""
+    import xarray as xr
+
+    from jaxdiag.cli import main
+
+    config = tmp_path / "paired.toml"
+    config.write_text(f'model = "{gpt2_vocab_checkpoint}"\neffects = ["patch"]\n'
+                      '[prompts]\nsource = "ioi"\nn_prompts = 6\npairs = true\n')
+    assert main(["run", str(config), "--out", str(tmp_path / "s.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert ds.pair.sel(condition="ioi").values.tolist() == ds.pair.sel(condition="non_ioi").values.tolist() \
+        == [str(i) for i in range(6)]
+    ioi, abc = ds.tokens.sel(condition="ioi").values, ds.tokens.sel(condition="non_ioi").values
+    assert ((ioi != abc).sum(axis=1) == 1).all()  # the second S, replaced by C
+    assert np.isfinite(ds.effect_patch.sel(condition="ioi").values).all()
+    assert np.isnan(ds.effect_patch.sel(condition="non_ioi").values).all()  # no IO on an ABC prompt

@@ -79,6 +79,8 @@ def test_command_line_overrides_the_config(tmp_path, monkeypatch):
     ('model = "gpt2"\nconditions = ["a"]\n[prompts]\nsource = "ioi"\n', "conditions must be two different"),
     ('model = "gpt2"\ncircuit = "ioi99"\n[prompts]\nsource = "ioi"\n', "neither ioi23 nor ioi26 nor an existing file"),
     ('model = "builtin:nothing"\n[prompts]\nsource = "ioi"\n', "no built-in model 'builtin:nothing'"),
+    ('model = "gpt2"\n[prompts]\nsource = "ioi"\npairs = 1\n', "prompts.pairs must be bool"),
+    ('model = "gpt2"\n[prompts]\nsource = "ioi-blog"\npairs = true\n', "pairs applies to the ioi source only"),
 ])
 def test_bad_configs_are_refused(tmp_path, body, message):
     path = tmp_path / "run.toml"
@@ -121,3 +123,13 @@ def test_a_wrongly_typed_value_is_named_with_its_key_and_type(tmp_path):
     config.write_text('model = "builtin:induction-3l8h"\nbatch_size = "big"\n')  # and no [prompts] table
     with pytest.raises(JaxdiagError, match=r"big.toml: batch_size must be int, not 'big'"):
         load_config(str(config))
+
+
+def test_paired_ioi_is_recorded_only_when_asked(tmp_path):
+    """pairs = false leaves the recorded config exactly as before, so older stores still --resume."""
+    path = tmp_path / "run.toml"
+    path.write_text('model = "gpt2"\n[prompts]\nsource = "ioi"\nn_prompts = 4\n')
+    assert "pairs" not in json.loads(load_config(str(path)).to_json())["prompts"]
+    path.write_text('model = "gpt2"\n[prompts]\nsource = "ioi"\nn_prompts = 4\npairs = true\n')
+    config = load_config(str(path))
+    assert config.prompts.pairs and json.loads(config.to_json())["prompts"]["pairs"] is True

@@ -109,6 +109,27 @@ def test_ioi_generator_makes_2000_unique_prompts_per_condition_of_the_requested_
     assert again == prompts and [p.text for p in other] != [p.text for p in prompts[:50]]
 
 
+def test_paired_ioi_prompts_are_abc_counterfactuals_of_the_unpaired_ioi_prompts(gpt2_tokenizer):
+    unpaired = list(ioi_prompts(gpt2_tokenizer.encode, n_prompts=300, n_tokens=15, seed=0))
+    paired = list(ioi_prompts(gpt2_tokenizer.encode, n_prompts=300, n_tokens=15, seed=0, pairs=True))
+    ioi, abc = paired[:300], paired[300:]
+    assert [p.condition for p in paired] == ["ioi"] * 300 + ["non_ioi"] * 300
+    # the IOI half is the unpaired walk's, now with pair ids 0..n-1
+    assert [(p.tokens, p.metadata) for p in ioi] == [(p.tokens, p.metadata) for p in unpaired[:300]]
+    assert [p.pair for p in ioi] == [p.pair for p in abc] == [str(i) for i in range(300)]
+    assert len({p.text for p in abc}) == 300
+    for p, q in zip(ioi, abc):
+        io, s, c = p.metadata["io_name"], p.metadata["s_name"], q.metadata["c_name"]
+        assert c not in (io, s) and q.metadata["template"] == p.metadata["template"]
+        assert len(q.tokens) == len(p.tokens) == 15 and list(q.tokens) == gpt2_tokenizer.encode(q.text)
+        # exactly one token differs: the second occurrence of S, now C
+        differ = [i for i, (a, b) in enumerate(zip(p.tokens, q.tokens)) if a != b]
+        assert len(differ) == 1 and p.text.rsplit(s, 1) == q.text.rsplit(c, 1)
+        assert min(p.target, p.foil) >= 0 and (q.target, q.foil) == (-1, -1)  # -1: no target
+    again = list(ioi_prompts(gpt2_tokenizer.encode, n_prompts=300, n_tokens=15, seed=0, pairs=True))
+    assert again == paired
+
+
 def test_ioi_generator_other_lengths_and_impossible_ones(gpt2_tokenizer):
     longer = list(ioi_prompts(gpt2_tokenizer.encode, n_prompts=20, n_tokens=16, seed=0))
     assert all(len(p.tokens) == 16 for p in longer)
