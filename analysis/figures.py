@@ -246,7 +246,9 @@ def prompt_count_curve(an: Analysis) -> Figure:
         if any(p is not None for p in t[f"perm_p_{var}"]):
             axes[0].plot(t["n"], [np.nan if p is None else p for p in t[f"perm_p_{var}"]], marker="s", c=c,
                          label=f"{var}: lead, permutation on |delta_z|")
-        axes[1].plot(t["n"], t[f"auc_{var}"], marker="o", c=c, label=var)
+        axes[1].plot(t["n"], t[f"auc_{var}"], marker="o", c=c, ls="--", label=f"{var}: raw |delta|")
+        if f"auc_z_{var}" in t:
+            axes[1].plot(t["n"], t[f"auc_z_{var}"], marker="s", c=c, label=f"{var}: |delta_z|")
         axes[1].fill_between(t["n"], t[f"auc_{var}_q25"], t[f"auc_{var}_q75"], color=c, alpha=0.2)
         axes[2].plot(t["n"], t[f"ci_width_{var}"], marker="o", c=c, label=var)
     axes[0].set_yscale("log")

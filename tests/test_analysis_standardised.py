@@ -294,3 +294,19 @@ def test_prompt_curve_has_the_lead_permutation_p(paired_report):
         assert len(curve[f"auc_z_{var}"]) == len(curve["n"])
     assert curve["perm_p_kl_norm"][-1] <= 0.05  # all 60 pairs: the planted circuit shift is found
     assert s["settings"]["prompt_curve_n_perm"] == 99
+
+
+def test_cli_min_effect_flag(tmp_path):
+    """`jaxdiag report --min-effect` reaches summary.json; a bad value is a one-line error, exit 2."""
+    import json
+
+    from jaxdiag.cli import main
+
+    ds = make_dataset(n_layers=2, n_heads=3, n_prompts=20, seed=3, circuit={"name": "c", "roles": {"A": ["1.1"]}})
+    write_store(ds, tmp_path / "s.zarr")
+    args = ["report", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "out"), "--n-perm", "20", "--n-boot", "20"]
+    assert main(args + ["--min-effect", "kl_norm=0.05"]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["min_effect"] == {"kl_norm": 0.05, "chi": 0.01}
+    assert main(args[:3] + [str(tmp_path / "bad"), "--min-effect", "chi=-1"]) == 2
+    assert not (tmp_path / "bad").exists()
