@@ -310,3 +310,19 @@ def test_cli_min_effect_flag(tmp_path):
     assert s["min_effect"] == {"kl_norm": 0.05, "chi": 0.01}
     assert main(args[:3] + [str(tmp_path / "bad"), "--min-effect", "chi=-1"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_report_lead_test_is_lead_circuit_test(paired_report):
+    """The report's `circuit_test` p is st.lead_circuit_test on the store's values with the report's permutation
+    stream (the documented stand-alone form of the lead test)."""
+    from analysis.circuits import from_mapping
+    from analysis.pipeline import SEED_PERM
+    from analysis.resampling import rng_for
+
+    _, ds, _ = paired_report
+    circuit = from_mapping({"roles": {"Mover": ["2.1", "2.3"]}}, name="toy", source="test")
+    an = run_analysis(ds, circuit, "ioi", "non_ioi", n_boot=20, n_perm=200, seed=4, curve=False)
+    xa, xb = (x.values for x in an.comparison.values["chi"])
+    alone = st.lead_circuit_test(xa, xb, an.comparison.mask.values, st.PAIRED, 200, rng_for(4, SEED_PERM))
+    assert alone.pvalue == an.circuit_tests["chi"].permutation_z.pvalue
+    assert alone.statistic == an.circuit_tests["chi"].permutation_z.statistic
