@@ -122,3 +122,28 @@ def default_conditions(ds: xr.Dataset, config: dict[str, Any]) -> tuple[str, str
     if len(known) < 2:
         raise AnalysisError(f"store has {len(known)} condition(s); a comparison needs two")
     return known[0], known[1]
+
+
+def pair_order(ds: xr.Dataset, a: str, b: str) -> tuple[np.ndarray | None, str]:
+    """How condition b's prompts line up with condition a's as matched pairs, from the `pair` coordinate.
+
+    Returns (order, reason): order[i] is the position (among b's stored prompts, padding dropped) of the
+    partner of a's i-th prompt, when every prompt of both conditions has a pair id, the ids are unique
+    within each condition and the two conditions hold the same ids (a paired design); else (None, why not).
+    """
+    if "pair" not in ds.coords:
+        return None, "the store has no `pair` coordinate"
+    ids = {}
+    for c in (a, b):
+        valid = _valid_prompts(ds, c, ds["kl_norm"].sel(condition=c))  # the prompts condition_array keeps
+        raw = np.asarray(ds["pair"].sel(condition=c).values)[valid]
+        values = [str(v) for v in raw.tolist()]
+        if any(v in ("", "None", "nan", "-1") for v in values):
+            return None, f"some `{c}` prompts have no pair id"
+        if len(set(values)) != len(values):
+            return None, f"pair ids repeat within `{c}`"
+        ids[c] = values
+    if set(ids[a]) != set(ids[b]):
+        return None, f"the pair ids of `{a}` and `{b}` differ"
+    where = {v: i for i, v in enumerate(ids[b])}
+    return np.asarray([where[v] for v in ids[a]], dtype=int), "every prompt's pair partner is in the other condition"

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--n-boot", type=int, default=1000, metavar="N")
     report.add_argument("--n-perm", type=int, default=1000, metavar="N")
     report.add_argument("--seed", type=int, default=0, metavar="S")
+    report.add_argument("--min-effect", default=None, metavar="X|VAR=X,...",
+                        help="minimum effect of interest of the per-head tests (default kl_norm=0.01,chi=0.01)")
 
     verify = commands.add_parser(
         "verify", help="verify the heads an AtP/AtP* ranking puts first by exact patching",
@@ -149,7 +151,7 @@ def _report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise JaxdiagError(f"the report needs the analysis package, which is not importable ({exc})") from None
     summary = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
-                           n_perm=args.n_perm, seed=args.seed)
+                           n_perm=args.n_perm, seed=args.seed, min_effect=args.min_effect)
     conditions = summary.get("conditions", {}) if isinstance(summary, dict) else {}
     print(f"wrote report to {args.out} ({conditions.get('a')} vs {conditions.get('b')})")
     return 0

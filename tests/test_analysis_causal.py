@@ -154,7 +154,7 @@ def test_precision_recall_of_flagged_heads(tmp_path):
                      n_perm=1000, seed=2)
     entry = s["causal"]["zero"]
     assert entry["flagged"]["kl_norm"] == [list(h) for h in sorted(flagged)]
-    assert entry["flagged"]["kl_norm"] == s["per_head"]["kl_norm"]["bh_0.05"]  # the report's own flags
+    assert entry["flagged"]["kl_norm"] == s["min_effect_tests"]["kl_norm"]["flagged"]  # the report's own flags
     assert entry["precision"]["kl_norm"] == pytest.approx(2 / 3) and entry["recall"]["kl_norm"] == pytest.approx(2 / 3)
 
 
