@@ -60,6 +60,7 @@ class Layout:
     chunk_size: int
     metadata: dict[str, str]  # per-prompt metadata coordinate -> "str" | "float"
     effects: tuple[str, ...] = ()  # causal-effect kinds: adds metric, effect_<kind> and the task coordinates
+    paired: bool = False  # some prompts name a pair partner: the ``pair`` coordinate (paired statistics)
 
     @property
     def n_prompts(self) -> int:
@@ -86,7 +87,8 @@ class Layout:
 
     def coordinates(self) -> str:
         """Every per-prompt coordinate's name (a data variable's ``coordinates`` attribute)."""
-        return " ".join([*PROMPT_COORDS, *(TASK_COORDS if self.effects else ()), *self.metadata])
+        task = TASK_COORDS if self.effects else ("pair",) if self.paired else ()
+        return " ".join([*PROMPT_COORDS, *task, *self.metadata])
 
 
 def default_chunk_size(n_layers: int, n_heads: int, max_len: int, query: str) -> int:
@@ -114,12 +116,13 @@ def is_store(path: Path) -> bool:
 
 def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], *, query: QueryMode,
                     width: int | None = None, metadata: Mapping[str, str] | None = None,
-                    start: int = 0) -> xr.Dataset:
+                    start: int = 0, paired: bool = False) -> xr.Dataset:
     """Diagnostics of ``prompts`` with their per-prompt coordinates: dims ``prompt, layer, head[, query]``.
 
     ``values`` maps every diagnostic to ``[n, layer, head(, query)]`` float32 (used as given, not
     copied), and, in a run with effects, ``metric`` to ``[n]`` and each ``effect_<kind>`` to
-    ``[n, layer, head]`` (then the task coordinates ``target``, ``foil``, ``pair`` come too);
+    ``[n, layer, head]`` (then the task coordinates ``target``, ``foil``, ``pair`` come too; ``pair``
+    alone with ``paired``, for the report's paired statistics);
     ``tokens`` is -1-padded to ``width`` (default: the longest prompt); ``metadata`` names the
     per-prompt metadata coordinates and their kinds ("str" | "float"), missing values being "" and
     NaN; ``prompt`` counts from ``start``.
@@ -144,6 +147,7 @@ def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray],
     if task:
         coords["target"] = ("prompt", np.asarray([p.target for p in prompts], dtype=np.int32))
         coords["foil"] = ("prompt", np.asarray([p.foil for p in prompts], dtype=np.int32))
+    if task or paired:
         coords["pair"] = ("prompt", np.asarray([p.pair or "" for p in prompts], dtype=str))
     for key, kind in metadata.items():
         coords[key] = ("prompt", _metadata_column(prompts, key, kind))
@@ -188,7 +192,8 @@ def store_template(layout: Layout, attrs: Mapping[str, Any], *, head_mean: np.nd
     empty = [Prompt("", ())] * layout.n_prompts
     values = {name: np.broadcast_to(np.float32(np.nan), (layout.n_prompts, *shape))
               for name, shape in layout.value_shapes().items()}
-    schema = prompts_dataset(empty, values, query=layout.query, width=layout.max_len, metadata=layout.metadata)
+    schema = prompts_dataset(empty, values, query=layout.query, width=layout.max_len, metadata=layout.metadata,
+                             paired=layout.paired)
     ds = with_condition(schema, layout.conditions)
     coordinates = layout.coordinates()
     # the root "coordinates" attribute makes xarray treat per-prompt arrays (tokens has no data

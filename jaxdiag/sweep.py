@@ -65,6 +65,7 @@ class Plan:
     n_targets: int = 0  # prompts with a task target (counted when effects are asked for)
     # pair id -> its prompts' (condition, tokens), kept when patch effects are asked for
     pairs: dict[str, list[tuple[str, tuple[int, ...]]]] | None = None
+    paired: bool = False  # some prompt names a pair partner
 
     def partner_tokens(self, prompt: Prompt) -> tuple[int, ...]:
         """The tokens of ``prompt``'s pair partner (the member of its pair in the other condition)."""
@@ -119,7 +120,8 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     """Validate every prompt and summarise the set; raises JaxdiagError on the first bad one.
 
     With ``effects``, the task fields (target, foil, pair) are validated and enter the digest too;
-    without, the digest is what earlier versions computed, so their stores still resume.
+    without, the digest is what earlier versions computed, so their stores still resume. Pairs are
+    checked either way (two prompts in two conditions; equal lengths too for patch effects).
     """
     from jaxdiag.runner import check_prompt
 
@@ -127,6 +129,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     kinds: dict[str, set[str]] = {}
     max_len = n_targets = 0
     pairs: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    patching = any(edit_of(kind) == "patch" for kind in effects)
     digest = hashlib.sha256()
     for prompt in prompts:
         index = counts.get(prompt.condition, 0)
@@ -140,10 +143,11 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         if effects:
             n_targets += _check_task(prompt, vocab_size, label)
             record.append([prompt.target, prompt.foil, prompt.pair])
-            if any(edit_of(kind) == "patch" for kind in effects):
-                if prompt.pair is None:
-                    raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
-                pairs.setdefault(prompt.pair, []).append((prompt.condition, prompt.tokens))
+        if patching and prompt.pair is None:
+            raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
+        if prompt.pair is not None:
+            # only patching needs the partners' tokens; the pairing itself is checked for every run
+            pairs.setdefault(prompt.pair, []).append((prompt.condition, prompt.tokens if patching else ()))
         digest.update(json.dumps(record).encode() + b"\n")
     if not counts:
         raise JaxdiagError("the prompt set is empty")
@@ -154,7 +158,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         _check_pair(pair, members)
     metadata = {key: "float" if kind == {"float"} else "str" for key, kind in kinds.items()}
     return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest(), n_targets,
-                pairs if any(edit_of(kind) == "patch" for kind in effects) else None)
+                pairs if patching else None, paired=bool(pairs))
 
 
 def _check_task(prompt: Prompt, vocab_size: int, label: str) -> int:
@@ -172,7 +176,7 @@ def _check_pair(pair: str, members: list[tuple[str, tuple[int, ...]]]) -> None:
     (first, a), (second, b) = members
     if first == second:
         raise JaxdiagError(f"pair {pair!r}: both prompts are in condition {first!r}; a pair spans two conditions")
-    if len(a) != len(b):
+    if len(a) != len(b):  # only patching keeps tokens (else both are ())
         raise JaxdiagError(f"pair {pair!r}: the prompts have {len(a)} and {len(b)} tokens; a patch needs equal lengths")
 
 
@@ -223,7 +227,7 @@ class Chunk:
     def dataset(self, layout: Layout) -> xr.Dataset:
         """The chunk as its region of the store: the store's schema for these prompts, condition included."""
         ds = prompts_dataset(self.prompts, self.values, query=layout.query, width=layout.max_len,
-                             metadata=layout.metadata, start=self.start)
+                             metadata=layout.metadata, start=self.start, paired=layout.paired)
         return with_condition(ds, [layout.conditions[self.condition]])
 
 
@@ -369,7 +373,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
                                                          config.query)
     config = dataclasses.replace(config, chunk_size=chunk_size)
     layout = Layout(plan.conditions, plan.counts, model_config.n_layer, model_config.n_head, plan.max_len,
-                    config.query, chunk_size, plan.metadata, config.effects)
+                    config.query, chunk_size, plan.metadata, config.effects, plan.paired)
     identity = {"config": config.to_json(), "weights_sha256": checkpoint.weights_sha256,
                 "prompts_sha256": plan.digest}
 

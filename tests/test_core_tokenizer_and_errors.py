@@ -175,3 +175,8 @@ def test_paired_ioi_run_patches_each_prompt_with_its_abc_counterfactual(gpt2_voc
     assert ((ioi != abc).sum(axis=1) == 1).all()  # the second S, replaced by C
     assert np.isfinite(ds.effect_patch.sel(condition="ioi").values).all()
     assert np.isnan(ds.effect_patch.sel(condition="non_ioi").values).all()  # no IO on an ABC prompt
+    # without effects the pairs are stored too: the report's paired statistics need only them
+    config.write_text(f'model = "{gpt2_vocab_checkpoint}"\n[prompts]\nsource = "ioi"\nn_prompts = 6\npairs = true\n')
+    assert main(["run", str(config), "--out", str(tmp_path / "plain.zarr")]) == 0
+    plain = xr.open_zarr(tmp_path / "plain.zarr")
+    assert plain.pair.values.tolist() == ds.pair.values.tolist() and "metric" not in plain and "target" not in plain.coords
