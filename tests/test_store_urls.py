@@ -4,6 +4,7 @@ one-line refusals of URLs fsspec cannot serve."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib.util
 import json
@@ -15,10 +16,14 @@ import uuid
 
 import fsspec
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 import jaxdiag.sweep
 from jaxdiag.cli import main
-from jaxdiag.store import CLAIM, PROGRESS_DIR
+from jaxdiag.errors import JaxdiagError
+from jaxdiag.paths import StoreLocation
+from jaxdiag.store import CLAIM, PROGRESS_DIR, create_store, done_chunks, is_store
+from tests.test_sweep_chunks import LAYOUT
 from tests.sweep_helpers import REPO, TOKEN_MODEL, assert_same_store, save_tiny_model, write_token_prompts
 from tests.test_sweep_parallel import _free_port
 
@@ -43,7 +48,9 @@ def memory_url():
     """A fresh memory:// store, removed afterwards (memory:// is one global filesystem per process)."""
     name = f"jaxdiag-test-{uuid.uuid4().hex}"
     yield f"memory://{name}/run.zarr"
-    fsspec.filesystem("memory").rm(f"/{name}", recursive=True)
+    memory = fsspec.filesystem("memory")
+    if memory.exists(f"/{name}"):
+        memory.rm(f"/{name}", recursive=True)
 
 
 def _env() -> dict:
@@ -188,3 +195,44 @@ def test_two_processes_write_one_store_through_a_file_url(setup, tmp_path):
     computed = [int(re.search(r"(\d+) prompts computed", err).group(1)) for _, err in outputs]
     assert sum(computed) == sum(COUNTS.values()) and min(computed) > 0
     assert_same_store(setup["reference"], url)
+
+
+# Creation at a URL without JAX: the store's layout from the chunk tests, a memory:// place reached
+# through filesystems that lack exclusive create or fail mid-upload.
+class _NoExclusiveCreate(MemoryFileSystem):
+    def _open(self, path, mode="rb", **kwargs):
+        if "x" in mode:
+            raise ValueError(f"unsupported file mode: {mode!r}")
+        return super()._open(path, mode, **kwargs)
+
+
+class _FullAfterTwoUploads(MemoryFileSystem):
+    uploads = 0
+
+    def put_file(self, lpath, rpath, **kwargs):
+        type(self).uploads += 1
+        if type(self).uploads > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().put_file(lpath, rpath, **kwargs)
+
+
+def _place(url: str, fs_class: type) -> StoreLocation:
+    # memory:// is one store per process whatever the instance, so zarr (its own instance) sees the same objects
+    return dataclasses.replace(StoreLocation.of(url), fs=fs_class(skip_instance_cache=True))
+
+
+def test_a_url_creation_without_exclusive_create_checks_then_writes(memory_url):
+    place = _place(memory_url, _NoExclusiveCreate)
+    create_store(place, LAYOUT, {"schema_version": 1}, overwrite=False)
+    assert is_store(memory_url) and done_chunks(memory_url) == set()
+    with pytest.raises(JaxdiagError, match="already exists"):
+        create_store(place, LAYOUT, {"schema_version": 1}, overwrite=False)
+
+
+def test_a_failed_url_creation_leaves_nothing(memory_url):
+    place = _place(memory_url, _FullAfterTwoUploads)
+    with pytest.raises(OSError, match="No space left"):
+        create_store(place, LAYOUT, {"schema_version": 1}, overwrite=False)
+    assert not place.exists()  # neither the objects uploaded nor the claim
+    create_store(memory_url, LAYOUT, {"schema_version": 1}, overwrite=False)  # the place is free again
+    assert is_store(memory_url)
