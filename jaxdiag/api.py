@@ -50,7 +50,8 @@ class LoadedModel:
 
 def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: bool = True,
          revision: str | None = None) -> LoadedModel:
-    """Load a GPT-2-family checkpoint from a Hugging Face hub id or a local directory."""
+    """Load a checkpoint (GPT-2, Llama/Qwen2/Mistral, GPT-NeoX, BERT, ALBERT: by ``config.json``'s
+    ``model_type``) from a Hugging Face hub id or a local directory."""
     checkpoint = resolve(model, revision)
     config, module = load_checkpoint(checkpoint, precision=precision)
     tokenizer = Tokenizer.for_checkpoint(

@@ -138,6 +138,11 @@ def build_model(config: GPT2Config, weights: dict[str, np.ndarray], *, precision
 
 
 def load_checkpoint(checkpoint: Checkpoint, *, precision: Precision = "highest") -> tuple[GPT2Config, GPT2]:
+    """(config, model) of a checkpoint; families other than GPT-2 by ``model_type`` (:mod:`jaxdiag.models.load`)."""
+    from jaxdiag.models.load import load_family, model_type_of
+
+    if model_type_of(checkpoint.directory) != "gpt2":
+        return load_family(checkpoint, precision=precision)
     config = GPT2Config.from_json(checkpoint.directory / "config.json")
     weights = read_weights(checkpoint.weights_file)
     return config, build_model(config, weights, precision=precision, source=str(checkpoint.weights_file))

@@ -336,7 +336,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
 
     from jaxdiag import __version__
     from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.config import GPT2Config
+    from jaxdiag.models.load import read_config, require_gpt2
     from jaxdiag.tokenizer import Tokenizer
 
     started = time.perf_counter()
@@ -352,7 +352,9 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
         raise JaxdiagError(f"cannot resume {path}: it is not a Zarr store")
 
     checkpoint = resolve(config.model, config.revision)
-    model_config = GPT2Config.from_json(checkpoint.directory / "config.json")
+    model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type
+    if config.effects:
+        require_gpt2(model_config, "causal effects (effects = [...])")
     tokenizer = Tokenizer.for_checkpoint(checkpoint.directory, vocab_size=model_config.vocab_size,
                                          bos_id=model_config.bos_token_id, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only

@@ -150,8 +150,12 @@ def rope_settings(raw: dict, *, source: str, default_theta: float = 10000.0,
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ("default", None):
         raise JaxdiagError(f"{source}: rope type {rope_type!r} is not supported (only the default rotary embedding)")
-    theta = params.get("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", default_theta)))
-    fraction = params.get("partial_rotary_factor", raw.get("partial_rotary_factor", raw.get("rotary_pct", default_fraction)))
+    def first(*values, default):
+        return next((v for v in values if v is not None), default)
+
+    theta = first(params.get("rope_theta"), raw.get("rope_theta"), raw.get("rotary_emb_base"), default=default_theta)
+    fraction = first(params.get("partial_rotary_factor"), raw.get("partial_rotary_factor"), raw.get("rotary_pct"),
+                     default=default_fraction)
     return float(theta), float(fraction)
 
 
