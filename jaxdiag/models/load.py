@@ -184,3 +184,18 @@ def require_gpt2(config, what: str) -> None:
     """A one-line error for features that are GPT-2 only for now (effects, streaming, AtP)."""
     if not is_gpt2(config):
         raise JaxdiagError(f"{what} is GPT-2 only for now; this model is {config.model_type!r}")
+
+
+def tokenizer_for(directory: Path, config, *, prepend_bos: bool = True):
+    """The checkpoint's own tokenizer (``tokenizer.json``; GPT-2: also vocab.json + merges.txt or the
+    bundled GPT-2 BPE), ``None`` when it has none. Encoders get ``[CLS] ... [SEP]`` (BOS = [CLS])."""
+    from jaxdiag.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.for_checkpoint(directory, vocab_size=config.vocab_size, bos_id=config.bos_token_id,
+                                         prepend_bos=prepend_bos)
+    if tokenizer is not None:  # a tokenizer.json may pad or truncate to a fixed length (all-MiniLM: 128)
+        tokenizer.backend.no_padding()
+        tokenizer.backend.no_truncation()
+    if tokenizer is not None and getattr(config, "model_type", None) in ("bert", "albert"):
+        tokenizer.eos_id = tokenizer.backend.token_to_id("[SEP]")
+    return tokenizer
