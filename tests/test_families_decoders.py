@@ -84,3 +84,22 @@ def test_streaming_and_effects_are_gpt2_only(tmp_path):
     loaded = jaxdiag.load(str(directory))
     with pytest.raises(JaxdiagError, match="streaming path is GPT-2 only"):
         loaded.model(np.ones((1, 4), np.int32), np.array([4], np.int32), attention="streaming")
+
+
+@pytest.mark.parametrize("case, old", [
+    # Pythia's config.json on the hub (transformers 4): rotary_pct / rotary_emb_base, no rope_parameters
+    ("neox-sequential", {"rotary_pct": 0.5, "rotary_emb_base": 100.0}),
+    # Llama 2/3's: top-level rope_theta and rope_scaling null
+    ("llama-gqa-tied", {"rope_theta": 500.0, "rope_scaling": None}),
+])
+def test_transformers4_config_spelling(tmp_path, case, old):
+    import numpy as np
+
+    _, directory, _ = build(tmp_path, case)
+    token_lists = token_batch(SMALL["vocab_size"], lengths=[9, 5])
+    before = jaxdiag.diagnose(jaxdiag.load(str(directory)), token_lists)
+    config = json.loads((directory / "config.json").read_text())
+    config.pop("rope_parameters")
+    (directory / "config.json").write_text(json.dumps(config | old))
+    after = jaxdiag.diagnose(jaxdiag.load(str(directory)), token_lists)
+    np.testing.assert_array_equal(before["kl"].values, after["kl"].values)
