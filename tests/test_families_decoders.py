@@ -103,3 +103,14 @@ def test_transformers4_config_spelling(tmp_path, case, old):
     (directory / "config.json").write_text(json.dumps(config | old))
     after = jaxdiag.diagnose(jaxdiag.load(str(directory)), token_lists)
     np.testing.assert_array_equal(before["kl"].values, after["kl"].values)
+
+
+def test_tied_head_stored_anyway_is_ignored(tmp_path):
+    """Some tied checkpoints still store lm_head.weight: it is dropped, not an 'unexpected weight' error."""
+    from safetensors.numpy import load_file, save_file
+
+    _, directory, _ = build(tmp_path, "llama-gqa-tied")
+    tensors = load_file(str(directory / "model.safetensors"))
+    assert "lm_head.weight" not in tensors
+    save_file(tensors | {"lm_head.weight": tensors["model.embed_tokens.weight"]}, str(directory / "model.safetensors"))
+    assert jaxdiag.load(str(directory)).config.tie_word_embeddings

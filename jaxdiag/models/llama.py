@@ -195,3 +195,4 @@ class Llama(Family):
 # How HF names map to ours: strip these prefixes, drop these (buffers, not parameters).
 PREFIXES = ("model.",)
 IGNORED = (".rotary_emb.inv_freq",)
+TIED_HEADS = ("lm_head.weight",)  # dropped when tie_word_embeddings

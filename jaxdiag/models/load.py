@@ -109,8 +109,7 @@ def hf_names(weights: dict[str, np.ndarray], module: ModuleType) -> dict[str, np
             if name.startswith(prefix):
                 name = name[len(prefix):]
                 break
-        if name.endswith(getattr(module, "IGNORED", ())) or name.startswith(getattr(module, "IGNORED_PREFIXES", ())) \
-                or name == "lm_head.weight" and "lm_head" not in getattr(module, "KEEP", ("lm_head",)):
+        if name.endswith(getattr(module, "IGNORED", ())) or name.startswith(getattr(module, "IGNORED_PREFIXES", ())):
             continue
         if name.endswith(".gamma"):
             name = name[: -len("gamma")] + "weight"
@@ -130,6 +129,9 @@ def build_family_model(config, weights: dict[str, np.ndarray], *, precision: Pre
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     expected = {_hf_name(path): var for path, var in flat}
+    for name in getattr(module, "TIED_HEADS", ()):  # a tied head some checkpoints still store
+        if name not in expected:
+            weights.pop(name, None)
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:

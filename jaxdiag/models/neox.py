@@ -168,3 +168,4 @@ class NeoX(Family):
 
 PREFIXES = ("gpt_neox.",)
 IGNORED = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
+TIED_HEADS = ("embed_out.weight",)  # dropped when tie_word_embeddings
