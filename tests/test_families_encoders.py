@@ -83,6 +83,13 @@ def test_rxnmapper_albert_real_weights_parity(tmp_path):
     token_lists = [loaded.encode(r) for r in reactions]
     unk = loaded.tokenizer.backend.token_to_id("[UNK]")
     assert all(unk not in t for t in token_lists)
+    # the same tokens as rxnmapper's SmilesTokenizer: [CLS] + one token per SMILES-regex match + [SEP]
+    import re
+
+    from jaxdiag.models.wheels import SMILES_REGEX
+
+    for reaction, tokens in zip(reactions, token_lists):
+        assert loaded.tokenizer.token_strings(tokens) == ["[CLS]", *re.findall(SMILES_REGEX, reaction), "[SEP]"]
     model = _hf(directory, "AlbertModel")
     attentions, hidden, _, reference = torch_forward(model, token_lists, base=model)
     diffs = compare(directory, token_lists, attentions, hidden, None, reference, mask="bidirectional")

@@ -79,8 +79,12 @@ def rxnmapper_dir() -> Path:
             for f in RXNMAPPER_FILES:
                 (tmp / f).write_bytes(archive.read(f"{RXNMAPPER_MODEL}/{f}"))
     write_smiles_tokenizer(tmp / "vocab.txt", tmp / "tokenizer.json")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process (pytest-xdist) finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "tokenizer.json").is_file():
+            raise JaxdiagError(f"wheel:rxnmapper: cannot write {target}") from None
     return target
 
 
@@ -88,14 +92,18 @@ def _rxnmapper_wheel() -> Path:
     wheels = model_cache() / "wheels"
     wheel = wheels / RXNMAPPER_WHEEL
     if not wheel.is_file():
-        wheels.mkdir(parents=True, exist_ok=True)
+        download = wheels / f"download{os.getpid()}"
+        download.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels),
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(download),
              f"rxnmapper=={RXNMAPPER_VERSION}"], capture_output=True, text=True)
-        if result.returncode or not wheel.is_file():
+        if result.returncode or not (download / RXNMAPPER_WHEEL).is_file():
+            shutil.rmtree(download, ignore_errors=True)
             reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
             raise JaxdiagError(f"wheel:rxnmapper: cannot fetch {RXNMAPPER_WHEEL} with pip ({reason}); put the wheel "
                                f"in {wheels} to run offline")
+        os.replace(download / RXNMAPPER_WHEEL, wheel)  # atomic: a concurrent reader never sees a partial file
+        shutil.rmtree(download, ignore_errors=True)
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if digest != RXNMAPPER_SHA256:
         raise JaxdiagError(f"{wheel} has SHA-256 {digest}, not the expected {RXNMAPPER_SHA256}")
