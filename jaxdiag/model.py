@@ -18,7 +18,6 @@ need no shifting, and keys at or beyond ``lengths[b]`` are masked out exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Literal, Sequence
 
@@ -29,7 +28,8 @@ from flax import nnx
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.interventions import HeadEdit, apply_edit
-from jaxdiag.probes import AttentionView, Probe, read_probes, stack_layers
+from jaxdiag.models.attention import Context, Forward, direct_attention
+from jaxdiag.probes import AttentionView, Probe, read_probes, stack_layers  # noqa: F401
 from jaxdiag.schema import PRECISIONS, QUERIES, Precision, QueryMode
 from jaxdiag.streaming import streaming_attention
 
@@ -126,19 +126,8 @@ class Attention(nnx.Module):
         ) * jnp.float32(self.scale)
 
     def _direct(self, q, k, v, ctx: Context) -> tuple[jax.Array, AttentionView | None]:
-        """Attention that forms the layer's ``[b, h, q, k]`` scores."""
-        scores = self._scores(q, k)
-        # finfo.min rather than -inf, as transformers does: a row stays finite even if fully masked.
-        probs = jax.nn.softmax(jnp.where(ctx.visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
-        heads = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=self.precision)
-        if not ctx.probes:
-            return heads, None
-        # [batch, 1, n_rows, 1] indices pick each prompt's probed rows out of [b, h, q, k]. Kept for
-        # "all" too, where it is the identity: without it XLA fuses z_excess's sums differently and
-        # the stores of earlier versions would no longer be reproduced bit for bit.
-        row_scores = jnp.take_along_axis(scores, ctx.rows[:, None, :, None], axis=2)
-        row_probs = jnp.take_along_axis(probs, ctx.rows[:, None, :, None], axis=2)
-        return heads, ctx.view(self.layer_idx, heads, scores=row_scores, probs=row_probs)
+        """Attention that forms the layer's ``[b, h, q, k]`` scores (the core all families share)."""
+        return direct_attention(q, k, v, ctx, self.layer_idx, scale=self.scale, precision=self.precision)
 
     def probe_rows(self, x: jax.Array, ctx: Context) -> dict[str, jax.Array]:
         """The probes of ``ctx.rows`` alone, when nothing reads this layer's output (the last layer of
@@ -207,35 +196,6 @@ class Block(nnx.Module):
     def feed_forward(self, x: jax.Array) -> jax.Array:
         """The MLP's residual update, from the residual stream after this layer's attention."""
         return x + self.mlp(self.ln_2(x))
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Forward:
-    """What a forward pass returns: ``hidden`` and ``logits`` if asked; each probe's arrays."""
-
-    hidden: jax.Array | None  # [b, seq, n_embd] after ln_f, or None (``hidden=False``)
-    logits: jax.Array | None  # [b, seq, vocab] float32, or None
-    probes: dict[str, jax.Array]  # name -> [b, layer, ...] (see jaxdiag.probes)
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """Everything every layer shares in one forward pass (masks, probed rows, probes, edit)."""
-
-    impl: Literal["direct", "streaming"]
-    query: QueryMode
-    probes: tuple[Probe, ...]
-    edit: HeadEdit | None
-    tokens: jax.Array
-    lengths: jax.Array
-    visible: jax.Array  # [b, 1, q, k] causal and real keys
-    rows: jax.Array  # [b, r] probed query positions
-    row_visible: jax.Array  # [b, 1, r, k] keys each probed row sees (none for padded rows)
-
-    def view(self, layer: int, head_out: jax.Array, *, scores=None, probs=None, row_stats=None) -> AttentionView:
-        return AttentionView(layer, self.rows, self.row_visible, scores, probs, row_stats, head_out,
-                             self.tokens, self.lengths)
 
 
 class GPT2(nnx.Module):

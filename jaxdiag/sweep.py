@@ -342,8 +342,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     from jaxdiag import __version__
     from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.config import GPT2Config
-    from jaxdiag.tokenizer import Tokenizer
+    from jaxdiag.models.load import read_config, require_gpt2, tokenizer_for
 
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -358,9 +357,10 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
         raise JaxdiagError(f"cannot resume {path}: it is not a Zarr store")
 
     checkpoint = resolve(config.model, config.revision)
-    model_config = GPT2Config.from_json(checkpoint.directory / "config.json")
-    tokenizer = Tokenizer.for_checkpoint(checkpoint.directory, vocab_size=model_config.vocab_size,
-                                         bos_id=model_config.bos_token_id, prepend_bos=config.prepend_bos)
+    model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type
+    if config.effects:
+        require_gpt2(model_config, "causal effects (effects = [...])")
+    tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
     walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id)
     plan = plan_prompts(walk(), vocab_size=model_config.vocab_size, n_positions=model_config.n_positions,

@@ -82,11 +82,15 @@ def test_missing_local_path():
         jaxdiag.load("./no/such/dir")
 
 
-def test_config_that_is_not_gpt2(tmp_path, gpt2_vocab_checkpoint):
-    config = json.loads((gpt2_vocab_checkpoint / "config.json").read_text()) | {"model_type": "llama"}
+@pytest.mark.parametrize("model_type, message", [
+    ("t5", "model_type 't5' is not supported"),  # a family jaxdiag does not implement
+    ("llama", "a llama config needs 'num_attention_heads'"),  # a GPT-2 config.json labelled llama
+])
+def test_config_that_is_not_gpt2(tmp_path, gpt2_vocab_checkpoint, model_type, message):
+    config = json.loads((gpt2_vocab_checkpoint / "config.json").read_text()) | {"model_type": model_type}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes((gpt2_vocab_checkpoint / "model.safetensors").read_bytes())
-    with pytest.raises(JaxdiagError, match="not 'gpt2'"):
+    with pytest.raises(JaxdiagError, match=message):
         jaxdiag.load(str(tmp_path))
 
 

@@ -37,7 +37,12 @@ def test_benchmark_command_runs_end_to_end(tmp_path):
     # Every device count computes the same numbers.
     digests = {r["result_sha256"] for r in results["scale"]}
     assert len(digests) == 1 and [r["devices"] for r in results["scale"]] == [1, 2]
-    for heading in ("## Targets", "## Short prompts", "## Long prompts", "## Peak memory", "## Scale-out", "## GPU"):
+    # Other families: a Pythia-shaped and a Llama-style row, both tools measured
+    assert [r["family"] for r in results["families"]] == ["pythia-160m", "llama-style"]
+    assert all("error" not in r and r["tools"][t]["prompts_per_s"] > 0
+               for r in results["families"] for t in ("jaxdiag", "transformers"))
+    for heading in ("## Targets", "## Short prompts", "## Long prompts", "## Peak memory", "## Scale-out", "## GPU",
+                    "## Other families"):
         assert heading in markdown
     assert results["command"] in markdown
 
