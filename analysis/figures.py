@@ -147,8 +147,10 @@ def delta_distributions(an: Analysis) -> Figure:
         ax.set_xticks([1, 2], [f"circuit ({groups[0].size})", f"other ({groups[1].size})"])
         ax.set_ylabel(f"|delta {var}|")
         mw, pm = an.circuit_tests[var].mann_whitney, an.circuit_tests[var].permutation
-        ax.set_title(f"MW U={mw.statistic:.0f}, p={mw.pvalue:.2g} (one-sided)\n"
-                     f"AUC={mw.auc:.2f}, permutation p={pm.pvalue:.2g}", fontsize=9)
+        lead = an.circuit_tests[var].permutation_z
+        ax.set_title(f"raw |delta| (posts'): MW U={mw.statistic:.0f}, p={mw.pvalue:.2g} (one-sided)\n"
+                     f"AUC={mw.auc:.2f}, permutation p={pm.pvalue:.2g}; lead |delta_z| permutation "
+                     f"p={lead.pvalue:.2g}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -235,17 +237,23 @@ def band_scatter(an: Analysis) -> Figure:
 
 
 def prompt_count_curve(an: Analysis) -> Figure:
-    """Fig. 7: Mann-Whitney p, AUC and CI width against prompts per condition (subsampling)."""
+    """Fig. 7: the lead test's permutation p and the posts' Mann-Whitney p, AUC and CI width against prompts
+    per condition (subsampling)."""
     t = an.curve
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for var, c in zip(TESTED, ("tab:purple", "tab:green")):
-        axes[0].plot(t["n"], t[f"mw_p_{var}"], marker="o", c=c, label=var)
-        axes[1].plot(t["n"], t[f"auc_{var}"], marker="o", c=c, label=var)
+        axes[0].plot(t["n"], t[f"mw_p_{var}"], marker="o", c=c, ls="--", label=f"{var}: posts' MW, raw |delta|")
+        if any(p is not None for p in t[f"perm_p_{var}"]):
+            axes[0].plot(t["n"], [np.nan if p is None else p for p in t[f"perm_p_{var}"]], marker="s", c=c,
+                         label=f"{var}: lead, permutation on |delta_z|")
+        axes[1].plot(t["n"], t[f"auc_{var}"], marker="o", c=c, ls="--", label=f"{var}: raw |delta|")
+        if f"auc_z_{var}" in t:
+            axes[1].plot(t["n"], t[f"auc_z_{var}"], marker="s", c=c, label=f"{var}: |delta_z|")
         axes[1].fill_between(t["n"], t[f"auc_{var}_q25"], t[f"auc_{var}_q75"], color=c, alpha=0.2)
         axes[2].plot(t["n"], t[f"ci_width_{var}"], marker="o", c=c, label=var)
     axes[0].set_yscale("log")
     axes[0].axhline(0.05, c="k", ls=":", lw=0.8)
-    axes[0].set_ylabel("Mann-Whitney p (one-sided, median)")
+    axes[0].set_ylabel("one-sided p (median over subsamples)")
     axes[1].axhline(0.5, c="k", ls=":", lw=0.8)
     axes[1].set_ylabel("ROC-AUC (median, IQR)")
     axes[2].set_ylabel("mean 95% CI width of delta")

@@ -19,12 +19,21 @@ from analysis.causal import CircuitRule
 from analysis.circuits import Circuit
 from analysis.labels import head_at
 from analysis.results import (ConfidenceInterval, CorrelationResult, MannWhitneyResult, MaxNullResult,
-                              MeanEffectResult, PermutationResult, ShiftResult, StratifiedResult)
+                              MeanEffectResult, MinEffectResult, PermutationResult, ShiftResult,
+                              StandardisedShiftResult, StratifiedResult)
 from analysis.taxonomy import HeadTaxonomy
 
 TESTED = ("kl_norm", "chi")  # the posts' two diagnostics: every circuit test runs on both
 N_SIGMA = 5.0  # the posts' band: |C_diff| > 5 sigma
-FLAG_LEVEL = 0.05  # the diagnostics flag a head when its per-head BH q <= this (the report's headline level)
+FLAG_LEVEL = 0.05  # the diagnostics flag a head when its minimum-effect BH q <= this (the report's headline level)
+# the minimum effect of interest per variable, in the variable's own units (`jaxdiag report --min-effect`):
+# kl_norm lives in [0, 1] (KL as a share of its maximum log n), so 0.01 is a shift of 1% of the range; chi
+# (Var_pi(log pi) / (log n)^2) has the same normalisation and 0.01 is the same share of its scale (its
+# head means span about 0 to 0.2 on the shipped model, so 0.01 is 5% of that span). Other variables use
+# MIN_EFFECT_FALLBACK unless given.
+MIN_EFFECT = {"kl_norm": 0.01, "chi": 0.01}
+MIN_EFFECT_FALLBACK = 0.01
+CURVE_N_PERM = 99  # label permutations per subsample in the prompt-count curve's permutation p-values
 # the report's figures in order; analysis.figures.FIGURES draws each (kept here so report.md can list
 # them without importing matplotlib)
 FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
@@ -45,6 +54,13 @@ class Comparison:
     n_perm: int
     seed: int
     store: dict[str, Any]  # path and provenance attributes of the store read
+    design: str = "independent"  # "paired" when row i of a's values and of b's values are one pair
+    design_reason: str = ""  # why the design is what it is (from the store's `pair` coordinate)
+    min_effect: dict[str, float] = dataclasses.field(default_factory=lambda: dict(MIN_EFFECT))  # TESTED var -> x
+
+    @property
+    def paired(self) -> bool:
+        return self.design == "paired"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -58,20 +74,39 @@ class Comparison:
 
 @dataclasses.dataclass(frozen=True)
 class CircuitTests:
-    """Is the circuit more shifted than the other heads? Every test on one diagnostic's |delta|."""
+    """Is the circuit more shifted than the other heads? Every test on one diagnostic's |delta| (the posts'
+    statistic, kept as such) and on |delta_z| = |delta / SE| (the lead result), plus per-head tests."""
 
-    mann_whitney: MannWhitneyResult  # heads as units, one-sided
+    mann_whitney: MannWhitneyResult  # raw |delta|, heads as units, one-sided (the posts' test)
     auc_interval: ConfidenceInterval  # prompt-bootstrap percentile CI of mann_whitney.auc
     permutation: PermutationResult  # the same U against condition-label shuffles, one-sided
     stratified: StratifiedResult  # within-layer ranks, one-sided
     per_head: PermutationResult  # statistic |delta|, pvalue per head: (layer, head), two-sided
     q_bh: xr.DataArray  # Benjamini-Hochberg q of per_head.pvalue, (layer, head)
     rank: xr.DataArray  # rank of |delta| among all heads, 1 = largest, (layer, head)
+    # the lead result: the same circuit tests on |delta_z|; permutation_z is the report's `circuit_test`
+    mann_whitney_z: MannWhitneyResult | None = None
+    auc_interval_z: ConfidenceInterval | None = None  # percentile CI over the design's bootstrap (delta_z recomputed)
+    permutation_z: PermutationResult | None = None  # U of |delta_z|, labels permuted and every delta_z recomputed
+    stratified_z: StratifiedResult | None = None
+    rank_z: xr.DataArray | None = None  # rank of |delta_z| among all heads, 1 = largest
+    min_effect: MinEffectResult | None = None  # per-head H0 |delta| <= x, BH over heads: what "flagged" means
 
     def bh_heads(self, level: float) -> list[tuple[int, int]]:
-        """Heads with q <= level, layer-major."""
-        hit = np.argwhere(np.asarray(self.q_bh) <= level)
-        return [(int(self.q_bh["layer"].values[l]), int(self.q_bh["head"].values[h])) for l, h in hit]
+        """Heads with per-head permutation q <= level (|delta| > 0), layer-major."""
+        return _heads_where(self.q_bh, level)
+
+    def flagged(self, level: float = FLAG_LEVEL, at_zero: bool = False) -> list[tuple[int, int]]:
+        """Heads shifted by more than the minimum effect x (at_zero: by more than 0), significantly: minimum-effect
+        test BH q <= level, layer-major."""
+        if self.min_effect is None:
+            return []
+        return _heads_where(self.min_effect.q_bh_zero if at_zero else self.min_effect.q_bh, level)
+
+
+def _heads_where(q: xr.DataArray, level: float) -> list[tuple[int, int]]:
+    hit = np.argwhere(np.asarray(q) <= level)
+    return [(int(q["layer"].values[l]), int(q["head"].values[h])) for l, h in hit]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +224,18 @@ class Analysis:
     cheap: dict[str, CheapVsExact] = dataclasses.field(default_factory=dict)  # exact kind -> (none: no AtP/AtP*)
     taxonomy: HeadTaxonomy | None = None  # per-head role scores and labels (None: a store without schema 2's
     # taxonomy variables)
+    standardised: dict[str, StandardisedShiftResult] = dataclasses.field(default_factory=dict)  # every variable
+    independent_shifts: dict[str, ShiftResult] = dataclasses.field(default_factory=dict)  # paired design only:
+    # the TESTED variables' shifts analysed as if independent (same bootstrap settings), to show what pairing buys
+
+    def ci_width_ratio(self, var: str) -> float:
+        """Paired design: median over heads of (paired 95% CI width) / (independent 95% CI width); NaN otherwise."""
+        if var not in self.independent_shifts:
+            return float("nan")
+        p, i = self.shifts[var].confidence_interval, self.independent_shifts[var].confidence_interval
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = (np.asarray(p.high) - np.asarray(p.low)) / (np.asarray(i.high) - np.asarray(i.low))
+        return float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else float("nan")
 
     def delta(self, var: str) -> xr.DataArray:
         return self.shifts[var].statistic

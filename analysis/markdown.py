@@ -9,7 +9,8 @@ import numpy as np
 
 from analysis.findings import FLAG_LEVEL, TESTED, Analysis, CausalEffects, CheapVsExact, figure_names
 from analysis.labels import head_label, pair_label
-from analysis.summary import circuit_head_rows, magnitude_label, mann_whitney_entry
+from analysis.summary import (BOOTSTRAP, MIN_EFFECT_FORM, PERMUTATION, STANDARDISATION, agree, circuit_head_rows,
+                              magnitude_label, mann_whitney_entry)
 from analysis.taxonomy import NEEDS_REPEATS, ROLE_SCORES, HeadTaxonomy
 
 def fmt(x, digits: int = 3) -> str:
@@ -44,22 +45,31 @@ def markdown(an: Analysis) -> str:
         "",
         f"Store `{c.store['path']}` (model `{c.store.get('model', '?')}`), "
         f"{c.shape[0]} layers x {c.shape[1]} heads; {n[a]} `{a}` prompts, {n[b]} `{b}` prompts "
-        "(independent samples). Diagnostics are read at each prompt's last token.",
+        + (f"(**paired design**: {n[a]} matched pairs, from the store's `pair` coordinate)" if c.paired else
+           f"(**independent design**: {c.design_reason or 'independent samples'})")
+        + ". Diagnostics are read at each prompt's last token.",
         f"Circuit `{c.circuit.name}`: {len(c.circuit.heads)} of {n_heads_total} heads "
         f"({'; '.join(f'{r}: ' + heads_text(hs) for r, hs in c.circuit.roles.items())}).",
-        f"Bootstrap: {c.n_boot} resamples of prompts within each condition; permutations: {c.n_perm} "
-        f"shuffles of condition labels across the pooled prompts; seed {c.seed}.",
+        f"Bootstrap: {c.n_boot} resamples ({BOOTSTRAP[c.design]}); permutations: {c.n_perm} "
+        f"({PERMUTATION[c.design]}); seed {c.seed}.",
         "",
         "## Head shifts",
         "",
         f"delta = mean over `{a}` prompts - mean over `{b}` prompts, per head, with 95% BCa bootstrap "
-        "intervals (summary.json `delta`, `delta_ci`, arrays indexed [layer][head]). Largest |delta kl_norm|:",
+        "intervals (summary.json `delta`, `delta_ci`, arrays indexed [layer][head]). A raw delta mixes how far a "
+        "head moves with how noisy it is, so every shift is also given standardised: "
+        f"{STANDARDISATION[c.design]} (summary.json `delta_z`, `effect_size`, with `delta_z_ci` = the delta "
+        "interval in SE units and `effect_size_ci`, a percentile interval over the same bootstrap). delta_z grows "
+        "with the prompt count, d does not. Min-effect q: the per-head test of |delta kl_norm| > "
+        f"{fmt(c.min_effect['kl_norm'])} (below). Largest |delta kl_norm|:",
         "",
-        "| head | role | delta kl_norm | 95% CI | delta chi | 95% CI | per-head p | BH q |",
-        "|---|---|---|---|---|---|---|---|",
+        "| head | role | delta kl_norm | 95% CI | delta_z | d [95% CI] | delta chi | 95% CI | per-head p | BH q "
+        "| min-effect q |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     dk, dc = an.shifts["kl_norm"], an.shifts["chi"]
     tk = an.circuit_tests["kl_norm"]
+    zk = an.standardised["kl_norm"]
     flat = dk.statistic.stack(unit=("layer", "head"))  # layer-major, labelled by (layer, head)
     for k in np.argsort(-np.nan_to_num(np.abs(flat.values)))[:10]:
         at = {"layer": int(flat["layer"].values[k]), "head": int(flat["head"].values[k])}
@@ -70,17 +80,27 @@ def markdown(an: Analysis) -> str:
         lines.append(
             f"| {head_label(**at)} | {c.circuit.role_of(**at) or '-'} | {value(dk.statistic):+.4f} | "
             f"[{value(dk.confidence_interval.low):+.4f}, {value(dk.confidence_interval.high):+.4f}] | "
+            f"{fmt(value(zk.statistic))} | {fmt(value(zk.effect_size))} [{fmt(value(zk.effect_size_interval.low))}, "
+            f"{fmt(value(zk.effect_size_interval.high))}] | "
             f"{value(dc.statistic):+.4f} | [{value(dc.confidence_interval.low):+.4f}, "
-            f"{value(dc.confidence_interval.high):+.4f}] | {fmt(value(tk.per_head.pvalue))} | {fmt(value(tk.q_bh))} |"
+            f"{value(dc.confidence_interval.high):+.4f}] | {fmt(value(tk.per_head.pvalue))} | {fmt(value(tk.q_bh))} | "
+            f"{fmt(value(tk.min_effect.q_bh))} |"
         )
-    lines += ["", "## Is the circuit more shifted than the other heads?", ""]
+    lines += ["", "## Is the circuit more shifted than the other heads?", "",
+              "The lead result ranks heads by |delta_z| = |delta / SE|, each head's shift in units of its own noise: "
+              "with no shift every head's delta_z has (nearly) the same t distribution however noisy the head is, "
+              "so a noisy circuit is not mistaken for a shifted one. The raw-|delta| tests below it are the posts' "
+              "test, kept for comparison: a rank test on raw |delta| also ranks the noisiest heads first when "
+              "nothing shifts.", ""]
+    for var in TESTED:
+        lines += lead_lines(an, var)
     for var in TESTED:
         t = an.circuit_tests[var]
         mw, pm, st = mann_whitney_entry(t), t.permutation, t.stratified
         bh05, bh01 = t.bh_heads(0.05), t.bh_heads(0.01)
         min_head_p = 1.0 / (c.n_perm + 1)
         lines += [
-            f"### |delta {var}|",
+            f"### |delta {var}|: raw shift (the posts' test)",
             "",
             f"- **Mann-Whitney U (one-sided, alternative: circuit |delta| greater)**, heads as the units, exactly "
             f"`scipy.stats.mannwhitneyu(circuit, other, alternative='greater')`: U = {fmt(mw['U'])}, "
@@ -109,15 +129,21 @@ def markdown(an: Analysis) -> str:
                if min_head_p > 0.01 / n_heads_total else "."),
             "",
         ]
+    lines += min_effect_lines(an)
+    if c.paired:
+        lines += paired_lines(an)
     lines += ["### Circuit heads", "",
-              "Rank = position by |delta| among all heads (1 = largest); p, q: per-head permutation p and BH q.", "",
-              "| head | role | delta kl_norm | rank | p | q | delta chi | rank | ablation effect |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "Rank = position by |delta| among all heads (1 = largest); p, q: per-head permutation p and BH q; "
+              "z rank: position by |delta_z|; min-effect q: BH q of |delta| > x.", "",
+              "| head | role | delta kl_norm | rank | p | q | delta chi | rank | ablation effect | delta_z kl_norm "
+              "| z rank | min-effect q |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in circuit_head_rows(an):
         lines.append(
             f"| {head_label(e['layer'], e['head'])} | {e['role']} | {fmt(e['delta_kl_norm'])} | "
             f"{fmt(e['rank_abs_kl_norm'])} | {fmt(e['p_kl_norm'])} | {fmt(e['q_kl_norm'])} | {fmt(e['delta_chi'])} | "
-            f"{fmt(e['rank_abs_chi'])} | {fmt(e['ablation'])} |"
+            f"{fmt(e['rank_abs_chi'])} | {fmt(e['ablation'])} | {fmt(e['delta_z_kl_norm'])} | "
+            f"{fmt(e['rank_abs_z_kl_norm'])} | {fmt(e['q_min_effect_kl_norm'])} |"
         )
     if an.ablation is not None:
         sp = an.ablation
@@ -142,14 +168,21 @@ def markdown(an: Analysis) -> str:
     if an.curve:
         t = an.curve
         lines += ["", "## Significance vs prompt count", "",
-                  "Medians over random subsamples of n prompts per condition (without replacement). Mann-Whitney "
-                  "one-sided as above; CI width = mean over heads of the 95% percentile bootstrap interval.", "",
-                  "| n | MW p kl_norm | AUC kl_norm | CI width kl_norm | MW p chi | AUC chi | CI width chi |",
-                  "|---|---|---|---|---|---|---|"]
+                  "Medians over random subsamples of n prompts per condition (without replacement"
+                  + ("; whole pairs" if c.paired else "") + "). Lead p: the lead test (U of |delta_z| against "
+                  f"label permutations), with only {min(c.n_perm, 99)} permutations on each of the first 5 subsamples "
+                  f"per n to stay cheap (smallest possible p {fmt(1 / (min(c.n_perm, 99) + 1))}): the prompt count "
+                  "at which it falls below your level is the answer to \"how many prompts do I need\" for the test "
+                  "the report leads with. MW p: the posts' one-sided rank test on raw |delta|; CI width = mean over "
+                  "heads of the 95% percentile bootstrap interval.", "",
+                  "| n | lead p kl_norm | AUC(delta_z) kl_norm | MW p kl_norm | AUC kl_norm | CI width kl_norm "
+                  "| lead p chi | AUC(delta_z) chi | MW p chi | AUC chi | CI width chi |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for i, n_i in enumerate(t["n"]):
-            lines.append(f"| {n_i} | {fmt(t['mw_p_kl_norm'][i])} | {fmt(t['auc_kl_norm'][i])} | "
-                         f"{fmt(t['ci_width_kl_norm'][i])} | {fmt(t['mw_p_chi'][i])} | {fmt(t['auc_chi'][i])} | "
-                         f"{fmt(t['ci_width_chi'][i])} |")
+            lines.append(f"| {n_i} | {fmt(t['perm_p_kl_norm'][i])} | {fmt(t['auc_z_kl_norm'][i])} | "
+                         f"{fmt(t['mw_p_kl_norm'][i])} | {fmt(t['auc_kl_norm'][i])} | "
+                         f"{fmt(t['ci_width_kl_norm'][i])} | {fmt(t['perm_p_chi'][i])} | {fmt(t['auc_z_chi'][i])} | "
+                         f"{fmt(t['mw_p_chi'][i])} | {fmt(t['auc_chi'][i])} | {fmt(t['ci_width_chi'][i])} |")
     if an.causal:
         lines += causal_lines(an)
     if an.cheap:
@@ -158,6 +191,72 @@ def markdown(an: Analysis) -> str:
         lines += taxonomy_lines(an.taxonomy)
     lines += ["", "## Figures", ""] + [f"![{f}.png]({f}.png)" for f in figure_names(an)] + [""]
     return "\n".join(lines)
+
+
+def lead_lines(an: Analysis, var: str) -> list[str]:
+    """The lead circuit test of one variable (summary.json `circuit_test`, `standardised_tests`)."""
+    c, t = an.comparison, an.circuit_tests[var]
+    pm, st = t.permutation_z, t.stratified_z
+    mw = mann_whitney_entry(t, standardised=True)
+    raw_mw, raw_pm = t.mann_whitney.pvalue, t.permutation.pvalue
+    same = agree(pm.pvalue, mw["p"])
+    return [
+        f"### Lead test: |delta_z {var}| (standardised shift)",
+        "",
+        f"- **Permutation test (one-sided, circuit greater): the lead result** (summary.json `circuit_test`). "
+        f"Statistic: Mann-Whitney U of circuit vs other heads' |delta_z| = {fmt(pm.statistic)} (AUC {fmt(mw['auc'])}, "
+        f"95% bootstrap CI [{fmt(mw['auc_ci'][0])}, {fmt(mw['auc_ci'][1])}]); null: {pm.n_resamples} permutations "
+        f"({PERMUTATION[c.design]}) with every head's delta_z recomputed, so it keeps the heads' correlation "
+        f"across prompts: p = {fmt(pm.pvalue)} (smallest possible {fmt(1 / (pm.n_resamples + 1))}). Exact null: "
+        + ("the labels of the two prompts of each pair are exchangeable (H0: no head's distribution differs "
+           "between the conditions within a pair)." if c.paired else
+           "condition labels are exchangeable across prompts (H0: no head's distribution differs between the "
+           "conditions)."),
+        f"- **Mann-Whitney U on |delta_z| (one-sided)**, heads as the units, "
+        f"`scipy.stats.mannwhitneyu(circuit, other, alternative='greater')`: p = {fmt(mw['p'])} (exact-distribution "
+        f"p = {fmt(mw['p_exact'])}; smallest attainable {fmt(mw['min_attainable_p'])}). Its null treats heads as "
+        "independent draws of the same |t| distribution, which holds under no shift whatever each head's noise.",
+        f"- **Agreement**: the lead permutation test and the rank test on |delta_z| "
+        + ("agree" if same else "disagree") + f" at 5% (p = {fmt(pm.pvalue)} vs {fmt(mw['p'])}). "
+        "Any gap comes from heads that move together across prompts (their delta_z are correlated, so they enter "
+        "the rank test as fewer independent units than it counts; the permutation null widens accordingly) and "
+        "from heads that really shift outside the circuit (they enter both tests alike). On raw |delta| the two "
+        f"gave p = {fmt(raw_mw)} (rank test) and {fmt(raw_pm)} (permutation): there the rank test reads noise "
+        "as shift.",
+        f"- **Layer-stratified test on |delta_z| (one-sided)**: stratified AUC = {fmt(st.auc)}, p = {fmt(st.pvalue)} "
+        f"({st.n_resamples} within-layer relabellings; smallest attainable {fmt(st.min_pvalue)}).",
+        "",
+    ]
+
+
+def min_effect_lines(an: Analysis) -> list[str]:
+    """Per-head tests of |delta| > x, BH over heads: what "flagged" means (summary.json `min_effect_tests`)."""
+    c = an.comparison
+    lines = ["### Which heads shift by at least the minimum effect?", "",
+             f"Test: {MIN_EFFECT_FORM}. The minimum effect x (summary.json `min_effect`, `jaxdiag report "
+             "--min-effect`) is in each variable's own units: with many prompts every non-zero shift is "
+             "significant, so \"flagged\" means shifted by at least x, significantly (BH q <= "
+             f"{fmt(FLAG_LEVEL)}). Counts at x = 0 beside it.", ""]
+    for var in TESTED:
+        t = an.circuit_tests[var]
+        at_x, at_0 = t.flagged(FLAG_LEVEL), t.flagged(FLAG_LEVEL, at_zero=True)
+        lines.append(f"- **{var}**, x = {fmt(t.min_effect.x)}: {len(at_x)} head(s) flagged "
+                     f"({heads_text(at_x) or 'none'}); at x = 0, {len(at_0)} ({heads_text(at_0) or 'none'}); "
+                     f"at q <= 0.01: {len(t.flagged(0.01))} at x, {len(t.flagged(0.01, at_zero=True))} at 0.")
+    return lines + [""]
+
+
+def paired_lines(an: Analysis) -> list[str]:
+    """What pairing buys on this store: paired vs independent 95% CI widths of the same shifts."""
+    lines = ["### Paired design", "",
+             "The two conditions are matched pairs, so intervals resample pairs and permutations flip signs "
+             "within pairs. The same shifts analysed as independent samples (prompts resampled within each "
+             "condition, same bootstrap settings) give wider intervals when the pair members are positively "
+             "correlated; summary.json `paired_vs_independent`:", ""]
+    for var in an.independent_shifts:
+        lines.append(f"- **{var}**: median over heads of paired / independent 95% CI width = "
+                     f"{fmt(an.ci_width_ratio(var))}.")
+    return lines + [""]
 
 
 def cross_head_lines(an: Analysis) -> list[str]:

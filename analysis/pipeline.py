@@ -18,41 +18,55 @@ from analysis import causal as ca
 from analysis import cheap
 from analysis import circuit_tests as ct
 from analysis import correlation as corr
+from analysis import standardised as st
 from analysis._util import quiet
 from analysis.circuits import Circuit
 from analysis.errors import AnalysisError
 from analysis.effects import effect_sample, exact_kinds, is_effect_variable
-from analysis.findings import (FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CircuitTests, Comparison,
-                               CrossHead, PairInterval)
-from analysis.labels import head_matrix, per_head, units_of
+from analysis.findings import (CURVE_N_PERM, FLAG_LEVEL, MIN_EFFECT, MIN_EFFECT_FALLBACK, N_SIGMA, TESTED, Analysis,
+                               CausalEffects, CircuitTests, Comparison, CrossHead, PairInterval)
+from analysis.labels import head_matrix, like, per_head, units_of
 from analysis.prompt_curve import prompt_curve
 from analysis.resampling import rng_for
-from analysis.results import ConfidenceInterval, CorrelationResult, ShiftResult
-from analysis.shifts import shift
-from analysis.store import check_condition, check_variables, condition_array, provenance
+from analysis.results import (ConfidenceInterval, CorrelationResult, MinEffectResult, ShiftResult,
+                              StandardisedShiftResult)
+from analysis.shifts import percentile_interval, shift
+from analysis.store import check_condition, check_variables, condition_array, pair_order, provenance
 from analysis.taxonomy import TAXONOMY_VARIABLES, has_taxonomy, head_taxonomy
 
 SEED_BOOT, SEED_PERM, SEED_STRAT, SEED_CNULL, SEED_CBOOT, SEED_CURVE, SEED_EFFECT, SEED_JOINT = range(1, 9)
+SEED_STD, SEED_STRAT_Z, SEED_CURVE_PERM = range(9, 12)
 HEAD_VARIABLE_DIMS = {"condition", "prompt", "layer", "head"}
 
 
 def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int = 1000, n_perm: int = 1000,
                  seed: int = 0, variables: tuple[str, ...] | None = None, curve: bool = True,
                  store_path: str | Path | None = None, rule: ca.CircuitRule = ca.CircuitRule(),
-                 thresholds: Mapping[str, float] | None = None) -> Analysis:
+                 thresholds: Mapping[str, float] | None = None, min_effect: Mapping[str, float] | None = None,
+                 design: str | None = None) -> Analysis:
     """Compare condition a with condition b on every head of the store (loads only needed variables).
 
     store_path: how the report names the store (default: the path xarray opened it from).
     rule: what makes a head part of a causal circuit (used only when the store has causal effects).
     thresholds: role -> threshold of the head taxonomy (analysis.taxonomy.DEFAULT_THRESHOLDS otherwise; used
       only when the store has the taxonomy variables).
+    min_effect: variable -> the minimum effect of interest x of the per-head tests (findings.MIN_EFFECT for the
+      rest).
+    design: "paired" | "independent" | None (paired exactly when the store's `pair` coordinate matches every
+      prompt of a with one of b: analysis.store.pair_order).
     """
     comparison = compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
-                         store_path=store_path)
+                         store_path=store_path, min_effect=min_effect, design=design)
     steps = tqdm(total=5, desc="report", unit="step", disable=None)
-    shifts = {v: shift(*pair, n_boot=n_boot, rng=rng_for(seed, SEED_BOOT)) for v, pair in comparison.values.items()}
+    paired = comparison.paired
+    shifts = {v: shift(*pair, n_boot=n_boot, rng=rng_for(seed, SEED_BOOT), paired=paired)
+              for v, pair in comparison.values.items()}
+    # what pairing buys: the same stores' shifts analysed as independent samples (same draws)
+    independent = {v: shift(*comparison.values[v], n_boot=n_boot, rng=rng_for(seed, SEED_BOOT))
+                   for v in TESTED} if paired else {}
+    standard = {v: standardise(comparison, v, shifts[v]) for v in comparison.values}
     steps.update()
-    tests = {v: circuit_tests(comparison, v, shifts[v]) for v in TESTED}
+    tests = {v: circuit_tests(comparison, v, shifts[v], standard[v]) for v in TESTED}
     steps.update()
     correlations = diagnostic_correlations(comparison, shifts)
     steps.update()
@@ -65,7 +79,8 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
     if curve:
         xa = {v: comparison.values[v][0].values for v in TESTED}
         xb = {v: comparison.values[v][1].values for v in TESTED}
-        table = prompt_curve(xa, xb, comparison.mask.values, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200))
+        table = prompt_curve(xa, xb, comparison.mask.values, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200),
+                             paired=paired, perm_rng=rng_for(seed, SEED_CURVE_PERM), n_perm=min(n_perm, CURVE_N_PERM))
     steps.update()
     # exact kinds only: an AtP estimate gets its own section (cheap_vs_exact), and AtP* is a magnitude
     causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in exact_kinds(ds)}
@@ -74,11 +89,12 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
     taxonomy = head_taxonomy(ds, n_boot=n_boot, seed=seed, thresholds=thresholds) if has_taxonomy(ds) else None
     steps.close()
     return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods,
-                    taxonomy)
+                    taxonomy, standard, independent)
 
 
 def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_perm: int, seed: int,
-            variables: tuple[str, ...] | None, store_path: str | Path | None) -> Comparison:
+            variables: tuple[str, ...] | None, store_path: str | Path | None,
+            min_effect: Mapping[str, float] | None = None, design: str | None = None) -> Comparison:
     """Check the request against the store and load both conditions' values of every variable."""
     if a == b:
         raise AnalysisError(f"conditions a and b are both {a!r}; compare two different conditions")
@@ -95,21 +111,68 @@ def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_
     variables = variables or tuple(v for v in ds.data_vars if HEAD_VARIABLE_DIMS <= set(ds[v].dims)
                                    and not is_effect_variable(v) and v not in TAXONOMY_VARIABLES)
     variables = tuple(dict.fromkeys(TESTED + tuple(variables)))
+    if design not in (None, st.PAIRED, st.INDEPENDENT):
+        raise AnalysisError(f"unknown design {design!r}: use 'paired' or 'independent'")
+    x_min = {v: float(MIN_EFFECT.get(v, MIN_EFFECT_FALLBACK)) for v in TESTED}
+    for v, x in (min_effect or {}).items():
+        if v not in TESTED:
+            raise AnalysisError(f"--min-effect names {v!r}; the per-head tests run on {', '.join(TESTED)}")
+        if not np.isfinite(x) or x < 0:
+            raise AnalysisError(f"minimum effect for {v} must be a finite number >= 0, got {x!r}")
+        x_min[v] = float(x)
+    order, reason = pair_order(ds, a, b)
+    if design == st.PAIRED and order is None:
+        raise AnalysisError(f"a paired design needs matched pairs, but {reason}")
+    chosen = design or (st.PAIRED if order is not None else st.INDEPENDENT)
+    if chosen == st.INDEPENDENT and order is not None:
+        reason = "requested (the store's prompts are paired)"
     values = {v: (condition_array(ds, a, v), condition_array(ds, b, v)) for v in variables}
+    if chosen == st.PAIRED:  # row i of b is the partner of row i of a
+        values = {v: (xa, xb.isel(prompt=order)) for v, (xa, xb) in values.items()}
     n_a, n_b = (x.sizes["prompt"] for x in values["kl_norm"])
     if min(n_a, n_b) < 3:
         raise AnalysisError(f"conditions {a!r} and {b!r} have {n_a} and {n_b} prompts; need at least 3 each")
     path = store_path if store_path is not None else ds.encoding.get("source", "")
-    return Comparison(a, b, circuit, mask, values, n_boot, n_perm, seed, {"path": str(path), **provenance(ds)})
+    return Comparison(a, b, circuit, mask, values, n_boot, n_perm, seed, {"path": str(path), **provenance(ds)},
+                      chosen, reason, x_min)
 
 
-def circuit_tests(comparison: Comparison, var: str, shifted: ShiftResult) -> CircuitTests:
-    """Every circuit-vs-other test of one diagnostic; the label shuffles are the same for every var."""
+def standardise(comparison: Comparison, var: str, shifted: ShiftResult) -> StandardisedShiftResult:
+    """delta_z = delta / SE and the effect size d per head, with intervals from the design's bootstrap (the same
+    draws for every variable)."""
+    c = comparison
+    xa, xb = (x.values for x in c.values[var])
+    heads = shifted.statistic
+    s = st.standardised(xa, xb, c.design)
+    boot = st.bootstrap_standardised(xa, xb, c.design, c.n_boot, rng_for(c.seed, SEED_STD))
+    level = shifted.confidence_level
+    with quiet():
+        z_ci = ConfidenceInterval(like(heads, np.asarray(shifted.confidence_interval.low) / s["se"]),
+                                  like(heads, np.asarray(shifted.confidence_interval.high) / s["se"]))
+        d_ci = percentile_interval(boot["d"], level)
+    return StandardisedShiftResult(
+        like(heads, s["t"]), z_ci, like(heads, s["se"]), like(heads, s["df"]), like(heads, s["d"]),
+        ConfidenceInterval(like(heads, d_ci.low), like(heads, d_ci.high)),
+        like(heads, boot["t"], ("resample",)), c.design, level)
+
+
+def circuit_tests(comparison: Comparison, var: str, shifted: ShiftResult,
+                  standard: StandardisedShiftResult) -> CircuitTests:
+    """Every circuit-vs-other test of one diagnostic, on |delta| (the posts') and on |delta_z| (the lead); the
+    label permutations (paired: sign flips) are the same for every var and serve both statistics."""
     c = comparison
     delta, mask = shifted.statistic, c.mask.values
     abs_delta = np.abs(delta)
-    null = ct.permutation_deltas(*c.values[var], c.n_perm, rng_for(c.seed, SEED_PERM))
+    null, null_z = st.permutation_null(*(x.values for x in c.values[var]), c.design, c.n_perm,
+                                       rng_for(c.seed, SEED_PERM))
     per_head_test = ct.per_head_permutation(delta, null)
+    z = standard.statistic
+    abs_z = np.abs(z)
+    x = c.min_effect[var]
+    se, df = standard.standard_error.values, standard.df.values
+    p_x, p_0 = (st.min_effect_pvalue(delta.values, se, df, value) for value in (x, 0.0))
+    min_effect = MinEffectResult(x, like(delta, p_x), ct.benjamini_hochberg(like(delta, p_x)), like(delta, p_0),
+                                 ct.benjamini_hochberg(like(delta, p_0)), standard.df)
     return CircuitTests(
         mann_whitney=ct.mann_whitney(abs_delta.values, mask),
         auc_interval=ct.auc_interval(shifted.bootstrap_distribution.values, mask),
@@ -118,6 +181,12 @@ def circuit_tests(comparison: Comparison, var: str, shifted: ShiftResult) -> Cir
         per_head=per_head_test,
         q_bh=ct.benjamini_hochberg(per_head_test.pvalue),
         rank=ct.descending_ranks(abs_delta),
+        mann_whitney_z=ct.mann_whitney(abs_z.values, mask),
+        auc_interval_z=ct.auc_interval(standard.bootstrap_statistic.values, mask),
+        permutation_z=ct.circuit_permutation_test(z.values, null_z, mask),
+        stratified_z=ct.layer_stratified_test(abs_z.values, mask, c.n_perm, rng_for(c.seed, SEED_STRAT_Z)),
+        rank_z=ct.descending_ranks(abs_z),
+        min_effect=min_effect,
     )
 
 
@@ -133,7 +202,7 @@ def causal_effects(ds: xr.Dataset, comparison: Comparison, kind: str, shifts: di
     spearman = {v: ca.effect_spearman(np.abs(shifts[v].statistic.values), abs_mean, np.abs(boot_deltas[v]),
                                       np.abs(boot_means)) for v in TESTED}
     circuit = ca.select_heads(mean.statistic, mean.pvalue, rule)
-    flagged = {v: tests[v].bh_heads(FLAG_LEVEL) for v in TESTED}
+    flagged = {v: tests[v].flagged(FLAG_LEVEL) for v in TESTED}
     scores = {v: ca.precision_recall(flagged[v], circuit) for v in TESTED}
     return CausalEffects(kind, sample.conditions, mean, ct.benjamini_hochberg(mean.pvalue), rule, circuit, spearman,
                          flagged, {v: p for v, (p, _) in scores.items()}, {v: r for v, (_, r) in scores.items()})

@@ -23,15 +23,17 @@ from analysis.markdown import markdown
 from analysis.pipeline import run_analysis
 from analysis.summary import summary
 from analysis.store import default_conditions, open_store, run_config
+from jaxdiag.paths import StoreLocation
 
 if TYPE_CHECKING:
     import xarray as xr
 
 
-def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path,
+def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path | None,
                     ds: xr.Dataset | None = None, condition: str | None = None) -> Circuit:
     """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 model. ds and condition serve
-    'effects:K' (the causal circuit of the store's effects, averaged over condition's prompts)."""
+    'effects:K' (the causal circuit of the store's effects, averaged over condition's prompts). A circuit
+    file is looked for beside the store (a local path; None for a URL) and in the working directory."""
     spec = spec or config.get("circuit")
     if isinstance(spec, dict):  # a run config may carry the circuit table inline
         from analysis.circuits import from_mapping
@@ -44,22 +46,45 @@ def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], stor
             raise AnalysisError(
                 f"no circuit for a {shape[0]}x{shape[1]} model: pass --circuit FILE (or name one in the run config)"
             )
-    return load_circuit(spec, search_dirs=(store.parent, Path.cwd()), store=ds, condition=condition)
+    beside = () if store is None else (store.parent,)
+    return load_circuit(spec, search_dirs=(*beside, Path.cwd()), store=ds, condition=condition)
+
+
+def parse_min_effect(text: str | None) -> dict[str, float]:
+    """--min-effect: one number for every tested variable ("0.02") or VAR=X pairs ("kl_norm=0.02,chi=0.005");
+    {} for None (the defaults, analysis.findings.MIN_EFFECT)."""
+    from analysis.findings import TESTED
+
+    if text is None:
+        return {}
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        name, _, value = part.rpartition("=")
+        try:
+            x = float(value)
+        except ValueError:
+            raise AnalysisError(f"--min-effect {text!r}: give a number or VAR=X pairs, e.g. kl_norm=0.02,chi=0.01") from None
+        for var in ([name.strip()] if name else TESTED):
+            out[var] = x
+    return out
 
 
 def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a: str | None = None,
                  b: str | None = None, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
-                 ablation: str | None = None) -> dict:
+                 ablation: str | None = None, min_effect: str | dict[str, float] | None = None) -> dict:
     """Analyse a store and write figures (PNG + SVG), summary.json and report.md into out_dir.
 
     circuit: "ioi23", "ioi26", a TOML/JSON circuit file or "effects:K" (the causal circuit of the store's
     effects of kind K) (default: the run config's, else ioi23 on 12 x 12 models). a, b: conditions (default: the run config's two, else ioi/non_ioi, else the
     store's first two). ablation: optional JSON of per-head ablation effects (overrides the circuit
-    file's). Returns the summary dict (as written, NaN -> None). Raises AnalysisError on bad input,
+    file's). min_effect: the per-head tests' minimum effect of interest (parse_min_effect's text or
+    {var: x}; default analysis.findings.MIN_EFFECT). Returns the summary dict (as written, NaN -> None). Raises AnalysisError on bad input,
     before anything is written.
     """
-    store = Path(store_path)
-    ds = open_store(store)
+    x_min = min_effect if isinstance(min_effect, dict) else parse_min_effect(min_effect)
+    location = StoreLocation.of(store_path, error=AnalysisError)  # a path or an fsspec URL
+    store = location.local_path
+    ds = open_store(location)
     config = run_config(ds)
     shape = (int(ds.sizes["layer"]), int(ds.sizes["head"]))
     default_a, default_b = default_conditions(ds, config) if a is None or b is None else (a, b)
@@ -69,7 +94,8 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
         import dataclasses
 
         chosen = dataclasses.replace(chosen, ablation=load_ablation(ablation, *shape, "--ablation", Path.cwd()))
-    analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, store_path=store)
+    analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, store_path=str(location),
+                            min_effect=x_min)
     result = to_jsonable(summary(analysis))
     text = json.dumps(result, indent=1, allow_nan=False)
 
@@ -100,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-perm", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablation", default=None, help="JSON of per-head ablation effects")
+    p.add_argument("--min-effect", default=None, metavar="X|VAR=X,...",
+                   help="minimum effect of interest of the per-head tests (default kl_norm=0.01,chi=0.01)")
     return p
 
 
@@ -107,13 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
-                              n_perm=args.n_perm, seed=args.seed, ablation=args.ablation)
+                              n_perm=args.n_perm, seed=args.seed, ablation=args.ablation, min_effect=args.min_effect)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    mw = result["mannwhitney"]["kl_norm"]
-    print(f"wrote {args.out}/report.md, summary.json and figures; "
-          f"Mann-Whitney |delta kl_norm| U={mw['U']:.0f} p={mw['p']:.3g} (one-sided)")
+    mw, lead = result["mannwhitney"]["kl_norm"], result["circuit_test"]["kl_norm"]
+    print(f"wrote {args.out}/report.md, summary.json and figures ({result['design']} design); lead test "
+          f"|delta_z kl_norm| permutation p={lead['pvalue']:.3g}; posts' Mann-Whitney |delta kl_norm| "
+          f"U={mw['U']:.0f} p={mw['p']:.3g} (one-sided)")
     return 0
 
 

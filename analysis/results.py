@@ -139,3 +139,33 @@ class SinkRateResult:
     confidence_interval: ConfidenceInterval
     epsilon: float
     n_heads: Array  # (condition,) heads with a defined mean bos_attn (the denominator)
+
+
+@dataclasses.dataclass(frozen=True)
+class StandardisedShiftResult:
+    """A head's shift in units of its own noise (analysis.standardised): statistic = delta / SE (delta_z,
+    a t statistic), and the effect size d = delta / sqrt((s_a^2 + s_b^2) / 2), both per head."""
+
+    statistic: Array  # delta_z = delta / SE: Welch t (independent design) or paired t
+    confidence_interval: ConfidenceInterval  # the design's bootstrap CI of delta, divided by SE
+    standard_error: Array  # analytic SE of delta (Welch, or SD of the pair differences / sqrt(n))
+    df: Array  # Welch-Satterthwaite df, or n_pairs - 1
+    effect_size: Array  # d, Cohen's d with the average of the two conditions' variances
+    effect_size_interval: ConfidenceInterval  # percentile over the design's bootstrap (d recomputed)
+    bootstrap_statistic: Array  # [resample, *heads] delta_z recomputed on each bootstrap resample
+    design: str  # "independent" | "paired"
+    confidence_level: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MinEffectResult:
+    """Per-head minimum-effect tests, H0 |delta| <= x vs H1 |delta| > x (analysis.standardised.min_effect_pvalue),
+    Benjamini-Hochberg over heads; the same test at x = 0 beside it."""
+
+    x: float  # the minimum effect of interest, in the variable's units
+    pvalue: Array  # per head, at x
+    q_bh: Array
+    pvalue_zero: Array  # per head, at 0 (two-sided t-test of delta = 0)
+    q_bh_zero: Array
+    df: Array
+    alternative: str = "|delta| > x"

@@ -1,7 +1,9 @@
 """Head shifts between two conditions: delta of means with bootstrap confidence intervals.
 
-Prompts are resampled with replacement within each condition independently (the conditions are
-independent draws), the same resample for every head so joint statistics (AUC, rankings) can be
+Independent design: prompts are resampled with replacement within each condition independently (the
+conditions are independent draws). Paired design (``paired=True``: row i of a and row i of b are a
+matched pair): pairs are resampled, i.e. the bootstrap of the mean within-pair difference. Either way
+the same resample serves every head so joint statistics (AUC, rankings) can be
 bootstrapped from the same replicates. Intervals: percentile and BCa (bias-corrected and
 accelerated; the acceleration from the two-sample jackknife exactly as scipy.stats.bootstrap
 computes it for multi-sample statistics).
@@ -110,8 +112,13 @@ def mean_interval(x: np.ndarray, n_boot: int, rng: np.random.Generator, confiden
 
 
 def shift(xa: np.ndarray | xr.DataArray, xb: np.ndarray | xr.DataArray, *, n_boot: int = 1000,
-          rng: np.random.Generator | int = 0, method: str = "BCa", confidence_level: float = 0.95) -> ShiftResult:
+          rng: np.random.Generator | int = 0, method: str = "BCa", confidence_level: float = 0.95,
+          paired: bool = False) -> ShiftResult:
     """Delta of means (a - b) per head with a bootstrap confidence interval.
+
+    paired: row i of xa and row i of xb are a matched pair; delta is then the mean within-pair difference
+    (over pairs where both are defined: equal to mean(a) - mean(b) when nothing is NaN) and the bootstrap
+    resamples pairs.
 
     xa, xb: [n_prompts_a, *heads] and [n_prompts_b, *heads] (e.g. [n, layer, head]); NaN entries are
     skipped. method: "BCa" or "percentile". DataArrays with prompts on their first dim give
@@ -119,14 +126,14 @@ def shift(xa: np.ndarray | xr.DataArray, xb: np.ndarray | xr.DataArray, *, n_boo
     """
     heads = xa.isel({xa.dims[0]: 0}, drop=True) if isinstance(xa, xr.DataArray) else None
     res = _shift(np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64), n_boot, rng, method,
-                 confidence_level)
+                 confidence_level, paired)
     ci = ConfidenceInterval(like(heads, res.confidence_interval.low), like(heads, res.confidence_interval.high))
     return ShiftResult(like(heads, res.statistic), ci, like(heads, res.standard_error),
                        like(heads, res.bootstrap_distribution, ("resample",)), method, confidence_level)
 
 
 def _shift(xa: np.ndarray, xb: np.ndarray, n_boot: int, rng: np.random.Generator | int, method: str,
-           confidence_level: float) -> ShiftResult:
+           confidence_level: float, paired: bool = False) -> ShiftResult:
     if method not in ("BCa", "percentile"):
         raise AnalysisError(f"unknown interval method {method!r}: use 'BCa' or 'percentile'")
     if xa.shape[1:] != xb.shape[1:]:
@@ -136,6 +143,20 @@ def _shift(xa: np.ndarray, xb: np.ndarray, n_boot: int, rng: np.random.Generator
     if n_boot < 2:
         raise AnalysisError("n_boot must be at least 2")
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    if paired:
+        if xa.shape != xb.shape:
+            raise AnalysisError(f"a paired shift needs one b prompt per a prompt, got {xa.shape[0]} and {xb.shape[0]}")
+        diff = xa - xb
+        with quiet():
+            theta = np.nanmean(diff, axis=0)
+        boot = bootstrap_means(diff.reshape(diff.shape[0], -1), n_boot, rng).reshape((n_boot, *diff.shape[1:]))
+        if method == "percentile":
+            ci = percentile_interval(boot, confidence_level)
+        else:
+            ci = bca_interval(boot, theta, jackknife_acceleration(diff), confidence_level)
+        with quiet():
+            se = np.nanstd(boot, axis=0, ddof=1)
+        return ShiftResult(theta, ci, se, boot, method, confidence_level)
     theta = mean_delta(xa, xb)
     boot = bootstrap_delta(xa, xb, n_boot, rng)
     if method == "percentile":

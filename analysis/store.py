@@ -1,4 +1,7 @@
-"""Reading a jaxdiag store (CONTRACT.md schema) lazily: only the variables an analysis needs are loaded."""
+"""Reading a jaxdiag store (CONTRACT.md schema) lazily: only the variables an analysis needs are loaded.
+
+A store is a local path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ...), as for ``jaxdiag run``.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,18 @@ import numpy as np
 import xarray as xr
 
 from analysis.errors import AnalysisError
+from jaxdiag.paths import StoreLocation
 
 DIMS = ("condition", "prompt", "layer", "head")
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a Zarr store lazily (dask-free: variables load on access) and check its dimensions."""
-    path = Path(path)
+def open_store(path: str | Path | StoreLocation) -> xr.Dataset:
+    """Open a Zarr store (a path or URL) lazily (dask-free: variables load on access) and check its dimensions."""
+    path = StoreLocation.of(path, error=AnalysisError)
     if not path.exists():
         raise AnalysisError(f"store {str(path)!r} does not exist")
     try:
-        ds = xr.open_zarr(path, chunks=None)
+        ds = xr.open_zarr(path.zarr_store(read_only=True), chunks=None)
     except Exception as e:  # zarr raises several types for "not a store"
         raise AnalysisError(f"cannot open {str(path)!r} as a Zarr store: {type(e).__name__}: {e}".splitlines()[0]) from None
     missing = [d for d in DIMS if d not in ds.dims]
@@ -122,3 +126,28 @@ def default_conditions(ds: xr.Dataset, config: dict[str, Any]) -> tuple[str, str
     if len(known) < 2:
         raise AnalysisError(f"store has {len(known)} condition(s); a comparison needs two")
     return known[0], known[1]
+
+
+def pair_order(ds: xr.Dataset, a: str, b: str) -> tuple[np.ndarray | None, str]:
+    """How condition b's prompts line up with condition a's as matched pairs, from the `pair` coordinate.
+
+    Returns (order, reason): order[i] is the position (among b's stored prompts, padding dropped) of the
+    partner of a's i-th prompt, when every prompt of both conditions has a pair id, the ids are unique
+    within each condition and the two conditions hold the same ids (a paired design); else (None, why not).
+    """
+    if "pair" not in ds.coords:
+        return None, "the store has no `pair` coordinate"
+    ids = {}
+    for c in (a, b):
+        valid = _valid_prompts(ds, c, ds["kl_norm"].sel(condition=c))  # the prompts condition_array keeps
+        raw = np.asarray(ds["pair"].sel(condition=c).values)[valid]
+        values = [str(v) for v in raw.tolist()]
+        if any(v in ("", "None", "nan", "-1") for v in values):
+            return None, f"some `{c}` prompts have no pair id"
+        if len(set(values)) != len(values):
+            return None, f"pair ids repeat within `{c}`"
+        ids[c] = values
+    if set(ids[a]) != set(ids[b]):
+        return None, f"the pair ids of `{a}` and `{b}` differ"
+    where = {v: i for i, v in enumerate(ids[b])}
+    return np.asarray([where[v] for v in ids[a]], dtype=int), "every prompt's pair partner is in the other condition"

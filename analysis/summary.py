@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.findings import (FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CheapVsExact, CircuitTests,
+from analysis.findings import (CURVE_N_PERM, FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CheapVsExact, CircuitTests,
                                CrossHead, MethodAgreement)
 from analysis.labels import head_label
 from analysis.taxonomy import HeadTaxonomy, ROLE_SCORES
@@ -33,13 +33,36 @@ def summary(an: Analysis) -> dict[str, Any]:
         "delta_ci": {v: {"low": s.confidence_interval.low.values, "high": s.confidence_interval.high.values,
                          "method": s.method, "level": s.confidence_level} for v, s in an.shifts.items()},
         "delta_se": {v: s.standard_error.values for v, s in an.shifts.items()},
+        "design": c.design, "design_reason": c.design_reason,
+        "delta_z": {v: z.statistic.values for v, z in an.standardised.items()},
+        "delta_z_ci": {v: {"low": z.confidence_interval.low.values, "high": z.confidence_interval.high.values,
+                           "method": "the design's bootstrap interval of delta divided by the analytic SE",
+                           "level": z.confidence_level} for v, z in an.standardised.items()},
+        "delta_z_se": {v: z.standard_error.values for v, z in an.standardised.items()},
+        "delta_z_df": {v: z.df.values for v, z in an.standardised.items()},
+        "effect_size": {v: z.effect_size.values for v, z in an.standardised.items()},
+        "effect_size_ci": {v: {"low": z.effect_size_interval.low.values, "high": z.effect_size_interval.high.values,
+                               "method": "percentile, d recomputed on the design's bootstrap resamples",
+                               "level": z.confidence_level} for v, z in an.standardised.items()},
+        "standardisation": STANDARDISATION[c.design],
+        "circuit_test": {v: circuit_test_entry(an.circuit_tests[v], c.design) for v in TESTED},
+        "standardised_tests": {v: standardised_entry(an.circuit_tests[v]) for v in TESTED},
+        "min_effect": dict(c.min_effect),
+        "min_effect_tests": {v: min_effect_entry(an.circuit_tests[v]) for v in TESTED},
         "mannwhitney": {}, "permutation": {}, "per_head": {}, "layer_stratified": {},
     }
+    if c.paired:
+        out["paired_vs_independent"] = {v: {
+            "ci_width_ratio_median": an.ci_width_ratio(v),
+            "independent_ci": {"low": i.confidence_interval.low.values, "high": i.confidence_interval.high.values},
+            "rule": "median over heads of (paired 95% CI width) / (independent 95% CI width), same store and "
+                    "bootstrap settings"} for v, i in an.independent_shifts.items()}
     for v in TESTED:
         t = an.circuit_tests[v]
-        out["mannwhitney"][v] = mann_whitney_entry(t)
+        out["mannwhitney"][v] = {**mann_whitney_entry(t), "statistic": RAW}
         out["permutation"][v] = {"p": t.permutation.pvalue, "U": t.permutation.statistic,
-                                 "n_perm": t.permutation.n_resamples, "alternative": t.permutation.alternative}
+                                 "n_perm": t.permutation.n_resamples, "alternative": t.permutation.alternative,
+                                 "statistic": RAW}
         out["per_head"][v] = {
             "p": t.per_head.pvalue.values, "q_bh": t.q_bh.values, "n_perm": c.n_perm,
             "min_attainable_p": 1.0 / (c.n_perm + 1), "alternative": t.per_head.alternative,
@@ -47,9 +70,7 @@ def summary(an: Analysis) -> dict[str, Any]:
             "bh_0.05": [list(h) for h in t.bh_heads(0.05)], "bh_0.01": [list(h) for h in t.bh_heads(0.01)],
         }
         st = t.stratified
-        out["layer_stratified"][v] = {"U": st.statistic, "auc": st.auc, "p": st.pvalue, "layers": st.layers,
-                                      "n_perm": st.n_resamples, "min_attainable_p": st.min_pvalue,
-                                      "alternative": st.alternative}
+        out["layer_stratified"][v] = {**stratified_entry(st), "statistic": RAW}
     out["circuit_heads"] = circuit_head_rows(an)
     if an.ablation is not None:
         out["ablation_spearman"] = {"rho": an.ablation.statistic, "p": an.ablation.pvalue, "n_heads": an.ablation.n,
@@ -69,17 +90,75 @@ def summary(an: Analysis) -> dict[str, Any]:
         out["taxonomy"] = taxonomy_entry(an.taxonomy)
     out["prompt_curve"] = an.curve
     out["settings"] = {"n_boot": c.n_boot, "n_perm": c.n_perm, "seed": c.seed,
-                       "bootstrap": "prompts resampled with replacement within each condition",
-                       "permutation": "condition labels shuffled across the pooled prompts"}
+                       "bootstrap": BOOTSTRAP[c.design], "permutation": PERMUTATION[c.design],
+                       "prompt_curve_n_perm": min(c.n_perm, CURVE_N_PERM), "prompt_curve_perm_repeats": 5}
     out["store"] = c.store
     return out
 
 
-def mann_whitney_entry(t: CircuitTests) -> dict[str, Any]:
-    m = t.mann_whitney
+RAW = "|delta| (raw shift; the posts' test)"
+STANDARDISED = "|delta_z| = |delta / SE| (standardised shift; the lead result)"
+BOOTSTRAP = {"independent": "prompts resampled with replacement within each condition",
+             "paired": "pairs resampled with replacement (both prompts of a pair together)"}
+PERMUTATION = {"independent": "condition labels shuffled across the pooled prompts",
+               "paired": "condition labels swapped within each pair at random (sign flips of the pair differences)"}
+STANDARDISATION = {
+    "independent": "delta_z = delta / SE, SE = sqrt(s_a^2/n_a + s_b^2/n_b) (Welch; a Welch t with Welch-Satterthwaite "
+                   "df); effect_size d = delta / sqrt((s_a^2 + s_b^2)/2)",
+    "paired": "delta_z = mean pair difference / (SD of the differences / sqrt(n_pairs)) (a paired t, df n_pairs - 1); "
+              "effect_size d = delta / sqrt((s_a^2 + s_b^2)/2)",
+}
+MIN_EFFECT_FORM = ("per head H0 |delta| <= x vs H1 |delta| > x: p = F((x - |delta|)/SE) + F((-x - |delta|)/SE), F the "
+                   "t distribution with the design's df (exact level at |delta| = x, conservative inside); "
+                   "Benjamini-Hochberg over heads; x = 0 is the two-sided t-test of delta = 0")
+
+
+def mann_whitney_entry(t: CircuitTests, standardised: bool = False) -> dict[str, Any]:
+    m = t.mann_whitney_z if standardised else t.mann_whitney
+    ci = t.auc_interval_z if standardised else t.auc_interval
     return {"U": m.statistic, "p": m.pvalue, "p_exact": m.pvalue_exact, "alternative": m.alternative,
             "n_circuit": m.n_circuit, "n_other": m.n_other, "min_attainable_p": m.min_pvalue,
-            "auc": m.auc, "auc_ci": [t.auc_interval.low, t.auc_interval.high]}
+            "auc": m.auc, "auc_ci": [ci.low, ci.high]}
+
+
+def stratified_entry(st) -> dict[str, Any]:
+    return {"U": st.statistic, "auc": st.auc, "p": st.pvalue, "layers": st.layers, "n_perm": st.n_resamples,
+            "min_attainable_p": st.min_pvalue, "alternative": st.alternative}
+
+
+def circuit_test_entry(t: CircuitTests, design: str) -> dict[str, Any]:
+    """The report's lead test of "circuit heads shift more than the others" (CONTRACT.md `circuit_test`)."""
+    pm, mw = t.permutation_z, t.mann_whitney_z
+    return {"statistic": pm.statistic, "pvalue": pm.pvalue, "alternative": pm.alternative,
+            "method": ("Mann-Whitney U of circuit vs other heads' |delta_z| (|delta / SE|), one-sided (circuit "
+                       f"greater), null from {pm.n_resamples} permutations: {PERMUTATION[design]}, every head's "
+                       "delta_z recomputed"),
+            "auc": mw.auc, "auc_ci": [t.auc_interval_z.low, t.auc_interval_z.high], "n_perm": pm.n_resamples,
+            "min_attainable_p": 1.0 / (pm.n_resamples + 1),
+            "rank_test_p": mw.pvalue, "agrees_with_rank_test": agree(pm.pvalue, mw.pvalue)}
+
+
+def agree(p1: float, p2: float, level: float = 0.05) -> bool:
+    """Both tests reject at level, or neither does."""
+    return bool((p1 <= level) == (p2 <= level))
+
+
+def standardised_entry(t: CircuitTests) -> dict[str, Any]:
+    return {"statistic": STANDARDISED, "mannwhitney": mann_whitney_entry(t, standardised=True),
+            "permutation": {"p": t.permutation_z.pvalue, "U": t.permutation_z.statistic,
+                            "n_perm": t.permutation_z.n_resamples, "alternative": t.permutation_z.alternative},
+            "layer_stratified": stratified_entry(t.stratified_z), "rank_abs_delta_z": t.rank_z.values}
+
+
+def min_effect_entry(t: CircuitTests) -> dict[str, Any]:
+    m = t.min_effect
+    return {"x": m.x, "p": m.pvalue.values, "q_bh": m.q_bh.values, "p_zero": m.pvalue_zero.values,
+            "q_bh_zero": m.q_bh_zero.values, "level": FLAG_LEVEL,
+            "flagged": [list(h) for h in t.flagged(FLAG_LEVEL)],
+            "flagged_zero": [list(h) for h in t.flagged(FLAG_LEVEL, at_zero=True)],
+            "n_flagged": {"zero": len(t.flagged(FLAG_LEVEL, at_zero=True)), "x": len(t.flagged(FLAG_LEVEL)),
+                          "zero_q0.01": len(t.flagged(0.01, at_zero=True)), "x_q0.01": len(t.flagged(0.01))},
+            "form": MIN_EFFECT_FORM, "alternative": m.alternative}
 
 
 def circuit_head_rows(an: Analysis) -> list[dict[str, Any]]:
@@ -94,6 +173,10 @@ def circuit_head_rows(an: Analysis) -> list[dict[str, Any]]:
             **{f"rank_abs_{v}": an.circuit_tests[v].rank.sel(at).item() for v in TESTED},
             **{f"p_{v}": an.circuit_tests[v].per_head.pvalue.sel(at).item() for v in TESTED},
             **{f"q_{v}": an.circuit_tests[v].q_bh.sel(at).item() for v in TESTED},
+            **{f"delta_z_{v}": an.standardised[v].statistic.sel(at).item() for v in TESTED},
+            **{f"rank_abs_z_{v}": an.circuit_tests[v].rank_z.sel(at).item() for v in TESTED},
+            **{f"effect_size_{v}": an.standardised[v].effect_size.sel(at).item() for v in TESTED},
+            **{f"q_min_effect_{v}": an.circuit_tests[v].min_effect.q_bh.sel(at).item() for v in TESTED},
             "ablation": None if c.circuit.ablation is None else c.circuit.ablation[layer, head],
         })
     return rows
@@ -116,7 +199,8 @@ def causal_entry(e: CausalEffects) -> dict[str, Any]:
                          "x": f"|delta {v}|", "y": "|mean effect|",
                          "ci": "percentile, prompts resampled within each condition"} for v, r in e.spearman.items()},
         "flagged": {v: [list(h) for h in heads] for v, heads in e.flagged.items()},
-        "flag_rule": f"per-head permutation test of |delta| (two-sided), Benjamini-Hochberg q <= {FLAG_LEVEL:g}",
+        "flag_rule": f"per-head minimum-effect test of |delta| > x (summary `min_effect`), Benjamini-Hochberg "
+                     f"q <= {FLAG_LEVEL:g}",
         "precision": e.precision, "recall": e.recall,
     }
 

@@ -47,7 +47,7 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
                  effect_kinds: Sequence[str] = EXACT_KINDS, effect_noise: float = 0.05,
                  cheap_kinds: Sequence[str] = (), cheap_noise: float = 0.05,
                  roles: Mapping[str, Sequence[tuple[int, int]]] | None = None,
-                 repeats: Sequence[str] | None = None) -> xr.Dataset:
+                 repeats: Sequence[str] | None = None, pair_corr: float | None = None) -> xr.Dataset:
     """A store-shaped Dataset with dims (condition, prompt, layer, head).
 
     shifts: {"kl_norm" | "chi": {(layer, head): delta}} added to the first condition only, so
@@ -69,6 +69,10 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
       `plant_taxonomy`; it rewrites bos_attn); None (the default) writes a store without them, exactly as
       before (they draw from their own random stream).
     repeats: the conditions whose prompts repeat tokens (dup_attn, induction_attn defined); default: the first.
+    pair_corr: None (independent conditions, no `pair` coordinate) or r in [0, 1): a paired store. Prompt i of
+      the first condition and prompt i of the second are a pair (`pair` coordinate "p<i>" on both; the two
+      conditions need equal counts), and their per-prompt noise correlates with r on every head and variable
+      (as matched IOI/ABC prompts share template and names). Shifts keep their exact expectation.
     """
     rng = np.random.default_rng(seed)
     conditions = [str(c) for c in conditions]
@@ -82,10 +86,18 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
     base_chi = 0.3 * layer_trend + rng.uniform(0.0, 0.1, size=shape)
     log_n = np.log(n_tokens)
 
+    if pair_corr is not None and (len(counts) < 2 or counts[0] != counts[1] or not 0 <= pair_corr < 1):
+        raise AnalysisError("pair_corr needs two conditions with equal prompt counts and 0 <= pair_corr < 1")
     data = {v: np.full((len(conditions), n_max, *shape), np.nan, dtype=np.float32) for v in VARIABLES}
+    first_noise = None
     for c, n in enumerate(counts):
         e1 = rng.standard_normal((n, *shape))
         e2 = rng.standard_normal((n, *shape))
+        if pair_corr is not None and c == 0:
+            first_noise = (e1.copy(), e2.copy())
+        if pair_corr is not None and c == 1:  # the partner's noise: correlation pair_corr, unit variance
+            e1 = pair_corr * first_noise[0] + np.sqrt(1 - pair_corr**2) * e1
+            e2 = pair_corr * first_noise[1] + np.sqrt(1 - pair_corr**2) * e2
         if c == 0:
             for ((l1, h1), (l2, h2)), r in (couplings or {}).items():
                 shared = rng.standard_normal(n)
@@ -136,6 +148,10 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
             "config": json.dumps(config), "complete": True,
         },
     )
+    if pair_corr is not None:
+        ids = np.full((len(conditions), n_max), "", dtype=object)
+        ids[0, :counts[0]] = ids[1, :counts[1]] = [f"p{i}" for i in range(counts[0])]
+        ds = ds.assign_coords(pair=(("condition", "prompt"), ids.astype(str)))
     if roles is not None:
         ds = plant_taxonomy(ds, counts, roles, conditions[:1] if repeats is None else repeats,
                             np.random.default_rng([seed, 3]))
@@ -235,8 +251,9 @@ def plant_effects(ds: xr.Dataset, counts: Sequence[int], effects: HeadShifts, ki
     target[0, :n] = rng.integers(0, 50257, size=n)
     foil = np.full((n_conditions, n_max), -1, dtype=np.int32)
     foil[0, :n] = rng.integers(0, 50257, size=n)
+    pair = ds["pair"].values if "pair" in ds.coords else np.full((n_conditions, n_max), "", dtype=str)
     out = out.assign_coords(target=(("condition", "prompt"), target), foil=(("condition", "prompt"), foil),
-                            pair=(("condition", "prompt"), np.full((n_conditions, n_max), "", dtype=str)))
+                            pair=(("condition", "prompt"), pair))
     reference = str(ds["condition"].values[1 if n_conditions > 1 else 0])
     out.attrs.update(schema_version=2, effects=list(kinds), effects_reference=reference)
     return out

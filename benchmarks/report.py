@@ -152,6 +152,21 @@ def render_markdown(res: dict[str, Any]) -> str:
         base = [[name, (gpu.get(name) or {}).get("prompts_per_s"), (gpu.get(name) or {}).get("error", "")]
                 for name in ("transformers", "transformerlens")]
         out += _table(["PyTorch tool on the same GPU", "prompts/s", "error"], base)
+    if res.get("families"):
+        out += ["", "## Other families (random weights, last query position)", "",
+                "A Pythia-160M-sized GPT-NeoX (partial rotary, parallel residual) and a Llama-style model "
+                "(RMSNorm, SwiGLU, rotary, 12 query heads over 4 key/value heads), 12 layers × 12 heads, "
+                "d_model 768 (the smoke profile: 2 layers, d_model 64). jaxdiag's compiled model step vs "
+                "transformers' eager model with `output_attentions=True` and the same reductions in torch.", ""]
+        rows = []
+        for r in res["families"]:
+            tools = r.get("tools", {})
+            jd, tf = (tools.get(k, {}).get("prompts_per_s") for k in ("jaxdiag", "transformers"))
+            err = r.get("error") or " ".join(t.get("error", "") for t in tools.values()).strip()
+            rows.append([r["family"], f"{(r.get('n_params') or 0) / 1e6:.0f}M", r["seq"], r["batch"], jd, tf,
+                         jd / tf if jd and tf else None, str(tools.get("jaxdiag", {}).get("load_avg_start", "")), err])
+        out += _table(["family", "params", "seq", "batch", "jaxdiag prompts/s", "transformers prompts/s",
+                       "speed-up", "load at start", "error"], rows)
     return "\n".join(out) + "\n"
 
 

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where RESULTS.md and results.json go")
     parser.add_argument("--xla-flags", default=None,
                         help="extra XLA_FLAGS for jaxdiag's processes (default: jaxdiag's own CPU defaults)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: short,long,memory,scale,gpu")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated sections to skip: short,long,memory,scale,gpu,families")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     results["env"] = bench.run({"kind": "probe"})
     on_gpu = results["env"].get("backend") == "gpu"
-    steps = [s for s in ("gemm", "short", "long", "memory", "scale", "gpu") if s not in skip]
+    steps = [s for s in ("gemm", "short", "long", "memory", "scale", "gpu", "families") if s not in skip]
     if on_gpu:
         steps = [s for s in steps if s not in ("scale",)]
     else:
@@ -304,8 +305,31 @@ def section_gpu(bench: Bench, p: dict, ckpt: str, on_gpu: bool) -> dict[str, Any
     return out
 
 
+def section_families(bench: Bench, p: dict, ckpt: str, on_gpu: bool) -> list[dict[str, Any]]:
+    """Other model families with random weights: a Pythia-160M-sized GPT-NeoX and a Llama-style GQA model
+    (12 x 12 heads, d_model 768), jaxdiag's model step vs transformers' eager model (same reductions)."""
+    seq, batch, n = p["short_seq"], p["short_batch"], p["short_prompts"]
+    device = "gpu" if on_gpu else "cpu"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="jaxdiag-bench-family-") as tmp:
+        for family in ("pythia-160m", "llama-style"):
+            directory = str(Path(tmp) / family)
+            made = bench.run({"kind": "make_family_checkpoint", "family": family, "checkpoint": directory,
+                              "tiny": p["model"] is TINY})
+            row = {"family": family, "seq": seq, "batch": batch, "n_prompts": n, "n_params": made.get("n_params"),
+                   "config": made.get("config"), "tools": {}}
+            if "error" in made:
+                row["error"] = made["error"]
+            else:
+                common = dict(checkpoint=directory, seq=seq, batch=batch, n_prompts=n, repeats=p["repeats"])
+                row["tools"]["jaxdiag"] = bench.run(dict(kind="jaxdiag_step", **common))
+                row["tools"]["transformers"] = bench.run(dict(kind="transformers", auto=True, device=device, **common))
+            rows.append(row)
+    return rows
+
+
 SECTIONS = {"gemm": section_gemm, "short": section_short, "long": section_long, "memory": section_memory,
-            "scale": section_scale, "gpu": section_gpu}
+            "scale": section_scale, "gpu": section_gpu, "families": section_families}
 
 
 # --------------------------------------------------------------------------- summary

@@ -163,9 +163,10 @@ def _torch_setup(spec: dict):
 def transformers_eager(spec: dict) -> dict[str, Any]:
     """``GPT2Model`` (no LM head), eager attention, ``output_attentions=True``, reductions in torch."""
     torch, device = _torch_setup(spec)
-    from transformers import GPT2Model
+    from transformers import AutoModel, GPT2Model
 
-    model = GPT2Model.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval().to(device)
+    model_class = AutoModel if spec.get("auto") else GPT2Model  # auto: another family's base model
+    model = model_class.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval().to(device)
     prompts = random_prompts(spec["n_prompts"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
     batches = [torch.from_numpy(prompts[i : i + spec["batch"]]).long().to(device) for i in range(0, len(prompts), spec["batch"])]
 
@@ -203,6 +204,48 @@ def transformerlens_bridge(spec: dict) -> dict[str, Any]:
     out = _timed(spec, run_pass, len(prompts))
     out["torch_threads"] = torch.get_num_threads()
     return out
+
+
+# --------------------------------------------------------------------------- whole processes
+
+
+def _jsonl_token_prompts(path: str) -> list[list[int]]:
+    return [json.loads(line)["tokens"] for line in open(path)]
+
+
+def torch_process(spec: dict) -> dict[str, Any]:
+    """A PyTorch tool's whole job, as a user script does it: import, load, read the prompts, run every
+    batch once (no warm-up), reduce, write the results to ``spec["out"]`` (npz). The caller times the
+    process from start to exit; the phase times here show where the time goes."""
+    t0 = time.perf_counter()
+    torch, device = _torch_setup(spec)
+    prompts = _jsonl_token_prompts(spec["prompts"])
+    tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # one length: no padding
+    t_imported = time.perf_counter()
+    if spec["tool"] == "transformers":
+        from transformers import GPT2Model
+
+        model = GPT2Model.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval().to(device)
+        patterns = lambda batch: model(batch, output_attentions=True).attentions
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(spec["checkpoint"], device=device)
+        names = [f"blocks.{i}.attn.hook_pattern" for i in range(bridge.cfg.n_layers)]
+
+        def patterns(batch):
+            _, cache = bridge.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_pattern"))
+            return [cache[name] for name in names]
+    t_loaded = time.perf_counter()
+    results: list[dict[str, np.ndarray]] = []
+    with torch.inference_mode():
+        for start in range(0, len(tokens), spec["batch"]):
+            results.append(torch_diagnostics(patterns(tokens[start : start + spec["batch"]]), torch))
+    t_ran = time.perf_counter()
+    np.savez(spec["out"], **{k: np.concatenate([r[k] for r in results]) for k in results[0]})
+    return {"import_read_s": round(t_imported - t0, 3), "load_s": round(t_loaded - t_imported, 3),
+            "run_s": round(t_ran - t_loaded, 3), "write_s": round(time.perf_counter() - t_ran, 3),
+            "torch_threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- GEMM rate
@@ -266,6 +309,33 @@ def make_checkpoint(spec: dict) -> dict[str, Any]:
     return {"checkpoint": str(directory)}
 
 
+# Families beyond GPT-2, as HF configs: the Pythia-160M shape and a Llama-style GQA model of the same
+# width; ``tiny`` sizes for the smoke run.
+FAMILY_CONFIGS = {
+    "pythia-160m": ("GPTNeoXConfig", dict(vocab_size=50304, hidden_size=768, num_hidden_layers=12,
+                                          num_attention_heads=12, intermediate_size=3072, rotary_pct=0.25,
+                                          max_position_embeddings=2048, use_parallel_residual=True)),
+    "llama-style": ("LlamaConfig", dict(vocab_size=32000, hidden_size=768, num_hidden_layers=12,
+                                        num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048,
+                                        max_position_embeddings=2048)),
+}
+TINY_FAMILY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+
+
+def make_family_checkpoint(spec: dict) -> dict[str, Any]:
+    """A randomly initialised HF model of ``spec["family"]`` (a key of FAMILY_CONFIGS), saved to ``checkpoint``."""
+    import torch
+    import transformers
+
+    config_name, kwargs = FAMILY_CONFIGS[spec["family"]]
+    if spec.get("tiny"):
+        kwargs = kwargs | TINY_FAMILY | ({"num_key_value_heads": 2} if "num_key_value_heads" in kwargs else {})
+    torch.manual_seed(spec.get("seed", 0))
+    config = getattr(transformers, config_name)(**kwargs)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(spec["checkpoint"])
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"checkpoint": spec["checkpoint"], "n_params": n_params, "config": kwargs}
 
 
 def probe(spec: dict) -> dict[str, Any]:
@@ -296,7 +366,8 @@ def probe(spec: dict) -> dict[str, Any]:
 
 KINDS = {
     "jaxdiag_runner": jaxdiag_runner, "jaxdiag_step": jaxdiag_step, "transformers": transformers_eager,
-    "transformerlens": transformerlens_bridge, "gemm": gemm, "probe": probe, "make_checkpoint": make_checkpoint,
+    "transformerlens": transformerlens_bridge, "torch_process": torch_process, "gemm": gemm, "probe": probe, "make_checkpoint": make_checkpoint,
+    "make_family_checkpoint": make_family_checkpoint,
 }
 
 

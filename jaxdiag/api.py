@@ -17,6 +17,7 @@ from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2, Precision, QueryMode
+from jaxdiag.models.load import tokenizer_for
 from jaxdiag.prompts import Prompt
 from jaxdiag.runner import run_diagnostics
 from jaxdiag.store import prompts_dataset
@@ -50,12 +51,11 @@ class LoadedModel:
 
 def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: bool = True,
          revision: str | None = None) -> LoadedModel:
-    """Load a GPT-2-family checkpoint from a Hugging Face hub id or a local directory."""
+    """Load a checkpoint (GPT-2, Llama/Qwen2/Mistral, GPT-NeoX, BERT, ALBERT: by ``config.json``'s
+    ``model_type``) from a Hugging Face hub id or a local directory."""
     checkpoint = resolve(model, revision)
     config, module = load_checkpoint(checkpoint, precision=precision)
-    tokenizer = Tokenizer.for_checkpoint(
-        checkpoint.directory, vocab_size=config.vocab_size, bos_id=config.bos_token_id, prepend_bos=prepend_bos
-    )
+    tokenizer = tokenizer_for(checkpoint.directory, config, prepend_bos=prepend_bos)
     return LoadedModel(module, tokenizer, checkpoint, precision)
 
 

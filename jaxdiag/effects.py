@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiag.errors import JaxdiagError
 from jaxdiag.interventions import shift_heads
 from jaxdiag.model import GPT2, Context
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
@@ -48,8 +49,16 @@ def last_position(values: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(values, index, axis=1)[:, 0]
 
 
+def require_gpt2(model) -> None:
+    """Effects and attribution patching read GPT-2's blocks; other families: a one-line error."""
+    if not isinstance(model, GPT2):
+        raise JaxdiagError(f"causal effects and attribution patching are GPT-2 only for now; this model is "
+                           f"{getattr(model.config, 'model_type', type(model).__name__)!r}")
+
+
 def clean_run(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, list, jax.Array]:
     """The unedited pass: final hidden states, per layer ``(residual after attention, head outputs [b, s, h, d])``, context."""
+    require_gpt2(model)
     ctx = model.context(tokens, lengths, probes=(HEAD_OUTPUT_PROBE,))
     x = model.embed(tokens)
     layers = []
@@ -161,6 +170,7 @@ def head_gradients(model: GPT2, tokens: jax.Array, lengths: jax.Array, readout: 
     interact; a NaN readout contributes nothing). ``drop [layer]`` drops (scales) the gradient through
     layers' residual updates (GradDrop), ``None`` for plain gradients.
     """
+    require_gpt2(model)
     config = model.config
     batch, seq = tokens.shape
     drop = jnp.zeros((config.n_layer,), jnp.float32) if drop is None else drop

@@ -18,7 +18,6 @@ need no shifting, and keys at or beyond ``lengths[b]`` are masked out exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Literal, Sequence
 
@@ -29,7 +28,8 @@ from flax import nnx
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.interventions import HeadEdit, apply_edit
-from jaxdiag.probes import AttentionView, Probe, read_probes, stack_layers
+from jaxdiag.models.attention import Context, Forward, direct_attention
+from jaxdiag.probes import AttentionView, Probe, read_probes, stack_layers  # noqa: F401
 from jaxdiag.schema import PRECISIONS, QUERIES, Precision, QueryMode
 from jaxdiag.streaming import streaming_attention
 
@@ -126,19 +126,27 @@ class Attention(nnx.Module):
         ) * jnp.float32(self.scale)
 
     def _direct(self, q, k, v, ctx: Context) -> tuple[jax.Array, AttentionView | None]:
-        """Attention that forms the layer's ``[b, h, q, k]`` scores."""
-        scores = self._scores(q, k)
-        # finfo.min rather than -inf, as transformers does: a row stays finite even if fully masked.
-        probs = jax.nn.softmax(jnp.where(ctx.visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
-        heads = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=self.precision)
-        if not ctx.probes:
-            return heads, None
-        # [batch, 1, n_rows, 1] indices pick each prompt's probed rows out of [b, h, q, k]. Kept for
-        # "all" too, where it is the identity: without it XLA fuses z_excess's sums differently and
-        # the stores of earlier versions would no longer be reproduced bit for bit.
-        row_scores = jnp.take_along_axis(scores, ctx.rows[:, None, :, None], axis=2)
-        row_probs = jnp.take_along_axis(probs, ctx.rows[:, None, :, None], axis=2)
-        return heads, ctx.view(self.layer_idx, heads, scores=row_scores, probs=row_probs)
+        """Attention that forms the layer's ``[b, h, q, k]`` scores (the core all families share)."""
+        return direct_attention(q, k, v, ctx, self.layer_idx, scale=self.scale, precision=self.precision)
+
+    def probe_rows(self, x: jax.Array, ctx: Context) -> dict[str, jax.Array]:
+        """The probes of ``ctx.rows`` alone, when nothing reads this layer's output (the last layer of
+        a diagnostics-only pass with ``query="last"``): the keys of every position and the probed
+        rows' queries are projected, never the values, the other rows' queries or the output."""
+        batch, seq, _ = x.shape
+        width = self.n_head * self.d_head
+        q = _columns(self.c_attn, jnp.take_along_axis(x, ctx.rows[:, :, None], axis=1), 0, width)
+        k = _columns(self.c_attn, x, width, 2 * width)
+        scores, probs = self._row_attention(q.reshape(batch, -1, self.n_head, self.d_head),
+                                            k.reshape(batch, seq, self.n_head, self.d_head), ctx)
+        return read_probes(ctx.probes, ctx.view(self.layer_idx, None, scores=scores, probs=probs))
+
+    def _row_attention(self, q_rows: jax.Array, k: jax.Array, ctx: Context) -> tuple[jax.Array, jax.Array]:
+        """Scores and weights ``[b, h, r, k]`` of the probed rows' queries ``[b, r, h, d]`` alone."""
+        rows = jnp.einsum(
+            "brhd,bkhd->bhrk", q_rows, k, precision=self.precision, preferred_element_type=jnp.float32
+        ) * jnp.float32(self.scale)
+        return rows, jax.nn.softmax(jnp.where(ctx.row_visible, rows, jnp.finfo(jnp.float32).min), axis=-1)
 
     def _streaming(self, q, k, v, ctx: Context) -> tuple[jax.Array, AttentionView | None]:
         """Blockwise attention (O(b h q) memory); the ``[b, h, q, k]`` pattern is never formed."""
@@ -152,12 +160,16 @@ class Attention(nnx.Module):
         if ctx.query == "all":
             return heads, ctx.view(self.layer_idx, heads, row_stats=stats)
         # Only one row per prompt: its scores against every key are O(b h k), formed directly.
-        q_rows = jnp.take_along_axis(q, ctx.rows[:, :, None, None], axis=1)
-        rows = jnp.einsum(
-            "brhd,bkhd->bhrk", q_rows, k, precision=self.precision, preferred_element_type=jnp.float32
-        ) * jnp.float32(self.scale)
-        probs = jax.nn.softmax(jnp.where(ctx.row_visible, rows, jnp.finfo(jnp.float32).min), axis=-1)
+        rows, probs = self._row_attention(jnp.take_along_axis(q, ctx.rows[:, :, None, None], axis=1), k, ctx)
         return heads, ctx.view(self.layer_idx, heads, scores=rows, probs=probs)
+
+
+def _columns(linear: nnx.Linear, x: jax.Array, start: int, stop: int) -> jax.Array:
+    """``linear(x)[..., start:stop]`` computed from those output columns alone, as ``nnx.Linear`` does."""
+    x, kernel, bias = linear.promote_dtype((x, linear.kernel[..., start:stop], linear.bias[start:stop]),
+                                           dtype=linear.dtype)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=linear.precision)
+    return y + bias
 
 
 class MLP(nnx.Module):
@@ -186,35 +198,6 @@ class Block(nnx.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Forward:
-    """What a forward pass returns: always ``hidden``; ``logits`` if asked; each probe's arrays."""
-
-    hidden: jax.Array  # [b, seq, n_embd] after ln_f
-    logits: jax.Array | None  # [b, seq, vocab] float32, or None
-    probes: dict[str, jax.Array]  # name -> [b, layer, ...] (see jaxdiag.probes)
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """Everything every layer shares in one forward pass (masks, probed rows, probes, edit)."""
-
-    impl: Literal["direct", "streaming"]
-    query: QueryMode
-    probes: tuple[Probe, ...]
-    edit: HeadEdit | None
-    tokens: jax.Array
-    lengths: jax.Array
-    visible: jax.Array  # [b, 1, q, k] causal and real keys
-    rows: jax.Array  # [b, r] probed query positions
-    row_visible: jax.Array  # [b, 1, r, k] keys each probed row sees (none for padded rows)
-
-    def view(self, layer: int, head_out: jax.Array, *, scores=None, probs=None, row_stats=None) -> AttentionView:
-        return AttentionView(layer, self.rows, self.row_visible, scores, probs, row_stats, head_out,
-                             self.tokens, self.lengths)
-
-
 class GPT2(nnx.Module):
     """GPT-2 trunk (``transformer.*`` in HF) with the LM head tied to ``wte``, computed on request."""
 
@@ -240,6 +223,7 @@ class GPT2(nnx.Module):
         query: QueryMode = "last",
         edit: HeadEdit | None = None,
         logits: bool = False,
+        hidden: bool = True,
         attention: AttentionImpl = "auto",
     ) -> Forward:
         """Run the model on right-padded ``tokens [batch, seq]`` with true ``lengths [batch]``.
@@ -250,19 +234,31 @@ class GPT2(nnx.Module):
             (every position; padded positions see no key, so row-wise probes give NaN there).
           edit: head-output interventions (:mod:`jaxdiag.interventions`).
           logits: also compute the tied LM head.
+          hidden: compute the final hidden states. With ``hidden=False``, ``logits=False`` and
+            ``query="last"``, the pass ends at the last layer's probes and that layer projects
+            only the keys and the probed rows' queries (its values, output projection and MLP,
+            and ``ln_f``, feed nothing the probes read), unless a probe reads head outputs.
           attention: ``"direct"`` forms each layer's ``[b, h, q, k]`` scores; ``"streaming"``
             visits keys in blocks with O(b h q) memory (:mod:`jaxdiag.streaming`); ``"auto"``
             (default) picks streaming for long prompts or large score tensors unless a probe
             needs the pattern. Both give the same values to float32 rounding.
         """
         ctx = self.context(tokens, lengths, probes=probes, query=query, edit=edit, attention=attention)
+        probes_only = not (hidden or logits)
+        # The last layer's output feeds only ln_f: a probes-only pass of the last rows reads its attention alone.
+        rows_only = probes_only and query == "last" and not any(p.reads_outputs for p in ctx.probes)
         x = self.embed(tokens)
         per_layer = []
-        for block in self.h:
+        for i, block in enumerate(self.h):
+            if rows_only and i == len(self.h) - 1:
+                per_layer.append(block.attn.probe_rows(block.ln_1(x), ctx))
+                break
             x, probed = block(x, ctx)
             per_layer.append(probed)
-        hidden = self.ln_f(x)
-        return Forward(hidden, self.unembed(hidden) if logits else None, stack_layers(per_layer))
+        if probes_only:
+            return Forward(None, None, stack_layers(per_layer))
+        final = self.ln_f(x)
+        return Forward(final if hidden else None, self.unembed(final) if logits else None, stack_layers(per_layer))
 
     def context(self, tokens: jax.Array, lengths: jax.Array, *, probes: Sequence[Probe] = (),
                 query: QueryMode = "last", edit: HeadEdit | None = None,

@@ -42,18 +42,21 @@ class AttentionView:
     scores: jax.Array | None  # [b, h, r, k] float32 q.k scaled as the model scales it
     probs: jax.Array | None  # [b, h, r, k] the attention weights the model used
     row_stats: RowStats | None
-    head_out: jax.Array  # [b, s, h, d_head] each head's output before any edit and before c_proj
+    head_out: jax.Array | None  # [b, s, h, d_head] each head's output before any edit and before c_proj
+    # (None where the layer's output is never computed: see Probe.reads_outputs)
     tokens: jax.Array  # [b, s] int32
     lengths: jax.Array  # [b] int32
 
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
-    """A named per-layer reduction. ``streams``: it can read a streaming view (``scores is None``)."""
+    """A named per-layer reduction. ``streams``: it can read a streaming view (``scores is None``);
+    ``reads_outputs``: it reads ``head_out``, so the model computes every layer's output in full."""
 
     name: str
     read: Callable[[AttentionView], dict[str, jax.Array]]
     streams: bool = False
+    reads_outputs: bool = False
 
 
 def _diagnostics(view: AttentionView) -> dict[str, jax.Array]:
@@ -89,7 +92,7 @@ TAXONOMY_PROBE = Probe("taxonomy", _taxonomy, streams=True)
 # The attention weights of the probed rows, [b, h, r, k] per layer: for tests and small inputs.
 ATTENTION_PROBE = Probe("attention", _pattern)
 # Every head's output at every position, [b, s, h, d_head] per layer (mean- and patch-ablation sources).
-HEAD_OUTPUT_PROBE = Probe("head_out", _head_outputs, streams=True)
+HEAD_OUTPUT_PROBE = Probe("head_out", _head_outputs, streams=True, reads_outputs=True)
 
 
 def read_probes(probes: tuple[Probe, ...], view: AttentionView) -> dict[str, jax.Array]:

@@ -100,7 +100,7 @@ def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: i
 def probe_values(model: GPT2, tokens: jax.Array, lengths: jax.Array, query: QueryMode,
                  probes: tuple[Probe, ...] = SWEEP_PROBES, attention: AttentionImpl = "auto") -> dict[str, jax.Array]:
     """``probes``' values ``{name: [b, layer, head(, seq)]}``; for ``query="last"`` the one row is squeezed away."""
-    values = model(tokens, lengths, probes=probes, query=query, attention=attention).probes
+    values = model(tokens, lengths, probes=probes, query=query, hidden=False, attention=attention).probes
     return {name: value[..., 0] for name, value in values.items()} if query == "last" else values
 
 

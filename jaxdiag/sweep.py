@@ -6,7 +6,10 @@ Order of work, so that bad input fails before any device work and leaves nothing
 2. plan: walk every prompt once -- tokenise, validate, count per condition, note the longest,
    the metadata keys and a digest of the whole prompt set (nothing kept in memory);
 3. refuse an existing store unless --resume (same config, weights and prompts) or --overwrite;
-4. load the weights, create the store (temp directory + rename), then walk the prompts again.
+4. load the weights, create the store (see ``jaxdiag.store``: by rename at a path, by claim and
+   commit at a URL), then walk the prompts again.
+
+A store URL of an unknown protocol or a missing fsspec backend is refused before step 1.
 
 The second walk groups each condition's prompts into chunks of ``chunk_size`` (one chunk of the
 store each) and each chunk into length-sorted units of ``batch_size`` (one device batch each),
@@ -29,7 +32,6 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
@@ -37,12 +39,13 @@ import xarray as xr
 
 from jaxdiag.effects import head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
+from jaxdiag.paths import StoreLocation
 from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
 from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
 from jaxdiag.schema import edit_of
 from jaxdiag.store import (
-    SCHEMA_VERSION, Layout, check_resumable, create_store, default_chunk_size, done_chunks, finalise, is_store,
+    SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, create_store, default_chunk_size, done_chunks, finalise,
     prompts_dataset, read_attrs, utc_now, with_condition, write_chunk,
 )
 
@@ -65,6 +68,7 @@ class Plan:
     n_targets: int = 0  # prompts with a task target (counted when effects are asked for)
     # pair id -> its prompts' (condition, tokens), kept when patch effects are asked for
     pairs: dict[str, list[tuple[str, tuple[int, ...]]]] | None = None
+    paired: bool = False  # some prompt names a pair partner
 
     def partner_tokens(self, prompt: Prompt) -> tuple[int, ...]:
         """The tokens of ``prompt``'s pair partner (the member of its pair in the other condition)."""
@@ -73,7 +77,7 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
-    path: Path
+    path: StoreLocation  # prints as given: the path or URL
     layout: Layout
     computed_prompts: int  # by this process, this time
     skipped_chunks: int  # already written by an earlier, interrupted run
@@ -119,7 +123,8 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     """Validate every prompt and summarise the set; raises JaxdiagError on the first bad one.
 
     With ``effects``, the task fields (target, foil, pair) are validated and enter the digest too;
-    without, the digest is what earlier versions computed, so their stores still resume.
+    without, the digest is what earlier versions computed, so their stores still resume. Pairs are
+    checked either way (two prompts in two conditions; equal lengths too for patch effects).
     """
     from jaxdiag.runner import check_prompt
 
@@ -127,6 +132,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     kinds: dict[str, set[str]] = {}
     max_len = n_targets = 0
     pairs: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    patching = any(edit_of(kind) == "patch" for kind in effects)
     digest = hashlib.sha256()
     for prompt in prompts:
         index = counts.get(prompt.condition, 0)
@@ -140,10 +146,11 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         if effects:
             n_targets += _check_task(prompt, vocab_size, label)
             record.append([prompt.target, prompt.foil, prompt.pair])
-            if any(edit_of(kind) == "patch" for kind in effects):
-                if prompt.pair is None:
-                    raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
-                pairs.setdefault(prompt.pair, []).append((prompt.condition, prompt.tokens))
+        if patching and prompt.pair is None:
+            raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
+        if prompt.pair is not None:
+            # only patching needs the partners' tokens; the pairing itself is checked for every run
+            pairs.setdefault(prompt.pair, []).append((prompt.condition, prompt.tokens if patching else ()))
         digest.update(json.dumps(record).encode() + b"\n")
     if not counts:
         raise JaxdiagError("the prompt set is empty")
@@ -154,7 +161,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         _check_pair(pair, members)
     metadata = {key: "float" if kind == {"float"} else "str" for key, kind in kinds.items()}
     return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest(), n_targets,
-                pairs if any(edit_of(kind) == "patch" for kind in effects) else None)
+                pairs if patching else None, paired=bool(pairs))
 
 
 def _check_task(prompt: Prompt, vocab_size: int, label: str) -> int:
@@ -172,7 +179,7 @@ def _check_pair(pair: str, members: list[tuple[str, tuple[int, ...]]]) -> None:
     (first, a), (second, b) = members
     if first == second:
         raise JaxdiagError(f"pair {pair!r}: both prompts are in condition {first!r}; a pair spans two conditions")
-    if len(a) != len(b):
+    if len(a) != len(b):  # only patching keeps tokens (else both are ())
         raise JaxdiagError(f"pair {pair!r}: the prompts have {len(a)} and {len(b)} tokens; a patch needs equal lengths")
 
 
@@ -223,7 +230,7 @@ class Chunk:
     def dataset(self, layout: Layout) -> xr.Dataset:
         """The chunk as its region of the store: the store's schema for these prompts, condition included."""
         ds = prompts_dataset(self.prompts, self.values, query=layout.query, width=layout.max_len,
-                             metadata=layout.metadata, start=self.start)
+                             metadata=layout.metadata, start=self.start, paired=layout.paired)
         return with_condition(ds, [layout.conditions[self.condition]])
 
 
@@ -269,11 +276,12 @@ def finished_chunks(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> It
             yield chunk
 
 
-def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: Progress) -> None:
+def write_chunks(chunks: Iterable[Chunk], path: StoreLike, layout: Layout, progress: Progress) -> None:
     """Write each chunk on one worker thread while the next ones compute; raise the first failed write.
 
     At most ``WRITE_QUEUE_CHUNKS`` finished chunks wait in memory: beyond that the producer waits.
     """
+    path = StoreLocation.of(path)
     delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
     pause = (lambda: time.sleep(delay)) if delay else None
 
@@ -291,7 +299,7 @@ def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: 
             future.result()
 
 
-def stored_prompts(path: Path, layout: Layout) -> int:
+def stored_prompts(path: StoreLike, layout: Layout) -> int:
     """Prompts whose chunks are written and marked done (what a --resume keeps)."""
     try:
         done = done_chunks(path)
@@ -325,32 +333,34 @@ def _wait_for_all(process_count: int, name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwrite: bool = False,
               quiet: bool = False, log: Callable[[str], None] | None = None) -> SweepResult:
-    """Run ``config`` into the store ``out``. Multi-process when ``jax.distributed`` is initialised."""
+    """Run ``config`` into the store ``out`` (a path or fsspec URL). Multi-process when ``jax.distributed``
+    is initialised: every process writes its own chunks into the one store, which is why a store on
+    object storage (a URL every host reaches) serves a multi-host run."""
     import jax
 
     from jaxdiag import __version__
     from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.config import GPT2Config
-    from jaxdiag.tokenizer import Tokenizer
+    from jaxdiag.models.load import read_config, require_gpt2, tokenizer_for
 
     started = time.perf_counter()
     log = log or (lambda message: None)
-    path = Path(out)
+    path = StoreLocation.of(out)  # a bad URL fails here, before any work
     process, n_processes = jax.process_index(), jax.process_count()
     if resume and overwrite:
         raise JaxdiagError("--resume and --overwrite exclude each other")
     # in a multi-process run the other processes may already see the store process 0 made
     if process == 0 and path.exists() and not (resume or overwrite):
-        raise JaxdiagError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
-    if resume and path.exists() and not is_store(path):
+        raise already_exists(path)
+    if resume and path.exists() and not path.is_store():
         raise JaxdiagError(f"cannot resume {path}: it is not a Zarr store")
 
     checkpoint = resolve(config.model, config.revision)
-    model_config = GPT2Config.from_json(checkpoint.directory / "config.json")
-    tokenizer = Tokenizer.for_checkpoint(checkpoint.directory, vocab_size=model_config.vocab_size,
-                                         bos_id=model_config.bos_token_id, prepend_bos=config.prepend_bos)
+    model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type
+    if config.effects:
+        require_gpt2(model_config, "causal effects (effects = [...])")
+    tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
     walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id)
     plan = plan_prompts(walk(), vocab_size=model_config.vocab_size, n_positions=model_config.n_positions,
@@ -369,7 +379,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
                                                          config.query)
     config = dataclasses.replace(config, chunk_size=chunk_size)
     layout = Layout(plan.conditions, plan.counts, model_config.n_layer, model_config.n_head, plan.max_len,
-                    config.query, chunk_size, plan.metadata, config.effects)
+                    config.query, chunk_size, plan.metadata, config.effects, plan.paired)
     identity = {"config": config.to_json(), "weights_sha256": checkpoint.weights_sha256,
                 "prompts_sha256": plan.digest}
 
@@ -398,7 +408,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
                 attrs["effects_reference"] = reference
         try:
             create_store(path, layout, attrs, overwrite=overwrite, head_mean=head_mean)
-        except OSError as exc:  # nothing is left behind: the store is made in a temp folder and renamed
+        except OSError as exc:  # nothing is left behind: creation removes what it wrote
             raise JaxdiagError(f"cannot create {path}: {exc.strerror or exc}") from None
     _wait_for_all(n_processes, "jaxdiag-store-created")
     if n_processes > 1:

@@ -44,6 +44,7 @@ class Tokenizer:
     backend: _HFTokenizer
     bos_id: int
     prepend_bos: bool = True
+    eos_id: int | None = None  # appended when set (encoders: [SEP], as BERT and ALBERT were trained)
 
     @classmethod
     def for_checkpoint(cls, directory: Path | None, *, vocab_size: int, bos_id: int,
@@ -66,7 +67,8 @@ class Tokenizer:
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if not ids:
             raise JaxdiagError(f"prompt {text!r} tokenises to nothing")
-        return [self.bos_id, *ids] if self.prepend_bos else list(ids)
+        ids = [self.bos_id, *ids] if self.prepend_bos else list(ids)
+        return ids if self.eos_id is None else [*ids, self.eos_id]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]

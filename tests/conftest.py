@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ def write_torch_checkpoint(directory: Path, seed: int = 0, qk_gain: float = 1.0,
                 param[..., : 2 * width].mul_(qk_gain)
     model.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_compile_cache(tmp_path_factory):
+    """The commands' persistent compilation cache (jaxdiag.compile_cache) in this session's temp
+    directory, inherited by the CLI subprocesses: tests never read or fill the user's cache."""
+    os.environ["JAXDIAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
 
 
 @pytest.fixture(scope="session")

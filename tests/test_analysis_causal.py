@@ -154,7 +154,7 @@ def test_precision_recall_of_flagged_heads(tmp_path):
                      n_perm=1000, seed=2)
     entry = s["causal"]["zero"]
     assert entry["flagged"]["kl_norm"] == [list(h) for h in sorted(flagged)]
-    assert entry["flagged"]["kl_norm"] == s["per_head"]["kl_norm"]["bh_0.05"]  # the report's own flags
+    assert entry["flagged"]["kl_norm"] == s["min_effect_tests"]["kl_norm"]["flagged"]  # the report's own flags
     assert entry["precision"]["kl_norm"] == pytest.approx(2 / 3) and entry["recall"]["kl_norm"] == pytest.approx(2 / 3)
 
 
@@ -231,11 +231,11 @@ def test_default_rule_is_stated():
 
 def run_without_jax(script: str) -> None:
     """Run script (Python, dedented) in a fresh interpreter where importing JAX, Flax, optax or jaxdiag
-    (beyond the jax-free jaxdiag.schema) fails; it must print "ok" and leave none of them imported."""
+    (beyond the jax-free jaxdiag.schema and jaxdiag.paths) fails; it must print "ok" and leave none of them imported."""
     code = textwrap.dedent("""
         import sys
         BLOCKED = ("jax", "jaxlib", "flax", "optax", "jaxdiag")
-        ALLOWED = ("jaxdiag", "jaxdiag.schema")
+        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors")  # + store locations (path or URL)
 
         class Block:
             def find_spec(self, name, path=None, target=None):

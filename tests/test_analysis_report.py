@@ -115,6 +115,22 @@ def test_every_number_recomputes_from_the_store(report):
         np.testing.assert_allclose(np.array(s["per_head"][v]["rank_abs_delta"], dtype=float), ranks)
         if v == "kl_norm":
             ranks_kl = ranks
+        # standardised shifts: Welch t and Cohen's d (average variance); the lead test ranks |t|
+        welch = stats.ttest_ind(xa, xb, equal_var=False)
+        np.testing.assert_allclose(np.array(s["delta_z"][v], dtype=float), welch.statistic, rtol=1e-9)
+        d = (xa.mean(0) - xb.mean(0)) / np.sqrt((xa.var(0, ddof=1) + xb.var(0, ddof=1)) / 2)
+        np.testing.assert_allclose(np.array(s["effect_size"][v], dtype=float), d, rtol=1e-9)
+        absz = np.abs(welch.statistic)
+        ref_z = stats.mannwhitneyu(absz[mask], absz[~mask], alternative="greater")
+        lead = s["circuit_test"][v]
+        assert lead["statistic"] == ref_z.statistic and lead["rank_test_p"] == pytest.approx(ref_z.pvalue, rel=1e-12)
+        assert 1 / 301 <= lead["pvalue"] <= 1 and lead["alternative"] == "greater"
+        # minimum-effect test at x: p = F((x - |delta|)/SE) + F((-x - |delta|)/SE), Welch df; at 0 Welch's p
+        x_min, c = s["min_effect"][v], np.abs(xa.mean(0) - xb.mean(0))
+        p_x = stats.t.cdf((x_min - c) / se, welch.df) + stats.t.cdf((-x_min - c) / se, welch.df)
+        np.testing.assert_allclose(np.array(s["min_effect_tests"][v]["p"], dtype=float), np.minimum(p_x, 1), rtol=1e-9)
+        np.testing.assert_allclose(np.array(s["min_effect_tests"][v]["p_zero"], dtype=float), welch.pvalue, rtol=1e-9)
+        assert s["design"] == "independent"
         # layer-stratified: sum of within-layer U over layers holding both kinds of head
         u = sum(stats.mannwhitneyu(absd[l][mask[l]], absd[l][~mask[l]]).statistic for l in (0, 2, 3))
         assert s["layer_stratified"][v]["U"] == u and s["layer_stratified"][v]["layers"] == [0, 2, 3]
@@ -241,7 +257,8 @@ def test_imports_and_runs_without_jax(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         BLOCKED = ("jax", "jaxlib", "flax", "optax", "jaxdiag")
-        ALLOWED = ("jaxdiag", "jaxdiag.schema")  # the jax-free shared names (DIAGNOSTICS, ...)
+        # the jax-free shared names (DIAGNOSTICS, ...) and store locations (a path or fsspec URL)
+        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors")
 
         class Block:  # any import of these raises ImportError (sys.modules[name] = None would trip scipy)
             def find_spec(self, name, path=None, target=None):

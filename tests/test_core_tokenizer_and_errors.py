@@ -82,11 +82,15 @@ def test_missing_local_path():
         jaxdiag.load("./no/such/dir")
 
 
-def test_config_that_is_not_gpt2(tmp_path, gpt2_vocab_checkpoint):
-    config = json.loads((gpt2_vocab_checkpoint / "config.json").read_text()) | {"model_type": "llama"}
+@pytest.mark.parametrize("model_type, message", [
+    ("t5", "model_type 't5' is not supported"),  # a family jaxdiag does not implement
+    ("llama", "a llama config needs 'num_attention_heads'"),  # a GPT-2 config.json labelled llama
+])
+def test_config_that_is_not_gpt2(tmp_path, gpt2_vocab_checkpoint, model_type, message):
+    config = json.loads((gpt2_vocab_checkpoint / "config.json").read_text()) | {"model_type": model_type}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes((gpt2_vocab_checkpoint / "model.safetensors").read_bytes())
-    with pytest.raises(JaxdiagError, match="not 'gpt2'"):
+    with pytest.raises(JaxdiagError, match=message):
         jaxdiag.load(str(tmp_path))
 
 
@@ -175,3 +179,8 @@ def test_paired_ioi_run_patches_each_prompt_with_its_abc_counterfactual(gpt2_voc
     assert ((ioi != abc).sum(axis=1) == 1).all()  # the second S, replaced by C
     assert np.isfinite(ds.effect_patch.sel(condition="ioi").values).all()
     assert np.isnan(ds.effect_patch.sel(condition="non_ioi").values).all()  # no IO on an ABC prompt
+    # without effects the pairs are stored too: the report's paired statistics need only them
+    config.write_text(f'model = "{gpt2_vocab_checkpoint}"\n[prompts]\nsource = "ioi"\nn_prompts = 6\npairs = true\n')
+    assert main(["run", str(config), "--out", str(tmp_path / "plain.zarr")]) == 0
+    plain = xr.open_zarr(tmp_path / "plain.zarr")
+    assert plain.pair.values.tolist() == ds.pair.values.tolist() and "metric" not in plain and "target" not in plain.coords

@@ -216,3 +216,18 @@ def test_verify_patches_the_top_heads_exactly_and_bounds_the_rest(effect_store, 
     assert "Bound:" in (out / "verify.md").read_text()
     code = main(["verify", str(effect_store[1]), "--out", str(tmp_path / "none")])
     assert code == 2 and "no attribution-patching estimates" in capsys.readouterr().err
+
+
+def test_pairs_without_effects_are_checked_and_stored(tmp_path, models, capsys):
+    """The report pairs prompts by the stored ``pair``: a run without effects keeps it (any lengths),
+    and refuses a pair that is not two prompts in two conditions."""
+    lines = [{"condition": "a", "tokens": [0, 5, 6, 7], "pair": "x"}, {"condition": "b", "tokens": [0, 5], "pair": "x"},
+             {"condition": "a", "tokens": [0, 8], "pair": 2}, {"condition": "b", "tokens": [0, 9, 9], "pair": 2}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert _run(capsys, "--model", models["token"], "--prompts", prompts, "--out", tmp_path / "ok.zarr")[0] == 0
+    ds = xr.open_zarr(tmp_path / "ok.zarr", chunks=None)
+    assert ds.pair.values.tolist() == [["x", "2"], ["x", "2"]] and "target" not in ds.coords
+    prompts.write_text("\n".join(json.dumps(line) for line in lines[:3]) + "\n")
+    code, err = _run(capsys, "--model", models["token"], "--prompts", prompts, "--out", tmp_path / "bad.zarr")
+    assert code == 2 and "pair '2' has no partner" in err and not (tmp_path / "bad.zarr").exists()

@@ -37,7 +37,12 @@ def test_benchmark_command_runs_end_to_end(tmp_path):
     # Every device count computes the same numbers.
     digests = {r["result_sha256"] for r in results["scale"]}
     assert len(digests) == 1 and [r["devices"] for r in results["scale"]] == [1, 2]
-    for heading in ("## Targets", "## Short prompts", "## Long prompts", "## Peak memory", "## Scale-out", "## GPU"):
+    # Other families: a Pythia-shaped and a Llama-style row, both tools measured
+    assert [r["family"] for r in results["families"]] == ["pythia-160m", "llama-style"]
+    assert all("error" not in r and r["tools"][t]["prompts_per_s"] > 0
+               for r in results["families"] for t in ("jaxdiag", "transformers"))
+    for heading in ("## Targets", "## Short prompts", "## Long prompts", "## Peak memory", "## Scale-out", "## GPU",
+                    "## Other families"):
         assert heading in markdown
     assert results["command"] in markdown
 
@@ -63,3 +68,17 @@ def test_taxonomy_benchmark_runs_end_to_end(tmp_path):
     assert results["machine"]["cpu_count"] and results["command"] in (tmp_path / "TAXONOMY_SMOKE.md").read_text()
     for row in results["rows"]:
         assert all(s > 0 for s in row["seconds"].values()) and row["overhead"] > -1
+
+
+def test_whole_process_benchmark_runs_end_to_end(tmp_path):
+    run_smoke("process", tmp_path)
+    results = json.loads((tmp_path / "process_smoke.json").read_text())
+    markdown = (tmp_path / "PROCESS_SMOKE.md").read_text()
+    assert results["command"] in markdown and results["machine"]["cpu_flags"] in markdown
+    for tool, runs in results["whole_process"].items():
+        assert runs and all("error" not in r and r["seconds"] > 0 for r in runs), (tool, runs)
+    assert set(results["summary"]["startup_s"]) == {"cold cache", "warm cache", "no cache"}
+    summary = results["summary"]
+    assert summary["speedup_vs_faster_pytorch_tool"] > 0 and summary["ceiling_prompts_per_s"] > 0
+    for tool in ("transformers", "transformerlens"):  # each PyTorch script wrote its results
+        assert "run_s" in results["whole_process"][tool][0]["phases"]

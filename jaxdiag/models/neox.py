@@ -1,0 +1,171 @@
+"""GPT-NeoX / Pythia in Flax NNX.
+
+Pre-LayerNorm decoder with one fused ``query_key_value`` projection laid out per head as
+``[head, (q, k, v), d_head]``; rotary embeddings on the first ``partial_rotary_factor`` of each
+head's dimensions (Pythia: 25%); parallel residual by default, ``x + attn(ln1(x)) + mlp(ln2(x))``
+(``use_parallel_residual=False``: the sequential GPT-2 order); an untied ``embed_out`` head.
+
+Parameter names mirror HF's ``GPTNeoXForCausalLM`` without the ``gpt_neox.`` prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdiag.errors import JaxdiagError
+from jaxdiag.models.attention import Context, Family, attend, rope_settings, rotary
+from jaxdiag.schema import Precision
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NeoXConfig:
+    vocab_size: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    d_mlp: int
+    n_positions: int
+    layer_norm_eps: float
+    rotary_dims: int
+    rope_theta: float
+    use_parallel_residual: bool
+    attention_bias: bool
+    tie_word_embeddings: bool
+    hidden_act: str
+    bos_token_id: int
+    model_type: str = "gpt_neox"
+
+    @property
+    def d_head(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> "NeoXConfig":
+        if raw.get("model_type") != "gpt_neox":
+            raise JaxdiagError(f"{source}: model_type {raw.get('model_type')!r} is not 'gpt_neox'")
+        act = raw.get("hidden_act", "gelu")
+        if act not in ACTIVATIONS:
+            raise JaxdiagError(f"{source}: hidden_act {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        theta, fraction = rope_settings(raw, source=source, default_fraction=0.25)
+        d_head = raw["hidden_size"] // raw["num_attention_heads"]
+        bos = raw.get("bos_token_id")
+        return cls(
+            vocab_size=raw["vocab_size"], n_embd=raw["hidden_size"], n_layer=raw["num_hidden_layers"],
+            n_head=raw["num_attention_heads"], d_mlp=raw["intermediate_size"],
+            n_positions=raw.get("max_position_embeddings", 2048), layer_norm_eps=raw.get("layer_norm_eps", 1e-5),
+            rotary_dims=int(d_head * fraction), rope_theta=theta,
+            use_parallel_residual=bool(raw.get("use_parallel_residual", True)),
+            attention_bias=bool(raw.get("attention_bias", True)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)), hidden_act=act,
+            bos_token_id=bos if isinstance(bos, int) else 0,
+        )
+
+
+def _linear(n_in, n_out, bias, dtype, precision, rngs) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, precision=precision, rngs=rngs,
+                      kernel_init=nnx.initializers.normal(0.02))
+
+
+def _layer_norm(config: NeoXConfig, dtype, rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, dtype=dtype, use_fast_variance=False, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: NeoXConfig, *, dtype, precision, rngs: nnx.Rngs):
+        self.n_head, self.d_head = config.n_head, config.d_head
+        self.rotary_dims, self.theta = config.rotary_dims, config.rope_theta
+        self.precision = precision
+        self.query_key_value = _linear(config.n_embd, 3 * config.n_embd, config.attention_bias, dtype, precision, rngs)
+        self.dense = _linear(config.n_embd, config.n_embd, config.attention_bias, dtype, precision, rngs)
+
+    def __call__(self, x: jax.Array, ctx: Context, layer: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+        batch, seq, _ = x.shape
+        qkv = self.query_key_value(x).reshape(batch, seq, self.n_head, 3, self.d_head)
+        positions = jnp.arange(seq)
+        q = rotary(qkv[..., 0, :], positions, dims=self.rotary_dims, theta=self.theta)
+        k = rotary(qkv[..., 1, :], positions, dims=self.rotary_dims, theta=self.theta)
+        heads, probed = attend(q, k, qkv[..., 2, :], ctx, layer, scale=1.0 / math.sqrt(self.d_head),
+                               precision=self.precision)
+        return self.dense(heads.reshape(batch, seq, self.n_head * self.d_head)), probed
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: NeoXConfig, *, dtype, precision, rngs: nnx.Rngs):
+        self.dense_h_to_4h = _linear(config.n_embd, config.d_mlp, True, dtype, precision, rngs)
+        self.dense_4h_to_h = _linear(config.d_mlp, config.n_embd, True, dtype, precision, rngs)
+        self.act = config.hidden_act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.dense_4h_to_h(ACTIVATIONS[self.act](self.dense_h_to_4h(x)))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: NeoXConfig, *, dtype, precision, rngs: nnx.Rngs):
+        self.parallel = config.use_parallel_residual
+        self.input_layernorm = _layer_norm(config, dtype, rngs)
+        self.post_attention_layernorm = _layer_norm(config, dtype, rngs)
+        self.attention = Attention(config, dtype=dtype, precision=precision, rngs=rngs)
+        self.mlp = MLP(config, dtype=dtype, precision=precision, rngs=rngs)
+
+    def __call__(self, x: jax.Array, ctx: Context, layer: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+        attn_out, probed = self.attention(self.input_layernorm(x), ctx, layer)
+        if self.parallel:  # both branches read the layer's input; HF sums mlp + attn + x in that order
+            return self.mlp(self.post_attention_layernorm(x)) + attn_out + x, probed
+        x = attn_out + x
+        return self.mlp(self.post_attention_layernorm(x)) + x, probed
+
+
+class NeoX(Family):
+    """GPT-NeoX trunk with its untied ``embed_out`` head (tied to ``embed_in`` if the config says so)."""
+
+    family = "gpt_neox"
+    mask = "causal"
+
+    def __init__(self, config: NeoXConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
+        from jaxdiag.model import precision_settings
+
+        dtype, matmul_precision = precision_settings(precision)
+        self.config = config
+        self.precision_name = precision
+        self.embed_in = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
+                                  embedding_init=nnx.initializers.normal(0.02))
+        self.layers = nnx.List([Block(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
+                                for _ in range(config.n_layer)])
+        self.final_layer_norm = _layer_norm(config, dtype, rngs)
+        if not config.tie_word_embeddings:
+            self.embed_out = _linear(config.n_embd, config.vocab_size, False, dtype, matmul_precision, rngs)
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        return self.embed_in(tokens)
+
+    def blocks(self):
+        return list(self.layers)
+
+    def final(self, x: jax.Array) -> jax.Array:
+        return self.final_layer_norm(x)
+
+    def unembed(self, hidden: jax.Array) -> jax.Array:
+        if self.config.tie_word_embeddings:
+            return jnp.einsum("...e,ve->...v", hidden, self.embed_in.embedding[...].astype(hidden.dtype),
+                              preferred_element_type=jnp.float32)
+        return self.embed_out(hidden).astype(jnp.float32)
+
+
+PREFIXES = ("gpt_neox.",)
+IGNORED = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
+TIED_HEADS = ("embed_out.weight",)  # dropped when tie_word_embeddings

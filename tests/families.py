@@ -1,0 +1,127 @@
+"""Shared helpers of the model-family parity tests: random HF models saved to disk, the PyTorch
+forward pass (eager attention), and the comparisons (attention, hidden states, diagnostics vs a
+float64 reference of the torch attention weights over exactly the keys each query sees)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import jaxdiag
+from jaxdiag.probes import ATTENTION_PROBE
+from jaxdiag.schema import DIAGNOSTICS
+from tests.reference import assert_close, reference_diagnostics_masked
+
+LENGTHS = [11, 6, 1, 9]  # different lengths, a one-token prompt, right padding
+
+
+def randomise(model: torch.nn.Module, *, seed: int, qk_gain: float = 3.0) -> torch.nn.Module:
+    """Random weights with some structure: biases and norm weights away from their 0 / 1 init, and
+    q/k scaled up so that heads are sharper than at HF's 0.02 init."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+            elif "norm" in name.lower() and param.ndim == 1:
+                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen))
+            elif param.ndim == 2:
+                param.copy_(0.02 * torch.randn(param.shape, generator=gen) * param.shape[1] ** 0.5 / 32 ** 0.5)
+            if any(k in name for k in ("q_proj.weight", "k_proj.weight", "query.weight", "key.weight",
+                                       "query_key_value.weight")):
+                param.mul_(qk_gain)
+    return model.eval()
+
+
+def token_batch(vocab_size: int, lengths=LENGTHS, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab_size, size=n).tolist() for n in lengths]
+
+
+def torch_forward(model, token_lists, *, base=None):
+    """(attentions [layer, b, h, q, k], last hidden state [b, s, e], logits or None) from torch, and
+    the attentions of the same model run in float64 (the diagnostics' reference: in float32, trained
+    heads give keys exactly 0 weight, whose log the reference needs)."""
+    import copy
+
+    float64 = copy.deepcopy(model).double()
+    base64 = float64 if base is model else float64.base_model
+    ours = _forward(model, token_lists, base=base)
+    # each prompt alone, unpadded: a padded query whose window holds only padding is a fully masked row,
+    # which float64 torch turns into NaN (and that NaN reaches the real rows of the next layer)
+    reference = np.zeros_like(ours[0])
+    for b, seq in enumerate(token_lists):
+        reference[:, b, :, : len(seq), : len(seq)] = _forward(float64, [seq], base=base64)[0][:, 0]
+    return (*ours, reference)
+
+
+def _forward(model, token_lists, *, base=None):
+    width = max(map(len, token_lists))
+    tokens = torch.zeros((len(token_lists), width), dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for i, seq in enumerate(token_lists):
+        tokens[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    base = base if base is not None else model.base_model
+    with torch.no_grad():
+        out = base(tokens, attention_mask=mask, output_attentions=True)
+        logits = model(tokens, attention_mask=mask).logits.numpy() if model is not base else None
+    return torch.stack(out.attentions).double().numpy(), out.last_hidden_state.double().numpy(), logits
+
+
+def padded(token_lists, width):
+    tokens = np.zeros((len(token_lists), width), dtype=np.int32)
+    for i, seq in enumerate(token_lists):
+        tokens[i, : len(seq)] = seq
+    return tokens, np.array([len(t) for t in token_lists], dtype=np.int32)
+
+
+def visible_keys(q: int, n: int, *, mask: str, window: int | None = None) -> np.ndarray:
+    """Which keys ``[0, n)`` of a prompt of length ``n`` query ``q`` sees, by the family's rule."""
+    k = np.arange(n)
+    if mask == "bidirectional":
+        return np.ones(n, bool)
+    seen = k <= q
+    if window is not None:
+        seen &= k > q - window
+    return seen
+
+
+def compare(directory, token_lists, attentions, hidden, logits=None, reference=None, *, mask="causal", window=None,
+            atol_attn=1e-5, atol_hidden=1e-4) -> dict[str, float]:
+    """Assert parity; return the max abs differences (attention, hidden, logits, diagnostics)."""
+    loaded = jaxdiag.load(str(directory))
+    tokens, lengths = padded(token_lists, attentions.shape[-1])
+    out = loaded.model(tokens, lengths, probes=(ATTENTION_PROBE,), query="all", logits=logits is not None)
+    ours_attn = np.moveaxis(np.asarray(out.probes["attention"], np.float64), 1, 0)  # [layer, b, h, q, k]
+    diffs = {"attention": 0.0, "hidden": 0.0, "logits": 0.0, "diagnostics": 0.0}
+    for b, n in enumerate(lengths):
+        diffs["attention"] = max(diffs["attention"], np.abs(ours_attn[:, b, :, :n, :n] - attentions[:, b, :, :n, :n]).max())
+        diffs["hidden"] = max(diffs["hidden"], np.abs(np.asarray(out.hidden)[b, :n] - hidden[b, :n]).max())
+        if logits is not None:
+            diffs["logits"] = max(diffs["logits"], np.abs(np.asarray(out.logits)[b, :n] - logits[b, :n]).max())
+        # padded keys get exactly no weight
+        assert np.all(ours_attn[:, b, :, :n, n:] == 0)
+    assert diffs["attention"] < atol_attn, diffs
+    assert diffs["hidden"] < atol_hidden, diffs
+    assert diffs["logits"] < 1e-4, diffs
+    for query in ("last", "all"):
+        ds = jaxdiag.diagnose(loaded, token_lists, query=query, batch_size=4)
+        assert ds.sizes["layer"] == attentions.shape[0] and ds.sizes["head"] == attentions.shape[2]
+        for b, seq in enumerate(token_lists):
+            n = len(seq)
+            for q in ([n - 1] if query == "last" else range(n)):
+                seen = np.zeros(attentions.shape[-1], bool)
+                seen[:n] = visible_keys(q, n, mask=mask, window=window)
+                expected = reference_diagnostics_masked(reference[:, b, :, q, :], seen)
+                for name in DIAGNOSTICS:
+                    got = ds[name].isel(prompt=b) if query == "last" else ds[name].isel(prompt=b, query=q)
+                    assert_close(got.values, expected[name], what=f"{name} prompt {b} query {q}")
+                    ok = ~np.isnan(expected[name])
+                    if ok.any():
+                        diffs["diagnostics"] = max(diffs["diagnostics"],
+                                                   float(np.abs(got.values[ok] - expected[name][ok]).max()))
+            if query == "all":  # padded query positions: NaN
+                for name in DIAGNOSTICS:
+                    assert np.isnan(ds[name].isel(prompt=b).values[..., n:]).all()
+    return diffs

@@ -1,0 +1,74 @@
+"""`jaxdiag run --model DIR` for each family, and the two real-weight encoder presets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import jaxdiag
+from jaxdiag.cli import main
+from jaxdiag.errors import JaxdiagError
+from jaxdiag.schema import DIAGNOSTICS
+from tests import test_families_decoders as decoders
+from tests import test_families_encoders as encoders
+
+
+def _prompts(path, vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    records = [{"condition": c, "tokens": rng.integers(0, vocab, size=int(rng.integers(2, 12))).tolist()}
+               for c in ("a", "b") for _ in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+@pytest.mark.parametrize("family, case", [(decoders, "llama-gqa-tied"), (decoders, "mistral-window"),
+                                          (decoders, "neox-parallel"), (encoders, "albert-shared")])
+def test_run_model_dir_for_each_family(tmp_path, family, case):
+    _, directory, *_ = family.build(tmp_path, case)
+    records = _prompts(tmp_path / "p.jsonl", 97)
+    out = tmp_path / "store.zarr"
+    assert main(["run", "--model", str(directory), "--prompts", str(tmp_path / "p.jsonl"), "--out", str(out),
+                 "--quiet", "--no-compile-cache"]) == 0
+    ds = xr.open_zarr(out)
+    loaded = jaxdiag.load(str(directory))
+    assert ds.sizes["layer"] == loaded.config.n_layer and ds.sizes["head"] == loaded.config.n_head
+    for condition in ("a", "b"):
+        tokens = [r["tokens"] for r in records if r["condition"] == condition]
+        expected = jaxdiag.diagnose(loaded, tokens)
+        for name in DIAGNOSTICS:
+            np.testing.assert_allclose(ds[name].sel(condition=condition).values, expected[name].values,
+                                       rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_effects_are_gpt2_only(tmp_path):
+    _, directory, _ = decoders.build(tmp_path, "llama")
+    _prompts(tmp_path / "p.jsonl", 97)
+    with pytest.raises(JaxdiagError, match="causal effects .* GPT-2 only"):
+        from jaxdiag.runconfig import load_config
+        from jaxdiag.sweep import run_sweep
+
+        import dataclasses
+
+        config = load_config(None, preset="default", overrides={"model": str(directory),
+                                                               "prompts": str(tmp_path / "p.jsonl")})
+        run_sweep(dataclasses.replace(config, effects=("zero",)), tmp_path / "store.zarr", quiet=True)
+
+
+@pytest.mark.parametrize("preset, n_layer, n_head", [("minilm_shuffled", 6, 12), ("rxn_shuffled", 12, 8)])
+def test_real_weight_presets_run(tmp_path, preset, n_layer, n_head):
+    out = tmp_path / f"{preset}.zarr"
+    assert main(["run", "--preset", preset, "--out", str(out), "--quiet", "--no-compile-cache"]) == 0
+    ds = xr.open_zarr(out)
+    assert (ds.sizes["layer"], ds.sizes["head"]) == (n_layer, n_head)
+    assert list(ds.condition.values) == ["real", "shuffled"]
+    assert np.isfinite(ds["kl"].values).any()
+    if preset == "rxn_shuffled":  # every reaction tokenises without [UNK]
+        loaded = jaxdiag.load("wheel:rxnmapper")
+        unk = loaded.tokenizer.backend.token_to_id("[UNK]")
+        for line in (jaxdiag.paths.presets_dir() / "rxn_shuffled.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if "text" in record:
+                assert unk not in loaded.encode(record["text"])
