@@ -155,8 +155,20 @@ def load_config(config_file: str | None = None, *, preset: str | None = None,
         prompts_raw["n_prompts"] = overrides.pop("n_prompts")
     if "model" in overrides and not overrides["model"].startswith(BUILTIN) and user_path(overrides["model"]).exists():
         overrides["model"] = str(user_path(overrides["model"]).resolve())
+    if "model" in overrides and overrides["model"] != raw.get("model"):
+        own = model_circuit(overrides["model"])
+        if own is not None:  # the file's circuit named its own model's heads; this model ships its circuit
+            raw = {**raw, "circuit": own}
     merged = {k: v for k, v in raw.items() if k != "prompts"} | overrides
     return _validate(merged, prompts_raw, source=str(path), base=base)
+
+
+def model_circuit(model: str) -> str | None:
+    """The circuit file a model directory ships (``circuit.toml``, as jaxdiag's trained models do), or None."""
+    if model.startswith(BUILTIN):
+        return f"{model}/circuit.toml" if (resolve_path(model, Path.cwd()) / "circuit.toml").is_file() else None
+    path = user_path(model) / "circuit.toml"
+    return str(path) if path.is_file() else None
 
 
 # Command-line overrides that must be positive integers, by flag: their errors name the flag, not the file.

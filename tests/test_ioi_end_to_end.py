@@ -51,13 +51,12 @@ def test_blog_store_has_the_models_metric_and_effects(outputs):
 
 
 def test_ioi_blog_preset_with_a_model_override_runs_offline(outputs):
-    """The posts' own preset with --model: the same prompts; the report takes the circuit file."""
+    """The posts' own preset with --model: the same prompts, and the model's own circuit replaces the preset's."""
     from jaxdiag.cli import main
 
     store, report = outputs["work"] / "override.zarr", outputs["work"] / "override_report"
     assert main(["run", "--preset", "ioi_blog", "--model", "builtin:ioi-4l8h", "--out", str(store), "--quiet"]) == 0
-    assert main(["report", str(store), "--out", str(report), "--circuit", "builtin:ioi-4l8h/circuit.toml",
-                 "--n-perm", "200", "--n-boot", "100"]) == 0
+    assert main(["report", str(store), "--out", str(report), "--n-perm", "200", "--n-boot", "100"]) == 0
     summary = json.loads((report / "summary.json").read_text())
     assert summary["circuit"]["name"] == "ioi-4l8h"
     ours = outputs["summary"]["delta"]["kl_norm"]

@@ -133,3 +133,14 @@ def test_paired_ioi_is_recorded_only_when_asked(tmp_path):
     path.write_text('model = "gpt2"\n[prompts]\nsource = "ioi"\nn_prompts = 4\npairs = true\n')
     config = load_config(str(path))
     assert config.prompts.pairs and json.loads(config.to_json())["prompts"]["pairs"] is True
+
+
+def test_a_model_override_brings_the_models_own_circuit(tmp_path):
+    """--model replaces the preset's model; a circuit the new model ships replaces the preset's circuit."""
+    config = load_config(preset="ioi_blog", overrides={"model": "builtin:ioi-4l8h"})
+    assert config.circuit["name"] == "ioi-4l8h"  # inlined from builtin:ioi-4l8h/circuit.toml
+    assert load_config(preset="ioi_blog", overrides={"model": "gpt2-medium"}).circuit == "ioi23"  # nothing shipped
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "circuit.toml").write_text('name = "mine"\nn_layers = 1\nn_heads = 2\n[roles]\n"X" = ["0.1"]\n')
+    assert load_config(preset="ioi_blog", overrides={"model": str(own)}).circuit["name"] == "mine"
