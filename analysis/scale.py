@@ -26,10 +26,11 @@ computed in memory from the store (analysis.pipeline), as before.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import xarray as xr
@@ -59,7 +60,7 @@ from analysis.units import (G_MAX, GC_MAX, CrossUnits, PointUnits, Units, cross_
                             unit_moments, unit_size)
 
 DEFAULT_MEMORY = 2 * 2**30  # the --memory default: 2 GiB
-SAMPLE_MAX = 10_000  # prompts per condition kept for the prompt-count curve and the figures
+SAMPLE_MAX = 2048  # prompts per condition kept for the prompt-count curve and the figures (= G_MAX: below it, all)
 SEED_SAMPLE = 12
 BYTES_PER_VALUE = 8 * 8  # float64 working copies per streamed value in a block task (input, masks, centred, ...)
 
@@ -141,11 +142,6 @@ def stream(inputs: dict[str, xr.DataArray], ops: tuple, size: int, csize: int, r
     for start in range(0, n_blocks, in_flight):  # a few blocks at a time: memory stays bounded
         results.extend(dask.compute(*tasks[start:start + in_flight]))
     return {op[1]: _combine([r[op[1]] for r in results]) for op in ops}
-
-
-def _flat(da: xr.DataArray) -> xr.DataArray:
-    """(prompt, layer, head) -> (prompt, unit) in layer-major order (lazy)."""
-    return da.stack(unit=("layer", "head")).transpose("prompt", "unit")
 
 
 def block_rows(n_inputs: int, k: int, csize: int, memory: int, fixed: int, in_flight: int) -> int:
@@ -386,6 +382,29 @@ def pearson_from(r: float, n: int) -> CorrelationResult:
 # ------------------------------------------------------------------------------------------------- the report
 
 
+@contextlib.contextmanager
+def scheduler_context(scheduler: str | None) -> Iterator[None]:
+    """Run the streamed blocks on `scheduler`: None (dask's default: local threads, or the active distributed
+    client), "threads", "processes", "synchronous", or a dask.distributed scheduler address (tcp://host:port)."""
+    import dask
+
+    if scheduler is None:
+        yield
+    elif "://" in scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise AnalysisError("--scheduler with an address needs dask.distributed (pip install 'dask[distributed]')"
+                                ) from None
+        with Client(scheduler, set_as_default=True):
+            yield
+    elif scheduler in ("threads", "processes", "synchronous"):
+        with dask.config.set(scheduler=scheduler):
+            yield
+    else:
+        raise AnalysisError(f"--scheduler {scheduler!r}: use threads, processes, synchronous or tcp://HOST:PORT")
+
+
 def _in_flight() -> int:
     """Blocks computed at once: the active scheduler's worker threads (a distributed cluster's, when one is the
     default client), at least 2."""
@@ -588,7 +607,9 @@ def run_analysis_streamed(store: str | Path, circuit: Circuit, a: str, b: str, *
                              perm_rng=rng_for(seed, pl.SEED_CURVE_PERM), n_perm=min(n_perm, CURVE_N_PERM))
     whole = all(len(p) == n for p, n in zip(picks, (n_a, n_b)))
     scale = {
-        "streamed": True, "memory_bytes": int(memory), "block_prompts": int(s.rows), "n_blocks": int(s.n_blocks),
+        "streamed": True,
+        # how this run was cut up: not in summary.json, which is the same whatever the memory or the scheduler
+        "execution": {"memory_bytes": int(memory), "block_prompts": int(s.rows), "n_blocks": int(s.n_blocks)},
         "unit_prompts": int(s.size), "cross_unit_prompts": int(s.csize),
         "resampling": ("prompts resampled and permuted one by one (units of one prompt)" if s.size == 1 else
                        f"bootstrap and permutations over units of {s.size} consecutive prompts"
