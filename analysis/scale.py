@@ -635,14 +635,14 @@ def run_analysis_streamed(store: str | Path, circuit: Circuit, a: str, b: str, *
 
         eager = open_store(store)
         if kinds:
-            full = pl.compare(eager, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=TESTED,
+            full = pl.compare(eager, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
                               store_path=store_path if store_path is not None else store, min_effect=min_effect,
                               design=design)
             causal = {kind: pl.causal_effects(eager, full, kind, shifts, tests, rule) for kind in kinds}
             cheap_methods = cheap.cheap_vs_exact(eager, full, causal, shifts, lambda: rng_for(seed, pl.SEED_JOINT))
         if has_taxonomy(eager):
             taxonomy = head_taxonomy(eager, n_boot=n_boot, seed=seed, thresholds=thresholds)
-        scale["in_memory"] = [name for name, on in (("causal", bool(kinds)), ("cheap_vs_exact", bool(kinds)),
+        scale["execution"]["in_memory"] = [name for name, on in (("causal", bool(kinds)), ("cheap_vs_exact", bool(kinds)),
                                                     ("taxonomy", taxonomy is not None)) if on]
     return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods,
                     taxonomy, standard, independent)

@@ -156,7 +156,7 @@ def cross_moments(x: np.ndarray, size: int, active: np.ndarray) -> CrossUnits:
     with quiet():
         mean = np.where(count[:, None] > 0, xs.sum(axis=1) / count[:, None], 0.0)
     d = np.where(complete.reshape(g, size)[:, :, None], xs - mean[:, None, :], 0.0)
-    return CrossUnits(count, mean, np.einsum("gsi,gsj->gij", d, d, optimize=True), size)
+    return CrossUnits(count, mean, np.stack([u.T @ u for u in d]), size)  # one GEMM per unit
 
 
 @dataclasses.dataclass
