@@ -145,9 +145,15 @@ def stream(inputs: dict[str, xr.DataArray], ops: tuple, size: int, csize: int, r
 
 
 def block_rows(n_inputs: int, k: int, csize: int, memory: int, fixed: int, in_flight: int) -> int:
-    """Prompts per block: what `in_flight` blocks of n_inputs x k values fit in the memory left after `fixed`."""
-    free = max(memory - fixed, memory // 4)
-    rows = free // max(1, in_flight * n_inputs * k * BYTES_PER_VALUE)
+    """Prompts per block: what `in_flight` blocks of n_inputs x k values fit in the memory left after `fixed`
+    (the unit statistics, which do not grow with the prompt count)."""
+    per_row = in_flight * n_inputs * k * BYTES_PER_VALUE
+    free = memory - fixed
+    if free < per_row * csize:
+        raise AnalysisError(f"--memory {memory / 2**20:.0f} MB is too small for this store: the unit statistics take "
+                            f"~{fixed / 2**20:.0f} MB and {in_flight} blocks of {csize} prompts "
+                            f"~{per_row * csize / 2**20:.0f} MB; give at least {(fixed + per_row * csize) / 2**30:.2f} GB")
+    rows = free // per_row
     return int(max(csize, rows // csize * csize))
 
 

@@ -89,11 +89,12 @@ RESAMPLED = ("_ci", "delta_se", "p", "q_bh", "auc", "bootstrap", "null", "quanti
              "circuit_heads", "bh_0", "flagged", "verdict")
 
 
-def test_block_units_point_estimates_exact_resampled_within_monte_carlo(tmp_path, monkeypatch):
+@pytest.mark.parametrize("paired", [False, True])
+def test_block_units_point_estimates_exact_resampled_within_monte_carlo(tmp_path, monkeypatch, paired):
     """Units of several prompts: point estimates exact, intervals and p-values within Monte-Carlo error."""
     monkeypatch.setattr(scale, "G_MAX", 60)
     monkeypatch.setattr(scale, "GC_MAX", 30)
-    path = _store(tmp_path, 600)
+    path = _store(tmp_path, 600, paired=paired)
     old = to_jsonable(summary(run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path,
                                            n_boot=400, n_perm=400, seed=3)))
     new = to_jsonable(summary(scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=400, n_perm=400,
@@ -183,6 +184,8 @@ def test_parse_memory_and_cli_flags():
     assert scale.parse_memory(None) == scale.DEFAULT_MEMORY
     with pytest.raises(Exception):
         scale.parse_memory("lots")
+    with pytest.raises(Exception, match="too small"):  # 144 heads' unit statistics alone take ~0.6 GB
+        scale.block_rows(7, 144, 100, scale.parse_memory("256MB"), 600 * 2**20, 2)
     from jaxdiag.cli import _parser
 
     args = _parser().parse_args(["report", "x.zarr", "--out", "o", "--memory", "1GB", "--scheduler", "threads"])
