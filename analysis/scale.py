@@ -48,13 +48,13 @@ from analysis.effects import exact_kinds
 from analysis.errors import AnalysisError
 from analysis.findings import (CURVE_N_PERM, N_SIGMA, TESTED, Analysis, CircuitTests, Comparison, CrossHead,
                                MinEffectResult, PairInterval)
-from analysis.labels import head_matrix, like, per_head, units_of
+from analysis.labels import head_matrix, like, units_of
 from analysis.prompt_curve import prompt_curve
 from analysis.resampling import bootstrap_counts, permutation_members, permutation_pvalue, rng_for
 from analysis.results import (ConfidenceInterval, CorrelationResult, MaxNullResult, ShiftResult,
                               StandardisedShiftResult)
 from analysis.shifts import bca_interval, percentile_interval
-from analysis.store import DIMS, condition_array
+from analysis.store import DIMS
 from analysis.taxonomy import has_taxonomy, head_taxonomy
 from analysis.units import (G_MAX, GC_MAX, CrossUnits, PointUnits, Units, cross_moments, point_moments,
                             unit_moments, unit_size)

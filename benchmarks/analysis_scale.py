@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -85,10 +84,8 @@ def run_one(store: Path, out: Path, memory: str | None, in_memory: bool, schedul
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    result["peak_rss_gb_children_max"] = children  # includes any worker processes the report started
-    return result
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # peak RSS of the report's process (not of any
+    # dask.distributed workers it used: measure those on the cluster)
 
 
 def machine() -> str:
