@@ -190,3 +190,19 @@ def test_parse_memory_and_cli_flags():
 
     args = _parser().parse_args(["report", "x.zarr", "--out", "o", "--memory", "1GB", "--scheduler", "threads"])
     assert args.memory == "1GB" and args.scheduler == "threads" and not args.in_memory
+
+
+def test_query_all_store_streams_like_in_memory(tmp_path):
+    """Stores written with --query all are read at each prompt's last token, streamed as in memory."""
+    ds = make_dataset(n_layers=3, n_heads=4, n_prompts=40, shifts={"kl_norm": {(2, 3): 0.03}}, seed=2)
+    positions = np.arange(15)
+    for v in list(ds.data_vars):
+        values = np.full(ds[v].shape + (15,), np.nan, dtype=np.float32)
+        values[..., 14] = ds[v].values
+        values[..., 3] = 0.5  # another position, never read
+        ds[v] = (ds[v].dims + ("query",), values)
+    ds = ds.assign_coords(query=positions)
+    ds.attrs["query_positions"] = "all"
+    path = write_store(ds, tmp_path / "all.zarr")
+    old, new = _summaries(path)
+    _assert_close(old, {k: v for k, v in new.items() if k != "scale"})
