@@ -100,8 +100,9 @@ def open_lazy(path: str | Path) -> xr.Dataset:
 
 
 def _block_stats(blocks: dict[str, np.ndarray], ops: tuple, size: int, csize: int,
-                 active: dict[str, np.ndarray]) -> dict[str, Any]:
-    """One dask task: per-unit statistics of one block of rows (every input [rows, k])."""
+                 active: dict[str, np.ndarray], start: int = 0) -> dict[str, Any]:
+    """One dask task: per-unit statistics of one block of rows (every input [rows, k]; the block's first row is
+    row `start` of the inputs)."""
     x = {name: np.asarray(v, dtype=np.float64) for name, v in blocks.items()}
     out: dict[str, Any] = {}
     for op in ops:
@@ -116,10 +117,16 @@ def _block_stats(blocks: dict[str, np.ndarray], ops: tuple, size: int, csize: in
             out[name] = cross_moments(x[op[2]], csize, active[op[2]])
         elif kind == "points":
             out[name] = point_moments(x[op[2]], x[op[3]], size)
+        elif kind == "rows":  # the subsample's rows that fall in this block (op[3]: sorted row indices)
+            picks = op[3]
+            lo, hi = np.searchsorted(picks, [start, start + x[op[2]].shape[0]])
+            out[name] = x[op[2]][picks[lo:hi] - start]
     return out
 
 
 def _combine(parts: list[Any]) -> Any:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
     return type(parts[0]).concat(parts)
 
 
@@ -137,7 +144,8 @@ def stream(inputs: dict[str, xr.DataArray], ops: tuple, size: int, csize: int, r
     blocks = {name: a.to_delayed().ravel() for name, a in arrays.items()}
     n_blocks = len(next(iter(blocks.values())))
     task = dask.delayed(_block_stats, pure=True)
-    tasks = [task({name: b[i] for name, b in blocks.items()}, ops, size, csize, active) for i in range(n_blocks)]
+    tasks = [task({name: b[i] for name, b in blocks.items()}, ops, size, csize, active, i * rows)
+             for i in range(n_blocks)]
     results: list[dict[str, Any]] = []
     for start in range(0, n_blocks, in_flight):  # a few blocks at a time: memory stays bounded
         results.extend(dask.compute(*tasks[start:start + in_flight]))
@@ -177,6 +185,7 @@ class Streamed:
     points_a: PointUnits
     rows: int  # prompts per streamed block
     n_blocks: int
+    sample: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # TESTED var -> picked rows of a, of b [m, k]
 
 
 def _moments(w: np.ndarray, count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -425,9 +434,10 @@ def _in_flight() -> int:
         return max(2, min(16, os.cpu_count() or 2))
 
 
-def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int, in_flight: int | None = None
-                 ) -> Streamed:
-    """Reduce both conditions of the comparison (lazy values) to units in one pass over the store."""
+def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int, in_flight: int | None = None,
+                 picks: tuple[np.ndarray, np.ndarray] | None = None) -> Streamed:
+    """Reduce both conditions of the comparison (lazy values) to units in one pass over the store; the same pass
+    gathers the rows picks (sorted prompt indices of a and of b) of the TESTED variables."""
     c = comparison
     in_flight = in_flight or _in_flight()
     xa, xb = c.values["kl_norm"]
@@ -446,6 +456,8 @@ def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int
         inputs = {f"{side}:{v}": wrap(flat[v][i]) for v in variables for i, side in enumerate("ab")}
         ops = [("points", "points", "a:kl_norm", "a:chi"), ("cross", "cross_a", "a:kl_norm"),
                ("cross", "cross_b", "b:kl_norm")]
+        if picks is not None:
+            ops += [("rows", f"rows_{side}:{v}", f"{side}:{v}", picks[i]) for v in TESTED for i, side in enumerate("ab")]
         for v in variables:
             ops += [("diff", f"d:{v}", f"a:{v}", f"b:{v}"), ("keep", f"ka:{v}", f"a:{v}", f"b:{v}"),
                     ("keep", f"kb:{v}", f"b:{v}", f"a:{v}")]
@@ -458,6 +470,8 @@ def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int
         units_a, units_b = pick("a"), pick("b")
         result = Streamed(st.PAIRED, size, csize, units_a, units_b, pick("d"), pick("ka"), pick("kb"),
                           out["cross_a"], out["cross_b"], out["points"], rows, -(-n_a // rows))
+        if picks is not None:
+            result.sample = {v: (out[f"rows_a:{v}"], out[f"rows_b:{v}"]) for v in TESTED}
         inactive = [(units_a, "a:kl_norm", "cross_a"), (units_b, "b:kl_norm", "cross_b")]
         sources = {"cross_a": {"a:kl_norm": inputs["a:kl_norm"]}, "cross_b": {"b:kl_norm": inputs["b:kl_norm"]}}
     else:
@@ -468,11 +482,15 @@ def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int
             ops = [("plain", v, v) for v in variables] + [("cross", "cross", "kl_norm")]
             if i == 0:
                 ops.append(("points", "points", "kl_norm", "chi"))
+            if picks is not None:
+                ops += [("rows", f"rows:{v}", v, picks[i]) for v in TESTED]
             parts.append(stream({v: wrap(flat[v][i]) for v in variables}, tuple(ops), size, csize, rows, all_heads,
                                 in_flight))
         ua, ub = ({v: p[v] for v in variables} for p in parts)
         result = Streamed(st.INDEPENDENT, size, csize, ua, ub, {}, {}, {}, parts[0]["cross"], parts[1]["cross"],
                           parts[0]["points"], rows, -(-n_a // rows) + -(-n_b // rows))
+        if picks is not None:
+            result.sample = {v: (parts[0][f"rows:{v}"], parts[1][f"rows:{v}"]) for v in TESTED}
         inactive = [(ua, "kl_norm", "cross_a"), (ub, "kl_norm", "cross_b")]
         sources = {"cross_a": {"kl_norm": wrap(flat["kl_norm"][0])}, "cross_b": {"kl_norm": wrap(flat["kl_norm"][1])}}
     # heads with no finite kl_norm value at all take no part in the complete-row rule (analysis.correlation.
@@ -498,7 +516,17 @@ def run_analysis_streamed(store: str | Path, circuit: Circuit, a: str, b: str, *
     c = pl.compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
                    store_path=store_path if store_path is not None else store, min_effect=min_effect, design=design)
     variables = tuple(c.values)
-    s = stream_store(c, variables, memory, in_flight)
+    xa, xb = c.values["kl_norm"]
+    n_a, n_b = xa.sizes["prompt"], xb.sizes["prompt"]
+    picks = []
+    for k_, n in enumerate((n_a, n_b)):
+        if n <= SAMPLE_MAX:
+            picks.append(np.arange(n))
+        elif c.paired and k_ == 1:
+            picks.append(picks[0])
+        else:
+            picks.append(np.sort(rng_for(seed, SEED_SAMPLE, k_).choice(n, SAMPLE_MAX, replace=False)))
+    s = stream_store(c, variables, memory, in_flight, picks=(picks[0], picks[1]))
     heads = {v: c.values[v][0].isel(prompt=0, drop=True) for v in variables}
     flat_heads = {v: h.shape for v, h in heads.items()}
     paired = c.paired
@@ -594,18 +622,10 @@ def run_analysis_streamed(store: str | Path, circuit: Circuit, a: str, b: str, *
     if circuit.ablation is not None and np.isfinite(circuit.ablation).sum() >= 3:
         ablation = ct.ablation_spearman(np.abs(shifts["kl_norm"].statistic.values), circuit.ablation)
 
-    # the bounded subsample: prompt-count curve and figures
-    xa, xb = c.values["kl_norm"]
-    n_a, n_b = xa.sizes["prompt"], xb.sizes["prompt"]
-    picks = []
-    for k_, n in enumerate((n_a, n_b)):
-        if n <= SAMPLE_MAX:
-            picks.append(np.arange(n))
-        elif paired and k_ == 1:
-            picks.append(picks[0])
-        else:
-            picks.append(np.sort(rng_for(seed, SEED_SAMPLE, k_).choice(n, SAMPLE_MAX, replace=False)))
-    sample = {v: tuple(x.isel(prompt=p).load() for x, p in zip(c.values[v], picks)) for v in TESTED}
+    # the bounded subsample (prompt-count curve, figures), gathered by the same pass over the store
+    sample = {v: tuple(xr.DataArray(rows.reshape(-1, *c.shape), dims=("prompt", "layer", "head"),
+                                    coords={"layer": c.mask["layer"].values, "head": c.mask["head"].values}, name=v)
+                       for rows in s.sample[v]) for v in TESTED}
     table = {}
     if curve:
         table = prompt_curve({v: sample[v][0].values for v in TESTED}, {v: sample[v][1].values for v in TESTED},

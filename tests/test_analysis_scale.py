@@ -172,7 +172,12 @@ def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
 
 def test_subsample_is_stated(tmp_path, monkeypatch):
     monkeypatch.setattr(scale, "SAMPLE_MAX", 40)
-    an = scale.run_analysis_streamed(_store(tmp_path, 100), CIRCUIT, "ioi", "non_ioi", n_boot=50, n_perm=50)
+    monkeypatch.setattr(scale, "block_rows", lambda *a, **k: 16)  # the sample is gathered across blocks
+    path = _store(tmp_path, 100)
+    an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=50, n_perm=50)
+    picks = np.sort(scale.rng_for(0, scale.SEED_SAMPLE, 1).choice(100, 40, replace=False))
+    expected = open_store(path)["kl_norm"].sel(condition="non_ioi").values[picks]
+    np.testing.assert_array_equal(an.comparison.values["kl_norm"][1].values, expected)
     sub = to_jsonable(summary(an))["scale"]["subsample"]
     assert sub["prompts"] == {"ioi": 40, "non_ioi": 40} and sub["of"] == {"ioi": 100, "non_ioi": 100}
     assert not sub["all_prompts"] and summary(an)["n_prompts"] == {"ioi": 100, "non_ioi": 100}
