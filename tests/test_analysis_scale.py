@@ -152,18 +152,24 @@ def test_chunking_and_memory_do_not_change_a_bit(tmp_path, monkeypatch):
 
 
 def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
-    """The streamed report on a dask.distributed LocalCluster of 2 worker processes (blocks of 16 prompts spread
-    over both) gives the same summary.json, byte for byte, as dask's local threads."""
+    """The streamed report on a dask.distributed LocalCluster of 2 worker processes (blocks of 36 prompts spread
+    over both; units of 6 prompts, cross units of 18, so every per-unit kernel runs, GEMMs included, on 144 heads)
+    gives the same summary.json, byte for byte, as dask's local threads with one block per condition."""
     distributed = pytest.importorskip("distributed")
-    path = _store(tmp_path, 120)
+    monkeypatch.setattr(scale, "G_MAX", 20)
+    monkeypatch.setattr(scale, "GC_MAX", 8)
+    ds = make_dataset(n_layers=12, n_heads=12, n_prompts=120, shifts={"kl_norm": {(9, 6): 0.03}}, seed=5)
+    path = write_store(ds, tmp_path / "big.zarr")
+    circuit = from_mapping({"roles": {"x": [[9, 6], [9, 9], [10, 0]]}}, name="c", source="test")
 
     def text(scheduler, **kw):
         with scale.scheduler_context(scheduler):
-            an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=99, n_perm=99, **kw)
+            an = scale.run_analysis_streamed(path, circuit, "ioi", "non_ioi", n_boot=99, n_perm=99, **kw)
+        assert an.comparison.scale["unit_prompts"] == 6 and an.comparison.scale["cross_unit_prompts"] == 18
         return json.dumps(to_jsonable(summary(an)), allow_nan=False)
 
     local = text(None)
-    monkeypatch.setattr(scale, "block_rows", lambda *a, **k: 16)  # 16 blocks: both workers get some
+    monkeypatch.setattr(scale, "block_rows", lambda *a, **k: 36)  # 4 blocks per condition: both workers get some
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
         remote = text(cl.scheduler_address, memory="64MB")
         workers = len(cl.scheduler_info["workers"])
