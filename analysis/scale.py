@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -99,10 +100,29 @@ def open_lazy(path: str | Path) -> xr.Dataset:
 # ---------------------------------------------------------------------------------------------------- streaming
 
 
+def single_thread_blas():
+    """A context in which BLAS runs on one thread (threadpoolctl; a no-op context without it). The streamed report
+    runs in it: blocks run in parallel already, multi-threaded OpenBLAS on a busy machine spins (measured 40x
+    slower on this project's loaded 2-core machine), and one thread makes every product independent of the
+    thread count."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+_WORKER_LIMITED = False
+
+
 def _block_stats(blocks: dict[str, np.ndarray], ops: tuple, size: int, csize: int,
-                 active: dict[str, np.ndarray], start: int = 0) -> dict[str, Any]:
+                 active: dict[str, np.ndarray], start: int = 0, client_pid: int | None = None) -> dict[str, Any]:
     """One dask task: per-unit statistics of one block of rows (every input [rows, k]; the block's first row is
     row `start` of the inputs)."""
+    global _WORKER_LIMITED
+    if client_pid is not None and os.getpid() != client_pid and not _WORKER_LIMITED:  # a worker process of ours
+        single_thread_blas()  # (dask.distributed's nanny sets the same through OPENBLAS_NUM_THREADS=1)
+        _WORKER_LIMITED = True
     x = {name: np.asarray(v, dtype=np.float64) for name, v in blocks.items()}
     out: dict[str, Any] = {}
     for op in ops:
@@ -144,7 +164,7 @@ def stream(inputs: dict[str, xr.DataArray], ops: tuple, size: int, csize: int, r
     blocks = {name: a.to_delayed().ravel() for name, a in arrays.items()}
     n_blocks = len(next(iter(blocks.values())))
     task = dask.delayed(_block_stats, pure=True)
-    tasks = [task({name: b[i] for name, b in blocks.items()}, ops, size, csize, active, i * rows)
+    tasks = [task({name: b[i] for name, b in blocks.items()}, ops, size, csize, active, i * rows, os.getpid())
              for i in range(n_blocks)]
     results: list[dict[str, Any]] = []
     for start in range(0, n_blocks, in_flight):  # a few blocks at a time: memory stays bounded
@@ -423,7 +443,6 @@ def scheduler_context(scheduler: str | None) -> Iterator[None]:
 def _in_flight() -> int:
     """Blocks computed at once: the active scheduler's worker threads (a distributed cluster's, when one is the
     default client), at least 2."""
-    import os
 
     try:
         from distributed import default_client
@@ -511,6 +530,14 @@ def run_analysis_streamed(store: str | Path, circuit: Circuit, a: str, b: str, *
                           min_effect: Mapping[str, float] | None = None, design: str | None = None,
                           memory: int | str | None = None, in_flight: int | None = None) -> Analysis:
     """analysis.pipeline.run_analysis, streamed over the store at `store` (a path) in bounded memory."""
+    with single_thread_blas():
+        return _run_streamed(store, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
+                             curve=curve, store_path=store_path, rule=rule, thresholds=thresholds,
+                             min_effect=min_effect, design=design, memory=memory, in_flight=in_flight)
+
+
+def _run_streamed(store, circuit, a, b, *, n_boot, n_perm, seed, variables, curve, store_path, rule, thresholds,
+                  min_effect, design, memory, in_flight) -> Analysis:
     memory = parse_memory(memory)
     ds = open_lazy(store)
     c = pl.compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
