@@ -23,15 +23,17 @@ from analysis.markdown import markdown
 from analysis.pipeline import run_analysis
 from analysis.summary import summary
 from analysis.store import default_conditions, open_store, run_config
+from jaxdiag.paths import StoreLocation
 
 if TYPE_CHECKING:
     import xarray as xr
 
 
-def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path,
+def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path | None,
                     ds: xr.Dataset | None = None, condition: str | None = None) -> Circuit:
     """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 model. ds and condition serve
-    'effects:K' (the causal circuit of the store's effects, averaged over condition's prompts)."""
+    'effects:K' (the causal circuit of the store's effects, averaged over condition's prompts). A circuit
+    file is looked for beside the store (a local path; None for a URL) and in the working directory."""
     spec = spec or config.get("circuit")
     if isinstance(spec, dict):  # a run config may carry the circuit table inline
         from analysis.circuits import from_mapping
@@ -44,7 +46,8 @@ def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], stor
             raise AnalysisError(
                 f"no circuit for a {shape[0]}x{shape[1]} model: pass --circuit FILE (or name one in the run config)"
             )
-    return load_circuit(spec, search_dirs=(store.parent, Path.cwd()), store=ds, condition=condition)
+    beside = () if store is None else (store.parent,)
+    return load_circuit(spec, search_dirs=(*beside, Path.cwd()), store=ds, condition=condition)
 
 
 def parse_min_effect(text: str | None) -> dict[str, float]:
@@ -84,8 +87,9 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
     NaN -> None). Raises AnalysisError on bad input, before anything is written.
     """
     x_min = min_effect if isinstance(min_effect, dict) else parse_min_effect(min_effect)
-    store = Path(store_path)
-    ds = open_store(store)
+    location = StoreLocation.of(store_path, error=AnalysisError)  # a path or an fsspec URL
+    store = location.local_path
+    ds = open_store(location)
     config = run_config(ds)
     shape = (int(ds.sizes["layer"]), int(ds.sizes["head"]))
     default_a, default_b = default_conditions(ds, config) if a is None or b is None else (a, b)
@@ -96,15 +100,15 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
 
         chosen = dataclasses.replace(chosen, ablation=load_ablation(ablation, *shape, "--ablation", Path.cwd()))
     if in_memory:
-        analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, store_path=store,
-                                min_effect=x_min)
+        analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed,
+                                store_path=str(location), min_effect=x_min)
     else:
         from analysis.scale import parse_memory, run_analysis_streamed, scheduler_context
 
         budget = parse_memory(memory)
         with scheduler_context(scheduler):
-            analysis = run_analysis_streamed(store, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed,
-                                             min_effect=x_min, memory=budget)
+            analysis = run_analysis_streamed(location, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed,
+                                             store_path=str(location), min_effect=x_min, memory=budget)
     result = to_jsonable(summary(analysis))
     text = json.dumps(result, indent=1, allow_nan=False)
 

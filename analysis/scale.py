@@ -59,6 +59,7 @@ from analysis.store import DIMS
 from analysis.taxonomy import has_taxonomy, head_taxonomy
 from analysis.units import (G_MAX, GC_MAX, CrossUnits, PointUnits, Units, cross_moments, point_moments,
                             unit_moments, unit_size)
+from jaxdiag.paths import StoreLocation
 
 DEFAULT_MEMORY = 2 * 2**30  # the --memory default: 2 GiB
 SAMPLE_MAX = 2048  # prompts per condition kept for the prompt-count curve and the figures (= G_MAX: below it, all)
@@ -82,13 +83,13 @@ def parse_memory(text: str | int | None) -> int:
     return value
 
 
-def open_lazy(path: str | Path) -> xr.Dataset:
-    """The store as dask arrays over its own chunks (nothing loaded)."""
-    path = Path(path)
+def open_lazy(path: str | Path | StoreLocation) -> xr.Dataset:
+    """The store (a path or an fsspec URL) as dask arrays over its own chunks (nothing loaded)."""
+    path = StoreLocation.of(path, error=AnalysisError)
     if not path.exists():
         raise AnalysisError(f"store {str(path)!r} does not exist")
     try:
-        ds = xr.open_zarr(path, chunks={})
+        ds = xr.open_zarr(path.zarr_store(read_only=True), chunks={})
     except Exception as e:  # noqa: BLE001 -- zarr raises several types for "not a store"
         raise AnalysisError(f"cannot open {str(path)!r} as a Zarr store: {type(e).__name__}: {e}".splitlines()[0]) from None
     missing = [d for d in DIMS if d not in ds.dims]
@@ -523,7 +524,7 @@ def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int
     return result
 
 
-def run_analysis_streamed(store: str | Path, circuit: Circuit, a: str, b: str, *, n_boot: int = 1000,
+def run_analysis_streamed(store: str | Path | StoreLocation, circuit: Circuit, a: str, b: str, *, n_boot: int = 1000,
                           n_perm: int = 1000, seed: int = 0, variables: tuple[str, ...] | None = None,
                           curve: bool = True, store_path: str | Path | None = None,
                           rule: ca.CircuitRule = ca.CircuitRule(), thresholds: Mapping[str, float] | None = None,

@@ -1,4 +1,7 @@
-"""Reading a jaxdiag store (CONTRACT.md schema) lazily: only the variables an analysis needs are loaded."""
+"""Reading a jaxdiag store (CONTRACT.md schema) lazily: only the variables an analysis needs are loaded.
+
+A store is a local path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ...), as for ``jaxdiag run``.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,18 @@ import numpy as np
 import xarray as xr
 
 from analysis.errors import AnalysisError
+from jaxdiag.paths import StoreLocation
 
 DIMS = ("condition", "prompt", "layer", "head")
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a Zarr store lazily (dask-free: variables load on access) and check its dimensions."""
-    path = Path(path)
+def open_store(path: str | Path | StoreLocation) -> xr.Dataset:
+    """Open a Zarr store (a path or URL) lazily (dask-free: variables load on access) and check its dimensions."""
+    path = StoreLocation.of(path, error=AnalysisError)
     if not path.exists():
         raise AnalysisError(f"store {str(path)!r} does not exist")
     try:
-        ds = xr.open_zarr(path, chunks=None)
+        ds = xr.open_zarr(path.zarr_store(read_only=True), chunks=None)
     except Exception as e:  # zarr raises several types for "not a store"
         raise AnalysisError(f"cannot open {str(path)!r} as a Zarr store: {type(e).__name__}: {e}".splitlines()[0]) from None
     missing = [d for d in DIMS if d not in ds.dims]

@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--seed", type=int, metavar="S")
     run.add_argument("--effects", metavar="KINDS", help="causal effects to compute per head: zero,mean,patch")
-    run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write")
+    run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write: a path or an fsspec "
+                     "URL (file://, s3://, gs://, memory:// within one process)")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -46,13 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=int, metavar="I")
 
     info = commands.add_parser("info", help="describe a store", description="Print a store's dims, conditions, completeness, model, provenance and a digest of its run config.")
-    info.add_argument("store", metavar="STORE.zarr")
+    info.add_argument("store", metavar="STORE.zarr", help="a path or an fsspec URL")
     info.add_argument("--json", action="store_true",
                       help="print one JSON object with everything: attributes (the full run config included), "
                            "dims, variables, conditions and counts, completeness")
 
     report = commands.add_parser("report", help="analyse a store", description="Write figures and summary.json for a store.")
-    report.add_argument("store", metavar="STORE.zarr")
+    report.add_argument("store", metavar="STORE.zarr", help="a path or an fsspec URL")
     report.add_argument("--out", required=True, metavar="DIR")
     report.add_argument("--circuit", metavar="ioi23|ioi26|FILE|effects:KIND",
                         help="circuit to test: built-in, a TOML/JSON file, or a causal circuit of the store's effects")

@@ -1,9 +1,13 @@
-"""Where shipped things live, and the ``builtin:NAME`` names that point at them (no heavy imports)."""
+"""Where shipped things live, the ``builtin:NAME`` names that point at them, and where stores live (a
+path or an fsspec URL); no heavy imports (fsspec is imported when a location is made)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.schema import BUILTIN_PREFIX
@@ -47,3 +51,83 @@ def builtin_model_dir(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise JaxdiagError(f"no built-in model {name!r} (available: {', '.join(builtin_models()) or 'none'})")
     return path
+
+
+def is_url(value: str) -> bool:
+    """Whether ``value`` names a store by fsspec URL: zarr's own rule, so jaxdiag and zarr agree on it."""
+    return "://" in value or ("::" in value and "local://" not in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreLocation:
+    """Where a store lives: a local path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ...).
+
+    Every file operation on a store (existence, done markers, removal) goes through ``fs``, fsspec's
+    filesystem for it (``LocalFileSystem`` for a path), at ``root``; zarr and xarray get
+    :meth:`zarr_store`. Only creation differs: a path is made in a temporary folder and renamed,
+    which object stores cannot do (see ``jaxdiag.store.create_store``).
+    """
+
+    text: str  # as messages show it: the path as pathlib prints it, or the URL as given
+    fs: Any  # fsspec.AbstractFileSystem
+    root: str  # the store's path on fs, no trailing slash
+    is_url: bool
+
+    @classmethod
+    def of(cls, value: str | os.PathLike | StoreLocation, *,
+           error: type[Exception] = JaxdiagError) -> StoreLocation:
+        """``value`` as a location; ``error`` (one line) for a URL of an unknown protocol or whose
+        fsspec backend is not installed, before anything is read or written."""
+        if isinstance(value, StoreLocation):
+            return value
+        text = os.fspath(value)
+        if not is_url(text):
+            from fsspec.implementations.local import LocalFileSystem
+
+            path = Path(text)
+            return cls(str(path), LocalFileSystem(), str(path.absolute()), False)
+        from fsspec.core import url_to_fs
+
+        try:
+            fs, root = url_to_fs(text)
+        except (ValueError, ImportError) as exc:  # "Protocol not known: x", "Install s3fs to access S3"
+            raise error(f"cannot use the store URL {text!r}: {exc}") from None
+        return cls(text, fs, root.rstrip("/") or "/", True)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def local_path(self) -> Path | None:
+        """The store's folder when it was named by a path (None for a URL, ``file://`` included)."""
+        return None if self.is_url else Path(self.text)
+
+    def child(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def exists(self) -> bool:
+        """Anything at all is there (a folder, a file, or for object stores any key under the prefix)."""
+        self.fs.invalidate_cache(self.root)  # another process (host) may have written it since we last listed
+        return bool(self.fs.exists(self.root))
+
+    def is_store(self) -> bool:
+        self.fs.invalidate_cache(self.root)
+        return bool(self.fs.isfile(self.child("zarr.json")))
+
+    def remove(self, *parts: str) -> None:
+        """Remove the store (or the part of it named by ``parts``) and everything under it; nothing there is fine."""
+        try:
+            self.fs.rm(self.child(*parts), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def zarr_store(self, *, read_only: bool = False) -> Any:
+        """What zarr and xarray open: a path goes to zarr's LocalStore (as before URLs were supported),
+        a URL to an ``FsspecStore`` (for ``file://`` with folders made on demand, as zarr expects)."""
+        if not self.is_url:
+            return self.text
+        from fsspec.implementations.local import LocalFileSystem
+        from zarr.storage import FsspecStore
+
+        options = {"auto_mkdir": True} if isinstance(self.fs, LocalFileSystem) else None
+        return FsspecStore.from_url(self.text, storage_options=options, read_only=read_only)

@@ -7,27 +7,48 @@ template is the schema applied to empty prompts (nothing but fill values), writt
 encoding by :func:`create_store`; a chunk of the sweep is the schema applied to its prompts,
 written into its region by :func:`write_chunk`.
 
-Layout: every variable is chunked one condition by ``chunk_size`` prompts by everything else, so a
-chunk is one unit of work, written once, by one process. A chunk is known to be written when its
-marker file exists in ``.jaxdiag-progress/`` inside the store; the marker is created (atomically, by
-rename) only after the chunk's data and coordinates are all written, so a run killed at any point
-resumes by redoing exactly the chunks without a marker. Chunks that hold only padding (a condition
-with fewer prompts) are never written: Zarr returns the fill values (NaN, 0, -1, "") the contract
-asks for.
+A store lives at a local path or an fsspec URL (:class:`jaxdiag.paths.StoreLocation`); everything
+below holds for both, through fsspec, except creation.
 
-The store is created in a temporary directory beside the target and renamed into place, so a
-failure during creation leaves nothing behind and an existing store is only replaced once its
-successor is ready. Finalising sets ``complete`` to true, writes consolidated metadata and removes
-the markers.
+Layout: every variable is chunked one condition by ``chunk_size`` prompts by everything else, so a
+chunk is one unit of work, written once, by one process: processes (hosts) writing different chunks
+never write the same object. A chunk is known to be written when its empty marker object
+``.jaxdiag-progress/<condition>-<chunk>`` exists inside the store; the marker is written (one
+object, so it exists fully or not at all) only after the chunk's data and coordinates are all
+written, so a run killed at any point resumes by redoing exactly the chunks without a marker.
+Chunks that hold only padding (a condition with fewer prompts) are never written: Zarr returns the
+fill values (NaN, 0, -1, "") the contract asks for.
+
+Creation. A place holds a store once its root ``zarr.json`` exists, and creation makes that object
+last, so a store is never visible half-made:
+
+- at a path, the template is written in a temporary folder beside the target and renamed into
+  place; an existing store is replaced (``--overwrite``) only once its successor is ready, and a
+  rename onto a store another run made meanwhile fails, so one of two racing runs is refused;
+- at a URL (object stores cannot rename), the run first takes the claim object
+  ``.jaxdiag-progress/creating`` by exclusive create (O_EXCL for ``file://``, a conditional put
+  where the backend has one; fsspec's mode "xb"), so of two racing runs one is refused before it
+  writes anything; it then uploads the template written in a local temporary folder, every object
+  but the root ``zarr.json``, and that object last, again by exclusive create: the commit. The
+  claim stays until finalising removes the markers, so from the claim on a place always holds a
+  claim or a ``zarr.json``, and a run that takes the claim yet finds a ``zarr.json`` gives it back
+  and is refused. A failed creation removes what it uploaded. A claim without a ``zarr.json`` is a
+  creation that was killed: ``run`` refuses the place until ``--overwrite``.
+
+Finalising sets ``complete`` to true, removes the markers and writes consolidated metadata.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import json
 import os
+import re
 import shutil
+import socket
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -36,11 +57,13 @@ import numpy as np
 import xarray as xr
 
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.paths import StoreLocation
 from jaxdiag.prompts import Prompt
 from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS,
                             TAXONOMY, QueryMode)
 
 PROGRESS_DIR = ".jaxdiag-progress"
+CLAIM = "creating"  # in PROGRESS_DIR: taken by the run creating a store at a URL (see the module docstring)
 # Chunk size when the config leaves it open: at most this many prompts, and at most this many
 # bytes per variable per chunk (query = "all" stores a row per position).
 DEFAULT_CHUNK_PROMPTS = 256
@@ -106,8 +129,11 @@ warnings.filterwarnings("ignore", message="Consolidated metadata is currently no
 warnings.filterwarnings("ignore", message=r"The data type \(.*\) does not have a Zarr V3 specification")
 
 
-def is_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
+StoreLike = str | os.PathLike | StoreLocation  # a path, an fsspec URL, or either already parsed
+
+
+def is_store(path: StoreLike) -> bool:
+    return StoreLocation.of(path).is_store()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,29 +255,103 @@ def _zarr_encoding(name: str, variable: xr.Variable, chunk_size: int) -> dict[st
 # Writing.
 
 
-def create_store(path: Path, layout: Layout, attrs: dict[str, Any], *, overwrite: bool,
+def create_store(path: StoreLike, layout: Layout, attrs: dict[str, Any], *, overwrite: bool,
                  head_mean: np.ndarray | None = None) -> None:
-    """Write an empty store (all metadata, index coordinates) at ``path``; replace one only if ``overwrite``."""
-    if path.exists() and not overwrite:
-        raise JaxdiagError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
-    if path.exists() and not is_store(path):
-        raise JaxdiagError(f"{path} exists and is not a Zarr store: refusing to replace it")
+    """Write an empty store (all metadata, index coordinates) at ``path`` (a path or URL); replace one only
+    if ``overwrite``. Refuses (JaxdiagError) a place that another run fills first."""
+    location = StoreLocation.of(path)
+    if location.exists() and not overwrite:
+        raise already_exists(location)
+    if location.exists() and not (location.is_store() or _claimed(location)):
+        raise JaxdiagError(f"{location} exists and is not a Zarr store: refusing to replace it")
+    template = store_template(layout, attrs, head_mean=head_mean)
+    if location.local_path is not None:
+        _create_by_rename(location, template, overwrite)
+    else:
+        _create_by_upload(location, template, overwrite)
+
+
+def _write_template(template: xr.Dataset, folder: Path) -> None:
+    # Without dask, xarray writes every value; write_empty_chunks=False makes Zarr store no chunk
+    # that is all fill value, so the template costs one pass over zero-stride views (measured:
+    # 0.5 s for a 0.6 GB query="all" template, 2.2 s for 5.2 GB, 300 MB peak memory).
+    template.to_zarr(folder, mode="w", zarr_format=3, consolidated=True, write_empty_chunks=False)
+    (folder / PROGRESS_DIR).mkdir()
+
+
+def already_exists(location: StoreLocation) -> JaxdiagError:
+    """The refusal of a run without --resume or --overwrite whose store is there, or being made by another run."""
+    if _claimed(location) and not location.is_store():
+        return JaxdiagError(f"{location} already exists (another run is creating it; if none is, a creation was "
+                            "killed: pass --overwrite to replace it)")
+    return JaxdiagError(f"{location} already exists: pass --resume to continue it or --overwrite to replace it")
+
+
+def _create_by_rename(location: StoreLocation, template: xr.Dataset, overwrite: bool) -> None:
+    path = location.local_path
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_temps(path)
     temp = path.parent / f".{path.name}.creating-{os.getpid()}"
     try:
-        # Without dask, xarray writes every value; write_empty_chunks=False makes Zarr store no chunk
-        # that is all fill value, so the template costs one pass over zero-stride views (measured:
-        # 0.5 s for a 0.6 GB query="all" template, 2.2 s for 5.2 GB, 300 MB peak memory).
-        store_template(layout, attrs, head_mean=head_mean).to_zarr(temp, mode="w", zarr_format=3, consolidated=True,
-                                              write_empty_chunks=False)
-        (temp / PROGRESS_DIR).mkdir()
-        if path.exists():
-            shutil.rmtree(path)
-        os.rename(temp, path)
+        _write_template(template, temp)
+        if overwrite:
+            location.remove()
+        try:
+            os.rename(temp, path)  # onto a non-empty folder it fails: never replaces a store it was not told to
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise already_exists(location) from None
+            raise
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+def _create_by_upload(location: StoreLocation, template: xr.Dataset, overwrite: bool) -> None:
+    fs = location.fs
+    if overwrite:
+        location.remove()
+    fs.makedirs(location.child(PROGRESS_DIR), exist_ok=True)  # a folder for file://; nothing on object stores
+    claim = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": utc_now()}).encode()
+    try:
+        _create_exclusively(fs, location.child(PROGRESS_DIR, CLAIM), claim)
+    except FileExistsError:
+        raise already_exists(location) from None
+    # The claim stays until finalise removes the progress folder, and the commit comes before that, so
+    # a run that gets the claim after another's finalise finds the other's zarr.json here.
+    if location.is_store():
+        location.remove(PROGRESS_DIR, CLAIM)
+        raise already_exists(location)
+    try:
+        with tempfile.TemporaryDirectory(prefix="jaxdiag-template-") as folder:
+            _write_template(template, Path(folder))
+            files = [p.relative_to(folder).as_posix() for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+            objects = [name for name in files if name != "zarr.json"]
+            for directory in sorted({name.rpartition("/")[0] for name in objects}):
+                fs.makedirs(location.child(directory), exist_ok=True)  # folders for file://; no-ops on object stores
+            for name in objects:
+                fs.put_file(str(Path(folder) / name), location.child(name))
+            # the commit: from here the place holds a store; exclusive, so it never replaces one
+            _create_exclusively(fs, location.child("zarr.json"), (Path(folder) / "zarr.json").read_bytes())
+    except BaseException:
+        location.remove()  # what this run uploaded, its claim included: the place is as it found it
+        raise
+
+
+def _create_exclusively(fs: Any, path: str, data: bytes) -> None:
+    """Write the object ``path`` only if it does not exist (FileExistsError if it does)."""
+    try:
+        file = fs.open(path, "xb")
+    except (ValueError, NotImplementedError):  # a backend without exclusive create: check, then write
+        if fs.exists(path):  # (not atomic: the README says not to race two creations on such a backend)
+            raise FileExistsError(path) from None
+        file = fs.open(path, "wb")
+    with file:
+        file.write(data)
+
+
+def _claimed(location: StoreLocation) -> bool:
+    return bool(location.fs.exists(location.child(PROGRESS_DIR, CLAIM)))
 
 
 def _remove_abandoned_temps(path: Path) -> None:
@@ -266,9 +366,10 @@ def _remove_abandoned_temps(path: Path) -> None:
             pass  # someone else's live process
 
 
-def write_chunk(path: Path, ds: xr.Dataset, condition: int, chunk: int, *,
+def write_chunk(path: StoreLike, ds: xr.Dataset, condition: int, chunk: int, *,
                 before_marker: Callable[[], None] | None = None) -> None:
     """Write one chunk's Dataset (dims ``condition`` of size 1, ``prompt``, ...) into its region, then its done marker."""
+    location = StoreLocation.of(path)
     prompts = ds.indexes["prompt"]
     region = {"condition": slice(condition, condition + 1), "prompt": slice(prompts[0], prompts[-1] + 1)}
     # index coordinates were written with the template; rewriting them would make processes
@@ -280,47 +381,50 @@ def write_chunk(path: Path, ds: xr.Dataset, condition: int, chunk: int, *,
     # folder); mode r+ writes no metadata. xarray costs ~15 ms more per chunk than slicing zarr
     # arrays directly (measured: 29 vs 13 ms for a 1 MB chunk; about even, ~90 ms, for 16 MB), and
     # it runs on the writer thread, overlapping device compute.
-    values.to_zarr(path, region=region, mode="r+", zarr_format=3, consolidated=True, write_empty_chunks=False)
+    values.to_zarr(location.zarr_store(), region=region, mode="r+", zarr_format=3, consolidated=True,
+                   write_empty_chunks=False)
     if before_marker is not None:
         before_marker()
-    mark_done(path, condition, chunk)
+    mark_done(location, condition, chunk)
 
 
-def _marker(path: Path, condition: int, chunk: int) -> Path:
-    return path / PROGRESS_DIR / f"{condition}-{chunk}"
+def mark_done(path: StoreLike, condition: int, chunk: int) -> None:
+    """The chunk's done marker: one empty object, which exists fully or not at all."""
+    location = StoreLocation.of(path)
+    location.fs.pipe_file(location.child(PROGRESS_DIR, f"{condition}-{chunk}"), b"")
 
 
-def mark_done(path: Path, condition: int, chunk: int) -> None:
-    marker = _marker(path, condition, chunk)
-    temp = marker.with_name(marker.name + ".tmp")
-    temp.write_bytes(b"")
-    os.replace(temp, marker)  # atomic: a marker exists fully or not at all
-
-
-def done_chunks(path: Path) -> set[tuple[int, int]]:
-    folder = path / PROGRESS_DIR
-    if not folder.is_dir():
+def done_chunks(path: StoreLike) -> set[tuple[int, int]]:
+    """(condition, chunk) of every chunk with a done marker (by any process or host)."""
+    location = StoreLocation.of(path)
+    folder = location.child(PROGRESS_DIR)
+    location.fs.invalidate_cache(folder)  # other hosts write markers: never a cached listing
+    try:
+        names = location.fs.ls(folder, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
         return set()
     out = set()
-    for entry in folder.iterdir():
-        if entry.name.endswith(".tmp"):
-            continue
-        condition, _, chunk = entry.name.partition("-")
-        out.add((int(condition), int(chunk)))
+    for name in names:
+        # the claim, and "<marker>.tmp" files of versions that renamed markers into place, are no markers
+        marker = re.fullmatch(r"(\d+)-(\d+)", name.rstrip("/").rpartition("/")[2])
+        if marker:
+            out.add((int(marker[1]), int(marker[2])))
     return out
 
 
-def read_attrs(path: Path) -> dict[str, Any]:
+def read_attrs(path: StoreLike) -> dict[str, Any]:
     import zarr
 
+    location = StoreLocation.of(path)
     try:
-        return dict(zarr.open_group(str(path), mode="r").attrs)
+        return dict(zarr.open_group(location.zarr_store(read_only=True), mode="r").attrs)
     except Exception as exc:  # zarr raises several types for "not a store"
-        raise JaxdiagError(f"cannot open {path} as a jaxdiag store: {type(exc).__name__}") from None
+        raise JaxdiagError(f"cannot open {location} as a jaxdiag store: {type(exc).__name__}") from None
 
 
-def check_resumable(path: Path, expected: dict[str, Any]) -> None:
+def check_resumable(path: StoreLike, expected: dict[str, Any]) -> None:
     """Refuse to resume a store made by a different run: the keys in ``expected`` must all match."""
+    path = StoreLocation.of(path)
     attrs = read_attrs(path)
     version = expected.get("schema_version", SCHEMA_VERSION)
     if attrs.get("schema_version") != version:
@@ -335,27 +439,26 @@ def check_resumable(path: Path, expected: dict[str, Any]) -> None:
             raise JaxdiagError(f"cannot resume {path}: it was made with a different {what} ({key} differs)")
 
 
-def finalise(path: Path) -> None:
+def finalise(path: StoreLike) -> None:
     """Mark the store complete, consolidate its metadata and drop the progress markers (idempotent)."""
     import zarr
 
-    root = zarr.open_group(str(path), mode="r+")
+    location = StoreLocation.of(path)
+    root = zarr.open_group(location.zarr_store(), mode="r+")
     root.attrs["complete"] = True
     # markers go before consolidation, which would warn about a folder that is not Zarr; a kill in
     # between leaves a complete store whose --resume just consolidates again
-    shutil.rmtree(path / PROGRESS_DIR, ignore_errors=True)
-    zarr.consolidate_metadata(str(path))
+    location.remove(PROGRESS_DIR)
+    zarr.consolidate_metadata(location.zarr_store())
 
 
-def open_dataset(path: str | Path):
+def open_dataset(path: StoreLike) -> xr.Dataset:
     """The store as a lazy xarray Dataset (exactly what ``xr.open_zarr`` gives)."""
-    import xarray as xr
-
-    path = Path(path)
-    if not is_store(path):
+    path = StoreLocation.of(path)
+    if not path.is_store():
         raise JaxdiagError(f"{path} is not a Zarr store (no zarr.json)")
     try:
-        return xr.open_zarr(str(path), chunks=None)
+        return xr.open_zarr(path.zarr_store(read_only=True), chunks=None)
     except Exception as exc:  # zarr/xarray raise several types for a broken store
         raise JaxdiagError(f"cannot open {path} as a Zarr store: {type(exc).__name__}: {exc}".splitlines()[0]) from None
 
@@ -371,12 +474,12 @@ CONFIG_DIGEST_KEYS = ("model", "revision", "prompts", "query", "precision", "pre
 MAX_VALUE_CHARS = 120  # a store attribute's value in the text, at most (the middle elided)
 
 
-def info(path: str | Path) -> dict[str, Any]:
+def info(path: StoreLike) -> dict[str, Any]:
     """Everything ``jaxdiag info`` knows about a store, as JSON-ready values: ``store``, ``attrs`` (the
     ``config`` attribute parsed), ``dims``, ``variables`` (name -> dtype), ``conditions`` (name, prompts,
     min/max tokens: of the prompts written so far if the store is incomplete), ``complete``, and
     ``metadata_coordinates``, and ``chunks_written`` for an incomplete store."""
-    path = Path(path)
+    path = StoreLocation.of(path)
     ds = open_dataset(path)
     attrs = {key: _plain(value) for key, value in read_attrs(path).items()}  # all of them (xarray hides some)
     if isinstance(attrs.get("config"), str):
@@ -442,11 +545,11 @@ def _config_digest(config: Any) -> list[str]:
     return lines
 
 
-def describe(path: str | Path) -> str:
+def describe(path: StoreLike) -> str:
     """The text ``jaxdiag info`` prints: dims, conditions with counts, completeness, model, variables,
     provenance and a digest of the run config (``jaxdiag info --json`` / :func:`info` give everything)."""
     summary = info(path)
-    path, attrs = Path(summary["store"]), summary["attrs"]
+    path, attrs = summary["store"], summary["attrs"]
     lines = [f"store: {path}", f"schema_version: {attrs.get('schema_version')}"]
     if summary["complete"]:
         lines.append("status: complete")

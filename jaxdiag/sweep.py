@@ -6,7 +6,10 @@ Order of work, so that bad input fails before any device work and leaves nothing
 2. plan: walk every prompt once -- tokenise, validate, count per condition, note the longest,
    the metadata keys and a digest of the whole prompt set (nothing kept in memory);
 3. refuse an existing store unless --resume (same config, weights and prompts) or --overwrite;
-4. load the weights, create the store (temp directory + rename), then walk the prompts again.
+4. load the weights, create the store (see ``jaxdiag.store``: by rename at a path, by claim and
+   commit at a URL), then walk the prompts again.
+
+A store URL of an unknown protocol or a missing fsspec backend is refused before step 1.
 
 The second walk groups each condition's prompts into chunks of ``chunk_size`` (one chunk of the
 store each) and each chunk into length-sorted units of ``batch_size`` (one device batch each),
@@ -29,7 +32,6 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
@@ -37,12 +39,13 @@ import xarray as xr
 
 from jaxdiag.effects import head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
+from jaxdiag.paths import StoreLocation
 from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.runconfig import RunConfig
 from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
 from jaxdiag.schema import edit_of
 from jaxdiag.store import (
-    SCHEMA_VERSION, Layout, check_resumable, create_store, default_chunk_size, done_chunks, finalise, is_store,
+    SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, create_store, default_chunk_size, done_chunks, finalise,
     prompts_dataset, read_attrs, utc_now, with_condition, write_chunk,
 )
 
@@ -74,7 +77,7 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
-    path: Path
+    path: StoreLocation  # prints as given: the path or URL
     layout: Layout
     computed_prompts: int  # by this process, this time
     skipped_chunks: int  # already written by an earlier, interrupted run
@@ -273,11 +276,12 @@ def finished_chunks(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> It
             yield chunk
 
 
-def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: Progress) -> None:
+def write_chunks(chunks: Iterable[Chunk], path: StoreLike, layout: Layout, progress: Progress) -> None:
     """Write each chunk on one worker thread while the next ones compute; raise the first failed write.
 
     At most ``WRITE_QUEUE_CHUNKS`` finished chunks wait in memory: beyond that the producer waits.
     """
+    path = StoreLocation.of(path)
     delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
     pause = (lambda: time.sleep(delay)) if delay else None
 
@@ -295,7 +299,7 @@ def write_chunks(chunks: Iterable[Chunk], path: Path, layout: Layout, progress: 
             future.result()
 
 
-def stored_prompts(path: Path, layout: Layout) -> int:
+def stored_prompts(path: StoreLike, layout: Layout) -> int:
     """Prompts whose chunks are written and marked done (what a --resume keeps)."""
     try:
         done = done_chunks(path)
@@ -329,9 +333,11 @@ def _wait_for_all(process_count: int, name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwrite: bool = False,
               quiet: bool = False, log: Callable[[str], None] | None = None) -> SweepResult:
-    """Run ``config`` into the store ``out``. Multi-process when ``jax.distributed`` is initialised."""
+    """Run ``config`` into the store ``out`` (a path or fsspec URL). Multi-process when ``jax.distributed``
+    is initialised: every process writes its own chunks into the one store, which is why a store on
+    object storage (a URL every host reaches) serves a multi-host run."""
     import jax
 
     from jaxdiag import __version__
@@ -341,14 +347,14 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
 
     started = time.perf_counter()
     log = log or (lambda message: None)
-    path = Path(out)
+    path = StoreLocation.of(out)  # a bad URL fails here, before any work
     process, n_processes = jax.process_index(), jax.process_count()
     if resume and overwrite:
         raise JaxdiagError("--resume and --overwrite exclude each other")
     # in a multi-process run the other processes may already see the store process 0 made
     if process == 0 and path.exists() and not (resume or overwrite):
-        raise JaxdiagError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
-    if resume and path.exists() and not is_store(path):
+        raise already_exists(path)
+    if resume and path.exists() and not path.is_store():
         raise JaxdiagError(f"cannot resume {path}: it is not a Zarr store")
 
     checkpoint = resolve(config.model, config.revision)
@@ -402,7 +408,7 @@ def run_sweep(config: RunConfig, out: str | Path, *, resume: bool = False, overw
                 attrs["effects_reference"] = reference
         try:
             create_store(path, layout, attrs, overwrite=overwrite, head_mean=head_mean)
-        except OSError as exc:  # nothing is left behind: the store is made in a temp folder and renamed
+        except OSError as exc:  # nothing is left behind: creation removes what it wrote
             raise JaxdiagError(f"cannot create {path}: {exc.strerror or exc}") from None
     _wait_for_all(n_processes, "jaxdiag-store-created")
     if n_processes > 1:
