@@ -441,6 +441,15 @@ def scheduler_context(scheduler: str | None) -> Iterator[None]:
         raise AnalysisError(f"--scheduler {scheduler!r}: use threads, processes, synchronous or tcp://HOST:PORT")
 
 
+CROSS_BYTES = 512 * 2**20  # the cross-head units' budget: GC_MAX units per condition at 144 heads, fewer above
+
+
+def cross_units_max(k: int) -> int:
+    """Cross units per condition for k heads: GC_MAX, fewer when k x k cross-products would pass CROSS_BYTES
+    (e.g. 72 at 384 heads); a function of k alone, so results never depend on --memory."""
+    return int(max(16, min(GC_MAX, CROSS_BYTES // (48 * k * k))))
+
+
 def _in_flight() -> int:
     """Blocks computed at once: the active scheduler's worker threads (a distributed cluster's, when one is the
     default client), at least 2."""
@@ -465,13 +474,13 @@ def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int
     k = int(np.prod(c.shape))
     n_max = max(n_a, n_b)
     size = unit_size(n_max, G_MAX)
-    csize = size * unit_size(unit_size(n_max, GC_MAX), size)
+    csize = size * unit_size(unit_size(n_max, cross_units_max(k)), size)
     flat = {v: tuple(x.data.reshape(x.shape[0], -1) for x in c.values[v]) for v in variables}
     wrap = lambda data: xr.DataArray(data, dims=("prompt", "unit"))  # noqa: E731
     all_heads = {"kl_norm": np.ones(k, dtype=bool), "a:kl_norm": np.ones(k, dtype=bool),
                  "b:kl_norm": np.ones(k, dtype=bool)}
     unit_bytes = 4 * 8 * k * G_MAX  # one Units
-    cross_bytes = 3 * 8 * k * k * GC_MAX * 2  # both conditions' cross units and the null's pooled matrix
+    cross_bytes = 3 * 8 * k * k * cross_units_max(k) * 2  # both conditions' cross units, the null's pooled matrix
     if c.paired:
         inputs = {f"{side}:{v}": wrap(flat[v][i]) for v in variables for i, side in enumerate("ab")}
         ops = [("points", "points", "a:kl_norm", "a:chi"), ("cross", "cross_a", "a:kl_norm"),
