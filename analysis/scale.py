@@ -447,7 +447,7 @@ CROSS_BYTES = 512 * 2**20  # the cross-head units' budget: GC_MAX units per cond
 def cross_units_max(k: int) -> int:
     """Cross units per condition for k heads: GC_MAX, fewer when k x k cross-products would pass CROSS_BYTES
     (e.g. 72 at 384 heads); a function of k alone, so results never depend on --memory."""
-    return int(max(16, min(GC_MAX, CROSS_BYTES // (48 * k * k))))
+    return int(min(GC_MAX, max(16, CROSS_BYTES // (48 * k * k))))
 
 
 def _in_flight() -> int:
