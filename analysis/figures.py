@@ -52,6 +52,10 @@ def _arrays(an: Analysis) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
 
 
 def _means(an: Analysis, layer: int, head: int) -> tuple[float, float, float, float]:
+    means = an.comparison.head_means
+    if means is not None:  # a streamed report: the exact means of every prompt, not of the subsample
+        (ka, kb), (ca, cb) = means["kl_norm"], means["chi"]
+        return tuple(float(v[layer, head]) for v in (ka, ca, kb, cb))
     (ka, kb), (ca, cb) = _arrays(an)
     with quiet():
         return tuple(float(np.nanmean(v[:, layer, head])) for v in (ka, ca, kb, cb))

@@ -57,6 +57,12 @@ class Comparison:
     design: str = "independent"  # "paired" when row i of a's values and of b's values are one pair
     design_reason: str = ""  # why the design is what it is (from the store's `pair` coordinate)
     min_effect: dict[str, float] = dataclasses.field(default_factory=lambda: dict(MIN_EFFECT))  # TESTED var -> x
+    # streamed reports (analysis.scale): values hold a seeded subsample of the prompts (the prompt-count curve and
+    # the figures' scatter clouds); counts are the store's prompt counts, head_means the exact per-head means
+    # (var -> (mean a, mean b), (layer, head) arrays) and scale says what was streamed and what subsampled
+    counts: dict[str, int] | None = None
+    head_means: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    scale: dict[str, Any] | None = None
 
     @property
     def paired(self) -> bool:
@@ -68,6 +74,8 @@ class Comparison:
 
     @property
     def n_prompts(self) -> dict[str, int]:
+        if self.counts is not None:
+            return dict(self.counts)
         xa, xb = self.values["kl_norm"]
         return {self.a: xa.sizes["prompt"], self.b: xb.sizes["prompt"]}
 

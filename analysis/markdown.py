@@ -35,6 +35,18 @@ def heads_text(heads) -> str:
     return " ".join(head_label(*h) for h in heads)
 
 
+def scale_lines(c) -> list[str]:
+    """What a streamed report (analysis.scale) resampled over and subsampled (summary.json `scale`)."""
+    if c.scale is None:
+        return []
+    sub = c.scale["subsample"]
+    shown = ", ".join(f"{sub['prompts'][k]:,} of {sub['of'][k]:,} `{k}`" for k in sub["prompts"])
+    return [f"Streamed over the store's chunks: point estimates exact; {c.scale['resampling']}; "
+            f"{c.scale['c_diff_resampling']}; BCa acceleration: {c.scale['bca_acceleration']}. "
+            f"Prompt-count curve and figure scatter clouds: "
+            + ("all prompts." if sub["all_prompts"] else f"a seeded random subsample ({shown} prompts).")]
+
+
 def markdown(an: Analysis) -> str:
     c = an.comparison
     a, b = c.a, c.b
@@ -52,6 +64,7 @@ def markdown(an: Analysis) -> str:
         f"({'; '.join(f'{r}: ' + heads_text(hs) for r, hs in c.circuit.roles.items())}).",
         f"Bootstrap: {c.n_boot} resamples ({BOOTSTRAP[c.design]}); permutations: {c.n_perm} "
         f"({PERMUTATION[c.design]}); seed {c.seed}.",
+        *scale_lines(c),
         "",
         "## Head shifts",
         "",

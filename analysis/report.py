@@ -71,15 +71,20 @@ def parse_min_effect(text: str | None) -> dict[str, float]:
 
 def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a: str | None = None,
                  b: str | None = None, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
-                 ablation: str | None = None, min_effect: str | dict[str, float] | None = None) -> dict:
+                 ablation: str | None = None, min_effect: str | dict[str, float] | None = None,
+                 memory: str | int | None = None, scheduler: str | None = None, in_memory: bool = False) -> dict:
     """Analyse a store and write figures (PNG + SVG), summary.json and report.md into out_dir.
 
     circuit: "ioi23", "ioi26", a TOML/JSON circuit file or "effects:K" (the causal circuit of the store's
     effects of kind K) (default: the run config's, else ioi23 on 12 x 12 models). a, b: conditions (default: the run config's two, else ioi/non_ioi, else the
     store's first two). ablation: optional JSON of per-head ablation effects (overrides the circuit
     file's). min_effect: the per-head tests' minimum effect of interest (parse_min_effect's text or
-    {var: x}; default analysis.findings.MIN_EFFECT). Returns the summary dict (as written, NaN -> None). Raises AnalysisError on bad input,
-    before anything is written.
+    {var: x}; default analysis.findings.MIN_EFFECT). memory: the streamed report's budget (analysis.scale.parse_memory's
+    text or bytes; default analysis.scale.DEFAULT_MEMORY). scheduler: where the streamed blocks run: None (dask's
+    local threads), "threads", "processes", "synchronous", or a dask.distributed scheduler address
+    ("tcp://host:8786"). in_memory: load the store and run analysis.pipeline.run_analysis instead of streaming
+    (the pre-scale path; same numbers up to G_MAX prompts per condition). Returns the summary dict (as written,
+    NaN -> None). Raises AnalysisError on bad input, before anything is written.
     """
     x_min = min_effect if isinstance(min_effect, dict) else parse_min_effect(min_effect)
     location = StoreLocation.of(store_path, error=AnalysisError)  # a path or an fsspec URL
@@ -94,8 +99,16 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
         import dataclasses
 
         chosen = dataclasses.replace(chosen, ablation=load_ablation(ablation, *shape, "--ablation", Path.cwd()))
-    analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, store_path=str(location),
-                            min_effect=x_min)
+    if in_memory:
+        analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed,
+                                store_path=str(location), min_effect=x_min)
+    else:
+        from analysis.scale import parse_memory, run_analysis_streamed, scheduler_context
+
+        budget = parse_memory(memory)
+        with scheduler_context(scheduler):
+            analysis = run_analysis_streamed(location, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed,
+                                             store_path=str(location), min_effect=x_min, memory=budget)
     result = to_jsonable(summary(analysis))
     text = json.dumps(result, indent=1, allow_nan=False)
 
@@ -128,14 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", default=None, help="JSON of per-head ablation effects")
     p.add_argument("--min-effect", default=None, metavar="X|VAR=X,...",
                    help="minimum effect of interest of the per-head tests (default kl_norm=0.01,chi=0.01)")
+    add_scale_arguments(p)
     return p
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """--memory, --scheduler, --in-memory (shared with `jaxdiag report`)."""
+    p.add_argument("--memory", default=None, metavar="SIZE",
+                   help="memory budget of the streamed report, e.g. 2GB or 512MB (default 2GB): sets how many "
+                        "prompts each streamed block holds")
+    p.add_argument("--scheduler", default=None, metavar="threads|processes|synchronous|tcp://HOST:PORT",
+                   help="where the streamed blocks run: dask's local threads (default), local processes, or a "
+                        "dask.distributed scheduler's address")
+    p.add_argument("--in-memory", action="store_true",
+                   help="load the whole store and run the in-memory analysis instead of streaming it")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
-                              n_perm=args.n_perm, seed=args.seed, ablation=args.ablation, min_effect=args.min_effect)
+                              n_perm=args.n_perm, seed=args.seed, ablation=args.ablation, min_effect=args.min_effect,
+                              memory=args.memory, scheduler=args.scheduler, in_memory=args.in_memory)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0, metavar="S")
     report.add_argument("--min-effect", default=None, metavar="X|VAR=X,...",
                         help="minimum effect of interest of the per-head tests (default kl_norm=0.01,chi=0.01)")
+    report.add_argument("--memory", default=None, metavar="SIZE",
+                        help="memory budget of the streamed report, e.g. 2GB or 512MB (default 2GB)")
+    report.add_argument("--scheduler", default=None, metavar="threads|processes|synchronous|tcp://HOST:PORT",
+                        help="where the streamed blocks run: dask's local threads (default), local processes, or a "
+                             "dask.distributed scheduler's address")
+    report.add_argument("--in-memory", action="store_true",
+                        help="load the whole store and run the in-memory analysis instead of streaming it")
 
     verify = commands.add_parser(
         "verify", help="verify the heads an AtP/AtP* ranking puts first by exact patching",
@@ -152,7 +159,8 @@ def _report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise JaxdiagError(f"the report needs the analysis package, which is not importable ({exc})") from None
     summary = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
-                           n_perm=args.n_perm, seed=args.seed, min_effect=args.min_effect)
+                           n_perm=args.n_perm, seed=args.seed, min_effect=args.min_effect, memory=args.memory,
+                           scheduler=args.scheduler, in_memory=args.in_memory)
     conditions = summary.get("conditions", {}) if isinstance(summary, dict) else {}
     print(f"wrote report to {args.out} ({conditions.get('a')} vs {conditions.get('b')})")
     return 0

@@ -1,0 +1,219 @@
+"""The streamed report (analysis.scale) against the in-memory one (analysis.pipeline), and its determinism.
+
+Tolerances: with units of one prompt (up to analysis.units.G_MAX prompts per condition) the streamed report
+draws exactly the in-memory report's resamples, so every number agrees to rounding (rtol 1e-9). With units of
+several prompts point estimates still agree to rounding; resampled quantities come from other draws (blocks of
+prompts) and agree within Monte-Carlo error: CI endpoints within 25% of the interval's width, permutation
+p-values within 0.05 + 4 binomial SDs of the in-memory p.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis import scale, units
+from analysis._util import to_jsonable
+from analysis.circuits import from_mapping
+from analysis.pipeline import run_analysis
+from analysis.shifts import jackknife_acceleration
+from analysis.store import open_store
+from analysis.summary import summary
+from analysis.synthetic import make_dataset, write_store
+
+CIRCUIT = from_mapping({"roles": {"x": [[2, 3], [1, 1], [0, 2]]}}, name="c", source="test")
+RUN = dict(n_boot=200, n_perm=200, seed=3)
+
+
+def _store(tmp_path, n, paired=False, nan=False):
+    ds = make_dataset(n_layers=3, n_heads=4, n_prompts=n, shifts={"kl_norm": {(2, 3): 0.03}, "chi": {(1, 1): 0.02}},
+                      couplings={((0, 1), (1, 2)): 0.6}, pair_corr=0.5 if paired else None, seed=1)
+    if nan:  # a few undefined values, as real stores have
+        ds["chi"][0, 5, 0, 0] = np.nan
+        ds["kl_norm"][1, 7, 2, 1] = np.nan
+    return write_store(ds, tmp_path / f"s{n}{'p' if paired else ''}{'n' if nan else ''}.zarr")
+
+
+def _summaries(path, **kw):
+    old = to_jsonable(summary(run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path, **RUN, **kw)))
+    new = to_jsonable(summary(scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN, **kw)))
+    return old, new
+
+
+def _leaves(x, path=""):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _leaves(v, f"{path}.{k}")
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, x
+
+
+def _assert_close(old, new, rtol=1e-9, skip=()):
+    flat_old, flat_new = dict(_leaves(old)), dict(_leaves(new))
+    for key, a in flat_old.items():
+        if any(s in key for s in skip):
+            continue
+        assert key in flat_new, key
+        b = flat_new[key]
+        if isinstance(a, float) and isinstance(b, float):
+            assert math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12), (key, a, b)
+        else:
+            assert a == b, (key, a, b)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_prompt_units_reproduce_the_in_memory_report(tmp_path, paired):
+    """Up to G_MAX prompts per condition a unit is a prompt: the same draws, the same numbers (to rounding)."""
+    old, new = _summaries(_store(tmp_path, 80, paired=paired))
+    assert new["scale"]["unit_prompts"] == 1 and new["scale"]["subsample"]["all_prompts"]
+    _assert_close(old, {k: v for k, v in new.items() if k != "scale"})
+
+
+def test_nan_values_point_estimates_exact(tmp_path):
+    """NaN entries are skipped as in memory. One documented difference: BCa's acceleration counts a head's finite
+    prompts (the in-memory jackknife counts every row), so delta_ci may move slightly on heads with NaN."""
+    old, new = _summaries(_store(tmp_path, 60, nan=True))
+    for key in ("delta", "delta_z", "effect_size", "c_diff", "correlations", "per_head", "circuit_test"):
+        _assert_close(old[key], new[key])
+    lo_old, lo_new = (np.array(x["delta_ci"]["chi"]["low"], float) for x in (old, new))
+    np.testing.assert_allclose(lo_new[1:], lo_old[1:], rtol=1e-9)  # layers without NaN: identical
+
+
+RESAMPLED = ("_ci", "delta_se", "p", "q_bh", "auc", "bootstrap", "null", "quantile", "prompt_curve", "stratified",
+             "circuit_heads", "bh_0", "flagged", "verdict")
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_block_units_point_estimates_exact_resampled_within_monte_carlo(tmp_path, monkeypatch, paired):
+    """Units of several prompts: point estimates exact, intervals and p-values within Monte-Carlo error."""
+    monkeypatch.setattr(scale, "G_MAX", 60)
+    monkeypatch.setattr(scale, "GC_MAX", 30)
+    path = _store(tmp_path, 600, paired=paired)
+    old = to_jsonable(summary(run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path,
+                                           n_boot=400, n_perm=400, seed=3)))
+    new = to_jsonable(summary(scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=400, n_perm=400,
+                                                          seed=3)))
+    assert new["scale"]["unit_prompts"] == 10 and new["scale"]["cross_unit_prompts"] == 20
+    for key in ("delta", "delta_z", "delta_z_se", "delta_z_df", "effect_size", "correlations"):
+        _assert_close(old[key], new[key])
+    _assert_close(old["c_diff"], new["c_diff"], skip=RESAMPLED + ("intervals",))
+    for var in ("kl_norm", "chi"):
+        for side in ("low", "high"):
+            a, b = np.array(old["delta_ci"][var][side], float), np.array(new["delta_ci"][var][side], float)
+            width = np.array(old["delta_ci"][var]["high"], float) - np.array(old["delta_ci"][var]["low"], float)
+            assert np.all(np.abs(a - b) <= 0.25 * width), (var, side)
+        pa = np.array(old["per_head"][var]["p"], float)
+        pb = np.array(new["per_head"][var]["p"], float)
+        assert np.all(np.abs(pa - pb) <= 0.05 + 4 * np.sqrt(pa * (1 - pa) / 400)), var
+        for test in ("circuit_test",):
+            p1, p2 = old[test][var]["pvalue"], new[test][var]["pvalue"]
+            assert abs(p1 - p2) <= 0.05 + 4 * math.sqrt(p1 * (1 - p1) / 400), (test, var, p1, p2)
+
+
+def test_acceleration_from_streamed_moments_is_the_jackknife():
+    rng = np.random.default_rng(0)
+    xa, xb = rng.gamma(2.0, size=(301, 5)), rng.gamma(3.0, size=(250, 5))
+    ua, ub = units.unit_moments(xa, 7), units.unit_moments(xb, 7)
+    np.testing.assert_allclose(scale.acceleration((ua, 1.0), (ub, -1.0)), jackknife_acceleration(xa, xb), rtol=1e-9)
+    np.testing.assert_allclose(ua.totals()["var"], xa.var(axis=0, ddof=1), rtol=1e-12)
+
+
+def test_block_permutation_null_matches_the_prompt_null():
+    """Relabelling blocks of 10 prompts: the null of delta has the prompt-level null's spread (calibration)."""
+    rng = np.random.default_rng(1)
+    xa, xb = rng.standard_normal((2000, 6)), rng.standard_normal((2000, 6))
+    sd = {}
+    for size in (1, 10):
+        s = scale.Streamed("independent", size, size, {"v": units.unit_moments(xa, size)},
+                           {"v": units.unit_moments(xb, size)}, {}, {}, {}, None, None, None, 0, 0)
+        deltas, ts = scale.permutation_null_units(s, "v", 1000, np.random.default_rng(2))
+        sd[size] = (deltas.std(axis=0), ts.std(axis=0))
+    np.testing.assert_allclose(sd[10][0], sd[1][0], rtol=0.12)
+    np.testing.assert_allclose(sd[10][1], 1.0, rtol=0.12)
+
+
+def test_chunking_and_memory_do_not_change_a_bit(tmp_path, monkeypatch):
+    """Blocks of 16 or of all prompts, any store chunking: the same summary.json, byte for byte."""
+    path = _store(tmp_path, 150)
+    text = []
+    for rows in (None, 16):
+        if rows is not None:
+            monkeypatch.setattr(scale, "block_rows", lambda *a, **k: rows)
+        an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN)
+        text.append(json.dumps(to_jsonable(summary(an)), allow_nan=False))
+        assert an.comparison.scale["execution"]["n_blocks"] == (2 if rows is None else 2 * -(-150 // 16))
+    assert text[0] == text[1]
+
+
+def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
+    """The streamed report on a dask.distributed LocalCluster of 2 worker processes (blocks of 36 prompts spread
+    over both; units of 6 prompts, cross units of 18, so every per-unit kernel runs, GEMMs included, on 144 heads)
+    gives the same summary.json, byte for byte, as dask's local threads with one block per condition."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr(scale, "G_MAX", 20)
+    monkeypatch.setattr(scale, "GC_MAX", 8)
+    ds = make_dataset(n_layers=12, n_heads=12, n_prompts=120, shifts={"kl_norm": {(9, 6): 0.03}}, seed=5)
+    path = write_store(ds, tmp_path / "big.zarr")
+    circuit = from_mapping({"roles": {"x": [[9, 6], [9, 9], [10, 0]]}}, name="c", source="test")
+
+    def text(scheduler, **kw):
+        with scale.scheduler_context(scheduler):
+            an = scale.run_analysis_streamed(path, circuit, "ioi", "non_ioi", n_boot=99, n_perm=99, **kw)
+        assert an.comparison.scale["unit_prompts"] == 6 and an.comparison.scale["cross_unit_prompts"] == 18
+        return json.dumps(to_jsonable(summary(an)), allow_nan=False)
+
+    local = text(None)
+    monkeypatch.setattr(scale, "block_rows", lambda *a, **k: 36)  # 4 blocks per condition: both workers get some
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        remote = text(cl.scheduler_address, memory="64MB")
+        workers = len(cl.scheduler_info["workers"])
+    assert workers == 2 and remote == local
+
+
+def test_subsample_is_stated(tmp_path, monkeypatch):
+    monkeypatch.setattr(scale, "SAMPLE_MAX", 40)
+    monkeypatch.setattr(scale, "block_rows", lambda *a, **k: 16)  # the sample is gathered across blocks
+    path = _store(tmp_path, 100)
+    an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=50, n_perm=50)
+    picks = np.sort(scale.rng_for(0, scale.SEED_SAMPLE, 1).choice(100, 40, replace=False))
+    expected = open_store(path)["kl_norm"].sel(condition="non_ioi").values[picks]
+    np.testing.assert_array_equal(an.comparison.values["kl_norm"][1].values, expected)
+    sub = to_jsonable(summary(an))["scale"]["subsample"]
+    assert sub["prompts"] == {"ioi": 40, "non_ioi": 40} and sub["of"] == {"ioi": 100, "non_ioi": 100}
+    assert not sub["all_prompts"] and summary(an)["n_prompts"] == {"ioi": 100, "non_ioi": 100}
+    assert an.curve["n"][-1] == 40
+
+
+def test_parse_memory_and_cli_flags():
+    assert scale.parse_memory("2GB") == 2 * 2**30 and scale.parse_memory("512MB") == 512 * 2**20
+    assert scale.parse_memory(None) == scale.DEFAULT_MEMORY
+    with pytest.raises(Exception):
+        scale.parse_memory("lots")
+    with pytest.raises(Exception, match="too small"):  # 144 heads' unit statistics alone take ~0.6 GB
+        scale.block_rows(7, 144, 100, scale.parse_memory("256MB"), 600 * 2**20, 2)
+    from jaxdiag.cli import _parser
+
+    args = _parser().parse_args(["report", "x.zarr", "--out", "o", "--memory", "1GB", "--scheduler", "threads"])
+    assert args.memory == "1GB" and args.scheduler == "threads" and not args.in_memory
+
+
+def test_query_all_store_streams_like_in_memory(tmp_path):
+    """Stores written with --query all are read at each prompt's last token, streamed as in memory."""
+    ds = make_dataset(n_layers=3, n_heads=4, n_prompts=40, shifts={"kl_norm": {(2, 3): 0.03}}, seed=2)
+    positions = np.arange(15)
+    for v in list(ds.data_vars):
+        values = np.full(ds[v].shape + (15,), np.nan, dtype=np.float32)
+        values[..., 14] = ds[v].values
+        values[..., 3] = 0.5  # another position, never read
+        ds[v] = (ds[v].dims + ("query",), values)
+    ds = ds.assign_coords(query=positions)
+    ds.attrs["query_positions"] = "all"
+    path = write_store(ds, tmp_path / "all.zarr")
+    old, new = _summaries(path)
+    _assert_close(old, {k: v for k, v in new.items() if k != "scale"})
