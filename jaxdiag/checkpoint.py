@@ -87,8 +87,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor in a weights file as float32 numpy, with the ``transformer.`` prefix removed."""
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a ``model.safetensors`` or ``pytorch_model.bin`` as float32 numpy, names as stored."""
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
@@ -96,12 +96,18 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
             raw = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise JaxdiagError(f"cannot read weights {path}: {exc}") from None
-    else:
-        try:
-            import torch
-        except ImportError:
-            raise JaxdiagError(f"{path.name} is a PyTorch pickle and reading it needs torch; convert it to model.safetensors") from None
-        raw = {k: v.float().numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+        return {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+    try:
+        import torch
+    except ImportError:
+        raise JaxdiagError(f"{path.name} is a PyTorch pickle and reading it needs torch; convert it to model.safetensors") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor in a GPT-2 weights file as float32 numpy, with the ``transformer.`` prefix removed."""
+    raw = read_tensors(path)
     out = {}
     for name, value in raw.items():
         name = name.removeprefix("transformer.")
@@ -122,9 +128,19 @@ def build_model(config: GPT2Config, weights: dict[str, np.ndarray], *, precision
                 source: str = "checkpoint") -> GPT2:
     """A :class:`GPT2` whose parameters are ``weights``, checked name by name and shape by shape."""
     abstract = nnx.eval_shape(lambda: GPT2(config, precision=precision, rngs=nnx.Rngs(0)))
+    return fill_model(abstract, weights, source=source, what="a GPT-2")
+
+
+def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: str, what: str,
+               transpose_kernels: bool = False, ignored: tuple[str, ...] = ()) -> nnx.Module:
+    """``abstract`` (an ``nnx.eval_shape`` model) with its parameters set from HF-named ``weights``,
+    checked name by name and shape by shape. ``transpose_kernels``: the checkpoint stores linear
+    weights ``[out, in]`` (``nn.Linear``) rather than ``[in, out]`` (GPT-2's ``Conv1D``); ``ignored``:
+    weights a checkpoint may hold that the model does not (a tied head stored anyway)."""
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     expected = {_hf_name(path): var for path, var in flat}
+    weights = {name: value for name, value in weights.items() if name in expected or name not in ignored}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
@@ -133,10 +149,12 @@ def build_model(config: GPT2Config, weights: dict[str, np.ndarray], *, precision
             parts.append(f"missing {len(missing)} weights (e.g. {', '.join(missing[:3])})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise JaxdiagError(f"{source} does not match a GPT-2 with this config: {'; '.join(parts)}")
+        raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
     for path, var in flat:
         name = _hf_name(path)
         value = weights[name]
+        if transpose_kernels and str(path[-1]) == "kernel":
+            value = value.T
         if value.shape != var.shape:
             raise JaxdiagError(f"{source}: weight {name} has shape {value.shape}, config implies {var.shape}")
         var.set_value(jnp.asarray(value, dtype=var.dtype))

@@ -15,10 +15,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiag.checkpoint import fill_model, read_tensors
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.schema import Precision
 
@@ -94,12 +94,6 @@ def model_class(config):
     return getattr(module, name)
 
 
-def _hf_name(path: tuple) -> str:
-    *parents, leaf = (str(p) for p in path)
-    suffix = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}[leaf]
-    return ".".join([*parents, suffix])
-
-
 def hf_names(weights: dict[str, np.ndarray], module: ModuleType) -> dict[str, np.ndarray]:
     """HF tensor names -> ours: the family's prefix stripped, buffers and heads dropped, and the old
     ``LayerNorm.gamma/beta`` spelling renamed."""
@@ -126,48 +120,8 @@ def build_family_model(config, weights: dict[str, np.ndarray], *, precision: Pre
     module = __import__(cls.__module__, fromlist=["_"])
     weights = hf_names(weights, module)
     abstract = nnx.eval_shape(lambda: cls(config, precision=precision, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    flat = nnx.to_flat_state(state)
-    expected = {_hf_name(path): var for path, var in flat}
-    for name in getattr(module, "TIED_HEADS", ()):  # a tied head some checkpoints still store
-        if name not in expected:
-            weights.pop(name, None)
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} weights (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise JaxdiagError(f"{source} does not match a {config.model_type} model with this config: {'; '.join(parts)}")
-    for path, var in flat:
-        name = _hf_name(path)
-        value = weights[name]
-        if str(path[-1]) == "kernel":
-            value = value.T  # nn.Linear stores [out, in]
-        if value.shape != var.shape:
-            raise JaxdiagError(f"{source}: weight {name} has shape {value.shape}, config implies {var.shape}")
-        var.set_value(jnp.asarray(value, dtype=var.dtype))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
-
-
-def read_tensors(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a ``model.safetensors`` or ``pytorch_model.bin`` as float32 numpy, names as stored."""
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        try:
-            raw = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise JaxdiagError(f"cannot read weights {path}: {exc}") from None
-        return {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
-    try:
-        import torch
-    except ImportError:
-        raise JaxdiagError(f"{path.name} is a PyTorch pickle and reading it needs torch; convert it to model.safetensors") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
+    return fill_model(abstract, weights, source=source, what=f"a {config.model_type} model",
+                      transpose_kernels=True, ignored=tuple(getattr(module, "TIED_HEADS", ())))
 
 
 def load_family(checkpoint, *, precision: Precision = "highest"):
