@@ -45,18 +45,18 @@ from analysis import pipeline as pl
 from analysis import standardised as st
 from analysis._util import quiet
 from analysis.circuits import Circuit
-from analysis.effects import exact_kinds
+from analysis.effects import effect_kinds, effect_variable, exact_kinds
 from analysis.errors import AnalysisError
 from analysis.findings import (CURVE_N_PERM, N_SIGMA, TESTED, Analysis, CircuitTests, Comparison, CrossHead,
                                MinEffectResult, PairInterval)
-from analysis.labels import head_matrix, like, units_of
+from analysis.labels import HEAD_DIMS, head_matrix, like, units_of
 from analysis.prompt_curve import prompt_curve
-from analysis.resampling import bootstrap_counts, permutation_members, permutation_pvalue, rng_for
+from analysis.resampling import CHUNK, bootstrap_counts, permutation_members, permutation_pvalue, rng_for
 from analysis.results import (ConfidenceInterval, CorrelationResult, MaxNullResult, ShiftResult,
                               StandardisedShiftResult)
 from analysis.shifts import bca_interval, percentile_interval
-from analysis.store import DIMS
-from analysis.taxonomy import has_taxonomy, head_taxonomy
+from analysis.store import DIMS, condition_prompts, conditions, pair_order
+from analysis.taxonomy import SCORES, SEED_TAXONOMY, ConditionMean, HeadTaxonomy, assemble_taxonomy, has_taxonomy
 from analysis.units import (G_MAX, GC_MAX, CrossUnits, PointUnits, Units, cross_moments, point_moments,
                             unit_moments, unit_size)
 from jaxdiag.paths import StoreLocation
@@ -138,6 +138,14 @@ def _block_stats(blocks: dict[str, np.ndarray], ops: tuple, size: int, csize: in
             out[name] = cross_moments(x[op[2]], csize, active[op[2]])
         elif kind == "points":
             out[name] = point_moments(x[op[2]], x[op[3]], size)
+        elif kind == "score":  # a taxonomy score per prompt (analysis.taxonomy.prompt_scores); op[3] query positions
+            v = x[op[2]]
+            if op[3]:  # a query="all" store: the prompt's score is its mean over the defined query positions
+                with quiet():
+                    v = np.nanmean(v.reshape(v.shape[0], -1, op[3]), axis=2)
+            out[name] = unit_moments(v, size)
+        elif kind == "finite":  # the block's defined entries (what decides a role's source condition)
+            out[name] = np.array([np.isfinite(x[op[2]]).sum()], dtype=np.int64)
         elif kind == "rows":  # the subsample's rows that fall in this block (op[3]: sorted row indices)
             picks = op[3]
             lo, hi = np.searchsorted(picks, [start, start + x[op[2]].shape[0]])
@@ -415,6 +423,180 @@ def pearson_from(r: float, n: int) -> CorrelationResult:
     return CorrelationResult(r, p, ConfidenceInterval(low, high), int(n))
 
 
+# ---------------------------------------------------------------------------------------------- head taxonomy
+
+
+def held_bytes(*objs: Any) -> int:
+    """numpy bytes held by objs (through dataclasses, mappings and sequences): what the --memory budget has already
+    spent on results that stay alive while a later section streams."""
+    total, stack, seen = 0, list(objs), set()
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or o is None:
+            continue
+        seen.add(id(o))
+        if isinstance(o, np.ndarray):
+            total += o.nbytes
+        elif dataclasses.is_dataclass(o) and not isinstance(o, type):
+            stack.extend(getattr(o, f.name) for f in dataclasses.fields(o))
+        elif isinstance(o, Mapping):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+    return int(total)
+
+
+def score_rows(ds: xr.Dataset, condition: str, variable: str) -> tuple[xr.DataArray, int]:
+    """One condition's taxonomy score as lazy [prompt, layer x head (x query)] rows, padding prompts dropped and
+    the query positions innermost (analysis.taxonomy.prompt_scores' order), and the query positions per head (0:
+    a query="last" store)."""
+    da = condition_prompts(ds, condition, variable)
+    query = "query" in da.dims
+    da = da.transpose("prompt", *HEAD_DIMS, *(("query",) if query else ()))
+    data = da.data.reshape(da.shape[0], -1)
+    return xr.DataArray(data, dims=("prompt", "unit")), (int(da.sizes["query"]) if query else 0)
+
+
+def stream_score(rows: xr.DataArray, query: int, size: int, memory: int, in_flight: int) -> tuple[Units, int, int]:
+    """(units of the per-prompt scores, defined entries, prompts per block) of one condition's score in one pass:
+    the prompt scores are formed inside each block task, so only blocks are ever in memory."""
+    k = rows.shape[1] // max(query, 1)
+    fixed = 4 * 8 * k * G_MAX  # the score's units
+    for flight in dict.fromkeys((in_flight, 1)):  # wide query="all" rows: fewer blocks at once before giving up
+        try:
+            block = block_rows(1, rows.shape[1], size, memory, fixed, flight)
+            break
+        except AnalysisError:
+            if flight == 1:
+                raise
+    block = max(size, block // size * size)  # whole units per block: the units never depend on the block size
+    out = stream({"x": rows}, (("score", "units", "x", query), ("finite", "defined", "x")), size, size, block, {},
+                 flight)
+    return out["units"], int(out["defined"].sum()), block
+
+
+def condition_mean_units(u: Units | None, n_prompts: int, heads: xr.DataArray, n_boot: int,
+                         rng: np.random.Generator, confidence_level: float) -> ConditionMean:
+    """analysis.taxonomy.condition_mean from one condition's units of a score: the mean exactly (bit for bit with
+    units of one prompt), the BCa interval of the units' bootstrap (shift_units of one sample: the draws of the
+    in-memory bootstrap with units of one prompt). All NaN but the mean under 2 prompts, as in memory."""
+    shape = heads.shape
+    count = (u.count.sum(axis=0) if u is not None else np.zeros(int(np.prod(shape)))).astype(np.int64).reshape(shape)
+    if n_prompts < 2:
+        with quiet():
+            mean = u.totals()["mean"].reshape(shape) if n_prompts else np.full(shape, np.nan)
+        nan = np.full(shape, np.nan)
+        return mean, ConfidenceInterval(nan, nan), nan, np.full((n_boot, *shape), np.nan), count
+    r = shift_units(u, None, n_boot, rng, heads, confidence_level)
+    ci = ConfidenceInterval(np.asarray(r.confidence_interval.low), np.asarray(r.confidence_interval.high))
+    return (np.asarray(r.statistic), ci, np.asarray(r.standard_error), np.asarray(r.bootstrap_distribution), count)
+
+
+def stream_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, memory: int, in_flight: int,
+                    thresholds: Mapping[str, float] | None = None, confidence_level: float = 0.95
+                    ) -> tuple[HeadTaxonomy, dict[str, int], int]:
+    """analysis.taxonomy.head_taxonomy over the lazy store: one pass per (condition, score) reduces the per-prompt
+    scores to units of unit_size(prompts, G_MAX) prompts, from which the means (exact), the 'defined' counts
+    (exact), the BCa intervals (the units' bootstrap with SEED_TAXONOMY's draws per condition) and hence the sink
+    rate, source conditions and labels follow (analysis.taxonomy.assemble_taxonomy). Memory holds one score's
+    units and a few blocks, never the prompts. Returns (taxonomy, condition -> prompts per unit, blocks)."""
+    if "bos_attn" not in ds.data_vars:
+        raise AnalysisError("store lacks variable bos_attn (the sink score)")
+    names = conditions(ds)
+    layers, head_ids = ds["layer"].values, ds["head"].values
+    heads = xr.DataArray(np.zeros((layers.size, head_ids.size)), dims=HEAD_DIMS,
+                         coords={"layer": layers, "head": head_ids})
+    variables = [v for v in SCORES if v in ds.data_vars]
+    parts: dict[str, list[ConditionMean]] = {v: [] for v in variables}
+    defined: dict[str, dict[str, int]] = {v: {} for v in variables}
+    sizes, n_blocks = {}, 0
+    for i, c in enumerate(names):
+        for v in variables:
+            rows, query = score_rows(ds, c, v)
+            n = int(rows.shape[0])
+            sizes[c] = unit_size(n, G_MAX)
+            units, count, block = stream_score(rows, query, sizes[c], memory, in_flight) if n else (None, 0, 1)
+            n_blocks += -(-n // block)
+            mean = condition_mean_units(units, n, heads, n_boot, rng_for(seed, SEED_TAXONOMY, i), confidence_level)
+            if v != "bos_attn":  # only the sink rate reads replicates: keep memory to one score's
+                mean = (*mean[:3], None, mean[4])
+            parts[v].append(mean)
+            defined[v][c] = count
+    taxonomy = assemble_taxonomy(parts, defined, names, ds, thresholds=thresholds, confidence_level=confidence_level)
+    return taxonomy, sizes, n_blocks
+
+
+# ------------------------------------------------------------------------------------ causal effects, cheap methods
+
+
+def effect_variables(ds: xr.Dataset) -> list[str]:
+    """Every effect variable the causal and cheap-vs-exact sections read (exact kinds and their AtP estimates)."""
+    return [effect_variable(k) for k in effect_kinds(ds)]
+
+
+def effects_bytes(ds: xr.Dataset, c: Comparison, variables: tuple[str, ...]) -> int:
+    """Estimated peak memory of the causal and cheap-vs-exact sections in memory (analysis.pipeline on every
+    prompt): float64 working copies of both compared conditions' diagnostics and of every condition's effects
+    (about three of each: values, finite masks, masked copies), and the joint bootstrap's draw-count chunks."""
+    k = int(np.prod(c.shape))
+    n_a, n_b = (x.sizes["prompt"] for x in c.values["kl_norm"])
+    n_all = ds.sizes["condition"] * ds.sizes["prompt"]
+    diagnostics = 3 * 8 * k * (n_a + n_b) * len(variables)
+    effects = 3 * 8 * k * n_all * len(effect_variables(ds))
+    draws = 4 * 8 * CHUNK * n_all
+    return int(diagnostics + effects + draws)
+
+
+def effects_dataset(ds: xr.Dataset, variables: tuple[str, ...],
+                    rows: Mapping[str, np.ndarray] | None = None) -> xr.Dataset:
+    """The store reduced to what the causal and cheap-vs-exact sections read: the comparison's diagnostics and the
+    effect variables, with the coordinates that place prompts (n_tokens, pair, query). rows: condition -> store
+    prompt indices to keep (a subsample; conditions padded with NaN prompts, n_tokens 0, as in a store); None:
+    every prompt, the effects loaded, the diagnostics left lazy (analysis.pipeline.compare reads only the
+    compared conditions' last-token values)."""
+    keep_coords = {"condition", "prompt", "layer", "head", "query", "n_tokens", "pair"}
+    names = list(dict.fromkeys((*variables, *effect_variables(ds))))
+    sub = ds[names]
+    sub = sub.drop_vars([x for x in sub.coords if x not in keep_coords])
+    if rows is None:
+        return sub.assign({v: sub[v].compute() for v in effect_variables(ds)})
+    width = max(1, max(len(r) for r in rows.values()))
+    parts = []
+    for i, condition in enumerate(conditions(ds)):
+        picked = np.asarray(rows.get(condition, np.zeros(0, dtype=int)), dtype=int)
+        part = sub.isel(condition=[i], prompt=picked).compute()
+        parts.append(part.assign_coords(prompt=np.arange(picked.size)).reindex(prompt=np.arange(width)))
+    out = xr.concat(parts, dim="condition")
+    if "n_tokens" in out.coords:  # the padding prompts reindex added: empty, as a store pads
+        out = out.assign_coords(n_tokens=out["n_tokens"].fillna(0).astype(np.int64))
+    if "pair" in out.coords:
+        out = out.assign_coords(pair=out["pair"].fillna("").astype(str))
+    out.attrs = dict(ds.attrs)
+    return out
+
+
+def subsample_rows(ds: xr.Dataset, a: str, b: str, picks: tuple[np.ndarray, np.ndarray], paired: bool, seed: int
+                   ) -> dict[str, np.ndarray]:
+    """Condition -> store prompt indices of the streamed report's subsample: a's and b's are the rows the prompt
+    curve uses (b's in pair order when paired: the same pairs), every other condition's a seeded random subsample
+    of at most SAMPLE_MAX of its prompts (an effect sample may use them)."""
+    out = {}
+    for k, condition in enumerate(conditions(ds)):
+        valid = np.flatnonzero(ds["n_tokens"].sel(condition=condition).values > 0) if "n_tokens" in ds.coords \
+            else np.arange(ds.sizes["prompt"])
+        if condition == a:
+            out[condition] = valid[picks[0]]
+        elif condition == b:
+            order = pair_order(ds, a, b)[0] if paired else None
+            out[condition] = valid[order[picks[1]]] if order is not None else valid[picks[1]]
+        elif valid.size <= SAMPLE_MAX:
+            out[condition] = valid
+        else:
+            out[condition] = valid[np.sort(rng_for(seed, SEED_SAMPLE, 2 + k).choice(valid.size, SAMPLE_MAX,
+                                                                                      replace=False))]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- the report
 
 
@@ -690,22 +872,49 @@ def _run_streamed(store, circuit, a, b, *, n_boot, n_perm, seed, variables, curv
     comparison = dataclasses.replace(c, values=sample, counts={a: int(n_a), b: int(n_b)}, head_means=head_means,
                                      scale=scale)
 
-    # causal effects, cheap estimates, taxonomy: still in memory (analysis.pipeline), only on stores with them
-    causal, cheap_methods, taxonomy = {}, {}, None
-    kinds = exact_kinds(ds)
-    if kinds or has_taxonomy(ds):
-        from analysis.store import open_store
+    # the head taxonomy (every real store has it): streamed, in the memory the results above leave
+    taxonomy = None
+    in_memory: list[str] = []
+    if has_taxonomy(ds):
+        taxonomy, tax_sizes, tax_blocks = stream_taxonomy(
+            ds, n_boot=n_boot, seed=seed, memory=memory - held_bytes(s, shifts, standard, tests, independent),
+            in_flight=in_flight or _in_flight(), thresholds=thresholds)
+        scale["taxonomy"] = {
+            "streamed": True, "unit_prompts": tax_sizes,
+            "resampling": ("prompts resampled one by one (units of one prompt)" if max(tax_sizes.values()) == 1 else
+                           "bootstrap over units of consecutive prompts (unit_prompts per condition)"),
+            "exact": "means, defined counts, source conditions and labels (float64 rounding with units of several "
+                     "prompts)"}
+        scale["execution"]["taxonomy_blocks"] = int(tax_blocks)
 
-        eager = open_store(store)
-        if kinds:
-            full = pl.compare(eager, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
-                              store_path=store_path if store_path is not None else store, min_effect=min_effect,
-                              design=design)
-            causal = {kind: pl.causal_effects(eager, full, kind, shifts, tests, rule) for kind in kinds}
-            cheap_methods = cheap.cheap_vs_exact(eager, full, causal, shifts, lambda: rng_for(seed, pl.SEED_JOINT))
-        if has_taxonomy(eager):
-            taxonomy = head_taxonomy(eager, n_boot=n_boot, seed=seed, thresholds=thresholds)
-        scale["execution"]["in_memory"] = [name for name, on in (("causal", bool(kinds)), ("cheap_vs_exact", bool(kinds)),
-                                                    ("taxonomy", taxonomy is not None)) if on]
+    # causal effects and cheap-vs-exact (stores with effects): in memory, on only the variables they read, on every
+    # prompt when that fits --memory, else on the subsample above -- stated in `scale`, never silently
+    causal, cheap_methods = {}, {}
+    kinds = exact_kinds(ds)
+    if kinds:
+        left = memory - held_bytes(s, shifts, standard, tests, independent, taxonomy)
+        fits = effects_bytes(ds, c, variables) <= left
+        rows = None if fits else subsample_rows(ds, a, b, picks, paired, seed)
+        eager = effects_dataset(ds, variables, rows)
+        full = pl.compare(eager, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
+                          store_path=store_path if store_path is not None else store, min_effect=min_effect,
+                          design=design)
+        full = dataclasses.replace(full, values={v: tuple(x.compute() for x in pair) for v, pair in full.values.items()})
+        causal = {kind: pl.causal_effects(eager, full, kind, shifts, tests, rule) for kind in kinds}
+        cheap_methods = cheap.cheap_vs_exact(eager, full, causal, shifts, lambda: rng_for(seed, pl.SEED_JOINT))
+        in_memory = ["causal"] + (["cheap_vs_exact"] if cheap_methods else [])
+        used = {name: int((eager["n_tokens"].sel(condition=name).values > 0).sum()) if "n_tokens" in eager.coords
+                else int(eager.sizes["prompt"]) for name in conditions(eager)}
+        scale["causal"] = {
+            "computed": "in memory (analysis.pipeline), on the store's effect variables and the compared diagnostics only",
+            "all_prompts": bool(fits),
+            "prompts": used,
+            "why": ("they fit the --memory budget" if fits else
+                    "they do not fit the --memory budget: computed on the streamed report's subsample (a and b: the "
+                    "prompt curve's rows, pairs kept; other conditions: a seeded subsample of at most "
+                    f"{SAMPLE_MAX} prompts)")}
+        if not fits:
+            scale["subsample"]["used_for"] = [*scale["subsample"]["used_for"], "causal", "cheap_vs_exact"]
+    scale["execution"]["in_memory"] = in_memory
     return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods,
                     taxonomy, standard, independent)

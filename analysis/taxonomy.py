@@ -128,21 +128,28 @@ def source_conditions(samples: Mapping[str, ScoreSample], condition: str | Mappi
     """Role -> the condition whose means decide it: condition (one name for every role, or role -> name),
     else the condition where the role's score is defined most often (for induction and duplicate-token
     roles, the condition with repeats; for the others, where every entry is defined, the store's first)."""
+    return sources_from_defined({v: s.defined for v, s in samples.items()}, condition)
+
+
+def sources_from_defined(defined: Mapping[str, Mapping[str, int]], condition: str | Mapping[str, str] | None = None
+                         ) -> dict[str, str]:
+    """source_conditions from the defined counts alone (score -> condition -> defined entries): what the
+    streamed report (analysis.scale) counts block by block."""
     chosen = {r: condition for r in ROLE_SCORES} if isinstance(condition, str) else dict(condition or {})
     unknown = set(chosen) - set(ROLE_SCORES)
     if unknown:
         raise AnalysisError(f"unknown role(s) {', '.join(sorted(unknown))}: roles are {', '.join(ROLE_SCORES)}")
     out = {}
     for role, var in ROLE_SCORES.items():
-        if var not in samples:
+        if var not in defined:
             continue
-        defined = samples[var].defined
+        counts = defined[var]
         if role in chosen:
-            if chosen[role] not in defined:
-                raise AnalysisError(f"unknown condition {chosen[role]!r}: the store has {', '.join(defined)}")
+            if chosen[role] not in counts:
+                raise AnalysisError(f"unknown condition {chosen[role]!r}: the store has {', '.join(counts)}")
             out[role] = chosen[role]
         else:  # max keeps the first of equals: ties go to the store's order
-            out[role] = max(defined, key=defined.get)
+            out[role] = max(counts, key=counts.get)
     return out
 
 
@@ -209,6 +216,11 @@ def sink_rate(mean: np.ndarray, boot: np.ndarray, epsilon: float = EPSILON,
     return rate, ConfidenceInterval(float(ci.low), float(ci.high)), int(finite.sum())
 
 
+# one condition's mean of one score: (mean, interval, bootstrap SE, [n_boot, layer, head] replicates, finite
+# prompts per head) -- what condition_mean gives in memory and analysis.scale from the streamed units
+ConditionMean = tuple[np.ndarray, ConfidenceInterval, np.ndarray, np.ndarray, np.ndarray]
+
+
 def head_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, thresholds: Mapping[str, float] | None = None,
                   epsilon: float = EPSILON, condition: str | Mapping[str, str] | None = None,
                   confidence_level: float = 0.95) -> HeadTaxonomy:
@@ -218,18 +230,32 @@ def head_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, thresholds: Mapping
         raise AnalysisError("store lacks variable bos_attn (the sink score)")
     samples = score_samples(ds)
     names = conditions(ds)
-    means, boots = {}, {}
-    for v, sample in samples.items():
-        parts = [condition_mean(sample.values[c], n_boot, rng_for(seed, SEED_TAXONOMY, k), confidence_level)
-                 for k, c in enumerate(names)]
-        counts = np.stack([np.isfinite(sample.values[c]).sum(axis=0) for c in names])
-        stat, low, high, se = (np.stack(x) for x in zip(*[(m, ci.low, ci.high, s) for m, ci, s, _ in parts]))
-        means[v] = MeanResult(_per_condition(stat, names, ds, v),
-                              ConfidenceInterval(_per_condition(low, names, ds), _per_condition(high, names, ds)),
-                              _per_condition(se, names, ds), _per_condition(counts, names, ds), "BCa",
+    parts = {v: [(*condition_mean(sample.values[c], n_boot, rng_for(seed, SEED_TAXONOMY, k), confidence_level),
+                  np.isfinite(sample.values[c]).sum(axis=0)) for k, c in enumerate(names)]
+             for v, sample in samples.items()}
+    return assemble_taxonomy(parts, {v: s.defined for v, s in samples.items()}, names, ds, thresholds=thresholds,
+                             epsilon=epsilon, condition=condition, confidence_level=confidence_level)
+
+
+def assemble_taxonomy(parts: Mapping[str, list[ConditionMean]], defined: Mapping[str, Mapping[str, int]],
+                      names: list[str], template: xr.Dataset, *, thresholds: Mapping[str, float] | None = None,
+                      epsilon: float = EPSILON, condition: str | Mapping[str, str] | None = None,
+                      confidence_level: float = 0.95) -> HeadTaxonomy:
+    """The section from each score's per-condition means (parts[score][k]: condition names[k]) and the defined
+    counts: the sink rate from bos_attn's replicates, the source conditions and the labels. Shared by the
+    in-memory (head_taxonomy) and the streamed (analysis.scale.stream_taxonomy) reports, so they differ only in
+    where the means come from."""
+    means = {}
+    for v, per_condition in parts.items():
+        stat, low, high, se, counts = (np.stack(x) for x in zip(*[(m, ci.low, ci.high, s, n)
+                                                                   for m, ci, s, _, n in per_condition]))
+        means[v] = MeanResult(_per_condition(stat, names, template, v),
+                              ConfidenceInterval(_per_condition(low, names, template),
+                                                 _per_condition(high, names, template)),
+                              _per_condition(se, names, template), _per_condition(counts, names, template), "BCa",
                               confidence_level)
-        boots[v] = [boot for *_, boot in parts]
-    rates = [sink_rate(means["bos_attn"].statistic.values[k], boots["bos_attn"][k], epsilon, confidence_level)
+    boots = [boot for *_, boot, _ in parts["bos_attn"]]
+    rates = [sink_rate(means["bos_attn"].statistic.values[k], boots[k], epsilon, confidence_level)
              for k in range(len(names))]
     coords = {"condition": np.asarray(names, dtype=str)}
     rate = SinkRateResult(
@@ -237,10 +263,10 @@ def head_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, thresholds: Mapping
         ConfidenceInterval(xr.DataArray([ci.low for _, ci, _ in rates], dims="condition", coords=coords),
                            xr.DataArray([ci.high for _, ci, _ in rates], dims="condition", coords=coords)),
         float(epsilon), xr.DataArray([n for *_, n in rates], dims="condition", coords=coords))
-    sources = source_conditions(samples, condition)
+    sources = sources_from_defined(defined, condition)
     chosen = check_thresholds(thresholds)
     labels = label_heads({v: m.statistic for v, m in means.items()}, sources, chosen)
-    return HeadTaxonomy(means, rate, labels, chosen, sources, str(ds.attrs.get("query_positions", "last")))
+    return HeadTaxonomy(means, rate, labels, chosen, sources, str(template.attrs.get("query_positions", "last")))
 
 
 def condition_mean(x: np.ndarray, n_boot: int, rng: np.random.Generator, confidence_level: float
