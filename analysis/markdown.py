@@ -41,10 +41,21 @@ def scale_lines(c) -> list[str]:
         return []
     sub = c.scale["subsample"]
     shown = ", ".join(f"{sub['prompts'][k]:,} of {sub['of'][k]:,} `{k}`" for k in sub["prompts"])
-    return [f"Streamed over the store's chunks: point estimates exact; {c.scale['resampling']}; "
+    text = (f"Streamed over the store's chunks: point estimates exact; {c.scale['resampling']}; "
             f"{c.scale['c_diff_resampling']}; BCa acceleration: {c.scale['bca_acceleration']}. "
             f"Prompt-count curve and figure scatter clouds: "
-            + ("all prompts." if sub["all_prompts"] else f"a seeded random subsample ({shown} prompts).")]
+            + ("all prompts." if sub["all_prompts"] else f"a seeded random subsample ({shown} prompts)."))
+    if "taxonomy" in c.scale:
+        units = c.scale["taxonomy"]["unit_prompts"]
+        text += (" Head taxonomy: streamed too, means exact, intervals from a bootstrap over units of "
+                 + ", ".join(f"{n} `{k}`" for k, n in units.items()) + " prompt(s).")
+    if "causal" in c.scale:  # never silently on a subsample
+        causal = c.scale["causal"]
+        used = ", ".join(f"{n:,} `{k}`" for k, n in causal["prompts"].items())
+        text += (" Causal effects and cheap-vs-exact: computed in memory on "
+                 + (f"every prompt ({used})." if causal["all_prompts"] else
+                    f"**a subsample only** ({used} prompts), because {causal['why']}."))
+    return [text]
 
 
 def markdown(an: Analysis) -> str:

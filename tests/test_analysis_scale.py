@@ -22,6 +22,7 @@ from analysis.pipeline import run_analysis
 from analysis.shifts import jackknife_acceleration
 from analysis.store import open_store
 from analysis.summary import summary
+from analysis.taxonomy import head_taxonomy
 from analysis.synthetic import make_dataset, write_store
 
 CIRCUIT = from_mapping({"roles": {"x": [[2, 3], [1, 1], [0, 2]]}}, name="c", source="test")
@@ -217,3 +218,154 @@ def test_query_all_store_streams_like_in_memory(tmp_path):
     path = write_store(ds, tmp_path / "all.zarr")
     old, new = _summaries(path)
     _assert_close(old, {k: v for k, v in new.items() if k != "scale"})
+
+
+# ---------------------------------------------------------------------------------------- taxonomy and effects
+
+ROLES = {"induction": [(1, 2)], "sink": [(0, 0), (2, 3)], "previous_token": [(0, 1)], "duplicate_token": [(2, 0)]}
+
+
+def _taxonomy_store(tmp_path, name, n=(40, 32), **kw):
+    ds = make_dataset(n_layers=3, n_heads=4, n_prompts=n, conditions=("repeated", "random"), roles=ROLES, seed=7, **kw)
+    return write_store(ds, tmp_path / name)
+
+
+def _refuse_eager_loads(monkeypatch):
+    """The in-memory loaders of the store and of the taxonomy scores raise: a streamed report must not need them."""
+    import analysis.store
+    import analysis.taxonomy
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the streamed report loaded the store in memory")
+
+    monkeypatch.setattr(analysis.store, "open_store", refuse)
+    monkeypatch.setattr(analysis.taxonomy, "score_samples", refuse)
+    monkeypatch.setattr(analysis.taxonomy, "head_taxonomy", refuse)
+
+
+def _same_taxonomy(old, new, rtol=0.0, interval_rtol=1e-9):
+    """Means, SEs-free point parts and labels equal (rtol 0: bit for bit), intervals to interval_rtol."""
+    assert old.sources == new.sources and old.thresholds == new.thresholds
+    assert (old.labels["label"] == new.labels["label"]).all()
+    for v, m in old.means.items():
+        np.testing.assert_array_equal(m.n.values, new.means[v].n.values)
+        np.testing.assert_allclose(new.means[v].statistic.values, m.statistic.values, rtol=rtol, atol=0)
+        for side in ("low", "high"):
+            np.testing.assert_allclose(getattr(new.means[v].confidence_interval, side).values,
+                                       getattr(m.confidence_interval, side).values, rtol=interval_rtol, atol=1e-15)
+    np.testing.assert_array_equal(old.sink_rate.statistic.values, new.sink_rate.statistic.values)
+
+
+def test_taxonomy_store_streams_without_loading_it(tmp_path, monkeypatch):
+    """Every real store has the taxonomy variables: the streamed report computes the section from the store's
+    chunks (never the eager open_store or the in-memory score loader), bit for bit the in-memory means with units
+    of one prompt, and lists nothing as computed in memory."""
+    path = _taxonomy_store(tmp_path, "tax.zarr")
+    old = run_analysis(open_store(path), CIRCUIT, "repeated", "random", store_path=path, **RUN)
+    _refuse_eager_loads(monkeypatch)
+    an = scale.run_analysis_streamed(path, CIRCUIT, "repeated", "random", **RUN)
+    assert an.taxonomy is not None and an.comparison.scale["execution"]["in_memory"] == []
+    assert an.comparison.scale["taxonomy"]["unit_prompts"] == {"repeated": 1, "random": 1}
+    _same_taxonomy(old.taxonomy, an.taxonomy)
+    s_old, s_new = to_jsonable(summary(old)), to_jsonable(summary(an))
+    _assert_close(s_old, {k: v for k, v in s_new.items() if k != "scale"})
+
+
+def test_taxonomy_effects_and_cheap_sections_match_the_in_memory_report(tmp_path, monkeypatch):
+    """A store with taxonomy, exact effects and AtP estimates: the whole summary.json equals the in-memory one (to
+    rounding); the causal and cheap-vs-exact sections, computed in memory on only the variables they read because
+    they fit --memory, say so."""
+    ds = make_dataset(n_layers=3, n_heads=4, n_prompts=60, shifts={"kl_norm": {(2, 3): 0.03}}, roles=ROLES,
+                      effects={(2, 3): -1.0, (1, 1): -0.5}, cheap_kinds=("atp_patch", "atpstar_patch"), seed=4)
+    path = write_store(ds, tmp_path / "effects.zarr")
+    old = to_jsonable(summary(run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path, **RUN)))
+    _refuse_eager_loads(monkeypatch)
+    an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN)
+    new = to_jsonable(summary(an))
+    assert an.comparison.scale["execution"]["in_memory"] == ["causal", "cheap_vs_exact"]
+    assert new["scale"]["causal"]["all_prompts"] and new["scale"]["causal"]["prompts"] == {"ioi": 60, "non_ioi": 60}
+    assert old["causal"] and old["cheap_vs_exact"] and old["taxonomy"]
+    _assert_close(old, {k: v for k, v in new.items() if k != "scale"})
+
+
+def test_taxonomy_block_units_point_estimates_exact_intervals_within_monte_carlo(tmp_path, monkeypatch):
+    """Units of several prompts (10 and 8 here, 50 units per condition): means, defined counts, sources and labels
+    as in memory (to float64 rounding: rtol 1e-12), BCa intervals within Monte-Carlo error: the in-memory and the
+    unit bootstrap (400 replicates each, other draws) put every endpoint within 40% of the interval's width of each
+    other and the median endpoint within 10% (measured over seeds 0-5: worst 20-28%, median 3-9%)."""
+    monkeypatch.setattr(scale, "G_MAX", 50)
+    path = _taxonomy_store(tmp_path, "blocks.zarr", n=(500, 400))
+    old = head_taxonomy(open_store(path), n_boot=400, seed=2)
+    new, sizes, _ = scale.stream_taxonomy(scale.open_lazy(path), n_boot=400, seed=2, memory=2**30, in_flight=2)
+    assert sizes == {"repeated": 10, "random": 8}
+    assert old.sources == new.sources and (old.labels["label"] == new.labels["label"]).all()
+    gaps = []
+    for v, m in old.means.items():
+        np.testing.assert_array_equal(m.n.values, new.means[v].n.values)
+        np.testing.assert_allclose(new.means[v].statistic.values, m.statistic.values, rtol=1e-12)
+        width = (m.confidence_interval.high - m.confidence_interval.low).values
+        for side in ("low", "high"):
+            a = getattr(m.confidence_interval, side).values
+            b = getattr(new.means[v].confidence_interval, side).values
+            assert np.array_equal(np.isnan(a), np.isnan(b)), (v, side)  # NaN exactly where in memory
+            gaps.append((np.abs(a - b) / width)[np.isfinite(a)])
+    gaps = np.concatenate(gaps)
+    assert gaps.max() <= 0.4 and np.median(gaps) <= 0.1, (gaps.max(), np.median(gaps))
+
+
+def test_taxonomy_is_the_same_for_any_block_size(tmp_path, monkeypatch):
+    """Blocks of one unit, of three, or all prompts at once: the same taxonomy, bit for bit."""
+    monkeypatch.setattr(scale, "G_MAX", 10)
+    path = _taxonomy_store(tmp_path, "det.zarr", n=(120, 100))
+    runs = []
+    for rows in (None, 12, 36):
+        if rows is not None:
+            monkeypatch.setattr(scale, "block_rows", lambda *a, **k: rows)
+        runs.append(scale.stream_taxonomy(scale.open_lazy(path), n_boot=99, seed=5, memory=2**30, in_flight=2))
+    assert len({n_blocks for _, _, n_blocks in runs}) == 3
+    for t, _, _ in runs[1:]:
+        _same_taxonomy(runs[0][0], t, interval_rtol=0.0)
+        for v, m in runs[0][0].means.items():
+            np.testing.assert_array_equal(m.confidence_interval.low.values, t.means[v].confidence_interval.low.values)
+
+
+def test_query_all_taxonomy_streams_like_in_memory(tmp_path):
+    """--query all: a prompt's score is its mean over the defined query positions (NaN where none is), formed in
+    the block tasks; the same numbers as in memory, and the defined counts count (prompt, query) entries."""
+    ds = make_dataset(n_layers=3, n_heads=4, n_prompts=(30, 24), conditions=("repeated", "random"), roles=ROLES,
+                      seed=3)
+    rng = np.random.default_rng(0)
+    for v in list(ds.data_vars):
+        base = ds[v].values[..., None]
+        values = (base + 0.01 * rng.standard_normal(base.shape[:-1] + (6,))).astype(np.float32)
+        values[rng.random(values.shape) < 0.3] = np.nan  # undefined at some positions
+        values[:, 3] = np.nan  # a prompt with no defined position
+        ds[v] = (ds[v].dims + ("query",), values)
+    ds = ds.assign_coords(query=np.arange(6))
+    ds.attrs["query_positions"] = "all"
+    path = write_store(ds, tmp_path / "all.zarr")
+    old = head_taxonomy(open_store(path), n_boot=200, seed=1)
+    new, _, _ = scale.stream_taxonomy(scale.open_lazy(path), n_boot=200, seed=1, memory=2**30, in_flight=2)
+    assert new.query_positions == "all"
+    _same_taxonomy(old, new)
+
+
+def test_effects_that_do_not_fit_use_the_stated_subsample(tmp_path, monkeypatch):
+    """When the effect sections do not fit --memory they run on the streamed report's subsample (pairs kept), and
+    summary.json's scale entry and the report text say so."""
+    monkeypatch.setattr(scale, "SAMPLE_MAX", 40)
+    monkeypatch.setattr(scale, "effects_bytes", lambda *a, **k: 2**62)
+    ds = make_dataset(n_layers=3, n_heads=4, n_prompts=100, effects={(2, 3): -1.0}, pair_corr=0.5, seed=2)
+    path = write_store(ds, tmp_path / "paired_effects.zarr")
+    an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=50, n_perm=50)
+    entry = to_jsonable(summary(an))["scale"]
+    assert not entry["causal"]["all_prompts"] and entry["causal"]["prompts"] == {"ioi": 40, "non_ioi": 40}
+    assert "causal" in entry["subsample"]["used_for"]
+    assert all(x.mean.n == 40 for x in an.causal.values())
+    lazy = scale.open_lazy(path)
+    rows = scale.subsample_rows(lazy, "ioi", "non_ioi", (np.arange(0, 80, 2), np.arange(0, 80, 2)), True, 0)
+    pair = lazy["pair"].values
+    np.testing.assert_array_equal(pair[0, rows["ioi"]], pair[1, rows["non_ioi"]])  # the same pairs
+    from analysis.markdown import markdown
+
+    assert "Causal effects and cheap-vs-exact: computed in memory on **a subsample only** (40 `ioi`" in markdown(an)
