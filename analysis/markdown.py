@@ -49,12 +49,11 @@ def scale_lines(c) -> list[str]:
         units = c.scale["taxonomy"]["unit_prompts"]
         text += (" Head taxonomy: streamed too, means exact, intervals from a bootstrap over units of "
                  + ", ".join(f"{n} `{k}`" for k, n in units.items()) + " prompt(s).")
-    if "causal" in c.scale:  # never silently on a subsample
-        causal = c.scale["causal"]
-        used = ", ".join(f"{n:,} `{k}`" for k, n in causal["prompts"].items())
-        text += (" Causal effects and cheap-vs-exact: computed in memory on "
-                 + (f"every prompt ({used})." if causal["all_prompts"] else
-                    f"**a subsample only** ({used} prompts), because {causal['why']}."))
+    if "causal" in c.scale:
+        units = c.scale["causal"]["unit_prompts"]
+        text += (" Causal effects and cheap-vs-exact: streamed too, mean effects and t-tests exact, intervals and "
+                 "Spearman intervals from a bootstrap over units of "
+                 + ", ".join(f"{n} `{k}`" for k, n in units.items()) + " prompt(s).")
     return [text]
 
 

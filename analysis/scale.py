@@ -45,17 +45,17 @@ from analysis import pipeline as pl
 from analysis import standardised as st
 from analysis._util import quiet
 from analysis.circuits import Circuit
-from analysis.effects import effect_kinds, effect_variable, exact_kinds
+from analysis.effects import cheap_family, cheap_kinds, effect_variable, exact_kinds
 from analysis.errors import AnalysisError
-from analysis.findings import (CURVE_N_PERM, N_SIGMA, TESTED, Analysis, CircuitTests, Comparison, CrossHead,
-                               MinEffectResult, PairInterval)
+from analysis.findings import (CURVE_N_PERM, FLAG_LEVEL, N_SIGMA, TESTED, Analysis, CausalEffects, CheapVsExact,
+                               CircuitTests, Comparison, CrossHead, MinEffectResult, PairInterval)
 from analysis.labels import HEAD_DIMS, head_matrix, like, units_of
 from analysis.prompt_curve import prompt_curve
-from analysis.resampling import CHUNK, bootstrap_counts, permutation_members, permutation_pvalue, rng_for
-from analysis.results import (ConfidenceInterval, CorrelationResult, MaxNullResult, ShiftResult,
+from analysis.resampling import bootstrap_counts, permutation_members, permutation_pvalue, rng_for
+from analysis.results import (ConfidenceInterval, CorrelationResult, MaxNullResult, MeanEffectResult, ShiftResult,
                               StandardisedShiftResult)
 from analysis.shifts import bca_interval, percentile_interval
-from analysis.store import DIMS, condition_prompts, conditions, pair_order
+from analysis.store import DIMS, condition_prompts, conditions
 from analysis.taxonomy import SCORES, SEED_TAXONOMY, ConditionMean, HeadTaxonomy, assemble_taxonomy, has_taxonomy
 from analysis.units import (G_MAX, GC_MAX, CrossUnits, PointUnits, Units, cross_moments, point_moments,
                             unit_moments, unit_size)
@@ -146,6 +146,11 @@ def _block_stats(blocks: dict[str, np.ndarray], ops: tuple, size: int, csize: in
             out[name] = unit_moments(v, size)
         elif kind == "finite":  # the block's defined entries (what decides a role's source condition)
             out[name] = np.array([np.isfinite(x[op[2]]).sum()], dtype=np.int64)
+        elif kind == "masked":  # an AtP estimate on exactly the prompts where its exact kind (op[3]) has a value
+            keep = np.isfinite(x[op[3]]).any(axis=1)
+            out[name] = unit_moments(np.where(keep[:, None], x[op[2]], np.nan), size)
+        elif kind == "targets":  # prompts with a task target: any finite effect
+            out[name] = np.array([np.isfinite(x[op[2]]).any(axis=1).sum()], dtype=np.int64)
         elif kind == "rows":  # the subsample's rows that fall in this block (op[3]: sorted row indices)
             picks = op[3]
             lo, hi = np.searchsorted(picks, [start, start + x[op[2]].shape[0]])
@@ -529,72 +534,148 @@ def stream_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, memory: int, in_f
 # ------------------------------------------------------------------------------------ causal effects, cheap methods
 
 
-def effect_variables(ds: xr.Dataset) -> list[str]:
-    """Every effect variable the causal and cheap-vs-exact sections read (exact kinds and their AtP estimates)."""
-    return [effect_variable(k) for k in effect_kinds(ds)]
+def effect_rows(ds: xr.Dataset, condition: str, variable: str) -> xr.DataArray:
+    """One condition's effects as lazy [prompt, layer x head] rows in analysis.effects' row order (condition_array's:
+    padding prompts dropped, store order)."""
+    da = condition_prompts(ds, condition, variable).transpose("prompt", *HEAD_DIMS)
+    return xr.DataArray(da.data.reshape(da.shape[0], -1), dims=("prompt", "unit"))
 
 
-def effects_bytes(ds: xr.Dataset, c: Comparison, variables: tuple[str, ...]) -> int:
-    """Estimated peak memory of the causal and cheap-vs-exact sections in memory (analysis.pipeline on every
-    prompt): float64 working copies of both compared conditions' diagnostics and of every condition's effects
-    (about three of each: values, finite masks, masked copies), and the joint bootstrap's draw-count chunks."""
-    k = int(np.prod(c.shape))
-    n_a, n_b = (x.sizes["prompt"] for x in c.values["kl_norm"])
-    n_all = ds.sizes["condition"] * ds.sizes["prompt"]
-    diagnostics = 3 * 8 * k * (n_a + n_b) * len(variables)
-    effects = 3 * 8 * k * n_all * len(effect_variables(ds))
-    draws = 4 * 8 * CHUNK * n_all
-    return int(diagnostics + effects + draws)
-
-
-def effects_dataset(ds: xr.Dataset, variables: tuple[str, ...],
-                    rows: Mapping[str, np.ndarray] | None = None) -> xr.Dataset:
-    """The store reduced to what the causal and cheap-vs-exact sections read: the comparison's diagnostics and the
-    effect variables, with the coordinates that place prompts (n_tokens, pair, query). rows: condition -> store
-    prompt indices to keep (a subsample; conditions padded with NaN prompts, n_tokens 0, as in a store); None:
-    every prompt, the effects loaded, the diagnostics left lazy (analysis.pipeline.compare reads only the
-    compared conditions' last-token values)."""
-    keep_coords = {"condition", "prompt", "layer", "head", "query", "n_tokens", "pair"}
-    names = list(dict.fromkeys((*variables, *effect_variables(ds))))
-    sub = ds[names]
-    sub = sub.drop_vars([x for x in sub.coords if x not in keep_coords])
-    if rows is None:
-        return sub.assign({v: sub[v].compute() for v in effect_variables(ds)})
-    width = max(1, max(len(r) for r in rows.values()))
-    parts = []
-    for i, condition in enumerate(conditions(ds)):
-        picked = np.asarray(rows.get(condition, np.zeros(0, dtype=int)), dtype=int)
-        part = sub.isel(condition=[i], prompt=picked).compute()
-        parts.append(part.assign_coords(prompt=np.arange(picked.size)).reindex(prompt=np.arange(width)))
-    out = xr.concat(parts, dim="condition")
-    if "n_tokens" in out.coords:  # the padding prompts reindex added: empty, as a store pads
-        out = out.assign_coords(n_tokens=out["n_tokens"].fillna(0).astype(np.int64))
-    if "pair" in out.coords:
-        out = out.assign_coords(pair=out["pair"].fillna("").astype(str))
-    out.attrs = dict(ds.attrs)
-    return out
-
-
-def subsample_rows(ds: xr.Dataset, a: str, b: str, picks: tuple[np.ndarray, np.ndarray], paired: bool, seed: int
-                   ) -> dict[str, np.ndarray]:
-    """Condition -> store prompt indices of the streamed report's subsample: a's and b's are the rows the prompt
-    curve uses (b's in pair order when paired: the same pairs), every other condition's a seeded random subsample
-    of at most SAMPLE_MAX of its prompts (an effect sample may use them)."""
-    out = {}
-    for k, condition in enumerate(conditions(ds)):
-        valid = np.flatnonzero(ds["n_tokens"].sel(condition=condition).values > 0) if "n_tokens" in ds.coords \
-            else np.arange(ds.sizes["prompt"])
-        if condition == a:
-            out[condition] = valid[picks[0]]
-        elif condition == b:
-            order = pair_order(ds, a, b)[0] if paired else None
-            out[condition] = valid[order[picks[1]]] if order is not None else valid[picks[1]]
-        elif valid.size <= SAMPLE_MAX:
-            out[condition] = valid
+def stream_effects(ds: xr.Dataset, condition: str, kinds: list[str], size: int, memory: int, in_flight: int
+                   ) -> dict[str, tuple[Units, int]]:
+    """kind -> (units of size prompts, prompts with a target) of every effect kind on one condition, in one pass.
+    An AtP estimate keeps only the prompts where its exact kind has a value (analysis.effects.aligned_effects: both
+    average over the same prompts)."""
+    inputs = {kind: effect_rows(ds, condition, effect_variable(kind)) for kind in kinds}
+    n, k = next(iter(inputs.values())).shape
+    if n == 0:
+        return {}
+    ops = []
+    for kind in kinds:
+        family = cheap_family(kind)
+        if family is not None and family[1] in inputs:
+            ops.append(("masked", f"u:{kind}", kind, family[1]))
         else:
-            out[condition] = valid[np.sort(rng_for(seed, SEED_SAMPLE, 2 + k).choice(valid.size, SAMPLE_MAX,
-                                                                                      replace=False))]
-    return out
+            ops.append(("plain", f"u:{kind}", kind))
+        ops.append(("targets", f"n:{kind}", kind))
+    block = block_rows(len(inputs), k, size, memory, 4 * 8 * k * G_MAX * len(kinds), in_flight)
+    block = max(size, block // size * size)  # whole units per block
+    out = stream(inputs, tuple(ops), size, size, block, {}, in_flight)
+    return {kind: (out[f"u:{kind}"], int(out[f"n:{kind}"].sum())) for kind in kinds}
+
+
+def mean_effect_units(u: Units, n_rows: int, heads: xr.DataArray, n_boot: int, rng: np.random.Generator,
+                      confidence_level: float = 0.95) -> MeanEffectResult:
+    """analysis.causal.mean_effect from the units of the effect sample: the mean and the one-sample t-test exactly
+    from the units' totals (scipy.stats.ttest_1samp's t = mean / (sd / sqrt(n)), two-sided p from t with n - 1
+    df, per head over its finite prompts), the BCa interval of the units' bootstrap."""
+    t = u.totals()
+    with quiet():
+        tstat = t["mean"] / np.sqrt(t["var"] / t["n"])
+        p = 2.0 * stats.t.sf(np.abs(tstat), t["n"] - 1.0)
+    r = shift_units(u, None, n_boot, rng, heads, confidence_level)
+    return MeanEffectResult(r.statistic, r.confidence_interval, r.standard_error, r.bootstrap_distribution,
+                            like(heads, p.reshape(heads.shape)), like(heads, tstat.reshape(heads.shape)), int(n_rows),
+                            "BCa", confidence_level)
+
+
+def joint_bootstrap_units(diagnostics: Mapping[str, tuple[Units, Units]], a: str, b: str, used: list[str],
+                          parts: Mapping[str, Mapping[str, Units]], n_boot: int, rng: np.random.Generator,
+                          shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """analysis.causal.joint_bootstrap_many on units: one multinomial draw over the units of each condition per
+    replicate (a, b, then the effect sample's other conditions: the in-memory draw order) moves every
+    diagnostic's delta and every effect's mean together; an effect unit of a or b has the diagnostics' unit
+    boundaries, so it gets their draw count. parts: effect name -> condition -> units (conditions in `used`)."""
+    sizes = {a: diagnostics[TESTED[0]][0].n_units, b: diagnostics[TESTED[0]][1].n_units}
+    sizes |= {c: parts[next(iter(parts))][c].n_units for c in used if c not in sizes}
+    pooled = {name: Units.concat([by[c] for c in used]) for name, by in parts.items()}
+    draws = {c: bootstrap_counts(n, n_boot, rng) for c, n in sizes.items()}
+    deltas: dict[str, list[np.ndarray]] = {v: [] for v in diagnostics}
+    means: dict[str, list[np.ndarray]] = {k: [] for k in parts}
+    for chunk in zip(*draws.values()):
+        counts = dict(zip(draws, chunk))
+        for v, (ua, ub) in diagnostics.items():
+            deltas[v].append(_weighted_mean(counts[a], ua) - _weighted_mean(counts[b], ub))
+        weights = np.concatenate([counts[c] for c in used], axis=1)
+        for name, u in pooled.items():
+            means[name].append(_weighted_mean(weights, u))
+    full = (n_boot, *shape)
+    return ({v: np.concatenate(d).reshape(full) for v, d in deltas.items()},
+            {k: np.concatenate(m).reshape(full) for k, m in means.items()})
+
+
+def stream_causal(ds: xr.Dataset, c: Comparison, s: Streamed, shifts: dict[str, ShiftResult],
+                  tests: dict[str, CircuitTests], rule: ca.CircuitRule, memory: int, in_flight: int
+                  ) -> tuple[dict[str, CausalEffects], dict[str, CheapVsExact], dict[str, int]]:
+    """analysis.pipeline.causal_effects for every exact kind and analysis.cheap.cheap_vs_exact, from the effect
+    variables' units (one pass per condition over every kind; conditions other than a only when a kind's effects
+    are not on a). Units of a and b have the diagnostics' size, so the joint bootstraps pair each effect unit with
+    its diagnostics' draw count; others have unit_size(prompts, G_MAX). Returns (causal, cheap, condition -> unit
+    prompts of the conditions streamed)."""
+    kinds = exact_kinds(ds)
+    estimates = {k: cheap_kinds(ds, k) for k in kinds}
+    every = [*kinds, *(e for k in kinds for e in estimates[k])]
+    heads = like(c.mask, np.zeros(c.shape))
+    streamed: dict[str, dict[str, tuple[Units, int]]] = {}
+    sizes: dict[str, int] = {}
+
+    def of(condition: str) -> dict[str, tuple[Units, int]]:
+        if condition not in streamed:
+            n = int(condition_prompts(ds, condition, effect_variable(kinds[0])).sizes["prompt"])
+            sizes[condition] = s.size if condition in (c.a, c.b) else unit_size(n, G_MAX)
+            left = memory - held_bytes(streamed, s, shifts, tests)
+            streamed[condition] = stream_effects(ds, condition, every, sizes[condition], left, in_flight)
+        return streamed[condition]
+
+    causal, samples = {}, {}
+    for kind in kinds:
+        variable = effect_variable(kind)
+        targets = lambda cond: of(cond)[kind][1] if of(cond) else 0  # noqa: E731
+        used = [c.a] if targets(c.a) else [x for x in conditions(ds) if targets(x)]
+        if not used:
+            raise AnalysisError(f"{variable} has no finite value: no prompt of the store has a task target")
+        parts = {name: {x: of(x)[name][0] for x in used} for name in [kind, *estimates[kind]]}
+        samples[kind] = (used, parts)
+        mean = mean_effect_units(Units.concat(list(parts[kind].values())), sum(targets(x) for x in used), heads,
+                                 c.n_boot, rng_for(c.seed, pl.SEED_EFFECT))
+        diagnostics = {v: (s.a[v], s.b[v]) for v in TESTED}
+        boot_deltas, boot_means = joint_bootstrap_units(diagnostics, c.a, c.b, used, {kind: parts[kind]}, c.n_boot,
+                                                        rng_for(c.seed, pl.SEED_JOINT), c.shape)
+        abs_mean = np.abs(mean.statistic.values)
+        spearman = {v: ca.effect_spearman(np.abs(shifts[v].statistic.values), abs_mean, np.abs(boot_deltas[v]),
+                                          np.abs(boot_means[kind])) for v in TESTED}
+        circuit = ca.select_heads(mean.statistic, mean.pvalue, rule)
+        flagged = {v: tests[v].flagged(FLAG_LEVEL) for v in TESTED}
+        scores = {v: ca.precision_recall(flagged[v], circuit) for v in TESTED}
+        causal[kind] = CausalEffects(kind, tuple(used), mean, ct.benjamini_hochberg(mean.pvalue), rule, circuit,
+                                     spearman, flagged, {v: p for v, (p, _) in scores.items()},
+                                     {v: r for v, (_, r) in scores.items()})
+
+    cheap_methods = {}
+    if any(estimates[k] for k in kinds):  # analysis.cheap.cheap_vs_exact: every exact kind, once any has an estimate
+        for kind in kinds:
+            used, parts = samples[kind]
+            exact = causal[kind]
+            diagnostics = {v: (s.a[v], s.b[v]) for v in shifts}
+            boot_deltas, boot_means = joint_bootstrap_units(diagnostics, c.a, c.b, used, parts, c.n_boot,
+                                                            rng_for(c.seed, pl.SEED_JOINT), c.shape)
+            boot_abs_effect = np.abs(boot_means[kind])
+            methods = {}
+            for estimate in estimates[kind]:
+                family, _ = cheap_family(estimate)
+                mean = like(exact.mean.statistic,
+                            Units.concat(list(parts[estimate].values())).totals()["mean"].reshape(c.shape))
+                description = str(ds[effect_variable(estimate)].attrs.get("description", ""))
+                methods[estimate] = cheap.agreement(estimate, family, description, abs(mean),
+                                                    np.abs(boot_means[estimate]), exact, boot_abs_effect,
+                                                    signed=mean if family == "atp" else None)
+            for v, shifted in shifts.items():
+                description = str(ds[v].attrs.get("long_name", "")) if v in ds else ""
+                methods[cheap.diagnostic_method(v)] = cheap.agreement(
+                    cheap.diagnostic_method(v), cheap.DIAGNOSTIC, description, abs(shifted.statistic),
+                    np.abs(boot_deltas[v]), exact, boot_abs_effect)
+            cheap_methods[kind] = CheapVsExact(kind, len(exact.circuit), methods)
+    return causal, cheap_methods, sizes
 
 
 # ------------------------------------------------------------------------------------------------- the report
@@ -646,9 +727,11 @@ def _in_flight() -> int:
 
 
 def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int, in_flight: int | None = None,
-                 picks: tuple[np.ndarray, np.ndarray] | None = None) -> Streamed:
+                 picks: tuple[np.ndarray, np.ndarray] | None = None, plain: tuple[str, ...] = TESTED) -> Streamed:
     """Reduce both conditions of the comparison (lazy values) to units in one pass over the store; the same pass
-    gathers the rows picks (sorted prompt indices of a and of b) of the TESTED variables."""
+    gathers the rows picks (sorted prompt indices of a and of b) of the TESTED variables. plain: the variables
+    whose per-condition units a paired design keeps too (besides the pair differences): TESTED for the
+    independent-samples comparison, every variable for the cheap-vs-exact section's joint bootstrap."""
     c = comparison
     in_flight = in_flight or _in_flight()
     xa, xb = c.values["kl_norm"]
@@ -672,9 +755,9 @@ def stream_store(comparison: Comparison, variables: tuple[str, ...], memory: int
         for v in variables:
             ops += [("diff", f"d:{v}", f"a:{v}", f"b:{v}"), ("keep", f"ka:{v}", f"a:{v}", f"b:{v}"),
                     ("keep", f"kb:{v}", f"b:{v}", f"a:{v}")]
-            if v in TESTED:
+            if v in TESTED or v in plain:
                 ops += [("plain", f"a:{v}", f"a:{v}"), ("plain", f"b:{v}", f"b:{v}")]
-        fixed = unit_bytes * (3 * len(variables) + 2 * len(TESTED)) + cross_bytes
+        fixed = unit_bytes * (3 * len(variables) + 2 * len(set(TESTED) | set(plain))) + cross_bytes
         rows = block_rows(len(inputs), k, csize, memory, fixed, in_flight)
         out = stream(inputs, tuple(ops), size, csize, rows, all_heads, in_flight)
         pick = lambda prefix: {v: out[f"{prefix}:{v}"] for v in variables if f"{prefix}:{v}" in out}  # noqa: E731
@@ -745,7 +828,9 @@ def _run_streamed(store, circuit, a, b, *, n_boot, n_perm, seed, variables, curv
             picks.append(picks[0])
         else:
             picks.append(np.sort(rng_for(seed, SEED_SAMPLE, k_).choice(n, SAMPLE_MAX, replace=False)))
-    s = stream_store(c, variables, memory, in_flight, picks=(picks[0], picks[1]))
+    # the cheap-vs-exact section's joint bootstrap needs every variable's per-condition units, paired or not
+    s = stream_store(c, variables, memory, in_flight, picks=(picks[0], picks[1]),
+                     plain=variables if exact_kinds(ds) else TESTED)
     heads = {v: c.values[v][0].isel(prompt=0, drop=True) for v in variables}
     flat_heads = {v: h.shape for v, h in heads.items()}
     paired = c.paired
@@ -874,7 +959,7 @@ def _run_streamed(store, circuit, a, b, *, n_boot, n_perm, seed, variables, curv
 
     # the head taxonomy (every real store has it): streamed, in the memory the results above leave
     taxonomy = None
-    in_memory: list[str] = []
+    in_memory: list[str] = []  # sections computed from the loaded store: none left (kept in the key for readers)
     if has_taxonomy(ds):
         taxonomy, tax_sizes, tax_blocks = stream_taxonomy(
             ds, n_boot=n_boot, seed=seed, memory=memory - held_bytes(s, shifts, standard, tests, independent),
@@ -887,34 +972,18 @@ def _run_streamed(store, circuit, a, b, *, n_boot, n_perm, seed, variables, curv
                      "prompts)"}
         scale["execution"]["taxonomy_blocks"] = int(tax_blocks)
 
-    # causal effects and cheap-vs-exact (stores with effects): in memory, on only the variables they read, on every
-    # prompt when that fits --memory, else on the subsample above -- stated in `scale`, never silently
+    # causal effects and cheap-vs-exact (stores with effects): streamed from the effect variables' units
     causal, cheap_methods = {}, {}
-    kinds = exact_kinds(ds)
-    if kinds:
-        left = memory - held_bytes(s, shifts, standard, tests, independent, taxonomy)
-        fits = effects_bytes(ds, c, variables) <= left
-        rows = None if fits else subsample_rows(ds, a, b, picks, paired, seed)
-        eager = effects_dataset(ds, variables, rows)
-        full = pl.compare(eager, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
-                          store_path=store_path if store_path is not None else store, min_effect=min_effect,
-                          design=design)
-        full = dataclasses.replace(full, values={v: tuple(x.compute() for x in pair) for v, pair in full.values.items()})
-        causal = {kind: pl.causal_effects(eager, full, kind, shifts, tests, rule) for kind in kinds}
-        cheap_methods = cheap.cheap_vs_exact(eager, full, causal, shifts, lambda: rng_for(seed, pl.SEED_JOINT))
-        in_memory = ["causal"] + (["cheap_vs_exact"] if cheap_methods else [])
-        used = {name: int((eager["n_tokens"].sel(condition=name).values > 0).sum()) if "n_tokens" in eager.coords
-                else int(eager.sizes["prompt"]) for name in conditions(eager)}
+    if exact_kinds(ds):
+        causal, cheap_methods, effect_sizes = stream_causal(
+            ds, c, s, shifts, tests, rule, memory - held_bytes(standard, independent, taxonomy),
+            in_flight or _in_flight())
         scale["causal"] = {
-            "computed": "in memory (analysis.pipeline), on the store's effect variables and the compared diagnostics only",
-            "all_prompts": bool(fits),
-            "prompts": used,
-            "why": ("they fit the --memory budget" if fits else
-                    "they do not fit the --memory budget: computed on the streamed report's subsample (a and b: the "
-                    "prompt curve's rows, pairs kept; other conditions: a seeded subsample of at most "
-                    f"{SAMPLE_MAX} prompts)")}
-        if not fits:
-            scale["subsample"]["used_for"] = [*scale["subsample"]["used_for"], "causal", "cheap_vs_exact"]
+            "streamed": True, "unit_prompts": effect_sizes,
+            "resampling": ("prompts resampled one by one (units of one prompt)" if max(effect_sizes.values()) == 1
+                           else "bootstrap over units of consecutive prompts (unit_prompts per condition; a and b: "
+                                "the diagnostics' units, so the joint bootstraps move both together)"),
+            "exact": "mean effects, t-tests and p-values, the causal circuit, the AtP means"}
     scale["execution"]["in_memory"] = in_memory
     return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods,
                     taxonomy, standard, independent)
