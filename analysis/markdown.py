@@ -4,6 +4,7 @@ object (summary.json's derived rows come from the same helpers, so the two alway
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -41,20 +42,20 @@ def scale_lines(c) -> list[str]:
         return []
     sub = c.scale["subsample"]
     shown = ", ".join(f"{sub['prompts'][k]:,} of {sub['of'][k]:,} `{k}`" for k in sub["prompts"])
-    text = (f"Streamed over the store's chunks: point estimates exact; {c.scale['resampling']}; "
+    return [f"Streamed over the store's chunks: point estimates exact; {c.scale['resampling']}; "
             f"{c.scale['c_diff_resampling']}; BCa acceleration: {c.scale['bca_acceleration']}. "
             f"Prompt-count curve and figure scatter clouds: "
-            + ("all prompts." if sub["all_prompts"] else f"a seeded random subsample ({shown} prompts)."))
-    if "taxonomy" in c.scale:
-        units = c.scale["taxonomy"]["unit_prompts"]
-        text += (" Head taxonomy: streamed too, means exact, intervals from a bootstrap over units of "
-                 + ", ".join(f"{n} `{k}`" for k, n in units.items()) + " prompt(s).")
-    if "causal" in c.scale:
-        units = c.scale["causal"]["unit_prompts"]
-        text += (" Causal effects and cheap-vs-exact: streamed too, mean effects and t-tests exact, intervals and "
-                 "Spearman intervals from a bootstrap over units of "
-                 + ", ".join(f"{n} `{k}`" for k, n in units.items()) + " prompt(s).")
-    return [text]
+            + ("all prompts." if sub["all_prompts"] else f"a seeded random subsample ({shown} prompts).")]
+
+
+def streamed_note(scale: Mapping[str, Any] | None, key: str, exact: str) -> str:
+    """How a streamed report (summary.json `scale.<key>`) computed a section: '' for in-memory reports."""
+    if not scale or key not in scale:
+        return ""
+    units = scale[key]["unit_prompts"]
+    how = ("prompts resampled one by one" if max(units.values()) == 1 else
+           "resampled over units of " + ", ".join(f"{n} `{k}`" for k, n in units.items()) + " consecutive prompts")
+    return f" Streamed from the store's chunks ({exact} exact; intervals {how}; summary.json `scale.{key}`)."
 
 
 def markdown(an: Analysis) -> str:
@@ -211,7 +212,7 @@ def markdown(an: Analysis) -> str:
     if an.cheap:
         lines += cheap_lines(an)
     if an.taxonomy is not None:
-        lines += taxonomy_lines(an.taxonomy)
+        lines += taxonomy_lines(an.taxonomy, an.comparison.scale)
     lines += ["", "## Figures", ""] + [f"![{f}.png]({f}.png)" for f in figure_names(an)] + [""]
     return "\n".join(lines)
 
@@ -326,7 +327,8 @@ def causal_lines(an: Analysis) -> list[str]:
                    "patching estimates of these) minus the clean "
                    "metric, per prompt; negative = the task relies on the head. Means over the prompts with a task "
                    "target, with 95% BCa bootstrap intervals (prompts resampled with replacement); summary.json "
-                   "`causal`, arrays indexed [layer][head].",
+                   "`causal`, arrays indexed [layer][head]."
+                   + streamed_note(an.comparison.scale, "causal", "mean effects, t-tests, the causal circuit"),
                    [causal_kind_lines(an, kind, e) for kind, e in an.causal.items()])
 
 
@@ -427,7 +429,7 @@ def verdict_line(kind: str, x: CheapVsExact) -> str:
     return said + "; no other method's interval overlaps its interval."
 
 
-def taxonomy_lines(t: HeadTaxonomy) -> list[str]:
+def taxonomy_lines(t: HeadTaxonomy, scale: Mapping[str, Any] | None = None) -> list[str]:
     """The "Head taxonomy" section: the sink rate per condition, the roles and their rule, and every head's
     mean scores per condition with intervals."""
     names = [str(c) for c in t.sink_rate.statistic["condition"].values]
@@ -439,7 +441,8 @@ def taxonomy_lines(t: HeadTaxonomy) -> list[str]:
              "of the current token, induction_attn on tokens that followed an earlier copy of it (TransformerLens's "
              "induction pattern), bos_attn on the first token, log_z the softmax normaliser. "
              f"{' and '.join(NEEDS_REPEATS)} are NaN where the current token has no earlier copy, so a condition "
-             "without repeats shows n/a for them, never 0.")
+             "without repeats shows n/a for them, never 0."
+             + streamed_note(scale, "taxonomy", "means, defined counts and labels"))
     sinks = [f"- **Sink rate** Sink_eps (Gu et al. 2024): share of heads whose mean bos_attn exceeds eps = "
              f"{fmt(t.sink_rate.epsilon)}, among heads with a defined mean; 95% percentile interval over the same "
              "prompt resamples. Uniform causal attention over T tokens gives H_T / T (0.211 at T = 16), below eps."]

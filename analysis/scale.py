@@ -20,8 +20,19 @@
 4. The prompt-count curve and the figures' scatter clouds use a seeded random subsample of at most SAMPLE_MAX
    prompts per condition (all prompts when there are fewer), stated in summary.json's `scale` entry.
 
-Causal effects, cheap estimates and the head taxonomy (stores with effects or taxonomy variables) are still
-computed in memory from the store (analysis.pipeline), as before.
+5. The head taxonomy (every real store has its variables) streams the same way: one pass per (condition, score)
+   forms each prompt's score inside the block task (the last-token value, or the mean over the defined query
+   positions of a query="all" store) and reduces it to units of unit_size(prompts, G_MAX) prompts; means, defined
+   counts, source conditions and labels come exactly from them, the BCa intervals and the sink rate's from the
+   units' bootstrap (analysis.taxonomy.assemble_taxonomy builds the section for both paths).
+6. Causal effects and cheap-vs-exact (stores with effect variables): one pass per condition reduces every effect
+   kind to units (an AtP estimate only where its exact kind has a value); condition a's and b's units have the
+   diagnostics' unit boundaries, so the joint bootstraps (analysis.causal.joint_bootstrap_many) run on the units'
+   multinomial draws and move every effect unit with its diagnostics. Mean effects, t-tests, p-values, the causal
+   circuit and AtP means are exact from the units' totals.
+
+No section loads the store: memory holds units (which do not grow past G_MAX per condition), a few blocks and the
+results.
 """
 
 from __future__ import annotations
@@ -442,6 +453,8 @@ def held_bytes(*objs: Any) -> int:
         seen.add(id(o))
         if isinstance(o, np.ndarray):
             total += o.nbytes
+        elif isinstance(o, xr.DataArray):  # results: loaded (a lazy one would count its nominal size)
+            total += int(o.nbytes)
         elif dataclasses.is_dataclass(o) and not isinstance(o, type):
             stack.extend(getattr(o, f.name) for f in dataclasses.fields(o))
         elif isinstance(o, Mapping):

@@ -284,6 +284,10 @@ def test_taxonomy_effects_and_cheap_sections_match_the_in_memory_report(tmp_path
     assert an.comparison.scale["execution"]["in_memory"] == []
     assert new["scale"]["causal"]["streamed"] and new["scale"]["causal"]["unit_prompts"] == {"ioi": 1}
     assert old["causal"] and old["cheap_vs_exact"] and old["taxonomy"]
+    from analysis.markdown import markdown
+
+    text = markdown(an)  # each section says how it was streamed
+    assert "summary.json `scale.taxonomy`" in text and "summary.json `scale.causal`" in text
     _assert_close(old, {k: v for k, v in new.items() if k != "scale"})
 
 
