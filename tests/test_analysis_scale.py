@@ -159,7 +159,9 @@ def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     monkeypatch.setattr(scale, "G_MAX", 20)
     monkeypatch.setattr(scale, "GC_MAX", 8)
-    ds = make_dataset(n_layers=12, n_heads=12, n_prompts=120, shifts={"kl_norm": {(9, 6): 0.03}}, seed=5)
+    ds = make_dataset(n_layers=12, n_heads=12, n_prompts=120, shifts={"kl_norm": {(9, 6): 0.03}}, seed=5,
+                      roles={"induction": [(5, 1)], "sink": [(0, 0)]}, effects={(9, 6): -1.0},
+                      cheap_kinds=("atp_patch",))  # the taxonomy and effect sections' block kernels run remotely too
     path = write_store(ds, tmp_path / "big.zarr")
     circuit = from_mapping({"roles": {"x": [[9, 6], [9, 9], [10, 0]]}}, name="c", source="test")
 
@@ -167,6 +169,7 @@ def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
         with scale.scheduler_context(scheduler):
             an = scale.run_analysis_streamed(path, circuit, "ioi", "non_ioi", n_boot=99, n_perm=99, **kw)
         assert an.comparison.scale["unit_prompts"] == 6 and an.comparison.scale["cross_unit_prompts"] == 18
+        assert an.taxonomy is not None and an.causal and an.cheap
         return json.dumps(to_jsonable(summary(an)), allow_nan=False)
 
     local = text(None)
