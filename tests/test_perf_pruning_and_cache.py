@@ -140,3 +140,56 @@ def test_run_flags_choose_the_cache(tiny_checkpoint, tmp_path, monkeypatch):
     assert chosen == [str(tmp_path / "c"), None]  # and nothing for --no-compile-cache
     with pytest.raises(SystemExit):
         _parser().parse_args([*base, "--no-compile-cache", "--compile-cache", "x"])
+
+
+def test_prefetched_weights_are_the_files_bytes_and_a_replaced_file_is_read_again(tiny_checkpoint, tmp_path):
+    """What the CLI starts reading before JAX imports is what reading the file now gives; a file replaced
+    in between (new size/mtime/inode) is read afresh, never served stale; errors reach the reader."""
+    import hashlib
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from jaxdiag import prefetch
+
+    weights = tmp_path / "model.safetensors"
+    shutil.copy(tiny_checkpoint / "model.safetensors", weights)
+    prefetch.start(weights)
+    assert prefetch.sha256(weights) == hashlib.sha256(weights.read_bytes()).hexdigest()
+    fresh = load_file(str(weights))
+    got = prefetch.safetensors(weights)
+    assert got.keys() == fresh.keys() and all(np.array_equal(got[k], fresh[k]) for k in fresh)
+
+    prefetch.start(weights)
+    weights.unlink()  # replaced by other weights after the run started reading
+    other = {"wte.weight": np.ones((2, 3), np.float32)}
+    from safetensors.numpy import save_file
+
+    save_file(other, str(weights))
+    assert prefetch.sha256(weights) == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert list(prefetch.safetensors(weights)) == ["wte.weight"]
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not safetensors")
+    prefetch.start(broken)
+    with pytest.raises(Exception):
+        prefetch.safetensors(broken)
+
+
+_RUN_IMPORTS = """
+import sys
+from jaxdiag.cli import main
+code = main(sys.argv[1:])
+print(code, *sorted(m for m in ("xarray", "pandas", "dask", "matplotlib", "scipy") if m in sys.modules))
+"""
+
+
+def test_jaxdiag_run_imports_neither_xarray_nor_dask(tiny_checkpoint, tmp_path):
+    """`jaxdiag run` writes its store through Zarr directly: xarray, pandas and dask (~1 s of start-up) stay out."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"condition": "a", "tokens": [1, 2, 3]}\n{"condition": "b", "tokens": [4, 5]}\n')
+    done = subprocess.run([sys.executable, "-c", _RUN_IMPORTS, "run", "--model", str(tiny_checkpoint), "--prompts",
+                           str(prompts), "--quiet", "--no-compile-cache", "--out", str(tmp_path / "s.zarr")],
+                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"], done.stdout
