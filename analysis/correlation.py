@@ -70,7 +70,8 @@ def max_abs_offdiag(c: np.ndarray) -> float:
 def correlation_from_moments(total: np.ndarray, cross: np.ndarray, n: int) -> np.ndarray:
     """Pearson matrices from column sums [..., k] and cross-product matrices X^T X [..., k, k] of n rows."""
     cov = cross - total[..., :, None] * total[..., None, :] / n
-    sd = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
+    # a constant head's variance cancels to 0 or a rounding-sized negative: 0, so its correlations are NaN
+    sd = np.sqrt(np.clip(np.diagonal(cov, axis1=-2, axis2=-1), 0.0, None))
     with quiet():
         return cov / (sd[..., :, None] * sd[..., None, :])
 

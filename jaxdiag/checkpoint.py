@@ -21,7 +21,7 @@ from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.model import GPT2
 from jaxdiag.paths import WEIGHT_FILES, local_model_dir, user_path, weights_file
-from jaxdiag.schema import BUILTIN_PREFIX, Precision
+from jaxdiag.schema import Precision
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")

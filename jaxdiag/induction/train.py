@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,7 +20,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm import tqdm
 
@@ -33,6 +28,7 @@ from jaxdiag.config import GPT2Config
 from jaxdiag.induction.data import BOS_ID, copying_set, training_batch
 from jaxdiag.induction.metrics import compile_predict, copying_accuracy, next_token_nll
 from jaxdiag.model import GPT2
+from jaxdiag.training import adamw_warmup_constant, compile_train_step, training_record
 
 EVAL_SEED = 12345  # the copying-accuracy prompts; fixed, independent of the training seed
 
@@ -84,23 +80,6 @@ def _loss(model: GPT2, tokens: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(next_token_nll(model, tokens) * weights) / jnp.sum(weights)
 
 
-def _compile_step(model: GPT2, tx: optax.GradientTransformation):
-    """A jitted pure ``(params, opt_state, tokens, weights) -> (params, opt_state, loss)``.
-
-    Parameters travel as a plain pytree (nnx.split once, outside the loop), which keeps the
-    per-step Python overhead of ``nnx.jit`` graph traversal out of a 2,000-step CPU run.
-    """
-    graphdef, params = nnx.split(model, nnx.Param)
-
-    @jax.jit
-    def step(params, opt_state, tokens, weights):
-        loss, grads = jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p), tokens, weights))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return graphdef, params, step
-
-
 def evaluate(model: GPT2, cfg: TrainConfig, n_tokens: int | None = None) -> dict[str, float]:
     """Copying accuracy on held-out prompts (default: the full context): varied copies and halves."""
     predict = compile_predict(model)
@@ -120,10 +99,8 @@ def train(cfg: TrainConfig, seed: int, *, progress: bool = True, snapshots: Path
     """
     rng = np.random.default_rng(seed)
     model = GPT2(cfg.model_config(), precision="highest", rngs=nnx.Rngs(seed))
-    # Constant after warm-up, so a run of N steps is exactly the first N steps of any longer run.
-    schedule = optax.warmup_constant_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(schedule, weight_decay=cfg.weight_decay))
-    graphdef, params, step = _compile_step(model, tx)
+    tx = adamw_warmup_constant(cfg.learning_rate, cfg.warmup_steps, cfg.clip_norm, cfg.weight_decay)
+    graphdef, params, step = compile_train_step(model, tx, _loss)
     opt_state = tx.init(params)
     history = []
     bar = tqdm(total=cfg.total_steps, disable=not progress, desc="training", mininterval=5)
@@ -192,22 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     model, summary = train(cfg, args.seed, progress=not args.no_progress, snapshots=args.snapshots)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     save_checkpoint(model, args.out)
-    record = {
-        "command": "python -m jaxdiag.induction.train " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "seed": args.seed,
-        "train_config": dataclasses.asdict(cfg),
-        "final_loss": summary["final_loss"],
-        "copying_accuracy": summary["copying_accuracy"],
-        "copying_eval": {"seed": EVAL_SEED, "prompts": cfg.eval_prompts, "n_tokens": cfg.n_positions + 1},
-        "loss_history": summary["loss_history"],
-        "wall_time_s": round(wall, 1),
-        "cpu_time_s": round(cpu, 1),  # summed over threads; wall time on a shared machine overstates
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": {
-            "jax": jax.__version__, "optax": optax.__version__, "backend": jax.default_backend(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        },
-    }
+    record = training_record(
+        "jaxdiag.induction.train", sys.argv[1:] if argv is None else argv, args.seed, cfg, wall, cpu,
+        final_loss=summary["final_loss"], copying_accuracy=summary["copying_accuracy"],
+        copying_eval={"seed": EVAL_SEED, "prompts": cfg.eval_prompts, "n_tokens": cfg.n_positions + 1},
+        loss_history=summary["loss_history"])
     (args.out / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("final_loss", "copying_accuracy", "wall_time_s")}))
     return 0

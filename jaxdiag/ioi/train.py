@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +23,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm import tqdm
 
@@ -36,6 +31,7 @@ from jaxdiag.config import GPT2Config
 from jaxdiag.ioi import data
 from jaxdiag.ioi.metrics import evaluate
 from jaxdiag.model import GPT2
+from jaxdiag.training import adamw_warmup_constant, compile_train_step, training_record
 from jaxdiag.tokenizer import GPT2_VOCAB_SIZE
 
 
@@ -97,19 +93,6 @@ def _loss(model: GPT2, tokens: jax.Array, lengths: jax.Array, targets: jax.Array
     return -jnp.mean(jax.nn.logsumexp(picked, axis=-1))
 
 
-def _compile_step(model: GPT2, tx: optax.GradientTransformation):
-    """A jitted pure ``(params, opt_state, tokens, lengths, targets) -> (params, opt_state, loss)``."""
-    graphdef, params = nnx.split(model, nnx.Param)
-
-    @jax.jit
-    def step(params, opt_state, tokens, lengths, targets):
-        loss, grads = jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p), tokens, lengths, targets))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return graphdef, params, step
-
-
 def training_batch(rng: np.random.Generator, cfg: TrainConfig, words, used: np.ndarray) -> tuple[np.ndarray, ...]:
     """One batch in compact ids, padded to the next multiple of 8 tokens (few compiled shapes)."""
     examples = data.training_examples(rng, cfg.batch_size, cfg.mixture, words)
@@ -131,9 +114,8 @@ def train(cfg: TrainConfig, seed: int, *, progress: bool = True, eval_every: int
     words = data.word_pool(cfg.n_words)
     used = data.used_vocabulary(words)
     model = GPT2(compact_config(cfg, used), precision="highest", rngs=nnx.Rngs(seed))
-    schedule = optax.warmup_constant_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(schedule, weight_decay=cfg.weight_decay))
-    graphdef, params, step = _compile_step(model, tx)
+    tx = adamw_warmup_constant(cfg.learning_rate, cfg.warmup_steps, cfg.clip_norm, cfg.weight_decay)
+    graphdef, params, step = compile_train_step(model, tx, _loss)
     opt_state = tx.init(params)
     history = []
     bar = tqdm(total=cfg.steps, disable=not progress, desc="training", mininterval=5)
@@ -193,28 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     save_checkpoint(model, args.out)
     words = data.word_pool(cfg.n_words)
-    record = {
-        "command": "python -m jaxdiag.ioi.train " + shlex.join(_recorded_args(sys.argv[1:] if argv is None else argv)),
-        "seed": args.seed,
-        "train_config": dataclasses.asdict(cfg),
-        "final_loss": summary["final_loss"],
-        "evaluation": summary["evaluation"],
-        "loss_history": summary["loss_history"],
-        "wall_time_s": round(wall, 1),
-        "cpu_time_s": round(cpu, 1),  # summed over threads; wall time on a shared machine overstates
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": {
-            "jax": jax.__version__, "optax": optax.__version__, "backend": jax.default_backend(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        },
-        "data": {
-            "train_names": list(data.TRAIN_NAMES), "heldout_names": list(data.HELDOUT_NAMES),
-            "places": list(data.PLACES), "objects": list(data.OBJECTS),
-            "train_templates": list(data.TRAIN_TEMPLATES), "heldout_templates": list(data.HELDOUT_TEMPLATES),
-            "prefixes": list(data.PREFIXES), "single_templates": list(data.SINGLE_TEMPLATES),
-            "context_words": list(data.CONTEXT_WORDS), "word_pool": list(words),
-            "used_vocabulary_size": int(len(data.used_vocabulary(words))),
-        },
+    record = training_record(
+        "jaxdiag.ioi.train", _recorded_args(sys.argv[1:] if argv is None else argv), args.seed, cfg, wall, cpu,
+        final_loss=summary["final_loss"], evaluation=summary["evaluation"], loss_history=summary["loss_history"])
+    record["data"] = {
+        "train_names": list(data.TRAIN_NAMES), "heldout_names": list(data.HELDOUT_NAMES),
+        "places": list(data.PLACES), "objects": list(data.OBJECTS),
+        "train_templates": list(data.TRAIN_TEMPLATES), "heldout_templates": list(data.HELDOUT_TEMPLATES),
+        "prefixes": list(data.PREFIXES), "single_templates": list(data.SINGLE_TEMPLATES),
+        "context_words": list(data.CONTEXT_WORDS), "word_pool": list(words),
+        "used_vocabulary_size": int(len(data.used_vocabulary(words))),
     }
     (args.out / "training_record.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({"final_loss": record["final_loss"], "wall_time_s": record["wall_time_s"],
