@@ -15,6 +15,12 @@ Also measured in the same run:
   step does less, so pruning shows as a higher fraction);
 - the CPU model and its vector extensions, which decide the GEMM rates (AVX2 vs AVX-512 machines).
 
+This shared machine drifts: the same tool ran 12-21 % slower from one run to the next. So each round
+also measures the GEMM rate again right before its jaxdiag run, and the summary gives, beside the
+run-wide figures (medians over rounds against the best GEMM rate of the run), the median over rounds
+of each round's own figures: jaxdiag against that round's ceiling and against the faster PyTorch
+tool of that round.
+
 Writes ``PROCESS.md`` and ``process.json`` to ``--out-dir`` (default: this directory); ``--smoke``
 writes ``PROCESS_SMOKE.md`` and ``process_smoke.json``.
 """
@@ -94,8 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"could not build the benchmark checkpoint: {made['error']}")
         prompts = write_prompts(tmp / "prompts.jsonl", args.prompts, model["vocab_size"])
         startup = write_prompts(tmp / "startup.jsonl", STARTUP_PROMPTS, model["vocab_size"])
-        gemm = {lib: bench.run({"kind": "gemm", "library": lib, "shapes": gemm_shapes(model, BATCH, SEQ),
-                                "repeats": 10}) for lib in ("torch", "xla")}
+        shapes = gemm_shapes(model, BATCH, SEQ)
+        gemm = {lib: bench.run({"kind": "gemm", "library": lib, "shapes": shapes, "repeats": 10})
+                for lib in ("torch", "xla")}
         results["gemm"] = gemm
 
         def jaxdiag(prompt_file: Path, *cache: str) -> dict[str, Any]:
@@ -119,9 +126,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         warm = tmp / "cache-sweep"
         jaxdiag(prompts, "--compile-cache", str(warm))  # fills the cache for the sweep's shapes
         runs: dict[str, list] = {tool: [] for tool in TOOLS}
+        results["round_gemm"] = []
         for round_ in range(args.rounds):
             order = TOOLS[round_ % len(TOOLS):] + TOOLS[:round_ % len(TOOLS)]
             for tool in order:
+                if tool == "jaxdiag":
+                    results["round_gemm"].append({lib: bench.run({"kind": "gemm", "library": lib, "shapes": shapes,
+                                                                  "repeats": 5}) for lib in ("torch", "xla")})
                 runs[tool].append(jaxdiag(prompts, "--compile-cache", str(warm)) if tool == "jaxdiag"
                                   else torch_tool(tool))
         results["whole_process"] = runs
@@ -156,6 +167,30 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         out["speedup_vs_faster_pytorch_tool"] = jd / torch_best
     if jd and out["ceiling_prompts_per_s"]:
         out["fraction_of_ceiling"] = jd / out["ceiling_prompts_per_s"]
+    out.update(_per_round(results, dense, n))
+    return out
+
+
+def _per_round(results: dict[str, Any], dense_flops: float, n: int) -> dict[str, Any]:
+    """Each round's jaxdiag rate against that round's GEMM ceiling and its faster PyTorch tool; medians."""
+    runs = results["whole_process"]
+    fractions, ratios = [], []
+    for r, gemm in enumerate(results.get("round_gemm", [])):
+        jd = runs["jaxdiag"][r] if r < len(runs["jaxdiag"]) else {"error": "missing"}
+        if "error" in jd:
+            continue
+        rate = n / jd["seconds"]
+        best = max(g.get("best_gflops") or 0 for g in gemm.values())
+        if best:
+            fractions.append(rate / (best * 1e9 / dense_flops))
+        others = [n / runs[t][r]["seconds"] for t in TOOLS[1:] if r < len(runs[t]) and "error" not in runs[t][r]]
+        if others:
+            ratios.append(rate / max(others))
+    out: dict[str, Any] = {"round_fraction_of_ceiling": fractions, "round_speedup": ratios}
+    if fractions:
+        out["median_round_fraction_of_ceiling"] = statistics.median(fractions)
+    if ratios:
+        out["median_round_speedup"] = statistics.median(ratios)
     return out
 
 
@@ -200,6 +235,11 @@ def write(results: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
         f"| FLOP ceiling, prompts/s | {fmt(s['ceiling_prompts_per_s'])} |",
         f"| jaxdiag median, fraction of the ceiling (goal ≥ 0.90) | {fmt(s.get('fraction_of_ceiling'), 2)} |",
         f"| jaxdiag median / faster PyTorch tool's median (goal ≥ 1.3) | {fmt(s.get('speedup_vs_faster_pytorch_tool'), 2)} |",
+        f"| each round: jaxdiag / that round's ceiling (GEMM rate measured right before it) | "
+        f"{', '.join(fmt(x, 2) for x in s.get('round_fraction_of_ceiling', [])) or '—'}; median "
+        f"{fmt(s.get('median_round_fraction_of_ceiling'), 2)} |",
+        f"| each round: jaxdiag / that round's faster PyTorch tool | "
+        f"{', '.join(fmt(x, 2) for x in s.get('round_speedup', [])) or '—'}; median {fmt(s.get('median_round_speedup'), 2)} |",
         "", f"## Start-up: `jaxdiag run` on {STARTUP_PROMPTS} prompts", "",
         "| compilation cache | seconds, median | min | max |", "|---|---|---|---|",
     ]
