@@ -194,6 +194,17 @@ def effects_circuit(kind: str, store: xr.Dataset | None, condition: str | None) 
                    f"store effect_{kind}")
 
 
+def circuit_toml(comments: list[str], *, name: str, description: str, n_layers: int, n_heads: int,
+                 ablation: str, roles: dict[str, list[tuple[int, int]]]) -> str:
+    """A circuit file (what :func:`read_circuit_file` reads): ``comments`` as ``#`` lines, the header,
+    ``ablation`` (a JSON file beside it) and the ``[roles]`` table of "layer.head" lists."""
+    heads = lambda members: ", ".join(f'"{head_label(l, h)}"' for l, h in members)
+    lines = [*(f"# {line}" for line in comments), f'name = "{name}"', f'description = "{description}"',
+             f"n_layers = {n_layers}", f"n_heads = {n_heads}", f'ablation = "{ablation}"', "", "[roles]",
+             *(f'"{role}" = [{heads(members)}]' for role, members in roles.items())]
+    return "\n".join(lines) + "\n"
+
+
 def read_circuit_file(path: Path) -> dict[str, Any]:
     """A circuit file's document, made self-contained: ``name`` defaults to the file stem and an
     ablation file named by a relative path is read in (a run config keeps this inline in its store)."""

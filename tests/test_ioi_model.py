@@ -135,3 +135,21 @@ def test_mean_ablating_the_circuit_removes_most_of_the_logit_difference(loaded, 
     joint = joint_ablation(loaded.model, pairs.ioi, means, circuit_heads, draws=20, seed=TEST_SEED)
     assert joint["circuit_removed"] >= 0.8, joint
     assert joint["random_removed"]["max"] < joint["circuit_removed"] - 0.3, joint
+
+
+@pytest.mark.parametrize("name", ["ioi-4l8h", "induction-3l8h"])
+def test_the_one_circuit_writer_renders_the_shipped_circuit_files(name):
+    """analysis.circuits.circuit_toml (what both identify scripts write with) gives each shipped circuit.toml
+    back, byte for byte, from its own contents."""
+    import tomllib
+
+    from analysis.circuits import circuit_toml
+    from jaxdiag.paths import builtin_model_dir
+
+    text = (builtin_model_dir(f"builtin:{name}") / "circuit.toml").read_text()
+    doc = tomllib.loads(text)
+    comments = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    roles = {role: [tuple(int(x) for x in head.split(".")) for head in heads] for role, heads in doc["roles"].items()}
+    rendered = circuit_toml(comments, name=doc["name"], description=doc["description"], n_layers=doc["n_layers"],
+                            n_heads=doc["n_heads"], ablation=doc["ablation"], roles=roles)
+    assert rendered == text

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.circuits import circuit_toml
 from jaxdiag.checkpoint import load_checkpoint, resolve
 from jaxdiag.induction.ablation import ablated_accuracy, mean_head_outputs, per_head_drops
 from jaxdiag.induction.data import CopyingSet, copying_set, random_set
@@ -184,22 +185,17 @@ def write_circuit(directory: Path, found: Identification, joint: dict[str, float
     """``circuit.toml`` (roles, for ``jaxdiag report``) and ``ablation.json`` (per-head effects)."""
     n_layers, n_heads = found.mean_drop.shape
     roles = found.roles()
-    lines = [
-        "# Heads of the shipped induction model's circuit, found WITHOUT the attention diagnostics:",
-        f"# a role needs attention score >= {ROLE_SCORE} on the role's target and a causal effect on copying",
-        f"# >= {ROLE_DROP} (the drop when the head alone is mean-ablated, or the accuracy it restores alone",
-        "# while the rest of its role group is mean-ablated), or a positive effect within a role group whose",
-        f"# joint mean-ablation costs >= {ROLE_DROP} (python -m jaxdiag.induction.identify).",
-        f'name = "{directory.name}"',
-        f'description = "Induction circuit of jaxdiag\'s shipped {n_layers}x{n_heads} GPT-2 (identified by attention + ablation)"',
-        f"n_layers = {n_layers}",
-        f"n_heads = {n_heads}",
-        'ablation = "ablation.json"',
-        "",
-        "[roles]",
-        *(f'"{role}" = [{", ".join(f"{chr(34)}{l}.{h}{chr(34)}" for l, h in heads)}]' for role, heads in roles.items()),
+    comments = [
+        "Heads of the shipped induction model's circuit, found WITHOUT the attention diagnostics:",
+        f"a role needs attention score >= {ROLE_SCORE} on the role's target and a causal effect on copying",
+        f">= {ROLE_DROP} (the drop when the head alone is mean-ablated, or the accuracy it restores alone",
+        "while the rest of its role group is mean-ablated), or a positive effect within a role group whose",
+        f"joint mean-ablation costs >= {ROLE_DROP} (python -m jaxdiag.induction.identify).",
     ]
-    (directory / "circuit.toml").write_text("\n".join(lines) + "\n")
+    (directory / "circuit.toml").write_text(circuit_toml(
+        comments, name=directory.name, n_layers=n_layers, n_heads=n_heads, ablation="ablation.json",
+        description=f"Induction circuit of jaxdiag's shipped {n_layers}x{n_heads} GPT-2 (identified by attention + ablation)",
+        roles=roles))
     record = {
         "effect": _grid(found.causal_effect()),
         "description": "[layer][head] causal effect on copying accuracy (fraction of copyable tokens): the larger "

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from analysis.circuits import circuit_toml
 from jaxdiag.checkpoint import load_checkpoint, resolve
 from jaxdiag.effects import head_effects, head_output_sums, head_outputs, task_readout
 from jaxdiag.interventions import mean_heads
@@ -235,22 +236,16 @@ def write_circuit(directory: Path, found: Identification, joint: dict, n_prompts
     """``circuit.toml`` (roles, for ``jaxdiag report``) and ``identify.json`` (per-head evidence)."""
     n_layers, n_heads = found.mean_effect("patch").shape
     roles = found.roles()
-    quote = lambda heads: ", ".join(f'"{l}.{h}"' for l, h in heads)
-    lines = [
-        "# The IOI circuit of jaxdiag's shipped IOI model, found WITHOUT the attention diagnostics",
-        f"# (python -m jaxdiag.ioi.identify): heads whose patching from ABC counterfactuals or mean-ablation",
-        f"# moves logit(IO) - logit(S) by >= {EFFECT_SHARE} of the largest head's move, named by the attention pattern",
-        f"# they show most (>= {ROLE_SCORE}; else Other). identify.json holds the per-head effects.",
-        f'name = "{directory.name}"',
-        f'description = "IOI circuit of jaxdiag\'s shipped {n_layers}x{n_heads} GPT-2 (identified by patching + attention)"',
-        f"n_layers = {n_layers}",
-        f"n_heads = {n_heads}",
-        'ablation = "identify.json"',
-        "",
-        "[roles]",
-        *(f'"{role}" = [{quote(heads)}]' for role, heads in roles.items()),
+    comments = [
+        "The IOI circuit of jaxdiag's shipped IOI model, found WITHOUT the attention diagnostics",
+        "(python -m jaxdiag.ioi.identify): heads whose patching from ABC counterfactuals or mean-ablation",
+        f"moves logit(IO) - logit(S) by >= {EFFECT_SHARE} of the largest head's move, named by the attention pattern",
+        f"they show most (>= {ROLE_SCORE}; else Other). identify.json holds the per-head effects.",
     ]
-    (directory / "circuit.toml").write_text("\n".join(lines) + "\n")
+    (directory / "circuit.toml").write_text(circuit_toml(
+        comments, name=directory.name, n_layers=n_layers, n_heads=n_heads, ablation="identify.json",
+        description=f"IOI circuit of jaxdiag's shipped {n_layers}x{n_heads} GPT-2 (identified by patching + attention)",
+        roles=roles))
     record = {
         "effect": _grid(np.abs(found.mean_effect("patch")), 3),
         "description": "effect: [layer][head] |mean change of logit(IO) - logit(S)| when the head's output is "
