@@ -177,6 +177,7 @@ class Bert(Family):
 
     family = "bert"
     mask = "bidirectional"
+    encoder_type = Encoder  # ALBERT's shares its layers
 
     def __init__(self, config: EncoderConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
         from jaxdiag.model import precision_settings
@@ -185,7 +186,7 @@ class Bert(Family):
         self.config = config
         self.precision_name = precision
         self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
-        self.encoder = Encoder(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
+        self.encoder = self.encoder_type(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
 
     def embed(self, tokens):
         return self.embeddings(tokens)
@@ -248,15 +249,7 @@ class Albert(Bert):
     ``i // (n_layer / n_groups)``; with one group, the same layer ``n_layer`` times."""
 
     family = "albert"
-
-    def __init__(self, config: EncoderConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        from jaxdiag.model import precision_settings
-
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.precision_name = precision
-        self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
-        self.encoder = AlbertEncoder(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
+    encoder_type = AlbertEncoder
 
     def embed(self, tokens):
         return self.encoder.embedding_hidden_mapping_in(self.embeddings(tokens))
