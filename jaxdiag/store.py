@@ -239,6 +239,11 @@ def _as_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _zarr_dtype(values: np.ndarray) -> Any:
+    """Zarr's dtype for ``values``: ``str`` (variable-length UTF-8) for text, as xarray stores it."""
+    return str if values.dtype.kind == "U" else values.dtype
+
+
 @dataclasses.dataclass(frozen=True)
 class ArraySpec:
     """One Zarr array of the store: what creating it needs, and, for arrays written at creation, its values."""
@@ -271,16 +276,14 @@ def store_template(layout: Layout, attrs: Mapping[str, Any], *,
              **index_coordinates(layout.diagnostic_shape(), layout.query, 0, n)}
     for name, column in empty.items():
         rest = column.values.shape[1:]
-        string = column.values.dtype.kind == "U"
         arrays[name] = ArraySpec(
             ("condition", *column.dims), (n_conditions, n, *rest), (1, layout.chunk_size, *rest),
-            str if string else column.values.dtype, column.values.flat[0].item(),
+            _zarr_dtype(column.values), column.values.flat[0].item(),
             # every per-prompt coordinate, as schema 1 has it
             {**column.attrs, "coordinates": coordinates} if column.data else dict(column.attrs))
     for name, array in index.items():
-        string = array.dtype.kind == "U"
-        arrays[name] = ArraySpec((name,), array.shape, array.shape, str if string else array.dtype,
-                                 "" if string else 0, {}, array)
+        dtype = _zarr_dtype(array)
+        arrays[name] = ArraySpec((name,), array.shape, array.shape, dtype, "" if dtype is str else 0, {}, array)
     if head_mean is not None:
         head_mean = np.asarray(head_mean, np.float32)
         arrays["head_mean"] = ArraySpec(("layer", "head", "d_head"), head_mean.shape, head_mean.shape, np.float32,
