@@ -55,13 +55,19 @@ def torch_forward(model, token_lists, *, base=None):
     return (*ours, reference)
 
 
-def _forward(model, token_lists, *, base=None):
+def torch_padded(token_lists) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and the attention mask (1 on real tokens) of a ragged batch, for torch models."""
     width = max(map(len, token_lists))
     tokens = torch.zeros((len(token_lists), width), dtype=torch.long)
     mask = torch.zeros_like(tokens)
     for i, seq in enumerate(token_lists):
         tokens[i, : len(seq)] = torch.tensor(seq)
         mask[i, : len(seq)] = 1
+    return tokens, mask
+
+
+def _forward(model, token_lists, *, base=None):
+    tokens, mask = torch_padded(token_lists)
     base = base if base is not None else model.base_model
     with torch.no_grad():
         out = base(tokens, attention_mask=mask, output_attentions=True)

@@ -65,3 +65,20 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert left[name].dtype == np.float32
         np.testing.assert_array_equal(left[name].values.view(np.uint32), right[name].values.view(np.uint32),
                                       err_msg=f"{name} differs in its bits")
+
+
+def disk_fills_after(writes: int):
+    """A stand-in for ``jaxdiag.sweep.write_chunk`` that writes ``writes`` chunks, then fails as a full disk does."""
+    import errno
+
+    import jaxdiag.sweep
+
+    real, calls = jaxdiag.sweep.write_chunk, []
+
+    def fills_up(*a, **k):
+        calls.append(1)
+        if len(calls) > writes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*a, **k)
+
+    return fills_up

@@ -10,6 +10,7 @@ import jaxdiag
 from jaxdiag.probes import ATTENTION_PROBE
 from jaxdiag.schema import DIAGNOSTICS
 from tests.conftest import TINY_CONFIG, write_torch_checkpoint
+from tests.families import padded, torch_padded
 from tests.reference import assert_close, reference_diagnostics
 
 GPT2_SMALL = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
@@ -24,12 +25,7 @@ def torch_forward(directory, token_lists):
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager").eval()
-    width = max(map(len, token_lists))
-    tokens = torch.zeros((len(token_lists), width), dtype=torch.long)
-    mask = torch.zeros_like(tokens)
-    for i, seq in enumerate(token_lists):
-        tokens[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
+    tokens, mask = torch_padded(token_lists)
     with torch.no_grad():
         out = model(tokens, attention_mask=mask, output_attentions=True, output_hidden_states=True)
     return torch.stack(out.attentions).numpy(), out.hidden_states[-1].numpy()
@@ -51,11 +47,7 @@ def checkpoint_and_batch(request, tmp_path_factory, tiny_checkpoint):
 def test_attention_and_hidden_states_match_transformers(checkpoint_and_batch):
     directory, token_lists, attentions, hidden = checkpoint_and_batch
     loaded = jaxdiag.load(str(directory))
-    width = attentions.shape[-1]
-    tokens = np.zeros((len(token_lists), width), dtype=np.int32)
-    for i, seq in enumerate(token_lists):
-        tokens[i, : len(seq)] = seq
-    lengths = np.array([len(t) for t in token_lists], dtype=np.int32)
+    tokens, lengths = padded(token_lists, attentions.shape[-1])
     out = loaded.model(tokens, lengths, probes=(ATTENTION_PROBE,), query="all")
     ours_attn, ours_hidden = np.moveaxis(np.asarray(out.probes["attention"]), 1, 0), np.asarray(out.hidden)
     for b, n in enumerate(lengths):

@@ -24,7 +24,8 @@ from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.store import CLAIM, PROGRESS_DIR, create_store, done_chunks, is_store
 from tests.test_sweep_chunks import LAYOUT
-from tests.sweep_helpers import REPO, TOKEN_MODEL, assert_same_store, save_tiny_model, write_token_prompts
+from tests.sweep_helpers import (REPO, TOKEN_MODEL, assert_same_store, disk_fills_after, save_tiny_model,
+                                 write_token_prompts)
 from tests.test_sweep_parallel import _free_port
 
 COUNTS = {"a": 21, "b": 13}  # chunks of 4: 6 + 4 = 10 chunks
@@ -64,15 +65,8 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def test_memory_url_runs_fails_resumes_and_reports_like_a_path(setup, memory_url, monkeypatch, capsys):
     args, url = setup["args"], memory_url
-    real, calls = jaxdiag.sweep.write_chunk, []
-
-    def fills_up(*a, **k):
-        calls.append(1)
-        if len(calls) > 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(*a, **k)
-
-    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", fills_up)
+    real = jaxdiag.sweep.write_chunk
+    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", disk_fills_after(3))
     assert main(["run", *args, "--out", url]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "12 of 34 prompts are stored" in err and url in err and "--resume" in err

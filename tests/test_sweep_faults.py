@@ -16,7 +16,8 @@ import pytest
 import jaxdiag.sweep
 from jaxdiag.cli import main
 from jaxdiag.store import PROGRESS_DIR
-from tests.sweep_helpers import REPO, TOKEN_MODEL, assert_same_store, save_tiny_model, write_token_prompts
+from tests.sweep_helpers import (REPO, TOKEN_MODEL, assert_same_store, disk_fills_after, save_tiny_model,
+                                 write_token_prompts)
 
 COUNTS = {"a": 21, "b": 13}
 
@@ -36,15 +37,7 @@ def test_a_full_disk_is_one_line_and_resume_completes_the_store(setup, monkeypat
     root, args, reference = setup
     out = root / "full.zarr"
     real = jaxdiag.sweep.write_chunk
-    calls = []
-
-    def fills_up(*a, **k):
-        calls.append(1)
-        if len(calls) > 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(*a, **k)
-
-    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", fills_up)
+    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", disk_fills_after(3))
     assert main(["run", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "No space left on device" in err and "--resume" in err and str(out) in err
