@@ -15,7 +15,7 @@ Also measured in the same run:
   step does less, so pruning shows as a higher fraction);
 - the CPU model and its vector extensions, which decide the GEMM rates (AVX2 vs AVX-512 machines).
 
-This shared machine drifts: the same tool ran 12-21 % slower from one run to the next. So each round
+This shared machine drifts: the same tool ran 11-21 % slower from one run to the next. So each round
 also measures the GEMM rate again right before its jaxdiag run, and the summary gives, beside the
 run-wide figures (medians over rounds against the best GEMM rate of the run), the median over rounds
 of each round's own figures: jaxdiag against that round's ceiling and against the faster PyTorch
