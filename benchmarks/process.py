@@ -16,10 +16,12 @@ Also measured in the same run:
 - the CPU model and its vector extensions, which decide the GEMM rates (AVX2 vs AVX-512 machines).
 
 This shared machine drifts: the same tool ran 11-21 % slower from one run to the next. So each round
-also measures the GEMM rate again right before its jaxdiag run, and the summary gives, beside the
-run-wide figures (medians over rounds against the best GEMM rate of the run), the median over rounds
-of each round's own figures: jaxdiag against that round's ceiling and against the faster PyTorch
-tool of that round.
+also measures the GEMM rate again right before and right after its jaxdiag run, and the summary
+gives, beside the run-wide figures (medians over rounds against the best GEMM rate of the run), the
+median over rounds of each round's own figures: jaxdiag against that round's ceiling (the mean of
+the two GEMM rates around it) and against the faster PyTorch tool of that round. A
+``startup_phases`` worker times the pieces of a warm start-up in one process (imports, checkpoint
+hash, load, trace, lower, cache read, first execution).
 
 Writes ``PROCESS.md`` and ``process.json`` to ``--out-dir`` (default: this directory); ``--smoke``
 writes ``PROCESS_SMOKE.md`` and ``process_smoke.json``.
@@ -122,19 +124,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows["warm cache"].append(jaxdiag(startup, "--compile-cache", str(cache)))
             rows["no cache"].append(jaxdiag(startup, "--no-compile-cache"))
         results["startup"] = rows
+        phases_spec = {"kind": "startup_phases", "checkpoint": ckpt, "cache": str(tmp / "cache-phases"),
+                       "batch": BATCH, "seq": SEQ}
+        bench.run(phases_spec)  # fills the cache for the step's shapes
+        results["startup_phases"] = [bench.run(phases_spec) for _ in range(args.rounds)]
 
         warm = tmp / "cache-sweep"
         jaxdiag(prompts, "--compile-cache", str(warm))  # fills the cache for the sweep's shapes
         runs: dict[str, list] = {tool: [] for tool in TOOLS}
+
+        def round_ceiling() -> dict[str, Any]:
+            return {lib: bench.run({"kind": "gemm", "library": lib, "shapes": shapes, "repeats": 5})
+                    for lib in ("torch", "xla")}
+
         results["round_gemm"] = []
         for round_ in range(args.rounds):
             order = TOOLS[round_ % len(TOOLS):] + TOOLS[:round_ % len(TOOLS)]
             for tool in order:
                 if tool == "jaxdiag":
-                    results["round_gemm"].append({lib: bench.run({"kind": "gemm", "library": lib, "shapes": shapes,
-                                                                  "repeats": 5}) for lib in ("torch", "xla")})
-                runs[tool].append(jaxdiag(prompts, "--compile-cache", str(warm)) if tool == "jaxdiag"
-                                  else torch_tool(tool))
+                    before = round_ceiling()
+                    runs[tool].append(jaxdiag(prompts, "--compile-cache", str(warm)))
+                    results["round_gemm"].append({"before": before, "after": round_ceiling()})
+                else:
+                    runs[tool].append(torch_tool(tool))
         results["whole_process"] = runs
     results["summary"] = summarise(results)
     write(results, args.out_dir, "_SMOKE" if args.smoke else "")
@@ -168,6 +180,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     if jd and out["ceiling_prompts_per_s"]:
         out["fraction_of_ceiling"] = jd / out["ceiling_prompts_per_s"]
     out.update(_per_round(results, dense, n))
+    out["startup_phases_s"] = _phases(results)
     return out
 
 
@@ -180,7 +193,7 @@ def _per_round(results: dict[str, Any], dense_flops: float, n: int) -> dict[str,
         if "error" in jd:
             continue
         rate = n / jd["seconds"]
-        best = max(g.get("best_gflops") or 0 for g in gemm.values())
+        best = round_gemm_rate(gemm)
         if best:
             fractions.append(rate / (best * 1e9 / dense_flops))
         others = [n / runs[t][r]["seconds"] for t in TOOLS[1:] if r < len(runs[t]) and "error" not in runs[t][r]]
@@ -191,6 +204,24 @@ def _per_round(results: dict[str, Any], dense_flops: float, n: int) -> dict[str,
         out["median_round_fraction_of_ceiling"] = statistics.median(fractions)
     if ratios:
         out["median_round_speedup"] = statistics.median(ratios)
+    return out
+
+
+def round_gemm_rate(gemm: dict[str, Any]) -> float:
+    """A round's GEMM rate: the mean of the best rates measured right before and right after its
+    jaxdiag run, so drift of the machine during the run moves the ceiling too; 0 if either is missing."""
+    rates = [max(g.get("best_gflops") or 0 for g in gemm[when].values()) for when in ("before", "after")]
+    return statistics.mean(rates) if all(rates) else 0.0
+
+
+def _phases(results: dict[str, Any]) -> dict[str, Any]:
+    """Median over the start-up-phase workers of each piece, and of the first execution's excess."""
+    ok = [r for r in results.get("startup_phases", []) if "error" not in r]
+    if not ok:
+        return {}
+    out = {name: statistics.median(r["phases_s"][name] for r in ok) for name in ok[0]["phases_s"]}
+    out["first_execution_excess_s"] = statistics.median(r["first_execution_excess_s"] for r in ok)
+    out["later_execution_s"] = statistics.median(statistics.median(r["executions_s"][1:]) for r in ok)
     return out
 
 
@@ -235,7 +266,7 @@ def write(results: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
         f"| FLOP ceiling, prompts/s | {fmt(s['ceiling_prompts_per_s'])} |",
         f"| jaxdiag median, fraction of the ceiling (goal ≥ 0.90) | {fmt(s.get('fraction_of_ceiling'), 2)} |",
         f"| jaxdiag median / faster PyTorch tool's median (goal ≥ 1.3) | {fmt(s.get('speedup_vs_faster_pytorch_tool'), 2)} |",
-        f"| each round: jaxdiag / that round's ceiling (GEMM rate measured right before it) | "
+        f"| each round: jaxdiag / that round's ceiling (mean GEMM rate measured right before and right after it) | "
         f"{', '.join(fmt(x, 2) for x in s.get('round_fraction_of_ceiling', [])) or '—'}; median "
         f"{fmt(s.get('median_round_fraction_of_ceiling'), 2)} |",
         f"| each round: jaxdiag / that round's faster PyTorch tool | "
@@ -245,6 +276,19 @@ def write(results: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
     ]
     for name, t in s.get("startup_s", {}).items():
         lines.append(f"| {name} | {fmt(t['median'], 2)} | {fmt(t['min'], 2)} | {fmt(t['max'], 2)} |")
+    phases = s.get("startup_phases_s") or {}
+    if phases:
+        labels = {"import_s": "imports (JAX, Flax NNX, Zarr, the sweep engine)",
+                  "resolve_s": "resolve the checkpoint (sha256 of the weights)",
+                  "load_s": "load the weights into the model", "trace_s": "trace the diagnostics step",
+                  "lower_s": "lower it to StableHLO", "compile_s": "executable from the warm compilation cache",
+                  "first_execution_excess_s": f"first execution of one batch of {BATCH}, beyond a later one",
+                  "later_execution_s": f"a later execution of one batch of {BATCH} (for scale)"}
+        lines += ["", "### Start-up piece by piece (`startup_phases` worker, one process each, medians of "
+                  f"{len(results.get('startup_phases', []))})", "",
+                  "In-process timings of the pieces a warm `jaxdiag run` goes through, without the CLI's "
+                  "background prefetch of the weights.", "", "| piece | seconds |", "|---|---|"]
+        lines += [f"| {labels.get(k, k)} | {fmt(v, 3)} |" for k, v in phases.items()]
     (out_dir / f"PROCESS{suffix}.md").write_text("\n".join(lines) + "\n")
 
 

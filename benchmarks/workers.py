@@ -248,6 +248,59 @@ def torch_process(spec: dict) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
+def startup_phases(spec: dict) -> dict[str, Any]:
+    """Where a warm ``jaxdiag run`` spends its start-up, piece by piece, in one fresh process.
+
+    The pieces in the order the run takes them: imports (JAX, Flax NNX, Zarr and the sweep engine),
+    resolving the checkpoint (its sha256), loading the weights into the model, tracing and lowering
+    the diagnostics step, and getting the executable (from the compilation cache ``spec["cache"]``
+    once a first call of this worker has filled it). Then ``executions`` runs of one batch of the
+    compiled step: the first one's excess over the later ones is the first-execution cost.
+    """
+    t = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        phases[name] = round(now - t, 4)
+        t = now
+
+    import jax
+    import zarr  # noqa: F401  (the run writes its store with it)
+    from flax import nnx
+
+    import jaxdiag.sweep  # noqa: F401
+    lap("import_s")
+    from jaxdiag.checkpoint import load_checkpoint, resolve
+    from jaxdiag.compile_cache import enable_compile_cache
+    from jaxdiag.runner import diagnostics_step
+
+    enable_compile_cache(spec["cache"])
+    checkpoint = resolve(spec["checkpoint"])
+    lap("resolve_s")
+    _, model = load_checkpoint(checkpoint, precision=spec.get("precision", "highest"))
+    graphdef, state = nnx.split(model)
+    lap("load_s")
+    step = diagnostics_step(graphdef, spec.get("query", "last"))
+    tokens = random_prompts(spec["batch"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
+    lengths = np.full((spec["batch"],), spec["seq"], np.int32)
+    traced = step.trace(state, tokens, lengths)
+    lap("trace_s")
+    lowered = traced.lower()
+    lap("lower_s")
+    compiled = lowered.compile()
+    lap("compile_s")
+    executions = []
+    for _ in range(spec.get("executions", 4)):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(state, tokens, lengths))
+        executions.append(round(time.perf_counter() - start, 4))
+    later = float(np.median(executions[1:]))
+    return {"phases_s": phases, "executions_s": executions,
+            "first_execution_excess_s": round(executions[0] - later, 4)}
+
+
 # --------------------------------------------------------------------------- GEMM rate
 
 
@@ -366,7 +419,8 @@ def probe(spec: dict) -> dict[str, Any]:
 
 KINDS = {
     "jaxdiag_runner": jaxdiag_runner, "jaxdiag_step": jaxdiag_step, "transformers": transformers_eager,
-    "transformerlens": transformerlens_bridge, "torch_process": torch_process, "gemm": gemm, "probe": probe, "make_checkpoint": make_checkpoint,
+    "transformerlens": transformerlens_bridge, "torch_process": torch_process, "gemm": gemm,
+    "startup_phases": startup_phases, "probe": probe, "make_checkpoint": make_checkpoint,
     "make_family_checkpoint": make_family_checkpoint,
 }
 

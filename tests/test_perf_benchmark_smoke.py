@@ -80,8 +80,14 @@ def test_whole_process_benchmark_runs_end_to_end(tmp_path):
     assert set(results["summary"]["startup_s"]) == {"cold cache", "warm cache", "no cache"}
     summary = results["summary"]
     assert summary["speedup_vs_faster_pytorch_tool"] > 0 and summary["ceiling_prompts_per_s"] > 0
-    # every round measured its own ceiling right before its jaxdiag run, and is compared within itself
+    # every round measured its own ceiling right before and after its jaxdiag run, and is compared within itself
     assert len(results["round_gemm"]) == results["rounds"] == len(summary["round_fraction_of_ceiling"])
+    assert all(set(g) == {"before", "after"} for g in results["round_gemm"])
+    # the start-up pieces were timed in their own processes
+    phases = summary["startup_phases_s"]
+    assert {"import_s", "resolve_s", "load_s", "trace_s", "lower_s", "compile_s"} <= set(phases)
+    assert all(v >= 0 for k, v in phases.items() if k != "first_execution_excess_s")
+    assert len(results["startup_phases"]) == results["rounds"] and "Start-up piece by piece" in markdown
     assert summary["median_round_fraction_of_ceiling"] > 0 and summary["median_round_speedup"] > 0
     for tool in ("transformers", "transformerlens"):  # each PyTorch script wrote its results
         assert "run_s" in results["whole_process"][tool][0]["phases"]

@@ -156,6 +156,9 @@ def test_prefetched_weights_are_the_files_bytes_and_a_replaced_file_is_read_agai
     shutil.copy(tiny_checkpoint / "model.safetensors", weights)
     prefetch.start(weights)
     assert prefetch.sha256(weights) == hashlib.sha256(weights.read_bytes()).hexdigest()
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")  # cannot be memory-mapped: hashed by reading
+    assert prefetch.sha256(empty) == hashlib.sha256(b"").hexdigest()
     fresh = load_file(str(weights))
     got = prefetch.safetensors(weights)
     assert got.keys() == fresh.keys() and all(np.array_equal(got[k], fresh[k]) for k in fresh)
