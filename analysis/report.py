@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path | None,
                     ds: xr.Dataset | None = None, condition: str | None = None) -> Circuit:
-    """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 model. ds and condition serve
+    """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 GPT-2. ds and condition serve
     'effects:K' (the causal circuit of the store's effects, averaged over condition's prompts). A circuit
     file is looked for beside the store (a local path; None for a URL) and in the working directory."""
     spec = spec or config.get("circuit")
@@ -40,11 +40,15 @@ def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], stor
 
         return from_mapping(spec, name=str(spec.get("name", "circuit")), source="run config")
     if spec is None:
-        if shape == (12, 12):
+        # Stores written before the model_type attribute existed were all GPT-2.
+        model_type = str(ds.attrs.get("model_type", "gpt2")) if ds is not None else "gpt2"
+        if shape == (12, 12) and model_type == "gpt2":
             spec = "ioi23"
         else:
+            model = f"{shape[0]}x{shape[1]} {model_type}" if model_type != "gpt2" else f"{shape[0]}x{shape[1]}"
             raise AnalysisError(
-                f"no circuit for a {shape[0]}x{shape[1]} model: pass --circuit FILE (or name one in the run config)"
+                f"no default circuit for a {model} model (ioi23 is GPT-2 small's): pass --circuit FILE "
+                "or effects:KIND (or name one in the run config)"
             )
     beside = () if store is None else (store.parent,)
     return load_circuit(spec, search_dirs=(*beside, Path.cwd()), store=ds, condition=condition)

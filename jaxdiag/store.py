@@ -609,7 +609,8 @@ def describe(path: StoreLike) -> str:
         lines.append(f"  resume: jaxdiag run <the same config and flags> --out {path} --resume")
     lines.append("dims: " + ", ".join(f"{d}={n}" for d, n in summary["dims"].items()))
     if attrs.get("model") is not None:
-        shape = (f" ({attrs['n_layers']} layers x {attrs['n_heads']} heads)"
+        family = f"{attrs['model_type']}, " if attrs.get("model_type") else ""
+        shape = (f" ({family}{attrs['n_layers']} layers x {attrs['n_heads']} heads)"
                  if attrs.get("n_layers") is not None and attrs.get("n_heads") is not None else "")
         lines.append(f"model: {_clip(attrs['model'])}{shape}")
     if summary["conditions"]:

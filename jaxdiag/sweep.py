@@ -340,7 +340,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     from jaxdiag import __version__
     from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.models.load import read_config, require_gpt2, tokenizer_for
+    from jaxdiag.models.load import model_type_of, read_config, require_gpt2, tokenizer_for
 
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -393,6 +393,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     if process == 0 and not (resume and path.exists()):
         attrs = {
             "schema_version": SCHEMA_VERSION, "jaxdiag_version": __version__, "model": config.model,
+            "model_type": model_type_of(checkpoint.directory),
             "n_layers": model_config.n_layer, "n_heads": model_config.n_head, "prepend_bos": config.prepend_bos,
             "query_positions": config.query, "precision": config.precision, "seed": config.seed,
             "created": utc_now(), "backend": jax.default_backend(), "jax_version": jax.__version__,

@@ -207,6 +207,9 @@ def small_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     write_store(make_dataset(n_layers=2, n_heads=3, n_prompts=12, seed=1), root / "ok.zarr")
     write_store(make_dataset(n_layers=2, n_heads=3, n_prompts=12, seed=1).drop_vars("chi"), root / "nochi.zarr")
+    neox = make_dataset(n_layers=12, n_heads=12, n_prompts=12, seed=1)
+    neox.attrs["model_type"] = "gpt_neox"  # GPT-2 small's shape, another family: ioi23 is no default
+    write_store(neox, root / "neox.zarr")
     (root / "big.toml").write_text('[roles]\n"Name Mover" = ["9.6"]\n')
     (root / "ok.toml").write_text('[roles]\n"X" = ["1.1"]\n')
     return root
@@ -218,7 +221,8 @@ def small_store(tmp_path_factory):
     (["ok.zarr", "--circuit", "ok.toml", "--a", "nope"], "unknown condition 'nope'"),
     (["ok.zarr", "--circuit", "big.toml"], "names heads 9.6 that a 2x3 model lacks"),
     (["ok.zarr", "--circuit", "nope.toml"], "unknown circuit"),
-    (["ok.zarr"], "no circuit for a 2x3 model"),
+    (["ok.zarr"], "no default circuit for a 2x3 model"),
+    (["neox.zarr"], "no default circuit for a 12x12 gpt_neox model"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(small_store, capsys, args, message, monkeypatch):
     monkeypatch.chdir(small_store)

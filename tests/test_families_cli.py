@@ -33,6 +33,7 @@ def test_run_model_dir_for_each_family(tmp_path, family, case):
     assert main(["run", "--model", str(directory), "--prompts", str(tmp_path / "p.jsonl"), "--out", str(out),
                  "--quiet", "--no-compile-cache"]) == 0
     ds = xr.open_zarr(out)
+    assert ds.attrs["model_type"] == json.loads((directory / "config.json").read_text())["model_type"]
     loaded = jaxdiag.load(str(directory))
     assert ds.sizes["layer"] == loaded.config.n_layer and ds.sizes["head"] == loaded.config.n_head
     for condition in ("a", "b"):

@@ -38,7 +38,7 @@ def test_info_text_is_a_readable_summary(store, capsys):
     assert len(json.dumps(config["circuit"])) > 1000  # what the old one-line `config: {...}` printed
     for expected in ("status: complete", "dims: condition=2, prompt=3, layer=2, head=4", "conditions:",
                      "  repeated: 3 prompts, 9-9 tokens", "  random: 3 prompts, 9-9 tokens",
-                     f"model: {config['model']} (2 layers x 4 heads)", "diagnostics: " + ", ".join(DIAGNOSTICS),
+                     f"model: {config['model']} (gpt2, 2 layers x 4 heads)", "diagnostics: " + ", ".join(DIAGNOSTICS),
                      "taxonomy: " + ", ".join(TAXONOMY), "  weights_sha256: ", "  prompts_sha256: ",
                      "  query_positions: last", "  precision: highest", "  seed: 0", "  backend: cpu",
                      "config (digest", "  prompts: source=induction, n_prompts=3, segment_length=4",

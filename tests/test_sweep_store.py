@@ -48,7 +48,7 @@ def test_store_layout_matches_the_contract(blog_store, models):
     assert attrs["schema_version"] == 2 and attrs["complete"] is True
     assert attrs["jaxdiag_version"] == jaxdiag.__version__ and attrs["model"] == str(models["text"])
     assert len(attrs["weights_sha256"]) == 64
-    assert (attrs["n_layers"], attrs["n_heads"], attrs["prepend_bos"]) == (2, 4, True)
+    assert (attrs["n_layers"], attrs["n_heads"], attrs["prepend_bos"], attrs["model_type"]) == (2, 4, True, "gpt2")
     assert (attrs["query_positions"], attrs["precision"], attrs["seed"]) == ("last", "highest", 0)
     assert attrs["created"].endswith("Z") and "T" in attrs["created"]
     config = json.loads(attrs["config"])
