@@ -63,3 +63,9 @@ def best_of(run_once: Callable[[], None], repeats: int, *, min_seconds: float = 
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_name(machine: dict) -> str:
+    """The recorded CPU for the results' headers: ``AMD EPYC (family 25 model 17)``."""
+    family = machine.get("cpu_family_model")
+    return f"{machine.get('cpu')}" + (f" ({family})" if family else "")

@@ -42,9 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.measure import forward_flops, load_average, random_prompts
+from benchmarks.measure import cpu_name, forward_flops, load_average, random_prompts
 from benchmarks.run import GPT2_SMALL, HERE, REPO, TINY, Bench, gemm_shapes, machine_info
 
 TOOLS = ("jaxdiag", "transformers", "transformerlens")
@@ -236,7 +234,7 @@ def write(results: dict[str, Any], out_dir: Path, suffix: str = "") -> None:
         "Written by the benchmark itself; do not edit by hand. Re-run with the command below.", "",
         f"- **Command:** `{results['command']}`",
         f"- **Date (UTC):** {results['date']}",
-        f"- **Machine:** {m['cpu']} · {m['cpu_count']} CPUs · {m['memory_gb']} GiB · {m['platform']}",
+        f"- **Machine:** {cpu_name(m)} · {m['cpu_count']} CPUs · {m['memory_gb']} GiB · {m['platform']}",
         f"- **CPU vector extensions:** {m['cpu_flags'] or 'unknown'}",
         f"- **Backend:** {results['env'].get('backend')}; jax {results['env'].get('jax')}, torch "
         f"{results['env'].get('torch')} ({results['env'].get('torch_threads')} threads), transformers "

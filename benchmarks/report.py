@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.measure import forward_flops
+from benchmarks.measure import cpu_name, forward_flops
 
 TOOL_NAMES = {
     "jaxdiag": "jaxdiag (sweep engine: DeviceRunner, bucketed units)",
@@ -46,7 +46,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         "Written by the benchmark itself; do not edit by hand. Re-run with the command below.", "",
         f"- **Command:** `{res['command']}` (profile `{res['profile']}`)",
         f"- **Date (UTC):** {res['date']}",
-        f"- **Machine:** {m.get('cpu')} ({m.get('cpu_flags') or 'flags not recorded'}) · {m.get('cpu_count')} CPUs · {m.get('memory_gb')} GiB · {m.get('platform')} · host `{m.get('hostname')}`",
+        f"- **Machine:** {cpu_name(m)} ({m.get('cpu_flags') or 'flags not recorded'}) · {m.get('cpu_count')} CPUs · {m.get('memory_gb')} GiB · {m.get('platform')} · host `{m.get('hostname')}`",
         f"- **Backend:** {env.get('backend')} ({env.get('device_kind')}); jax {env.get('jax')}, flax {env.get('flax')}, "
         f"torch {env.get('torch')} ({env.get('torch_threads')} threads), transformers {env.get('transformers')}, "
         f"transformer_lens {env.get('transformer_lens')}",

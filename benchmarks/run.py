@@ -186,7 +186,21 @@ def machine_info() -> dict[str, Any]:
     except (OSError, IndexError, ValueError):
         pass
     return {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu": cpu, "cpu_flags": simd_flags(), "cpu_count": os.cpu_count(), "memory_gb": mem_gb}
+            "cpu": cpu, "cpu_family_model": cpu_family_model(), "cpu_flags": simd_flags(), "cpu_count": os.cpu_count(),
+            "memory_gb": mem_gb}
+
+
+def cpu_family_model() -> str:
+    """``family F model M`` from /proc/cpuinfo. A virtual machine's CPU is often named only "AMD EPYC";
+    the family and model tell its generation, hence what its flags mean for GEMM speed (e.g. AMD family 25
+    model 17 is Zen 4, EPYC Genoa, whose AVX-512 instructions execute on 256-bit units)."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)
+    except OSError:
+        return ""
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    return f"family {info['cpu family']} model {info['model']}" if {"cpu family", "model"} <= info.keys() else ""
 
 
 def simd_flags() -> str:

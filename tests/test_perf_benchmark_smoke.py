@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,15 @@ def test_whole_process_benchmark_runs_end_to_end(tmp_path):
     assert summary["median_round_fraction_of_ceiling"] > 0 and summary["median_round_speedup"] > 0
     for tool in ("transformers", "transformerlens"):  # each PyTorch script wrote its results
         assert "run_s" in results["whole_process"][tool][0]["phases"]
+
+
+def test_first_execution_benchmark_runs_end_to_end(tmp_path):
+    run_smoke("first_execution", tmp_path)
+    results = json.loads((tmp_path / "first_execution_smoke.json").read_text())
+    summary = results["summary"]
+    assert len(results["profile"]["wall_s"]) == results["executions"] and summary["later_wall_s"] > 0
+    # XLA's operations were found in every execution's window and summed by kind
+    assert summary["kinds"] and all(len(p) > 0 for p in results["profile"]["per_kind"])
+    assert all(row["operations"] > 0 and row["first_ms"] >= 0 for row in summary["kinds"].values())
+    assert not any(re.search(r"\.\d+$", kind) for kind in summary["kinds"])
+    assert results["command"] in (tmp_path / "FIRST_EXECUTION_SMOKE.md").read_text()

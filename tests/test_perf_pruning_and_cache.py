@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +195,24 @@ def test_jaxdiag_run_imports_neither_xarray_nor_dask(tiny_checkpoint, tmp_path):
                           capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0"], done.stdout
+
+
+def test_the_command_freezes_the_collector_and_main_leaves_it_alone(tmp_path, monkeypatch, capsys):
+    """`jaxdiag` (cli.command) exits with main's status after gc.freeze(), which skips the interpreter's
+    final walk over every live object; main() called in-process (tests, notebooks) never freezes."""
+    import gc
+
+    from jaxdiag import cli
+
+    missing = str(tmp_path / "missing.zarr")
+    before = gc.get_freeze_count()
+    assert cli.main(["info", missing]) == 2 and gc.get_freeze_count() == before
+    monkeypatch.setattr(cli, "_OWN_PROCESS", False)  # restored after the test, as command() sets it
+    monkeypatch.setattr(sys, "argv", ["jaxdiag", "info", missing])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.command()
+        assert exited.value.code == 2 and "jaxdiag: error:" in capsys.readouterr().err
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
