@@ -102,7 +102,7 @@ def summarise(profile: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.first_execution", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--executions", type=int, default=5, help="executions of the compiled step (default 5)")
+    parser.add_argument("--executions", type=int, default=8, help="executions of the compiled step (default 8)")
     parser.add_argument("--smoke", action="store_true", help="a 2-layer model (the test suite's check)")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args(argv)
