@@ -174,42 +174,33 @@ def write_results(results: dict[str, Any], p: dict, out_dir: Path) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = first_cpu()
     mem_gb = None
     try:
         mem_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
     except (OSError, IndexError, ValueError):
         pass
+    # A virtual machine's CPU is often named only "AMD EPYC": its family and model tell the generation,
+    # hence what its flags mean for GEMM speed (AMD family 25 model 17 is Zen 4, EPYC Genoa, whose
+    # AVX-512 instructions execute on 256-bit units).
+    family = f"family {cpu['cpu family']} model {cpu['model']}" if {"cpu family", "model"} <= cpu.keys() else ""
     return {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu": cpu, "cpu_family_model": cpu_family_model(), "cpu_flags": simd_flags(), "cpu_count": os.cpu_count(),
-            "memory_gb": mem_gb}
+            "cpu": cpu.get("model name", ""), "cpu_family_model": family, "cpu_flags": simd_flags(cpu),
+            "cpu_count": os.cpu_count(), "memory_gb": mem_gb}
 
 
-def cpu_family_model() -> str:
-    """``family F model M`` from /proc/cpuinfo. A virtual machine's CPU is often named only "AMD EPYC";
-    the family and model tell its generation, hence what its flags mean for GEMM speed (e.g. AMD family 25
-    model 17 is Zen 4, EPYC Genoa, whose AVX-512 instructions execute on 256-bit units)."""
+def first_cpu() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
     try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                    if ":" in line)
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        return ""
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    return f"family {info['cpu family']} model {info['model']}" if {"cpu family", "model"} <= info.keys() else ""
+        return {}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
 
 
-def simd_flags() -> str:
+def simd_flags(cpu: dict[str, str]) -> str:
     """The CPU's vector extensions that decide XLA's and MKL's GEMM speed (AVX2 vs AVX-512 machines)."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return ""
+    flags = cpu.get("flags", "").split()
     return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile") if f in flags)
 
 
