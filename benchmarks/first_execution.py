@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.measure import cpu_name, random_prompts
+from benchmarks.measure import cpu_name
 from benchmarks.run import GPT2_SMALL, HERE, TINY, Bench, machine_info
+from benchmarks.workers import one_batch_step
 
 BATCH, SEQ = 64, 15
 
@@ -54,16 +53,11 @@ def per_kind(events: list[tuple[str, int, int]], start: int, stop: int) -> dict[
 def profile_step(checkpoint: str, executions: int, trace_dir: Path) -> dict[str, Any]:
     """Compile the diagnostics step, run it ``executions`` times under the profiler; wall times and per-kind sums."""
     import jax
-    from flax import nnx
 
     import jaxdiag
-    from jaxdiag.runner import diagnostics_step
 
-    model = jaxdiag.load(checkpoint).model
-    graphdef, state = nnx.split(model)
-    tokens = random_prompts(BATCH, SEQ, model.config.vocab_size, 0)
-    lengths = np.full((BATCH,), SEQ, np.int32)
-    compiled = diagnostics_step(graphdef, "last").trace(state, tokens, lengths).lower().compile()
+    step, state, tokens, lengths = one_batch_step(jaxdiag.load(checkpoint).model, BATCH, SEQ)
+    compiled = step.trace(state, tokens, lengths).lower().compile()
     walls = []
     with jax.profiler.trace(str(trace_dir)):
         for i in range(executions):

@@ -248,6 +248,18 @@ def torch_process(spec: dict) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
+def one_batch_step(model, batch: int, seq: int, *, query: str = "last", seed: int = 0):
+    """jaxdiag's jitted diagnostics step and its inputs for one batch of ``batch`` random ``seq``-token
+    prompts: ``(step, state, tokens, lengths)``, run as ``step(state, tokens, lengths)``."""
+    from flax import nnx
+
+    from jaxdiag.runner import diagnostics_step
+
+    graphdef, state = nnx.split(model)
+    tokens = random_prompts(batch, seq, model.config.vocab_size, seed)
+    return diagnostics_step(graphdef, query), state, tokens, np.full((batch,), seq, np.int32)
+
+
 def startup_phases(spec: dict) -> dict[str, Any]:
     """Where a warm ``jaxdiag run`` spends its start-up, piece by piece, in one fresh process.
 
@@ -268,23 +280,20 @@ def startup_phases(spec: dict) -> dict[str, Any]:
 
     import jax
     import zarr  # noqa: F401  (the run writes its store with it)
-    from flax import nnx
+    from flax import nnx  # noqa: F401
 
     import jaxdiag.sweep  # noqa: F401
     lap("import_s")
     from jaxdiag.checkpoint import load_checkpoint, resolve
     from jaxdiag.compile_cache import enable_compile_cache
-    from jaxdiag.runner import diagnostics_step
 
     enable_compile_cache(spec["cache"])
     checkpoint = resolve(spec["checkpoint"])
     lap("resolve_s")
     _, model = load_checkpoint(checkpoint, precision=spec.get("precision", "highest"))
-    graphdef, state = nnx.split(model)
     lap("load_s")
-    step = diagnostics_step(graphdef, spec.get("query", "last"))
-    tokens = random_prompts(spec["batch"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
-    lengths = np.full((spec["batch"],), spec["seq"], np.int32)
+    step, state, tokens, lengths = one_batch_step(model, spec["batch"], spec["seq"], query=spec.get("query", "last"),
+                                                  seed=spec.get("seed", 0))
     traced = step.trace(state, tokens, lengths)
     lap("trace_s")
     lowered = traced.lower()
