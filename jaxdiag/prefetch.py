@@ -1,10 +1,10 @@
 """Read a checkpoint on the second core while the run imports JAX.
 
 A run needs its weights file twice before the first prompt: hashed (the store records the digest)
-and read. For GPT-2 small (0.5 GB) that is ~0.35 s + ~0.3 s, and both release the GIL (hashlib
-while it hashes, safetensors while it reads), so :func:`start` hands them to background threads the
-moment the CLI knows the file, and :func:`sha256` / :func:`tensors` return the threads' results
-(or do the work then, for a file nobody started). Results are keyed by the file's identity (path,
+and read. For GPT-2 small (0.5 GB) that is ~0.3 s each, and both release the GIL (hashlib while it
+hashes the mapped file, safetensors while it reads), so :func:`start` hands them to background
+threads the moment the CLI knows the file, and :func:`sha256` / :func:`safetensors` return the
+threads' results (or do the work then, for a file nobody started). Results are keyed by the file's identity (path,
 size, mtime, inode), so a file replaced in between is read again; each is handed out once.
 """
 
