@@ -57,7 +57,7 @@ class Comparison:
     design: str = "independent"  # "paired" when row i of a's values and of b's values are one pair
     design_reason: str = ""  # why the design is what it is (from the store's `pair` coordinate)
     min_effect: dict[str, float] = dataclasses.field(default_factory=lambda: dict(MIN_EFFECT))  # TESTED var -> x
-    # streamed reports (analysis.scale): values hold a seeded subsample of the prompts (the prompt-count curve and
+    # streamed reports (analysis.pipeline.run_analysis_streamed): values hold a seeded subsample of the prompts (the prompt-count curve and
     # the figures' scatter clouds); counts are the store's prompt counts, head_means the exact per-head means
     # (var -> (mean a, mean b), (layer, head) arrays) and scale says what was streamed and what subsampled
     counts: dict[str, int] | None = None

@@ -37,7 +37,7 @@ def heads_text(heads) -> str:
 
 
 def scale_lines(c) -> list[str]:
-    """What a streamed report (analysis.scale) resampled over and subsampled (summary.json `scale`)."""
+    """What a streamed report (analysis.pipeline.run_analysis_streamed) resampled over and subsampled (summary.json `scale`)."""
     if c.scale is None:
         return []
     sub = c.scale["subsample"]

@@ -1,5 +1,23 @@
-"""The whole comparison of two conditions on one store: `run_analysis` computes every statistic the
-report shows and returns one `analysis.findings.Analysis` (no files written).
+"""The whole comparison of two conditions on one store: every statistic the report shows, as one
+`analysis.findings.Analysis` (no files written), by one path at any scale.
+
+`run_analysis(ds, ...)` analyses a loaded store with units of one prompt (every bootstrap and permutation
+resamples single prompts); `run_analysis_streamed(path, ...)` streams the store's chunks in bounded memory with
+units of up to G_MAX (GC_MAX for the cross-head statistics) per condition -- single prompts again for stores up
+to that size, so both give the same numbers there. Both run `analyse`:
+
+1. Stream (analysis.streaming): both conditions' variables are reduced to per-unit sufficient statistics
+   (analysis.units: count, mean, M2, M3 per head; the cross-head cross-products of kl_norm; the kl-chi point
+   moments), with the rows of a seeded subsample of at most SAMPLE_MAX prompts per condition (all prompts in
+   memory) for the prompt-count curve and the figures' scatter clouds (stated in summary.json's `scale`).
+2. Point estimates (delta, SE, df, t, d, C_a, C_b, C_diff, head means, correlations) come exactly from the units'
+   moments; resampling runs on the units: the multinomial bootstrap over units with BCa intervals whose
+   acceleration is the prompt-level jackknife's, exactly from the second and third central moments; permutation
+   nulls are products of [n_perm, units] label matrices with the units' sums; the C_diff null from the units'
+   cross-product matrices.
+3. The head taxonomy (analysis.taxonomy.stream_taxonomy) streams one (condition, score) at a time; causal effects
+   and cheap-vs-exact stream every effect kind per condition, with a's and b's units on the diagnostics' unit
+   boundaries so the joint bootstraps move every effect unit with its diagnostics.
 
 Random streams: each purpose has its own generator derived from (seed, purpose), and the bootstrap
 and the permutations are the same draws for every variable, so joint statistics stay coherent.
@@ -7,12 +25,12 @@ and the permutations are the same draws for every variable, so joint statistics 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from analysis import causal as ca
 from analysis import cheap
@@ -21,21 +39,27 @@ from analysis import correlation as corr
 from analysis import standardised as st
 from analysis._util import quiet
 from analysis.circuits import Circuit
+from analysis.effects import cheap_family, cheap_kinds, effect_variable, exact_kinds, is_effect_variable
 from analysis.errors import AnalysisError
-from analysis.effects import effect_sample, exact_kinds, is_effect_variable
 from analysis.findings import (CURVE_N_PERM, FLAG_LEVEL, MIN_EFFECT, MIN_EFFECT_FALLBACK, N_SIGMA, TESTED, Analysis,
-                               CausalEffects, CircuitTests, Comparison, CrossHead, PairInterval)
+                               CausalEffects, CheapVsExact, CircuitTests, Comparison, CrossHead, PairInterval)
 from analysis.labels import head_matrix, like, per_head, units_of
 from analysis.prompt_curve import prompt_curve
 from analysis.resampling import rng_for
-from analysis.results import (ConfidenceInterval, CorrelationResult, MinEffectResult, ShiftResult,
-                              StandardisedShiftResult)
-from analysis.shifts import percentile_interval, shift
-from analysis.store import check_condition, check_variables, condition_array, pair_order, provenance
-from analysis.taxonomy import TAXONOMY_VARIABLES, has_taxonomy, head_taxonomy
+from analysis.results import ConfidenceInterval, MinEffectResult, StandardisedShiftResult
+from analysis.shifts import percentile_interval, shift_units
+from analysis.store import check_condition, check_variables, condition_array, condition_prompts, conditions, \
+    pair_order, provenance
+from analysis.streaming import (DEFAULT_MEMORY, Streamed, default_in_flight, held_bytes, open_lazy, parse_memory,
+                                single_thread_blas, stream_effects, stream_store)
+from analysis.taxonomy import TAXONOMY_VARIABLES, has_taxonomy, stream_taxonomy
+from analysis.units import G_MAX, Units, unit_size
+from jaxdiag.paths import StoreLocation
 
 SEED_BOOT, SEED_PERM, SEED_STRAT, SEED_CNULL, SEED_CBOOT, SEED_CURVE, SEED_EFFECT, SEED_JOINT = range(1, 9)
 SEED_STD, SEED_STRAT_Z, SEED_CURVE_PERM = range(9, 12)
+SEED_SAMPLE = 12
+SAMPLE_MAX = 2048  # prompts per condition kept for the prompt-count curve and the figures (= G_MAX: below it, all)
 HEAD_VARIABLE_DIMS = {"condition", "prompt", "layer", "head"}
 
 
@@ -44,7 +68,7 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
                  store_path: str | Path | None = None, rule: ca.CircuitRule = ca.CircuitRule(),
                  thresholds: Mapping[str, float] | None = None, min_effect: Mapping[str, float] | None = None,
                  design: str | None = None) -> Analysis:
-    """Compare condition a with condition b on every head of the store (loads only needed variables).
+    """Compare condition a with condition b on every head of the store, units of one prompt (`analyse`).
 
     store_path: how the report names the store (default: the path xarray opened it from).
     rule: what makes a head part of a causal circuit (used only when the store has causal effects).
@@ -55,39 +79,212 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
     design: "paired" | "independent" | None (paired exactly when the store's `pair` coordinate matches every
       prompt of a with one of b: analysis.store.pair_order).
     """
-    comparison = compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
-                         store_path=store_path, min_effect=min_effect, design=design)
-    steps = tqdm(total=5, desc="report", unit="step", disable=None)
-    paired = comparison.paired
-    shifts = {v: shift(*pair, n_boot=n_boot, rng=rng_for(seed, SEED_BOOT), paired=paired)
-              for v, pair in comparison.values.items()}
-    # what pairing buys: the same stores' shifts analysed as independent samples (same draws)
-    independent = {v: shift(*comparison.values[v], n_boot=n_boot, rng=rng_for(seed, SEED_BOOT))
+    return analyse(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables, curve=curve,
+                   store_path=store_path, rule=rule, thresholds=thresholds, min_effect=min_effect, design=design,
+                   g_max=None)
+
+
+def run_analysis_streamed(store: str | Path | StoreLocation, circuit: Circuit, a: str, b: str, *, n_boot: int = 1000,
+                          n_perm: int = 1000, seed: int = 0, variables: tuple[str, ...] | None = None,
+                          curve: bool = True, store_path: str | Path | None = None,
+                          rule: ca.CircuitRule = ca.CircuitRule(), thresholds: Mapping[str, float] | None = None,
+                          min_effect: Mapping[str, float] | None = None, design: str | None = None,
+                          memory: int | str | None = None, in_flight: int | None = None) -> Analysis:
+    """run_analysis streamed over the store at `store` (a path or URL) in bounded memory (`memory`: parse_memory's
+    text or bytes), with units of up to G_MAX prompts per condition."""
+    ds = open_lazy(store)
+    return analyse(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables, curve=curve,
+                   store_path=store_path if store_path is not None else store, rule=rule, thresholds=thresholds,
+                   min_effect=min_effect, design=design, memory=parse_memory(memory), in_flight=in_flight,
+                   g_max=G_MAX)
+
+
+def analyse(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_perm: int, seed: int,
+            variables: tuple[str, ...] | None, curve: bool, store_path: str | Path | None, rule: ca.CircuitRule,
+            thresholds: Mapping[str, float] | None, min_effect: Mapping[str, float] | None, design: str | None,
+            memory: int = DEFAULT_MEMORY, in_flight: int | None = None, g_max: int | None = G_MAX) -> Analysis:
+    """Every section of the report from units of at most g_max per condition (None: units of one prompt and no
+    subsample: the in-memory report, whose summary has no `scale` entry). BLAS runs on one thread meanwhile
+    (analysis.streaming.single_thread_blas: the blocks run in parallel already)."""
+    with single_thread_blas():
+        return _analyse(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
+                        curve=curve, store_path=store_path, rule=rule, thresholds=thresholds, min_effect=min_effect,
+                        design=design, memory=memory, in_flight=in_flight, g_max=g_max)
+
+
+def _analyse(ds, circuit, a, b, *, n_boot, n_perm, seed, variables, curve, store_path, rule, thresholds,
+             min_effect, design, memory, in_flight, g_max) -> Analysis:
+    c = compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
+                store_path=store_path, min_effect=min_effect, design=design)
+    variables = tuple(c.values)
+    xa, xb = c.values["kl_norm"]
+    n_a, n_b = xa.sizes["prompt"], xb.sizes["prompt"]
+    picks = []
+    for k_, n in enumerate((n_a, n_b)):
+        if g_max is None or n <= SAMPLE_MAX:
+            picks.append(np.arange(n))
+        elif c.paired and k_ == 1:
+            picks.append(picks[0])
+        else:
+            picks.append(np.sort(rng_for(seed, SEED_SAMPLE, k_).choice(n, SAMPLE_MAX, replace=False)))
+    # the cheap-vs-exact section's joint bootstrap needs every variable's per-condition units, paired or not
+    s = stream_store(c, variables, memory, in_flight, picks=(picks[0], picks[1]),
+                     plain=variables if exact_kinds(ds) else TESTED, g_max=g_max)
+    heads = {v: c.values[v][0].isel(prompt=0, drop=True) for v in variables}
+    flat_heads = {v: h.shape for v, h in heads.items()}
+    paired = c.paired
+
+    # shifts, standardised shifts
+    shifts = {v: shift_units(s.diff[v], None, n_boot, rng_for(seed, SEED_BOOT), heads[v]) if paired
+              else shift_units(s.a[v], s.b[v], n_boot, rng_for(seed, SEED_BOOT), heads[v]) for v in variables}
+    independent = {v: shift_units(s.a[v], s.b[v], n_boot, rng_for(seed, SEED_BOOT), heads[v])
                    for v in TESTED} if paired else {}
-    standard = {v: standardise(comparison, v, shifts[v]) for v in comparison.values}
-    steps.update()
-    tests = {v: circuit_tests(comparison, v, shifts[v], standard[v]) for v in TESTED}
-    steps.update()
-    correlations = diagnostic_correlations(comparison, shifts)
-    steps.update()
-    cross_head = cross_head_structure(comparison)
-    steps.update()
+    standard = {}
+    for v in variables:
+        samples = s.samples(v, flat_heads[v])
+        point = st.standardised(samples)
+        boot = st.bootstrap_standardised(samples, n_boot, rng_for(seed, SEED_STD))
+        h, shifted = heads[v], shifts[v]
+        with quiet():
+            z_ci = ConfidenceInterval(like(h, np.asarray(shifted.confidence_interval.low) / point["se"]),
+                                      like(h, np.asarray(shifted.confidence_interval.high) / point["se"]))
+            d_ci = percentile_interval(boot["d"], shifted.confidence_level)
+        standard[v] = StandardisedShiftResult(
+            like(h, point["t"]), z_ci, like(h, point["se"]), like(h, point["df"]), like(h, point["d"]),
+            ConfidenceInterval(like(h, d_ci.low), like(h, d_ci.high)), like(h, boot["t"], ("resample",)), c.design,
+            shifted.confidence_level)
+
+    # circuit tests (analysis.pipeline.circuit_tests with the nulls from units)
+    tests = {}
+    mask = c.mask.values
+    for v in TESTED:
+        delta = shifts[v].statistic
+        shape = flat_heads[v]
+        null, null_z = st.permutation_null(s.samples(v, shape), n_perm, rng_for(seed, SEED_PERM))
+        per_head_test = ct.per_head_permutation(delta, null)
+        z = standard[v].statistic
+        se, df = standard[v].standard_error.values, standard[v].df.values
+        x = c.min_effect[v]
+        p_x, p_0 = (st.min_effect_pvalue(delta.values, se, df, value) for value in (x, 0.0))
+        min_eff = MinEffectResult(x, like(delta, p_x), ct.benjamini_hochberg(like(delta, p_x)), like(delta, p_0),
+                                  ct.benjamini_hochberg(like(delta, p_0)), standard[v].df)
+        tests[v] = CircuitTests(
+            mann_whitney=ct.mann_whitney(np.abs(delta).values, mask),
+            auc_interval=ct.auc_interval(shifts[v].bootstrap_distribution.values, mask),
+            permutation=ct.circuit_permutation_test(delta.values, null, mask),
+            stratified=ct.layer_stratified_test(np.abs(delta).values, mask, n_perm, rng_for(seed, SEED_STRAT)),
+            per_head=per_head_test, q_bh=ct.benjamini_hochberg(per_head_test.pvalue),
+            rank=ct.descending_ranks(np.abs(delta)),
+            mann_whitney_z=ct.mann_whitney(np.abs(z).values, mask),
+            auc_interval_z=ct.auc_interval(standard[v].bootstrap_statistic.values, mask),
+            permutation_z=ct.circuit_permutation_test(z.values, null_z, mask),
+            stratified_z=ct.layer_stratified_test(np.abs(z).values, mask, n_perm, rng_for(seed, SEED_STRAT_Z)),
+            rank_z=ct.descending_ranks(np.abs(z)), min_effect=min_eff)
+
+    # diagnostic correlations (analysis.pipeline.diagnostic_correlations, exactly from the units)
+    kl_mean = s.a["kl_norm"].totals()["mean"].reshape(c.shape)
+    chi_mean = s.a["chi"].totals()["mean"].reshape(c.shape)
+    other = ~mask
+    layer = c.mask["layer"].broadcast_like(c.mask).values
+    correlations = {
+        "kl_chi_head_means": corr.pearson(kl_mean, chi_mean),
+        "kl_chi_points": corr.pearson_from(*s.points_a.pearson_r()),
+        "dkl_dchi": corr.pearson(shifts["kl_norm"].statistic, shifts["chi"].statistic),
+        "layer_kl_noncircuit": corr.pearson(layer[other], kl_mean[other]),
+        "layer_chi_noncircuit": corr.pearson(layer[other], chi_mean[other]),
+    }
+
+    # cross-head structure (analysis.pipeline.cross_head_structure from the cross units)
+    unit_axis = units_of(heads["kl_norm"])
+    c_a, c_b = s.cross_a.correlation(), s.cross_b.correlation()
+    for cu, units in ((c_a, s.a), (c_b, s.b)):
+        dead = units["kl_norm"].count.sum(axis=0) == 0
+        cu[dead, :] = np.nan
+        cu[:, dead] = np.nan
+    c_diff = c_a - c_b
+    sigma = corr.sigma_band(c_diff, mask.ravel())
+    flagged = corr.flagged_pairs(c_diff, sigma, N_SIGMA)
+    observed = corr.max_abs_offdiag(c_diff)
+    max_null = corr.c_diff_max_null(s.cross_a, s.cross_b, observed, n_perm, rng_for(seed, SEED_CNULL))
+    i, j = corr.upper_pairs(c_diff.shape[0])
+    family_wise = np.full(c_diff.shape, np.nan)
+    family_wise[i, j] = family_wise[j, i] = corr.family_wise_p(c_diff[i, j], max_null)
+    top = np.argsort(-np.nan_to_num(np.abs(c_diff[i, j])))[:5]
+    chosen = list(dict.fromkeys(flagged + [(int(i[t]), int(j[t])) for t in top]))
+    intervals = corr.bootstrap_c_diff(s.cross_a, s.cross_b, chosen, n_boot, rng_for(seed, SEED_CBOOT))
+    cross_head = CrossHead(
+        c_a=head_matrix(c_a, unit_axis, f"C_{a}"), c_b=head_matrix(c_b, unit_axis, f"C_{b}"),
+        c_diff=head_matrix(c_diff, unit_axis, "C_diff"), sigma=sigma, flagged=flagged, max_null=max_null,
+        family_wise_p=head_matrix(family_wise, unit_axis, "family_wise_p"),
+        pair_intervals=[PairInterval(p, ConfidenceInterval(float(lo), float(hi))) for p, (lo, hi) in
+                        zip(chosen, intervals)],
+        linkage=corr.head_linkage(c_diff))
+
     ablation = None
-    if circuit.ablation is not None and np.isfinite(circuit.ablation).sum() >= 3:  # else no correlation to report
+    if circuit.ablation is not None and np.isfinite(circuit.ablation).sum() >= 3:
         ablation = ct.ablation_spearman(np.abs(shifts["kl_norm"].statistic.values), circuit.ablation)
+
+    # the bounded subsample (prompt-count curve, figures), gathered by the same pass over the store
+    sample = {v: tuple(xr.DataArray(rows.reshape(-1, *c.shape), dims=("prompt", "layer", "head"),
+                                    coords={"layer": c.mask["layer"].values, "head": c.mask["head"].values}, name=v)
+                       for rows in s.sample[v]) for v in TESTED}
     table = {}
     if curve:
-        xa = {v: comparison.values[v][0].values for v in TESTED}
-        xb = {v: comparison.values[v][1].values for v in TESTED}
-        table = prompt_curve(xa, xb, comparison.mask.values, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200),
-                             paired=paired, perm_rng=rng_for(seed, SEED_CURVE_PERM), n_perm=min(n_perm, CURVE_N_PERM))
-    steps.update()
-    # exact kinds only: an AtP estimate gets its own section (cheap_vs_exact), and AtP* is a magnitude
-    causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in exact_kinds(ds)}
-    cheap_methods = cheap.cheap_vs_exact(ds, comparison, causal, shifts, lambda: rng_for(seed, SEED_JOINT))
-    # every condition of the store, not just a and b: a head's role is a property of the model
-    taxonomy = head_taxonomy(ds, n_boot=n_boot, seed=seed, thresholds=thresholds) if has_taxonomy(ds) else None
-    steps.close()
+        table = prompt_curve({v: sample[v][0].values for v in TESTED}, {v: sample[v][1].values for v in TESTED},
+                             mask, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200), paired=paired,
+                             perm_rng=rng_for(seed, SEED_CURVE_PERM), n_perm=min(n_perm, CURVE_N_PERM))
+    whole = all(len(p) == n for p, n in zip(picks, (n_a, n_b)))
+    scale = {
+        "streamed": True,
+        # how this run was cut up: not in summary.json, which is the same whatever the memory or the scheduler
+        "execution": {"memory_bytes": int(memory), "block_prompts": int(s.rows), "n_blocks": int(s.n_blocks)},
+        "unit_prompts": int(s.size), "cross_unit_prompts": int(s.csize),
+        "resampling": ("prompts resampled and permuted one by one (units of one prompt)" if s.size == 1 else
+                       f"bootstrap and permutations over units of {s.size} consecutive prompts"
+                       + (" (pairs)" if paired else "")),
+        "c_diff_resampling": ("prompts permuted one by one" if s.csize == 1 else
+                              f"C_diff null and intervals over units of {s.csize} consecutive prompts"),
+        "bca_acceleration": "prompt-level jackknife, exact from streamed second and third central moments",
+        "subsample": {"prompts": {a: int(len(picks[0])), b: int(len(picks[1]))}, "of": {a: int(n_a), b: int(n_b)},
+                      "all_prompts": bool(whole), "used_for": ["prompt_curve", "figure scatter clouds"]},
+    }
+    head_means = {}
+    for v in TESTED:
+        ua, ub = (s.a[v], s.b[v])
+        head_means[v] = (ua.totals()["mean"].reshape(c.shape), ub.totals()["mean"].reshape(c.shape))
+    comparison = dataclasses.replace(c, values=sample, counts={a: int(n_a), b: int(n_b)}, head_means=head_means,
+                                     scale=scale)
+
+    # the head taxonomy (every real store has it): streamed, in the memory the results above leave
+    taxonomy = None
+    in_memory: list[str] = []  # sections computed from the loaded store: none left (kept in the key for readers)
+    if has_taxonomy(ds):
+        taxonomy, tax_sizes, tax_blocks = stream_taxonomy(
+            ds, n_boot=n_boot, seed=seed, memory=memory - held_bytes(s, shifts, standard, tests, independent),
+            in_flight=in_flight or default_in_flight(), thresholds=thresholds, g_max=g_max)
+        scale["taxonomy"] = {
+            "streamed": True, "unit_prompts": tax_sizes,
+            "resampling": ("prompts resampled one by one (units of one prompt)" if max(tax_sizes.values()) == 1 else
+                           "bootstrap over units of consecutive prompts (unit_prompts per condition)"),
+            "exact": "means, defined counts, source conditions and labels (float64 rounding with units of several "
+                     "prompts)"}
+        scale["execution"]["taxonomy_blocks"] = int(tax_blocks)
+
+    # causal effects and cheap-vs-exact (stores with effects): streamed from the effect variables' units
+    causal, cheap_methods = {}, {}
+    if exact_kinds(ds):
+        causal, cheap_methods, effect_sizes = causal_effects(
+            ds, c, s, shifts, tests, rule, memory - held_bytes(standard, independent, taxonomy),
+            in_flight or default_in_flight(), g_max)
+        scale["causal"] = {
+            "streamed": True, "unit_prompts": effect_sizes,
+            "resampling": ("prompts resampled one by one (units of one prompt)" if max(effect_sizes.values()) == 1
+                           else "bootstrap over units of consecutive prompts (unit_prompts per condition; a and b: "
+                                "the diagnostics' units, so the joint bootstraps move both together)"),
+            "exact": "mean effects, t-tests and p-values, the causal circuit, the AtP means"}
+    scale["execution"]["in_memory"] = in_memory
+    if g_max is None:  # the in-memory report: every prompt, one by one; its summary keeps the keys it always had
+        comparison = dataclasses.replace(comparison, scale=None)
     return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods,
                     taxonomy, standard, independent)
 
@@ -137,115 +334,51 @@ def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_
                       chosen, reason, x_min)
 
 
-def standardise(comparison: Comparison, var: str, shifted: ShiftResult) -> StandardisedShiftResult:
-    """delta_z = delta / SE and the effect size d per head, with intervals from the design's bootstrap (the same
-    draws for every variable)."""
-    c = comparison
-    xa, xb = (x.values for x in c.values[var])
-    heads = shifted.statistic
-    s = st.standardised(xa, xb, c.design)
-    boot = st.bootstrap_standardised(xa, xb, c.design, c.n_boot, rng_for(c.seed, SEED_STD))
-    level = shifted.confidence_level
-    with quiet():
-        z_ci = ConfidenceInterval(like(heads, np.asarray(shifted.confidence_interval.low) / s["se"]),
-                                  like(heads, np.asarray(shifted.confidence_interval.high) / s["se"]))
-        d_ci = percentile_interval(boot["d"], level)
-    return StandardisedShiftResult(
-        like(heads, s["t"]), z_ci, like(heads, s["se"]), like(heads, s["df"]), like(heads, s["d"]),
-        ConfidenceInterval(like(heads, d_ci.low), like(heads, d_ci.high)),
-        like(heads, boot["t"], ("resample",)), c.design, level)
+def causal_effects(ds: xr.Dataset, c: Comparison, s: Streamed, shifts: dict, tests: dict[str, CircuitTests],
+                   rule: ca.CircuitRule, memory: int, in_flight: int, g_max: int | None
+                   ) -> tuple[dict[str, CausalEffects], dict[str, CheapVsExact], dict[str, int]]:
+    """Every exact effect kind against the diagnostics, and analysis.cheap.cheap_vs_exact, from the effect
+    variables' units (one pass per condition over every kind; conditions other than a only when a kind's effects
+    are not on a). Units of a and b have the diagnostics' size, so the joint bootstraps pair each effect unit with
+    its diagnostics' draw count; others have unit_size(prompts, g_max). Every kind gets the same bootstrap draws
+    (same seeds). Returns (causal, cheap, condition -> unit prompts of the conditions streamed)."""
+    kinds = exact_kinds(ds)
+    estimates = {k: cheap_kinds(ds, k) for k in kinds}
+    every = [*kinds, *(e for k in kinds for e in estimates[k])]
+    heads = like(c.mask, np.zeros(c.shape))
+    streamed: dict[str, dict[str, tuple[Units, int]]] = {}
+    sizes: dict[str, int] = {}
 
+    def of(condition: str) -> dict[str, tuple[Units, int]]:
+        if condition not in streamed:
+            n = int(condition_prompts(ds, condition, effect_variable(kinds[0])).sizes["prompt"])
+            sizes[condition] = s.size if condition in (c.a, c.b) else unit_size(n, g_max)
+            left = memory - held_bytes(streamed, s, shifts, tests)
+            streamed[condition] = stream_effects(ds, condition, every, sizes[condition], left, in_flight)
+        return streamed[condition]
 
-def circuit_tests(comparison: Comparison, var: str, shifted: ShiftResult,
-                  standard: StandardisedShiftResult) -> CircuitTests:
-    """Every circuit-vs-other test of one diagnostic, on |delta| (the posts') and on |delta_z| (the lead); the
-    label permutations (paired: sign flips) are the same for every var and serve both statistics."""
-    c = comparison
-    delta, mask = shifted.statistic, c.mask.values
-    abs_delta = np.abs(delta)
-    null, null_z = st.permutation_null(*(x.values for x in c.values[var]), c.design, c.n_perm,
-                                       rng_for(c.seed, SEED_PERM))
-    per_head_test = ct.per_head_permutation(delta, null)
-    z = standard.statistic
-    abs_z = np.abs(z)
-    x = c.min_effect[var]
-    se, df = standard.standard_error.values, standard.df.values
-    p_x, p_0 = (st.min_effect_pvalue(delta.values, se, df, value) for value in (x, 0.0))
-    min_effect = MinEffectResult(x, like(delta, p_x), ct.benjamini_hochberg(like(delta, p_x)), like(delta, p_0),
-                                 ct.benjamini_hochberg(like(delta, p_0)), standard.df)
-    return CircuitTests(
-        mann_whitney=ct.mann_whitney(abs_delta.values, mask),
-        auc_interval=ct.auc_interval(shifted.bootstrap_distribution.values, mask),
-        permutation=ct.circuit_permutation_test(delta.values, null, mask),
-        stratified=ct.layer_stratified_test(abs_delta.values, mask, c.n_perm, rng_for(c.seed, SEED_STRAT)),
-        per_head=per_head_test,
-        q_bh=ct.benjamini_hochberg(per_head_test.pvalue),
-        rank=ct.descending_ranks(abs_delta),
-        mann_whitney_z=ct.mann_whitney(abs_z.values, mask),
-        auc_interval_z=ct.auc_interval(standard.bootstrap_statistic.values, mask),
-        permutation_z=ct.circuit_permutation_test(z.values, null_z, mask),
-        stratified_z=ct.layer_stratified_test(abs_z.values, mask, c.n_perm, rng_for(c.seed, SEED_STRAT_Z)),
-        rank_z=ct.descending_ranks(abs_z),
-        min_effect=min_effect,
-    )
-
-
-def causal_effects(ds: xr.Dataset, comparison: Comparison, kind: str, shifts: dict[str, ShiftResult],
-                   tests: dict[str, CircuitTests], rule: ca.CircuitRule) -> CausalEffects:
-    """One effect kind against the diagnostics. Every kind gets the same bootstrap draws (same seeds)."""
-    c = comparison
-    sample = effect_sample(ds, kind, prefer=c.a)
-    mean = ca.mean_effect(sample.values, n_boot=c.n_boot, rng=rng_for(c.seed, SEED_EFFECT))
-    diagnostics = {v: tuple(x.values for x in c.values[v]) for v in TESTED}
-    boot_deltas, boot_means = ca.joint_bootstrap(diagnostics, c.a, c.b, sample, c.n_boot, rng_for(c.seed, SEED_JOINT))
-    abs_mean = np.abs(mean.statistic.values)
-    spearman = {v: ca.effect_spearman(np.abs(shifts[v].statistic.values), abs_mean, np.abs(boot_deltas[v]),
-                                      np.abs(boot_means)) for v in TESTED}
-    circuit = ca.select_heads(mean.statistic, mean.pvalue, rule)
-    flagged = {v: tests[v].flagged(FLAG_LEVEL) for v in TESTED}
-    scores = {v: ca.precision_recall(flagged[v], circuit) for v in TESTED}
-    return CausalEffects(kind, sample.conditions, mean, ct.benjamini_hochberg(mean.pvalue), rule, circuit, spearman,
-                         flagged, {v: p for v, (p, _) in scores.items()}, {v: r for v, (_, r) in scores.items()})
-
-
-def diagnostic_correlations(comparison: Comparison, shifts: dict[str, ShiftResult]) -> dict[str, CorrelationResult]:
-    """The posts' correlations of KL with chi, and the layer-depth confound (on condition a)."""
-    (ka, _), (ca, _) = comparison.values["kl_norm"], comparison.values["chi"]
-    with quiet():  # numpy's nanmean, not xarray's reductions (which may use other summation kernels)
-        kl_mean, chi_mean = np.nanmean(ka.values, axis=0), np.nanmean(ca.values, axis=0)
-    other = ~comparison.mask.values
-    layer = comparison.mask["layer"].broadcast_like(comparison.mask).values
-    return {
-        "kl_chi_head_means": corr.pearson(kl_mean, chi_mean),
-        "kl_chi_points": corr.pearson(ka, ca),
-        "dkl_dchi": corr.pearson(shifts["kl_norm"].statistic, shifts["chi"].statistic),
-        "layer_kl_noncircuit": corr.pearson(layer[other], kl_mean[other]),
-        "layer_chi_noncircuit": corr.pearson(layer[other], chi_mean[other]),
-    }
-
-
-def cross_head_structure(comparison: Comparison) -> CrossHead:
-    """C_a, C_b, C_diff of kl_norm over prompts, the posts' sigma band, the max-|C_diff| null, CIs."""
-    c = comparison
-    ka, kb = c.values["kl_norm"]
-    unit_axis = units_of(ka)
-    flat_a = ka.values.reshape(ka.sizes["prompt"], -1)  # layer-major, the order of unit_axis
-    flat_b = kb.values.reshape(kb.sizes["prompt"], -1)
-    c_a, c_b = corr.head_correlation(flat_a), corr.head_correlation(flat_b)
-    c_diff = c_a - c_b
-    sigma = corr.sigma_band(c_diff, c.mask.values.ravel())
-    flagged = corr.flagged_pairs(c_diff, sigma, N_SIGMA)
-    max_null = corr.c_diff_max_null(flat_a, flat_b, c.n_perm, rng_for(c.seed, SEED_CNULL))
-    i, j = corr.upper_pairs(c_diff.shape[0])
-    family_wise = np.full(c_diff.shape, np.nan)
-    family_wise[i, j] = family_wise[j, i] = corr.family_wise_p(c_diff[i, j], max_null)
-    top = np.argsort(-np.nan_to_num(np.abs(c_diff[i, j])))[:5]
-    chosen = list(dict.fromkeys(flagged + [(int(i[t]), int(j[t])) for t in top]))
-    intervals = corr.bootstrap_c_diff(flat_a, flat_b, chosen, c.n_boot, rng_for(c.seed, SEED_CBOOT))
-    pair_intervals = [PairInterval(p, ConfidenceInterval(float(lo), float(hi))) for p, (lo, hi) in zip(chosen, intervals)]
-    return CrossHead(
-        c_a=head_matrix(c_a, unit_axis, f"C_{c.a}"), c_b=head_matrix(c_b, unit_axis, f"C_{c.b}"),
-        c_diff=head_matrix(c_diff, unit_axis, "C_diff"), sigma=sigma, flagged=flagged, max_null=max_null,
-        family_wise_p=head_matrix(family_wise, unit_axis, "family_wise_p"), pair_intervals=pair_intervals,
-        linkage=corr.head_linkage(c_diff),
-    )
+    causal, samples = {}, {}
+    for kind in kinds:
+        variable = effect_variable(kind)
+        targets = lambda cond: of(cond)[kind][1] if of(cond) else 0  # noqa: E731
+        used = [c.a] if targets(c.a) else [x for x in conditions(ds) if targets(x)]
+        if not used:
+            raise AnalysisError(f"{variable} has no finite value: no prompt of the store has a task target")
+        parts = {name: {x: of(x)[name][0] for x in used} for name in [kind, *estimates[kind]]}
+        samples[kind] = (used, parts)
+        mean = ca.mean_effect(Units.concat(list(parts[kind].values())), sum(targets(x) for x in used), heads,
+                                 c.n_boot, rng_for(c.seed, SEED_EFFECT))
+        diagnostics = {v: (s.a[v], s.b[v]) for v in TESTED}
+        boot_deltas, boot_means = ca.joint_bootstrap(diagnostics, c.a, c.b, used, {kind: parts[kind]}, c.n_boot,
+                                                     rng_for(c.seed, SEED_JOINT), c.shape)
+        abs_mean = np.abs(mean.statistic.values)
+        spearman = {v: ca.effect_spearman(np.abs(shifts[v].statistic.values), abs_mean, np.abs(boot_deltas[v]),
+                                          np.abs(boot_means[kind])) for v in TESTED}
+        circuit = ca.select_heads(mean.statistic, mean.pvalue, rule)
+        flagged = {v: tests[v].flagged(FLAG_LEVEL) for v in TESTED}
+        scores = {v: ca.precision_recall(flagged[v], circuit) for v in TESTED}
+        causal[kind] = CausalEffects(kind, tuple(used), mean, ct.benjamini_hochberg(mean.pvalue), rule, circuit,
+                                     spearman, flagged, {v: p for v, (p, _) in scores.items()},
+                                     {v: r for v, (_, r) in scores.items()})
+    cheap_methods = cheap.cheap_vs_exact(ds, c, s, causal, samples, shifts, lambda: rng_for(c.seed, SEED_JOINT))
+    return causal, cheap_methods, sizes

@@ -93,7 +93,7 @@ def summary(an: Analysis) -> dict[str, Any]:
                        "bootstrap": BOOTSTRAP[c.design], "permutation": PERMUTATION[c.design],
                        "prompt_curve_n_perm": min(c.n_perm, CURVE_N_PERM), "prompt_curve_perm_repeats": 5}
     out["store"] = c.store
-    if c.scale is not None:  # streamed reports (analysis.scale) say what was streamed and what subsampled
+    if c.scale is not None:  # streamed reports (analysis.pipeline.run_analysis_streamed) say what was streamed and what subsampled
         out["scale"] = {k: v for k, v in c.scale.items() if k != "execution"}  # same for any memory or scheduler
     return out
 

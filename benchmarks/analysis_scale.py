@@ -158,7 +158,7 @@ def run_one(store: Path, out: Path, memory: str | None, in_memory: bool, schedul
     (summary.json's top-level keys of interest) and, streamed, the report's scale.execution (blocks, and the
     sections computed from the loaded store: `in_memory`, [] when everything streamed)."""
     code = ("import sys, time, resource, json; t = time.perf_counter(); from analysis.report import write_report; "
-            "import analysis.scale as S; box = {}; run = S.run_analysis_streamed\n"
+            "import analysis.pipeline as S; box = {}; run = S.run_analysis_streamed\n"
             "def spy(*a, **k):\n r = run(*a, **k); box['execution'] = r.comparison.scale['execution']; return r\n"
             "S.run_analysis_streamed = spy\n"
             f"s = write_report({str(store)!r}, {str(out)!r}, memory={memory!r}, in_memory={in_memory!r}, "
