@@ -33,7 +33,8 @@ from analysis.resampling import rng_for
 from analysis.results import ConfidenceInterval, MeanResult, SinkRateResult
 from analysis.shifts import percentile_interval, shift_units
 from analysis.store import conditions, condition_prompts
-from analysis.streaming import DEFAULT_MEMORY, block_rows, default_in_flight, stream
+from analysis import streaming
+from analysis.streaming import DEFAULT_MEMORY, default_in_flight
 from analysis.units import G_MAX, Units, unit_size
 from jaxdiag.schema import TAXONOMY
 
@@ -288,13 +289,13 @@ def stream_score(rows: xr.DataArray, query: int, size: int, memory: int, in_flig
     fixed = 4 * 8 * k * G_MAX  # the score's units
     for flight in dict.fromkeys((in_flight, 1)):  # wide query="all" rows: fewer blocks at once before giving up
         try:
-            block = block_rows(1, rows.shape[1], size, memory, fixed, flight)
+            block = streaming.block_rows(1, rows.shape[1], size, memory, fixed, flight)
             break
         except AnalysisError:
             if flight == 1:
                 raise
     block = max(size, block // size * size)  # whole units per block: the units never depend on the block size
-    out = stream({"x": rows}, (("score", "units", "x", query), ("finite", "defined", "x")), size, size, block, {},
+    out = streaming.stream({"x": rows}, (("score", "units", "x", query), ("finite", "defined", "x")), size, size, block, {},
                  flight)
     return out["units"], int(out["defined"].sum()), block
 
