@@ -10,12 +10,15 @@ A section module defines
                                                 Analysis.sections, summary.json and report.md)
     summary(an: Analysis) -> dict[str, Any]     its summary.json entries, in order (numpy values and NaN are
                                                 left to analysis._util.to_jsonable)
+
+and, when it has them,
+
     markdown(an: Analysis) -> list[str]         its report.md lines
     figures(an: Analysis) -> tuple[str, ...]    the names of the figures it draws for this report ("figN_what":
                                                 report.md lists every section's figures in N order)
     draw(name: str, an: Analysis) -> Figure     one of them (import matplotlib inside: analysis.figures)
 
-and, optionally, SUMMARY_AFTER / MARKDOWN_AFTER: the NAME of the section after whose entries / text its own go
+and SUMMARY_AFTER / MARKDOWN_AFTER: the NAME of the section after whose entries / text its own go
 (default: registry order; kept for the report's historical layout). A section reads the results of earlier
 sections through `an` (e.g. an.shifts) or `ctx.results`, puts what it streamed in `ctx.scale[NAME]` (a streamed
 report's summary.json `scale`), and may leave intermediate data that a later section reuses in `ctx.shared`
@@ -32,7 +35,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
 import xarray as xr
 
 if TYPE_CHECKING:
@@ -113,8 +115,9 @@ def layout(attribute: str) -> list[ModuleType]:
     return order
 
 
-def ran(an: Analysis) -> list[ModuleType]:
-    return [m for m in modules() if m.NAME in an.sections]
+def drawn(an: Analysis) -> dict[str, ModuleType]:
+    """Figure name -> the section module that draws it, for the sections that ran and have figures."""
+    return {name: m for m in modules() if m.NAME in an.sections and hasattr(m, "figures") for name in m.figures(an)}
 
 
 def summary_entries(an: Analysis) -> dict[str, Any]:
@@ -130,28 +133,20 @@ def markdown_lines(an: Analysis) -> list[str]:
     """Every section's report.md lines, in layout order."""
     lines: list[str] = []
     for m in layout("MARKDOWN_AFTER"):
-        if m.NAME in an.sections:
+        if m.NAME in an.sections and hasattr(m, "markdown"):
             lines += m.markdown(an)
     return lines
 
 
 def figure_names(an: Analysis) -> list[str]:
     """The figures drawn for this report, in their number order ("fig7_..." before "fig10_...")."""
-    names = [name for m in ran(an) for name in m.figures(an)]
-    return sorted(names, key=lambda name: int(name[3:].split("_")[0]))
+    return sorted(drawn(an), key=lambda name: int(name[3:].split("_")[0]))
 
 
 def draw_all(an: Analysis, out_dir: Path, save) -> list[str]:
     """Draw every section's figures into out_dir with save(fig, out_dir, name); return the file names."""
-    owner = {name: m for m in ran(an) for name in m.figures(an)}
+    owner = drawn(an)
     files: list[str] = []
     for name in figure_names(an):
         files += save(owner[name].draw(name, an), out_dir, name)
     return files
-
-
-def labelled(template: xr.DataArray, values: np.ndarray) -> xr.DataArray:
-    """values shaped like template, with its dims and coordinates."""
-    from analysis.labels import like
-
-    return like(template, np.asarray(values).reshape(template.shape))

@@ -75,11 +75,3 @@ def markdown(an: Analysis) -> list[str]:
                   "measures causal necessity for the task, the diagnostics measure how attention changes between "
                   "conditions; structural heads (e.g. previous-token) can be essential yet unshifted."]
     return lines
-
-
-def figures(an: Analysis) -> tuple[str, ...]:
-    return ()
-
-
-def draw(name: str, an: Analysis):
-    raise KeyError(name)

@@ -54,11 +54,3 @@ def markdown(an: Analysis) -> list[str]:
         lines.append(f"| {label} | {fmt(r.statistic)} | [{fmt(r.confidence_interval.low)}, "
                      f"{fmt(r.confidence_interval.high)}] | {fmt(r.pvalue)} | {r.n} |")
     return lines
-
-
-def figures(an: Analysis) -> tuple[str, ...]:
-    return ()
-
-
-def draw(name: str, an: Analysis):
-    raise KeyError(name)

@@ -43,11 +43,3 @@ def markdown(an: Analysis) -> list[str]:
         lines.append(f"- **{var}**: median over heads of paired / independent 95% CI width = "
                      f"{fmt(an.ci_width_ratio(var))}.")
     return lines + [""]
-
-
-def figures(an: Analysis) -> tuple[str, ...]:
-    return ()
-
-
-def draw(name: str, an: Analysis):
-    raise KeyError(name)

@@ -57,15 +57,3 @@ def summary(an: Analysis) -> dict[str, Any]:
                                "level": z.confidence_level} for v, z in an.standardised.items()},
         "standardisation": STANDARDISATION[c.design],
     }
-
-
-def markdown(an: Analysis) -> list[str]:
-    return []
-
-
-def figures(an: Analysis) -> tuple[str, ...]:
-    return ()
-
-
-def draw(name: str, an: Analysis):
-    raise KeyError(name)
