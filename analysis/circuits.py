@@ -35,7 +35,7 @@ from jaxdiag.schema import BUILTIN_PREFIX
 if TYPE_CHECKING:
     import xarray as xr
 
-BUILTIN = ("ioi23", "ioi26")  # the one list of shipped circuits (circuits/<name>.toml); jaxdiag.runconfig should use it
+BUILTIN = ("ioi23", "ioi26")  # the one list of shipped circuits (circuits/<name>.toml); jaxdiag.sweep.runconfig should use it
 EFFECTS_CIRCUIT = "effects:"  # "effects:K": the causal circuit of the store's effect kind K (analysis.causal)
 
 

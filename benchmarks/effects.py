@@ -14,7 +14,7 @@ trained ones do) and pairs of 15-token prompts:
 - the FLOPs each needs and the machine's fp32 GEMM rate (torch, the model's shapes), so each
   rate is also a share of the ceiling.
 
-jaxdiag restarts each edited run at the edited layer's MLP (``jaxdiag.effects``): per prompt
+jaxdiag restarts each edited run at the edited layer's MLP (``jaxdiag.causal.effects``): per prompt
 ``H * sum_l (L - l - 1/3)`` layer-forwards and one LM-head row, vs ``H * L`` layer-forwards and a
 full LM head per position for one forward per head. Results: ``EFFECTS.md`` and
 ``effects.json`` in ``--out-dir`` (default: this folder), with machine, CPU flags, date, command.
@@ -67,8 +67,8 @@ def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, targe
     from flax import nnx
 
     import jaxdiag
-    from jaxdiag.effects import sweep_step
-    from jaxdiag.runner import diagnostics_step
+    from jaxdiag.sweep.steps import sweep_step
+    from jaxdiag.sweep.runner import diagnostics_step
 
     model = jaxdiag.load(checkpoint).model
     graphdef, state = nnx.split(model)

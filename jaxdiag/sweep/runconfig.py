@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import builtin_models, package_data, presets_dir, resolve_path, user_path
-from jaxdiag.prompts import SOURCES
+from jaxdiag.sweep.prompts import SOURCES
 from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES
 
 BUILTIN = BUILTIN_PREFIX
