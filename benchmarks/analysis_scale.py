@@ -7,8 +7,8 @@ For each size it writes (once; kept in --dir, named by store shape) a synthetic 
 conditions, written block by block in Zarr chunks of --chunk prompts (make_dataset + write_store would hold a
 10^6-prompt store in memory and write it as one chunk, which no reader can stream; here memory holds one block
 whatever the size), then runs the default report (1,000 bootstrap resamples and permutations) in a fresh process
-and records its wall time and peak resident memory (ru_maxrss of that process). --in-memory times the pre-scale
-path instead (analysis.pipeline).
+and records its wall time and peak resident memory (ru_maxrss of that process). --in-memory times the in-memory
+path instead (the loaded store, units of one prompt: analysis.pipeline.run_analysis).
 
 Store shapes (the recorded row names the one used):
   default ("sweep"): shaped like a real sweep store (schema 2): every per-head variable of jaxdiag.schema's
