@@ -76,7 +76,7 @@ def methods_against(ds: xr.Dataset, comparison: Comparison, streamed: Streamed, 
     for kind in cheap_kinds(ds, exact.kind):
         family, _ = cheap_family(kind)
         # a head with no finite estimate stays NaN and is never ranked
-        mean = like(exact.mean.statistic, Units.concat(list(parts[kind].values())).totals()["mean"].reshape(c.shape))
+        mean = like(exact.mean.statistic, Units.concat(list(parts[kind].values())).centre().reshape(c.shape))
         description = str(ds[effect_variable(kind)].attrs.get("description", ""))
         methods[kind] = agreement(kind, family, description, abs(mean), np.abs(boot_means[kind]), exact,
                                   boot_abs_effect, signed=mean if family == "atp" else None)

@@ -144,7 +144,7 @@ def _analyse(ds, circuit, a, b, *, n_boot, n_perm, seed, variables, curve, store
         "subsample": {"prompts": {a: int(len(picks[0])), b: int(len(picks[1]))}, "of": {a: int(n_a), b: int(n_b)},
                       "all_prompts": bool(whole), "used_for": ["prompt_curve", "figure scatter clouds"]},
     }
-    head_means = {v: (s.a[v].totals()["mean"].reshape(c.shape), s.b[v].totals()["mean"].reshape(c.shape))
+    head_means = {v: (s.a[v].centre().reshape(c.shape), s.b[v].centre().reshape(c.shape))
                   for v in TESTED}
     comparison = dataclasses.replace(c, values=sample, counts={a: int(n_a), b: int(n_b)}, head_means=head_means,
                                      scale=scale)

@@ -52,7 +52,8 @@ def prompt_curve(xa: dict[str, np.ndarray], xb: dict[str, np.ndarray], mask: np.
             # each subsample's units of one prompt (independent samples for delta and its interval, the design's
             # for delta_z and the lead test)
             units = [prompt_samples(xa[var][ia], xb[var][ib], INDEPENDENT) for ia, ib in picks]
-            deltas = np.stack([u.a.totals()["mean"] - u.b.totals()["mean"] for u in units])
+            independent = [standardised(u) for u in units]  # its delta is the raw shift in either design
+            deltas = np.stack([np.ravel(s["delta"]) for s in independent])
             absd = np.abs(deltas)
             keep = np.isfinite(absd).all(axis=0)
             m = flat_mask[keep]
@@ -69,7 +70,8 @@ def prompt_curve(xa: dict[str, np.ndarray], xb: dict[str, np.ndarray], mask: np.
             table.setdefault(f"ci_width_{var}", []).append(float(np.median(widths)))
             samples = units if design == INDEPENDENT else [prompt_samples(xa[var][ia], xb[var][ib], design)
                                                              for ia, ib in picks]
-            z = np.stack([np.ravel(standardised(u)["t"]) for u in samples])
+            points = independent if design == INDEPENDENT else [standardised(u) for u in samples]
+            z = np.stack([np.ravel(s["t"]) for s in points])
             absz = np.abs(z)
             keep = np.isfinite(absz).all(axis=0)
             m = flat_mask[keep]

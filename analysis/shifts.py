@@ -70,7 +70,7 @@ def bootstrap_mean(u: Units, n_boot: int, rng: np.random.Generator) -> np.ndarra
 def weighted_mean(w: np.ndarray, u: Units) -> np.ndarray:
     """Means of the units' columns under each row of unit weights w [c, G], NaN entries skipped."""
     with quiet():
-        return (w @ (u.count * u.mean)) / (w @ u.count)
+        return (w @ (u.count * u.mean)) / (w @ u.counts)
 
 
 def acceleration(*samples: tuple[Units, float]) -> np.ndarray:
@@ -79,7 +79,7 @@ def acceleration(*samples: tuple[Units, float]) -> np.ndarray:
     a = sum u^3 / (6 (sum u^2)^1.5) needs only the centred second and third moments (no second pass)."""
     nums, dens = 0.0, 0.0
     for u, sign in samples:
-        t = u.totals()
+        t = u.totals(third=True)
         n = t["n"]
         with quiet():
             nums = nums + sign * t["m3"] / n**3
@@ -95,11 +95,11 @@ def shift_units(ua: Units, ub: Units | None, n_boot: int, rng: np.random.Generat
     heads: the DataArray the results are labelled like (None: plain arrays of `shape`)."""
     shape = heads.shape if heads is not None else shape
     if ub is None:
-        theta = ua.totals()["mean"]
+        theta = ua.centre()
         boot = bootstrap_mean(ua, n_boot, rng)
         samples: tuple[tuple[Units, float], ...] = ((ua, 1.0),)
     else:
-        theta = ua.totals()["mean"] - ub.totals()["mean"]
+        theta = ua.centre() - ub.centre()
         boot = bootstrap_mean(ua, n_boot, rng) - bootstrap_mean(ub, n_boot, rng)
         samples = ((ua, 1.0), (ub, -1.0))
     theta, boot = theta.reshape(shape), boot.reshape((n_boot, *shape))

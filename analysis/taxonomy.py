@@ -308,7 +308,7 @@ def condition_mean_units(u: Units | None, n_prompts: int, heads: xr.DataArray, n
     count = (u.count.sum(axis=0) if u is not None else np.zeros(int(np.prod(shape)))).astype(np.int64).reshape(shape)
     if n_prompts < 2:
         with quiet():
-            mean = u.totals()["mean"].reshape(shape) if n_prompts else np.full(shape, np.nan)
+            mean = u.centre().reshape(shape) if n_prompts else np.full(shape, np.nan)
         nan = np.full(shape, np.nan)
         return mean, ConfidenceInterval(nan, nan), nan, np.full((n_boot, *shape), np.nan), count
     r = shift_units(u, None, n_boot, rng, heads, confidence_level)

@@ -21,6 +21,7 @@ null has the prompt-level null's mean and variance to first order (checked in te
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -60,25 +61,37 @@ class Units:
                 return np.nanmean(np.where(self.count > 0, self.mean, np.nan), axis=0)
             return (self.count * self.mean).sum(axis=0) / self.count.sum(axis=0)
 
-    def totals(self) -> dict[str, np.ndarray]:
-        """Exact n, mean, variance (ddof 1), M2 and M3 of every column over all prompts."""
+    def totals(self, third: bool = False) -> dict[str, np.ndarray]:
+        """Exact n, mean, variance (ddof 1) and M2 of every column over all prompts, and M3 when third (only
+        BCa's acceleration needs it; for the mean alone, `centre`)."""
         n = self.count.sum(axis=0)
         mean = self.centre()
         d = np.where(self.count > 0, self.mean - np.nan_to_num(mean), 0.0)
-        m2 = self.m2.sum(axis=0) + (self.count * d * d).sum(axis=0)
-        m3 = self.m3.sum(axis=0) + 3.0 * (d * self.m2).sum(axis=0) + (self.count * d**3).sum(axis=0)
+        # units of one prompt hold no within-unit M2 (and count * d is d): the same sums with two passes fewer
+        m2 = (d * d).sum(axis=0) if self.size == 1 else self.m2.sum(axis=0) + (self.count * d * d).sum(axis=0)
         with quiet():
             var = m2 / (n - 1.0)
-        return {"n": n, "mean": mean, "var": np.where(n > 1, var, np.nan), "m2": m2, "m3": m3}
+        out = {"n": n, "mean": mean, "var": np.where(n > 1, var, np.nan), "m2": m2}
+        if third:
+            out["m3"] = self.m3.sum(axis=0) + 3.0 * (d * self.m2).sum(axis=0) + (self.count * d**3).sum(axis=0)
+        return out
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        """The counts to weight by: [G, 1] when every column has the same counts (no NaN), so a resample's count is
+        one matrix-vector product instead of one per column (exact either way: sums of integers), else [G, k]."""
+        return self.count[:, :1] if np.array_equal(self.count, np.broadcast_to(self.count[:, :1], self.count.shape)) \
+            else self.count
 
     def centred(self, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(C, C (m - centre), C (m - centre)^2 + M2): per-unit count, sum and sum of squares about centre."""
+        """(C, C (m - centre), C (m - centre)^2 + M2): per-unit count (`counts`), sum and sum of squares about
+        centre."""
         d = np.where(self.count > 0, self.mean - np.nan_to_num(centre), 0.0)
         s1 = self.count * d
         s2 = s1 * d
         if self.size > 1:
             s2 = s2 + self.m2
-        return self.count, s1, s2
+        return self.counts, s1, s2
 
     @staticmethod
     def concat(parts: list[Units]) -> Units:

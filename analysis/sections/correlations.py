@@ -15,8 +15,8 @@ NAME = "correlations"
 
 def compute(ctx) -> dict[str, CorrelationResult]:
     s, c, shifts = ctx.streamed, ctx.comparison, ctx.results["shifts"]
-    kl_mean = s.a["kl_norm"].totals()["mean"].reshape(c.shape)
-    chi_mean = s.a["chi"].totals()["mean"].reshape(c.shape)
+    kl_mean = s.a["kl_norm"].centre().reshape(c.shape)
+    chi_mean = s.a["chi"].centre().reshape(c.shape)
     other = ~c.mask.values
     layer = c.mask["layer"].broadcast_like(c.mask).values
     return {
