@@ -131,7 +131,10 @@ def bench_transformerlens(checkpoint: str, clean: np.ndarray, corrupt: np.ndarra
         _, clean_cache = bridge.run_with_cache(clean_t)
 
         def run():
-            return patching.get_act_patch_attn_head_out_all_pos(bridge, corrupt_t, clean_cache, metric)
+            result = patching.get_act_patch_attn_head_out_all_pos(bridge, corrupt_t, clean_cache, metric)
+            if device != "cpu":
+                torch.cuda.synchronize()  # the GPU's queued work belongs to this call's time
+            return result
 
         t0 = time.perf_counter()
         result = run()

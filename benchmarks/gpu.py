@@ -58,15 +58,18 @@ PROFILES: dict[str, dict[str, Any]] = {
                    effect_runs=[(["patch"], "highest"), (["atp_patch"], "highest"), (["atpstar_patch"], "highest"),
                                 (["patch"], "bf16"), (["patch"], "default")],
                    process_prompts=100_000, process_fill=8192, process_runs=("fill_cache", "timed", "warm_small"),
-                   drift_n=256, repeats=3, min_seconds=0.5,
-                   budget_s=285.0),
+                   drift_n=256, drift_models=("random", *TRAINED), drift_precisions=PRECISIONS,
+                   repeats=3, min_seconds=0.5, budget_s=285.0),
     # The test suite's run: the same points on a 2-layer model, one of each kind where the device run
-    # has several (one precision, one batch, the three effect kinds in one step, one ``jaxdiag run``),
-    # no long prompts: every process it starts costs seconds of imports on a shared 2-core machine.
+    # has several (one precision, one batch, the three effect kinds in one step, one ``jaxdiag run``,
+    # drift on the trained models only), no long prompts: each process it starts and each program it
+    # compiles costs seconds on a shared 2-core machine.
     "dry": dict(model=TINY, seq=15, batches=[4], long=None, torch_batches=[4], torch_long=None,
                 gemm_square=128, precisions=("bf16",), effect_pairs=2,
                 effect_runs=[(["patch", "atp_patch", "atpstar_patch"], "highest")],
-                process_prompts=32, process_fill=8, process_runs=("timed",), drift_n=4, repeats=1, min_seconds=0.0, budget_s=600.0),
+                process_prompts=32, process_fill=8, process_runs=("timed",), drift_n=4,
+                drift_models=TRAINED, drift_precisions=("highest", "bf16"),
+                repeats=1, min_seconds=0.0, budget_s=1500.0),
 }
 # Each section's share of the budget (they add up to 1): the diagnostics sweep takes the most.
 SHARES = {"jax": 0.34, "effects": 0.16, "torch": 0.22, "process": 0.18, "drift": 0.10}
@@ -123,9 +126,9 @@ def torch_points(p: dict, ckpt: str, device: str) -> list[dict[str, Any]]:
 
 
 def drift_points(p: dict, ckpt: str) -> list[dict[str, Any]]:
-    common = dict(kind="precision_drift", n=p["drift_n"], seq=16, precisions=list(p["precisions"]))
-    return [dict(common, checkpoint=ckpt, prompts="random", seq=p["seq"]),
-            *(dict(common, checkpoint=name, prompts="repeated") for name in TRAINED)]
+    common = dict(kind="precision_drift", n=p["drift_n"], seq=16, precisions=list(p["drift_precisions"]))
+    return [dict(common, checkpoint=ckpt, prompts="random", seq=p["seq"]) if name == "random"
+            else dict(common, checkpoint=name, prompts="repeated") for name in p["drift_models"]]
 
 
 def run_points(bench: Bench, points: list[dict[str, Any]], budget_s: float, log: Path) -> list[dict[str, Any]]:
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="the same code path on the CPU, tiny shapes (seconds)")
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where GPU.md and gpu.json go (and $OUT when set)")
-    parser.add_argument("--budget-s", type=float, default=None, help="time box of the whole run (default 285; dry 600)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="time box of the whole run (default 285; dry 1500, so that a loaded CPU does not cut it)")
     given = argv if argv is not None else sys.argv[1:]
     args = parser.parse_args(given)
     p = dict(PROFILES["dry" if args.dry_run else "device"])

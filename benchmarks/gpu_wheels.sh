@@ -31,3 +31,5 @@ echo "wheels: $(du -sb .whl | cut -f1) bytes in $(ls .whl | wc -l) files"
 # What travels: tracked files, untracked files git does not ignore, and the carried .whl (64 MiB at most).
 tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 echo "working tree that travels: $tree bytes; with the wheels: $((tree + $(du -sb .whl | cut -f1))) bytes (limit $((64 * 1024 * 1024)))"
+# Here, with this project's environment: the GPU run's imports, with what the image lacks hidden.
+if [ -f /work/.library/device/KINDS.md ]; then python3 benchmarks/gpu_wheels_check.py /work/.library/device/KINDS.md; fi
