@@ -70,7 +70,7 @@ def _loaded_model(checkpoint: str, precision: str):
 def jaxdiag_runner(spec: dict) -> dict[str, Any]:
     """The sweep engine's path: length-bucketed units through ``runner.DeviceRunner`` on all local devices."""
     jax, model = _jax_setup(spec)
-    from jaxdiag.runner import DeviceRunner, make_units
+    from jaxdiag.sweep.runner import DeviceRunner, make_units
 
     prompts = random_prompts(spec["n_prompts"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
     units = make_units(list(enumerate(prompts.tolist())), batch_size=spec["batch"], limit=model.config.n_positions)
@@ -97,7 +97,7 @@ def jaxdiag_step(spec: dict) -> dict[str, Any]:
     graphdef, state = nnx.split(model)
     query, attention = spec.get("query", "last"), spec.get("attention", "auto")
 
-    from jaxdiag.runner import diagnostics_step
+    from jaxdiag.sweep.runner import diagnostics_step
 
     step = diagnostics_step(graphdef, query, attention=attention)
 
@@ -142,7 +142,7 @@ def torch_diagnostics(patterns: list, torch, dtype=None) -> dict[str, Any]:
 
     Equal-length prompts, so every key is visible to the last row (n = seq). ``z`` is known only up
     to a per-row constant from the probabilities (log pi = z - logsumexp z), and every diagnostic is
-    invariant to that constant, so log pi stands in for z. Same definitions as jaxdiag.diagnostics.
+    invariant to that constant, so log pi stands in for z. Same definitions as jaxdiag.probes.diagnostics.
     """
     dtype = dtype or torch.float32
     pi = torch.stack([p[:, :, -1, :] for p in patterns], dim=1).to(dtype)  # [b, layer, head, n]
@@ -265,7 +265,7 @@ def one_batch_step(model, batch: int, seq: int, *, query: str = "last", seed: in
     prompts: ``(step, state, tokens, lengths)``, run as ``step(state, tokens, lengths)``."""
     from flax import nnx
 
-    from jaxdiag.runner import diagnostics_step
+    from jaxdiag.sweep.runner import diagnostics_step
 
     graphdef, state = nnx.split(model)
     tokens = random_prompts(batch, seq, model.config.vocab_size, seed)
@@ -294,15 +294,16 @@ def startup_phases(spec: dict) -> dict[str, Any]:
     import zarr  # noqa: F401  (the run writes its store with it)
     from flax import nnx  # noqa: F401
 
-    import jaxdiag.sweep  # noqa: F401
+    import jaxdiag.sweep.run  # noqa: F401
     lap("import_s")
-    from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.compile_cache import enable_compile_cache
+    from jaxdiag.checkpoint import resolve
+    from jaxdiag.models.load import load_model
+    from jaxdiag.sweep.compile_cache import enable_compile_cache
 
     enable_compile_cache(spec["cache"])
     checkpoint = resolve(spec["checkpoint"])
     lap("resolve_s")
-    _, model = load_checkpoint(checkpoint, precision=spec.get("precision", "highest"))
+    _, model = load_model(checkpoint, precision=spec.get("precision", "highest"))
     lap("load_s")
     step, state, tokens, lengths = one_batch_step(model, spec["batch"], spec["seq"], query=spec.get("query", "last"),
                                                   seed=spec.get("seed", 0))
@@ -376,9 +377,8 @@ def make_checkpoint(spec: dict) -> dict[str, Any]:
     from flax import nnx
     from transformers import PreTrainedTokenizerFast
 
-    from jaxdiag.checkpoint import save_checkpoint
-    from jaxdiag.config import GPT2Config
-    from jaxdiag.model import GPT2
+    from jaxdiag.models.load import save_checkpoint
+    from jaxdiag.models.gpt2 import GPT2, GPT2Config
     from jaxdiag.tokenizer import _byte_level_bpe, bundled_gpt2_files
 
     config = GPT2Config(**spec["config"])
@@ -403,18 +403,36 @@ FAMILY_CONFIGS = {
 TINY_FAMILY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 
 
+def _word_level_tokenizer(vocab_size: int):
+    """A tokenizer of ``vocab_size`` made-up words (TransformerLens boots a model only with one)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
+                                   bos_token="w0", eos_token="w0", unk_token="w0")
+
+
+def family_kwargs(family: str, *, tiny: bool = False) -> dict[str, Any]:
+    """The HF config keywords of a FAMILY_CONFIGS model (``tiny``: the smoke run's sizes)."""
+    kwargs = FAMILY_CONFIGS[family][1]
+    if tiny:
+        kwargs = kwargs | TINY_FAMILY | ({"num_key_value_heads": 2} if "num_key_value_heads" in kwargs else {})
+    return kwargs
+
+
 def make_family_checkpoint(spec: dict) -> dict[str, Any]:
     """A randomly initialised HF model of ``spec["family"]`` (a key of FAMILY_CONFIGS), saved to ``checkpoint``."""
     import torch
     import transformers
 
-    config_name, kwargs = FAMILY_CONFIGS[spec["family"]]
-    if spec.get("tiny"):
-        kwargs = kwargs | TINY_FAMILY | ({"num_key_value_heads": 2} if "num_key_value_heads" in kwargs else {})
+    config_name = FAMILY_CONFIGS[spec["family"]][0]
+    kwargs = family_kwargs(spec["family"], tiny=bool(spec.get("tiny")))
     torch.manual_seed(spec.get("seed", 0))
     config = getattr(transformers, config_name)(**kwargs)
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(spec["checkpoint"])
+    _word_level_tokenizer(kwargs["vocab_size"]).save_pretrained(spec["checkpoint"])
     n_params = sum(p.numel() for p in model.parameters())
     return {"checkpoint": spec["checkpoint"], "n_params": n_params, "config": kwargs}
 

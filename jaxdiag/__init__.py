@@ -15,15 +15,15 @@ _EXPORTS = {
     "load": "jaxdiag.api",
     "diagnose": "jaxdiag.api",
     "LoadedModel": "jaxdiag.api",
-    "attention_diagnostics": "jaxdiag.diagnostics",
-    "DIAGNOSTICS": "jaxdiag.diagnostics",
+    "attention_diagnostics": "jaxdiag.probes.diagnostics",
+    "DIAGNOSTICS": "jaxdiag.probes.diagnostics",
     "JaxdiagError": "jaxdiag.errors",
 }
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:
     from jaxdiag.api import LoadedModel, diagnose, load
-    from jaxdiag.diagnostics import DIAGNOSTICS, attention_diagnostics
+    from jaxdiag.probes.diagnostics import DIAGNOSTICS, attention_diagnostics
     from jaxdiag.errors import JaxdiagError
 
 

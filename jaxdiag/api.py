@@ -13,28 +13,29 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
-from jaxdiag.config import GPT2Config
+from jaxdiag.checkpoint import Checkpoint, resolve
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.model import GPT2, Precision, QueryMode
-from jaxdiag.models.load import tokenizer_for
-from jaxdiag.prompts import Prompt
-from jaxdiag.runner import run_diagnostics
-from jaxdiag.store import prompts_dataset
+from jaxdiag.models.family import Family
+from jaxdiag.models.load import load_model, tokenizer_for
+from jaxdiag.schema import Precision, QueryMode
+from jaxdiag.sweep.prompts import Prompt
+from jaxdiag.sweep.runner import run_diagnostics
+from jaxdiag.sweep.store import prompts_dataset
 from jaxdiag.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A GPT-2 ready to diagnose: the Flax module, its tokenizer and where it came from."""
+    """A model of any family ready to diagnose: the Flax module, its tokenizer and where it came from."""
 
-    model: GPT2
+    model: Family
     tokenizer: Tokenizer | None
     checkpoint: Checkpoint
     precision: Precision
 
     @property
-    def config(self) -> GPT2Config:
+    def config(self):
+        """The family's config (``n_layer``, ``n_head``, ``d_head``, ``vocab_size``, ``model_type`` ...)."""
         return self.model.config
 
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -54,7 +55,7 @@ def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: 
     """Load a checkpoint (GPT-2, Llama/Qwen2/Mistral, GPT-NeoX, BERT, ALBERT: by ``config.json``'s
     ``model_type``) from a Hugging Face hub id or a local directory."""
     checkpoint = resolve(model, revision)
-    config, module = load_checkpoint(checkpoint, precision=precision)
+    config, module = load_model(checkpoint, precision=precision)
     tokenizer = tokenizer_for(checkpoint.directory, config, prepend_bos=prepend_bos)
     return LoadedModel(module, tokenizer, checkpoint, precision)
 

@@ -11,7 +11,7 @@ import pytest
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.ioi import data
 from jaxdiag.ioi.identify import paired_set
-from jaxdiag.prompts import BLOG_ABBA, BLOG_BABA, IOI_ABBA, IOI_BABA
+from jaxdiag.sweep.prompts import BLOG_ABBA, BLOG_BABA, IOI_ABBA, IOI_BABA
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_abc_counterfactuals_have_the_ioi_prompts_lengths_and_no_repeated_name()
 
 
 def test_training_is_deterministic_and_unused_rows_stay_exactly_zero():
-    from jaxdiag.checkpoint import export_weights
+    from jaxdiag.models.load import export_weights
     from jaxdiag.ioi.train import TrainConfig, train
 
     cfg = dataclasses.replace(TrainConfig(), n_layer=1, n_head=2, n_embd=16, steps=3, batch_size=8, warmup_steps=1)

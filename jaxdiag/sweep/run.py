@@ -6,7 +6,7 @@ Order of work, so that bad input fails before any device work and leaves nothing
 2. plan: walk every prompt once -- tokenise, validate, count per condition, note the longest,
    the metadata keys and a digest of the whole prompt set (nothing kept in memory);
 3. refuse an existing store unless --resume (same config, weights and prompts) or --overwrite;
-4. load the weights, create the store (see ``jaxdiag.store``: by rename at a path, by claim and
+4. load the weights, create the store (see ``jaxdiag.sweep.store``: by rename at a path, by claim and
    commit at a URL), then walk the prompts again.
 
 A store URL of an unknown protocol or a missing fsspec backend is refused before step 1.
@@ -36,14 +36,14 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 
-from jaxdiag.effects import head_sums_step, reference_means, sweep_step
+from jaxdiag.sweep.steps import head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
 from jaxdiag.paths import StoreLocation
-from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
-from jaxdiag.runconfig import RunConfig
-from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
+from jaxdiag.sweep.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
+from jaxdiag.sweep.runconfig import RunConfig
+from jaxdiag.sweep.runner import DeviceRunner, Unit, make_units, scatter
 from jaxdiag.schema import edit_of
-from jaxdiag.store import (
+from jaxdiag.sweep.store import (
     SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, create_store, default_chunk_size, done_chunks, finalise,
     Column, prompt_columns, read_attrs, utc_now, write_chunk,
 )
@@ -125,7 +125,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     without, the digest is what earlier versions computed, so their stores still resume. Pairs are
     checked either way (two prompts in two conditions; equal lengths too for patch effects).
     """
-    from jaxdiag.runner import check_prompt
+    from jaxdiag.sweep.runner import check_prompt
 
     counts: dict[str, int] = {}
     kinds: dict[str, set[str]] = {}
@@ -339,8 +339,9 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     import jax
 
     from jaxdiag import __version__
-    from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.models.load import model_type_of, read_config, require_gpt2, tokenizer_for
+    from jaxdiag.checkpoint import resolve
+    from jaxdiag.models.load import load_model, model_type_of, read_config, tokenizer_for
+    from jaxdiag.models.registry import require_effects
 
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -357,7 +358,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     checkpoint = resolve(config.model, config.revision)
     model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type
     if config.effects:
-        require_gpt2(model_config, "causal effects (effects = [...])")
+        require_effects(model_config, "causal effects (effects = [...])")
     tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
     walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id)
@@ -383,7 +384,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     if process == 0 and resume and path.exists():
         check_resumable(path, identity)
-    _, model = load_checkpoint(checkpoint, precision=config.precision)
+    _, model = load_model(checkpoint, precision=config.precision)
     head_mean = None
     if reference is not None:  # every process computes the same means: same units, float64 sums in order
         log(f"mean head outputs over condition {reference!r}")

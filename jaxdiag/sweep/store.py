@@ -59,7 +59,7 @@ import numpy as np
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import StoreLocation
-from jaxdiag.prompts import Prompt
+from jaxdiag.sweep.prompts import Prompt
 from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS,
                             TAXONOMY, QueryMode)
 

@@ -21,10 +21,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxdiag.diagnostics import attention_diagnostics
+from jaxdiag.probes.diagnostics import attention_diagnostics
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.streaming import RowStats, stats_diagnostics, stats_taxonomy
-from jaxdiag.taxonomy import taxonomy_scores
+from jaxdiag.probes.streaming import RowStats, stats_diagnostics, stats_taxonomy
+from jaxdiag.probes.taxonomy import taxonomy_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +85,9 @@ def _needs_pattern(view: AttentionView, name: str) -> AttentionView:
     return view
 
 
-# The seven attention diagnostics of jaxdiag.diagnostics, [b, h, r] per layer.
+# The seven attention diagnostics of jaxdiag.probes.diagnostics, [b, h, r] per layer.
 DIAGNOSTICS_PROBE = Probe("diagnostics", _diagnostics, streams=True)
-# The five head-taxonomy scores of jaxdiag.taxonomy (previous-token, self, duplicate, induction, log_z).
+# The five head-taxonomy scores of jaxdiag.probes.taxonomy (previous-token, self, duplicate, induction, log_z).
 TAXONOMY_PROBE = Probe("taxonomy", _taxonomy, streams=True)
 # The attention weights of the probed rows, [b, h, r, k] per layer: for tests and small inputs.
 ATTENTION_PROBE = Probe("attention", _pattern)

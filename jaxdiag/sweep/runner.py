@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiag.schema import HEAD_VARIABLES
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.model import GPT2, AttentionImpl
+from jaxdiag.models.family import AttentionImpl, Family
 from jaxdiag.probes import DIAGNOSTICS_PROBE, TAXONOMY_PROBE, Probe
 from jaxdiag.schema import QueryMode
 
@@ -97,7 +97,7 @@ def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: i
     return units
 
 
-def probe_values(model: GPT2, tokens: jax.Array, lengths: jax.Array, query: QueryMode,
+def probe_values(model: Family, tokens: jax.Array, lengths: jax.Array, query: QueryMode,
                  probes: tuple[Probe, ...] = SWEEP_PROBES, attention: AttentionImpl = "auto") -> dict[str, jax.Array]:
     """``probes``' values ``{name: [b, layer, head(, seq)]}``; for ``query="last"`` the one row is squeezed away."""
     values = model(tokens, lengths, probes=probes, query=query, hidden=False, attention=attention).probes
@@ -117,7 +117,7 @@ def diagnostics_step(graphdef, query: QueryMode, probes: tuple[Probe, ...] = SWE
 class DeviceRunner:
     """Runs units on all local devices with a bounded number in flight; results come back in order."""
 
-    def __init__(self, model: GPT2, query: QueryMode, *, make_step: Callable | None = None,
+    def __init__(self, model: Family, query: QueryMode, *, make_step: Callable | None = None,
                  devices: Sequence[jax.Device] | None = None, in_flight_per_device: int = 2):
         """``make_step(graphdef)`` builds the jitted ``step(state, tokens, lengths, **unit.inputs) -> {name: [b, ...]}``
         (default: :func:`diagnostics_step`)."""
@@ -157,7 +157,7 @@ def _replica(replicated, device: jax.Device):
 
 
 def run_diagnostics(
-    model: GPT2,
+    model: Family,
     token_lists: Sequence[Sequence[int]],
     *,
     query: QueryMode = "last",
