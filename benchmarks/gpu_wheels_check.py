@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     import benchmarks.gpu  # noqa: F401
     import benchmarks.gpu_workers  # noqa: F401
     import jaxdiag.cli  # noqa: F401
-    import jaxdiag.effects  # noqa: F401
+    import jaxdiag.causal.effects  # noqa: F401
     import jaxdiag.sweep  # noqa: F401
     import jaxdiag.tokenizer
 

@@ -49,15 +49,35 @@ def drift_prompts(kind: str, n: int, seq: int, vocab_size: int) -> np.ndarray:
 
 
 def reference_diagnostics(directory: str, tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """The seven diagnostics of the last position in float64 on the CPU: transformers' eager GPT-2 (an
-    implementation independent of jaxdiag's) cast to float64, reduced in float64."""
+    """The last position's diagnostics and head-taxonomy scores in float64 on the CPU: transformers'
+    eager GPT-2 (an implementation independent of jaxdiag's) cast to float64, reduced in float64.
+    (``log_z`` is left out: the attention probabilities do not determine it.)"""
     import torch
     from transformers import GPT2Model
 
     model = GPT2Model.from_pretrained(directory, attn_implementation="eager").eval().to("cpu", torch.float64)
     with torch.inference_mode():
         patterns = model(torch.from_numpy(tokens).long(), output_attentions=True).attentions
-        return workers.torch_diagnostics(patterns, torch, dtype=torch.float64)
+        last_rows = torch.stack([p[:, :, -1, :] for p in patterns], dim=1).numpy()  # [b, layer, head, n]
+        return workers.torch_diagnostics(patterns, torch, dtype=torch.float64) | reference_taxonomy(last_rows, tokens)
+
+
+def reference_taxonomy(pi: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """``prev_attn``, ``self_attn``, ``dup_attn``, ``induction_attn`` of the last query ``t = n - 1`` from its
+    attention row ``pi [b, layer, head, n]`` and the prompts ``tokens [b, n]`` (every key visible), as
+    jaxdiag.probes.taxonomy defines them; a share is NaN where its set of keys is empty."""
+    n = tokens.shape[1]
+    t, keys, query = n - 1, np.arange(n)[None, :], tokens[:, -1:]
+    previous = np.concatenate([np.full_like(tokens[:, :1], -1), tokens[:, :-1]], axis=1)
+    earlier_copies = (keys < t) & (tokens == query)
+    after_copies = (keys >= 1) & (previous == query)
+
+    def share(mask: np.ndarray) -> np.ndarray:
+        total = (pi * mask[:, None, None, :]).sum(-1)
+        return np.where(mask.any(-1)[:, None, None], total, np.nan)
+
+    return {"prev_attn": pi[..., t - 1], "self_attn": pi[..., t], "dup_attn": share(earlier_copies),
+            "induction_attn": share(after_copies)}
 
 
 def jaxdiag_diagnostics(checkpoint: str, precision: str, tokens: np.ndarray) -> dict[str, np.ndarray]:
@@ -69,9 +89,10 @@ def jaxdiag_diagnostics(checkpoint: str, precision: str, tokens: np.ndarray) -> 
     return jax.device_get(step(state, tokens, lengths))
 
 
-def deviations(values: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per diagnostic: largest absolute deviation and ``||out - ref|| / ||ref||`` (NaN entries of the
-    reference left out; a NaN where the reference has a number counts as an infinite deviation)."""
+def deviations(values: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per variable: largest absolute deviation and ``||out - ref|| / ||ref||`` over the reference's
+    numbers (a NaN in their place counts as an infinite deviation; None where the reference has none),
+    and how many entries are NaN in one and not the other."""
     out = {}
     for name, ref in reference.items():
         ref = np.asarray(ref, np.float64)
@@ -79,8 +100,10 @@ def deviations(values: dict[str, np.ndarray], reference: dict[str, np.ndarray]) 
         keep = ~np.isnan(ref)
         diff = np.where(np.isnan(got[keep]), np.inf, got[keep] - ref[keep])
         norm = float(np.linalg.norm(ref[keep]))
-        out[name] = {"max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
-                     "rel_norm": float(np.linalg.norm(diff) / norm) if norm > 0 else float(np.linalg.norm(diff))}
+        out[name] = {"max_abs": float(np.max(np.abs(diff))) if diff.size else None,
+                     "rel_norm": (float(np.linalg.norm(diff) / norm) if norm > 0 else float(np.linalg.norm(diff)))
+                     if diff.size else None,
+                     "nan_mismatches": int(np.sum(np.isnan(got) != np.isnan(ref)))}
     return out
 
 

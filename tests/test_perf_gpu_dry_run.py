@@ -12,7 +12,9 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DIAGNOSTICS = {"kl", "kl_norm", "chi", "entropy", "max_attn", "bos_attn", "z_excess"}
+# the diagnostics and the head-taxonomy scores but log_z (attention probabilities do not determine it)
+VARIABLES = {"kl", "kl_norm", "chi", "entropy", "max_attn", "bos_attn", "z_excess", "prev_attn", "self_attn", "dup_attn",
+             "induction_attn"}
 
 
 def test_gpu_benchmark_dry_run(tmp_path):
@@ -49,11 +51,12 @@ def test_gpu_benchmark_dry_run(tmp_path):
     # on the CPU agrees with it to rounding, bf16 moves every diagnostic visibly but boundedly.
     assert set(s["drift"]) == {"builtin:ioi-4l8h", "builtin:induction-3l8h"}
     for model, by_precision in s["drift"].items():
-        assert set(by_precision["highest"]) == DIAGNOSTICS, model
+        assert set(by_precision["highest"]) == VARIABLES, model
         assert all(v < 1e-5 for v in by_precision["highest"].values()), (model, by_precision["highest"])
         assert all(math.isfinite(v) and 1e-4 < v < 0.1 for v in by_precision["bf16"].values()), (model, by_precision["bf16"])
     for row in results["sections"]["drift"]:  # the trained heads attend sharply: not the near-uniform random case
         assert row["result"]["reference"]["max_attn_mean"] > 0.15, row["point"]["checkpoint"]
+        assert all(d["nan_mismatches"] == 0 for by_name in row["result"]["drift"].values() for d in by_name.values())
 
     with tarfile.open(tmp_path / "gpu_profile.tar.gz") as archive:
         assert any(name.endswith(".xplane.pb") for name in archive.getnames())
