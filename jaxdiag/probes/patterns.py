@@ -30,19 +30,20 @@ def layer_patterns(model: Family, tokens: np.ndarray, lengths: np.ndarray,
     def embed(state, tokens):
         return nnx.merge(graphdef, state).embed(tokens)
 
-    @functools.partial(jax.jit, static_argnums=(0, 1))
-    def layer_step(layer: int, probe: bool, state, x, tokens, lengths):
+    # Every layer up to the last wanted one forms its pattern, wanted or not: one program per layer,
+    # so a layer's pattern is the same bits whichever other layers are asked for.
+    @functools.partial(jax.jit, static_argnums=0)
+    def layer_step(layer: int, state, x, tokens, lengths):
         module = nnx.merge(graphdef, state)
-        ctx = module.context(tokens, lengths, probes=(ATTENTION_PROBE,) if probe else (), query="all",
-                             attention="direct")
+        ctx = module.context(tokens, lengths, probes=(ATTENTION_PROBE,), query="all", attention="direct")
         block = module.blocks()[layer]
         heads, probed = block.attention_heads(x, ctx, layer)
-        return block.resume(block.carry(x, block.project(heads))), probed.get("attention")
+        return block.resume(block.carry(x, block.project(heads))), probed["attention"]
 
     x = embed(state, tokens)
     real = np.arange(tokens.shape[1]) < np.asarray(lengths)[:, None]  # [b, s]
     for layer in range(max(wanted) + 1):
-        x, pattern = layer_step(layer, layer in wanted, state, x, tokens, lengths)
+        x, pattern = layer_step(layer, state, x, tokens, lengths)
         if layer in wanted:
             weights = np.asarray(pattern, dtype=np.float32)
             yield layer, np.where(real[:, None, :, None] & real[:, None, None, :], weights, np.float32(np.nan))
