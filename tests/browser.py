@@ -1,8 +1,9 @@
 """A real headless browser for the HTML tests: Debian's chromium, driven over the DevTools protocol.
 
-``scripts/test.sh`` installs chromium where it is missing; :func:`chromium_or_skip` skips only where
-no browser is installed and none can be (the reason is stated), and in CI (``CI`` set) a missing
-browser fails the test instead.
+``scripts/test.sh`` installs chromium where it is missing (``apt-get install -y chromium``);
+:func:`chromium_or_skip` skips only where no browser is installed and none could be (the reason,
+with why scripts/test.sh could not install it, is stated), and in CI (``CI`` set) a missing browser
+fails the test instead of skipping it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def chromium_or_skip() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        reason = "no chromium on PATH (scripts/test.sh installs it: apt-get install -y chromium)"
+        why = os.environ.get("JAXDIAG_CHROMIUM_INSTALL", "scripts/test.sh installs it: apt-get install -y chromium")
+        reason = f"no chromium on PATH ({why})"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; in CI the browser tests must run")
         pytest.skip(reason)
