@@ -27,7 +27,7 @@ from jaxdiag.models.load import load_model, tokenizer_for
 from jaxdiag.models.registry import require_effects
 from jaxdiag.probes import Probe, stored_variables
 from jaxdiag.probes.custom import resolve_probe
-from jaxdiag.probes.patterns import layer_patterns
+from jaxdiag.models.patterns import layer_patterns
 from jaxdiag.schema import EFFECT_KINDS, Precision, QueryMode, edit_of
 from jaxdiag.sweep.prompts import Prompt, single_token
 from jaxdiag.sweep.run import task_inputs
@@ -159,7 +159,7 @@ def attention(model: LoadedModel, prompts: PromptLike | Sequence[PromptLike], *,
               batch_size: int = 8, progress: bool = True) -> xr.DataArray:
     """Attention weights ``[prompt, layer, head, query, key]`` of whole prompts (one prompt or a list).
 
-    Gathered one layer at a time (:mod:`jaxdiag.probes.patterns`); positions past a prompt's length
+    Gathered one layer at a time (:mod:`jaxdiag.models.patterns`); positions past a prompt's length
     are NaN. Coordinates: ``layer``, ``head`` (the ones asked for), ``text``, ``n_tokens``, and
     ``query_token`` / ``key_token``, each position's token text. Results above
     ``MAX_PATTERN_BYTES`` (256 MiB of float32) are refused: ask for fewer layers, heads or prompts.
