@@ -198,13 +198,6 @@ def attention(model: LoadedModel, prompts: PromptLike | Sequence[PromptLike], *,
         attrs={"long_name": "attention weight of the query position on the key position", "units": "1"})
 
 
-def to_dataset(values: dict[str, np.ndarray], token_lists: Sequence[Sequence[int]], texts: Sequence[str],
-               *, query: QueryMode) -> xr.Dataset:
-    """The store's schema for one set of prompts (no ``condition`` dim): what a sweep writes for each condition."""
-    prompts = [Prompt("", tuple(tokens), text) for tokens, text in zip(token_lists, texts)]
-    return prompts_dataset(prompts, values, query=query)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checking the arguments: each error is one sentence naming the argument and the prompt.
 
