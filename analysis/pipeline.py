@@ -45,7 +45,8 @@ from analysis.labels import per_head
 from analysis.resampling import rng_for
 from analysis.seeds import (SEED_BOOT, SEED_CBOOT, SEED_CNULL, SEED_CURVE, SEED_CURVE_PERM, SEED_EFFECT,  # noqa: F401
                             SEED_JOINT, SEED_PERM, SEED_SAMPLE, SEED_STD, SEED_STRAT, SEED_STRAT_Z)
-from analysis.store import check_condition, check_variables, condition_array, pair_order, provenance
+from analysis.store import (check_condition, check_variables, condition_array, keep_complete_pairs, pair_order,
+                            provenance)
 from analysis.streaming import DEFAULT_MEMORY, default_in_flight, open_lazy, parse_memory, single_thread_blas, stream_store
 from analysis.taxonomy import TAXONOMY_VARIABLES
 from analysis.units import G_MAX
@@ -81,10 +82,14 @@ def run_analysis_streamed(store: str | Path | StoreLocation, circuit: Circuit, a
                           curve: bool = True, store_path: str | Path | None = None,
                           rule: ca.CircuitRule = ca.CircuitRule(), thresholds: Mapping[str, float] | None = None,
                           min_effect: Mapping[str, float] | None = None, design: str | None = None,
-                          memory: int | str | None = None, in_flight: int | None = None) -> Analysis:
+                          memory: int | str | None = None, in_flight: int | None = None,
+                          complete_pairs_only: bool = False) -> Analysis:
     """run_analysis streamed over the store at `store` (a path or URL) in bounded memory (`memory`: parse_memory's
-    text or bytes), with units of up to G_MAX prompts per condition."""
+    text or bytes), with units of up to G_MAX prompts per condition. complete_pairs_only: an incomplete store's
+    prompts whose partner is missing are left out (analysis.store.keep_complete_pairs)."""
     ds = open_lazy(store)
+    if complete_pairs_only:
+        ds = keep_complete_pairs(ds, a, b)
     return analyse(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables, curve=curve,
                    store_path=store_path if store_path is not None else store, rule=rule, thresholds=thresholds,
                    min_effect=min_effect, design=design, memory=parse_memory(memory), in_flight=in_flight,

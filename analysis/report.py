@@ -23,8 +23,9 @@ from analysis.html import report_page
 from analysis.markdown import markdown
 from analysis.pipeline import run_analysis
 from analysis.summary import summary
-from analysis.store import default_conditions, open_store, run_config
-from jaxdiag.paths import StoreLocation
+from analysis.store import default_conditions, keep_complete_pairs, open_store, run_config
+from jaxdiag.completeness import check_complete
+from jaxdiag.paths import StoreLocation, check_output_dir
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -77,7 +78,8 @@ def parse_min_effect(text: str | None) -> dict[str, float]:
 def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a: str | None = None,
                  b: str | None = None, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
                  ablation: str | None = None, min_effect: str | dict[str, float] | None = None,
-                 memory: str | int | None = None, scheduler: str | None = None, in_memory: bool = False) -> dict:
+                 memory: str | int | None = None, scheduler: str | None = None, in_memory: bool = False,
+                 allow_incomplete: bool = False) -> dict:
     """Analyse a store and write figures (PNG + SVG), summary.json, report.md and report.html (the
     markdown as one page with its figures inline: analysis.html) into out_dir.
 
@@ -89,17 +91,23 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
     text or bytes; default analysis.streaming.DEFAULT_MEMORY). scheduler: where the streamed blocks run: None (dask's
     local threads), "threads", "processes", "synchronous", or a dask.distributed scheduler address
     ("tcp://host:8786"). in_memory: load the store and run analysis.pipeline.run_analysis (units of one prompt) instead of
-    streaming (the same numbers up to G_MAX prompts per condition). Returns the summary dict (as written,
+    streaming (the same numbers up to G_MAX prompts per condition). allow_incomplete: analyse an incomplete store
+    (jaxdiag.completeness; refused otherwise) on its complete pairs only, stated atop report.md and in
+    summary.json's `incomplete`. Returns the summary dict (as written,
     NaN -> None). Raises AnalysisError on bad input, before anything is written.
     """
     x_min = min_effect if isinstance(min_effect, dict) else parse_min_effect(min_effect)
     location = StoreLocation.of(store_path, error=AnalysisError)  # a path or an fsspec URL
+    check_output_dir(out_dir, error=AnalysisError)
     store = location.local_path
     ds = open_store(location)
+    incomplete = check_complete(ds, str(location), allow_incomplete, error=AnalysisError)
     config = run_config(ds)
     shape = (int(ds.sizes["layer"]), int(ds.sizes["head"]))
     default_a, default_b = default_conditions(ds, config) if a is None or b is None else (a, b)
     a, b = a or default_a, b or default_b
+    if incomplete is not None:
+        ds = keep_complete_pairs(ds, a, b)
     chosen = resolve_circuit(circuit, config, shape, store, ds, a)
     if ablation is not None:
         import dataclasses
@@ -115,8 +123,13 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
         budget = parse_memory(memory)
         with scheduler_context(scheduler):
             analysis = run_analysis_streamed(location, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed,
-                                             store_path=str(location), min_effect=x_min, memory=budget)
+                                             store_path=str(location), min_effect=x_min, memory=budget,
+                                             complete_pairs_only=incomplete is not None)
     result = to_jsonable(summary(analysis))
+    page = markdown(analysis)
+    if incomplete is not None:  # said first, in both: the numbers below are of part of the run
+        result = {"incomplete": incomplete, **result}
+        page = f"> **Note:** {incomplete}.\n\n{page}"
     text = json.dumps(result, indent=1, allow_nan=False)
 
     from analysis.figures import write_figures  # matplotlib only when there is something to draw
@@ -127,7 +140,7 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
     try:
         write_figures(analysis, staging)
         (staging / "summary.json").write_text(text + "\n")
-        (staging / "report.md").write_text(markdown(analysis))
+        (staging / "report.md").write_text(page)
         (staging / "report.html").write_text(report_page((staging / "report.md").read_text(), staging))
         for name in os.listdir(staging):  # all-or-nothing: only complete files reach out_dir
             os.replace(staging / name, out / name)

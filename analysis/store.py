@@ -151,3 +151,15 @@ def pair_order(ds: xr.Dataset, a: str, b: str) -> tuple[np.ndarray | None, str]:
         return None, f"the pair ids of `{a}` and `{b}` differ"
     where = {v: i for i, v in enumerate(ids[b])}
     return np.asarray([where[v] for v in ids[a]], dtype=int), "every prompt's pair partner is in the other condition"
+
+
+def keep_complete_pairs(ds: xr.Dataset, a: str, b: str) -> xr.Dataset:
+    """The store with every prompt whose pair partner (in a or b) was not stored read as padding (n_tokens 0), so
+    every reader that drops padding analyses the complete pairs only (an incomplete store, --allow-incomplete)."""
+    from jaxdiag.completeness import complete_pairs
+
+    if "n_tokens" not in ds.coords:
+        return ds
+    keep = complete_pairs(ds, (a, b))
+    n_tokens = ds["n_tokens"]
+    return ds.assign_coords(n_tokens=(n_tokens.dims, np.where(keep, np.asarray(n_tokens.values), 0)))

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                              "dask.distributed scheduler's address")
     report.add_argument("--in-memory", action="store_true",
                         help="load the whole store and run the in-memory analysis instead of streaming it")
+    _allow_incomplete_flag(report)
 
     verify = commands.add_parser(
         "verify", help="verify the heads an AtP/AtP* ranking puts first by exact patching",
@@ -85,8 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--fraction", type=float, default=0.2, help="a head matters at >= this x the largest verified effect")
     verify.add_argument("--batch-size", type=int, default=32, metavar="B")
     verify.add_argument("--seed", type=int, default=0, metavar="S")
+    _allow_incomplete_flag(verify)
     _compile_cache_flags(verify)
     return parser
+
+
+def _allow_incomplete_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--allow-incomplete", action="store_true",
+                         help="analyse an interrupted run's store (complete pairs only) instead of refusing it")
 
 
 def _compile_cache_flags(command: argparse.ArgumentParser) -> None:
@@ -181,18 +188,21 @@ def _report(args: argparse.Namespace) -> int:
         raise JaxdiagError(f"the report needs the analysis package, which is not importable ({exc})") from None
     summary = write_report(args.store, args.out, circuit=args.circuit, a=args.a, b=args.b, n_boot=args.n_boot,
                            n_perm=args.n_perm, seed=args.seed, min_effect=args.min_effect, memory=args.memory,
-                           scheduler=args.scheduler, in_memory=args.in_memory)
+                           scheduler=args.scheduler, in_memory=args.in_memory,
+                           allow_incomplete=args.allow_incomplete)
     conditions = summary.get("conditions", {}) if isinstance(summary, dict) else {}
     print(f"wrote report to {args.out} ({conditions.get('a')} vs {conditions.get('b')})")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from jaxdiag.paths import check_output_dir
     from jaxdiag.sweep.verify import render, verify, write
 
+    check_output_dir(args.out)  # before minutes of exact patching
     _use_compile_cache(args)
     result = verify(args.store, method=args.method, top=args.top, sample=args.sample, seed=args.seed,
-                    fraction=args.fraction, batch_size=args.batch_size)
+                    fraction=args.fraction, batch_size=args.batch_size, allow_incomplete=args.allow_incomplete)
     write(result, args.out)
     print(render(result))
     return 0

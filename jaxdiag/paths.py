@@ -148,3 +148,16 @@ class StoreLocation:
 
         options = {"auto_mkdir": True} if isinstance(self.fs, LocalFileSystem) else None
         return FsspecStore.from_url(self.text, storage_options=options, read_only=read_only)
+
+
+def check_output_dir(value: str, *, what: str = "--out", error: type[Exception] = JaxdiagError) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written: one that is a file, or whose
+    nearest existing folder is not writable (reports and verify results are written after minutes of work)."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} {value}: exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"{what} {value}: cannot write into {existing} (permission denied)")

@@ -285,3 +285,65 @@ def test_imports_and_runs_without_jax(tmp_path):
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def killed_store(tmp_path_factory):
+    """A paired store whose run was killed: 12 of 12 `ioi` prompts and 9 of 12 `non_ioi` ones stored."""
+    root = tmp_path_factory.mktemp("killed")
+    ds = make_dataset(n_layers=2, n_heads=3, n_prompts=12, seed=2, pair_corr=0.5, circuit={"roles": {"X": ["1.1"]}})
+    ds.attrs["complete"] = False
+    ds.attrs["config"] = json.dumps({**json.loads(ds.attrs["config"]), "prompts": {"n_prompts": 12}})
+    lost = ds["n_tokens"].copy()
+    lost[1, 9:] = 0  # the chunk that was never written
+    ds = ds.assign_coords(n_tokens=lost)
+    for v in ds.data_vars:
+        if {"condition", "prompt"} <= set(ds[v].dims) and ds[v].dtype.kind == "f":
+            ds[v][1, 9:] = np.nan
+    write_store(ds, root / "killed.zarr")
+    return root / "killed.zarr"
+
+
+def test_incomplete_store_is_refused_in_one_line(killed_store, capsys):
+    out = killed_store.parent / "refused"
+    assert main([str(killed_store), "--out", str(out), "--n-boot", "20", "--n-perm", "20"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "incomplete (ioi 12, non_ioi 9 of 12 prompts stored)" in err
+    assert f"--out {killed_store} --resume" in err and "--allow-incomplete" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_allow_incomplete_analyses_the_complete_pairs_and_says_so(killed_store, tmp_path, in_memory):
+    s = write_report(str(killed_store), str(tmp_path), n_boot=50, n_perm=50, allow_incomplete=True, in_memory=in_memory)
+    assert list(s)[0] == "incomplete" and "complete pairs" in s["incomplete"] and "non_ioi 9 of 12" in s["incomplete"]
+    assert s["design"] == "paired"  # not silently independent: the 9 stored pairs, matched
+    assert s["n_prompts"] == {"ioi": 9, "non_ioi": 9}
+    assert (tmp_path / "report.md").read_text().startswith("> **Note:** incomplete store")
+
+
+def test_report_into_an_unwritable_folder_fails_before_work(small_store, tmp_path, capsys):
+    """--out is a file, or lies under one (permission bits are not tested: the suite may run as root)."""
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file", tmp_path / "file" / "report"):
+        assert main([str(small_store / "ok.zarr"), "--out", str(out), "--circuit", str(small_store / "ok.toml"),
+                     "--n-boot", "20", "--n-perm", "20"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(out) in err
+    assert (tmp_path / "file").read_text() == ""
+
+
+def test_verify_refuses_an_incomplete_store_and_an_unwritable_out(killed_store, tmp_path, capsys):
+    from jaxdiag.cli import main as jaxdiag_main
+
+    (tmp_path / "file").write_text("")
+    for out, message in ((tmp_path / "v", "incomplete (ioi 12, non_ioi 9 of 12 prompts stored)"),
+                         (tmp_path / "file", "exists and is not a folder")):
+        assert jaxdiag_main(["verify", str(killed_store), "--out", str(out), "--no-compile-cache"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "v").exists()
+    # allowed, it gets past the completeness check to the store's own shortcoming (no AtP estimates)
+    assert jaxdiag_main(["verify", str(killed_store), "--out", str(tmp_path / "v"), "--no-compile-cache",
+                         "--allow-incomplete"]) == 2
+    assert "no attribution-patching estimates" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdiag.completeness import check_complete, complete_pairs
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.schema import edit_of
 
@@ -54,19 +55,22 @@ class Verification:
     sampled: list[HeadCheck]  # random heads from the rest
     share_bound: float  # one-sided 95% upper bound on the share of unverified heads that matter
     missed_bound: float  # share_bound x the number of unverified heads
+    incomplete: str | None = None  # an incomplete store's note (--allow-incomplete): only its complete pairs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def verify(store: str | Path, *, method: str | None = None, top: int = 10, sample: int = 10, seed: int = 0,
-           fraction: float = 0.2, batch_size: int = 32) -> Verification:
-    """Run the workflow on a store made with a cheap effect kind (see the module docstring)."""
+           fraction: float = 0.2, batch_size: int = 32, allow_incomplete: bool = False) -> Verification:
+    """Run the workflow on a store made with a cheap effect kind (see the module docstring). An incomplete store
+    is refused unless allow_incomplete; then only its prompts whose pair partner is stored count."""
     from scipy import stats
 
     from jaxdiag.sweep.store import open_dataset
 
     ds = open_dataset(store)
+    incomplete = check_complete(ds, str(store), allow_incomplete)
     kinds = list(ds.attrs.get("effects") or [])
     cheap = [k for k in kinds if k.startswith(("atpstar_", "atp_"))]
     method = method or next((k for k in cheap if k.startswith("atpstar_")), cheap[0] if cheap else None)
@@ -77,6 +81,8 @@ def verify(store: str | Path, *, method: str | None = None, top: int = 10, sampl
         raise JaxdiagError("--top must be >= 1, --sample >= 0, and --fraction in (0, 1]")
     estimate = ds[f"effect_{method}"].load()
     finite = np.isfinite(estimate.values).all(axis=(2, 3))  # [condition, prompt]: prompts with a target
+    if incomplete is not None:  # a prompt whose partner was never stored cannot be patched
+        finite &= complete_pairs(ds, tuple(str(c) for c in ds["condition"].values))
     if not finite.any():
         raise JaxdiagError(f"no prompt of {store} has a finite {method}")
     per_head = estimate.values[finite].mean(axis=0)  # [layer, head]
@@ -108,7 +114,7 @@ def verify(store: str | Path, *, method: str | None = None, top: int = 10, sampl
     k, m = sum(c.matters for c in checked), len(checked)
     share = float(stats.beta.ppf(CONFIDENCE, k + 1, m - k)) if m else 1.0
     return Verification(method, edit_of(method), int(n), n_layer * n_head, float(threshold),
-                        [check(h) for h in order[:top]], checked, share, share * len(rest))
+                        [check(h) for h in order[:top]], checked, share, share * len(rest), incomplete)
 
 
 def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int]], batch_size: int) -> np.ndarray:
@@ -176,6 +182,7 @@ def render(result: Verification) -> str:
              f"{result.n_prompts} prompts with a target; {result.n_heads} heads ranked by `{result.method}`; exact "
              f"patching for the top {len(result.verified)} and {len(result.sampled)} random others. A head matters when "
              f"|mean exact effect| >= {result.threshold:.4g} (0.2 x the largest verified one; 95% t intervals over prompts).",
+             *([f"> **Note:** {result.incomplete}.", ""] if result.incomplete else []),
              "", "| group | head | rank | estimate | exact mean | 95% CI | matters |", "|---|---|---|---|---|---|---|"]
     for group, checks in (("top", result.verified), ("sampled", result.sampled)):
         for c in checks:
