@@ -13,17 +13,41 @@ import sys
 from typing import Sequence
 
 from jaxdiag.errors import AnalysisError, Interrupted, JaxdiagError
-from jaxdiag.schema import PRECISIONS, QUERIES
+from jaxdiag.schema import EFFECT_KINDS, PRECISIONS, QUERIES
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog is made only when its help is shown: the model registry it lists imports
+    JAX, which the light commands must not pay for."""
+
+    def __init__(self, *args, lazy_epilog=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy_epilog = lazy_epilog
+
+    def format_help(self) -> str:
+        if self._lazy_epilog is not None:
+            self.epilog = self._lazy_epilog()
+        return super().format_help()
+
+
+def _families() -> str:
+    from jaxdiag.models.registry import SUPPORTED
+
+    return f"model families (a checkpoint's config.json model_type): {', '.join(SUPPORTED)}"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxdiag", description="Per-head attention diagnostics for GPT-2-family models.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info,report,verify}")
+    from jaxdiag.sweep.runconfig import preset_names
 
-    run = commands.add_parser("run", help="run a sweep into a Zarr store",
+
+    parser = argparse.ArgumentParser(prog="jaxdiag", description="Per-head attention diagnostics for GPT-2-family models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info,report,verify}",
+                                     parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a sweep into a Zarr store", lazy_epilog=_families,
                               description="Run a sweep (a TOML run config or a preset; flags override it) into a Zarr store.")
     run.add_argument("config", nargs="?", metavar="CONFIG.toml", help="run config (default: --preset default)")
-    run.add_argument("--preset", metavar="NAME", help="a run config shipped with jaxdiag (default, ioi_blog, ioi_10k, induction)")
+    run.add_argument("--preset", metavar="NAME", help=f"a run config shipped with jaxdiag: {', '.join(preset_names())}")
     run.add_argument("--model", metavar="HUB_ID_OR_DIR", help="hub id, local directory or builtin:NAME")
     run.add_argument("--prompts", metavar="FILE.jsonl", help="JSONL prompt file (replaces the config's prompt source)")
     run.add_argument("--n-prompts", type=int, metavar="N", help="prompts per condition")
@@ -34,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-size", type=int, metavar="C", help="prompts per store chunk")
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--seed", type=int, metavar="S")
-    run.add_argument("--effects", metavar="KINDS", help="causal effects to compute per head: zero,mean,patch")
+    run.add_argument("--effects", metavar="KINDS", help=f"causal effects to compute per head, comma-separated: {', '.join(EFFECT_KINDS)}")
     run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write: a path or an fsspec "
                      "URL (file://, s3://, gs://, memory:// within one process)")
     mode = run.add_mutually_exclusive_group()
