@@ -51,10 +51,39 @@ def read_config(directory: Path):
         config = entry.config.from_dict(raw, source=str(path))
     except KeyError as exc:
         raise JaxdiagError(f"{path}: a {model_type} config needs {exc.args[0]!r}, which this one lacks") from None
+    except (TypeError, ValueError, ZeroDivisionError) as exc:  # a wrong-typed value the family's reader computed with
+        raise JaxdiagError(f"{path}: a {model_type} config with a value of the wrong type ({exc})") from None
+    check_field_types(config, str(path))
     if model_type in ("bert", "albert"):
         cls_id = _vocab_id(directory, "[CLS]")
         config = dataclasses.replace(config, bos_token_id=cls_id if cls_id is not None else 0)
     return config
+
+
+def check_field_types(config: Any, source: str) -> None:
+    """Every field of a family's config dataclass holds a value of its declared type (read from the dataclass, not
+    listed per field): config.json is user input, and a string where a count belongs would fail deep in JAX."""
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, allowed = getattr(config, field.name), typing.get_args(hints[field.name]) or (hints[field.name],)
+        if value is None and type(None) in allowed:
+            continue
+        ok = any(_is_a(value, t) for t in allowed if t is not type(None))
+        if not ok:
+            names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+            raise JaxdiagError(f"{source}: {field.name} must be {names}, not {json.dumps(value, default=repr)}")
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:  # JSON true is not a count
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return not isinstance(kind, type) or isinstance(value, kind)  # Literal and other forms: left to the family
 
 
 def _vocab_id(directory: Path, token: str) -> int | None:

@@ -45,7 +45,7 @@ from jaxdiag.sweep.runconfig import RunConfig
 from jaxdiag.sweep.runner import DeviceRunner, Progress, Unit, make_units, scatter
 from jaxdiag.schema import edit_of
 from jaxdiag.sweep.store import (
-    SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, create_store, default_chunk_size, done_chunks, finalise,
+    SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, check_store_target, create_store, default_chunk_size, done_chunks, finalise,
     Column, prompt_columns, read_attrs, utc_now, write_chunk,
 )
 
@@ -360,6 +360,8 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
         raise already_exists(path)
     if resume and path.exists() and not path.is_store():
         raise JaxdiagError(f"cannot resume {path}: it is not a Zarr store")
+    if process == 0 and not (resume and path.exists()):
+        check_store_target(path, overwrite)  # a foreign file or a read-only folder, before the model is read
 
     checkpoint = resolve(config.model, config.revision)
     model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type

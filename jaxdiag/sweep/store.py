@@ -308,15 +308,25 @@ def store_template(layout: Layout, attrs: Mapping[str, Any], *,
 # Writing.
 
 
+def check_store_target(location: StoreLocation, overwrite: bool) -> None:
+    """Refuse a place a new store cannot go, before any work: one that holds a store (unless overwrite) or something
+    that is not a store, or a local folder that cannot be written."""
+    from jaxdiag.paths import check_output_dir
+
+    if location.exists() and not overwrite:
+        raise already_exists(location)
+    if location.exists() and not (location.is_store() or _claimed(location)):
+        raise JaxdiagError(f"{location} exists and is not a Zarr store: refusing to replace it")
+    if location.local_path is not None:  # the store is made beside its place and renamed into it
+        check_output_dir(str(location.local_path.parent), what=f"--out {location}: its folder")
+
+
 def create_store(path: StoreLike, layout: Layout, attrs: dict[str, Any], *, overwrite: bool,
                  head_mean: np.ndarray | None = None) -> None:
     """Write an empty store (all metadata, index coordinates) at ``path`` (a path or URL); replace one only
     if ``overwrite``. Refuses (JaxdiagError) a place that another run fills first."""
     location = StoreLocation.of(path)
-    if location.exists() and not overwrite:
-        raise already_exists(location)
-    if location.exists() and not (location.is_store() or _claimed(location)):
-        raise JaxdiagError(f"{location} exists and is not a Zarr store: refusing to replace it")
+    check_store_target(location, overwrite)
     template = store_template(layout, attrs, head_mean=head_mean)
     if location.local_path is not None:
         _create_by_rename(location, template, overwrite)
