@@ -117,7 +117,7 @@ def test_existing_store_needs_resume_or_overwrite(blog_store, models, capsys, tm
     code, err = _run(capsys, *args)
     assert code == 2 and err.startswith("jaxdiag: error:") and err.count("\n") == 1 and "--overwrite" in err
     code, err = _run(capsys, *args[:-5], "8", "--chunk-size", "4", "--out", path, "--resume")
-    assert code == 2 and "different run config (batch_size differ)" in err
+    assert code == 2 and "different run config (batch_size differs)" in err
     code, err = _run(capsys, *args, "--resume")  # already complete: nothing to do, still fine
     assert code == 0
     copy = tmp_path / "copy.zarr"

@@ -501,7 +501,8 @@ def check_resumable(path: StoreLike, expected: dict[str, Any]) -> None:
             if key == "config":
                 old, new = json.loads(attrs.get("config") or "{}"), json.loads(value)
                 keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise JaxdiagError(f"cannot resume {path}: it was made with a different run config ({', '.join(keys)} differ)")
+                raise JaxdiagError(f"cannot resume {path}: it was made with a different run config "
+                                   f"({', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'})")
             what = {"weights_sha256": "model weights", "prompts_sha256": "prompt set"}.get(key, key)
             raise JaxdiagError(f"cannot resume {path}: it was made with a different {what} ({key} differs)")
 
