@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Sequence
 
 import numpy as np
 import xarray as xr
 
+from jaxdiag import vocab
 from jaxdiag.checkpoint import Checkpoint, load_checkpoint, resolve
 from jaxdiag.config import GPT2Config
 from jaxdiag.errors import JaxdiagError
@@ -60,11 +62,23 @@ def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: 
 
 
 def diagnose(model: LoadedModel, prompts: Sequence[str | Sequence[int]], *, query: QueryMode = "last",
-             batch_size: int = 32) -> xr.Dataset:
-    """Per-head diagnostics of each prompt as a Dataset with dims ``prompt, layer, head[, query]``."""
+             batch_size: int = 32, strict_vocab: bool = False) -> xr.Dataset:
+    """Per-head diagnostics of each prompt as a Dataset with dims ``prompt, layer, head[, query]``.
+
+    Prompts holding token ids the model never trained (:mod:`jaxdiag.vocab`) are counted in the
+    attributes ``untrained_prompts`` / ``untrained_token_ids`` and warned about
+    (:class:`~jaxdiag.vocab.UntrainedTokensWarning`); ``strict_vocab`` makes them an error.
+    """
     token_lists = [model.encode(p) for p in prompts]
+    describe = (lambda i: model.tokenizer.decode([i])) if model.tokenizer is not None else None
+    vocab_attrs, warning = vocab.check(model.checkpoint.directory, model.config.vocab_size, token_lists,
+                                       strict=strict_vocab, describe=describe)
+    if warning:
+        warnings.warn(warning, vocab.UntrainedTokensWarning, stacklevel=2)
     values = run_diagnostics(model.model, token_lists, query=query, batch_size=batch_size)
-    return to_dataset(values, token_lists, [p if isinstance(p, str) else "" for p in prompts], query=query)
+    ds = to_dataset(values, token_lists, [p if isinstance(p, str) else "" for p in prompts], query=query)
+    ds.attrs.update(vocab_attrs)
+    return ds
 
 
 def to_dataset(values: dict[str, np.ndarray], token_lists: Sequence[Sequence[int]], texts: Sequence[str],
