@@ -24,6 +24,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxdiag.checkpoint import save_checkpoint
+from jaxdiag.vocab import write_trained_tokens
 from jaxdiag.config import GPT2Config
 from jaxdiag.induction.data import BOS_ID, copying_set, training_batch
 from jaxdiag.induction.metrics import compile_predict, copying_accuracy, next_token_nll
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     model, summary = train(cfg, args.seed, progress=not args.no_progress, snapshots=args.snapshots)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     save_checkpoint(model, args.out)
+    write_trained_tokens(args.out, np.arange(cfg.vocab_size))  # its random sequences draw from every id
     record = training_record(
         "jaxdiag.induction.train", sys.argv[1:] if argv is None else argv, args.seed, cfg, wall, cpu,
         final_loss=summary["final_loss"], copying_accuracy=summary["copying_accuracy"],
