@@ -90,6 +90,14 @@ def train_fillers() -> tuple[str, ...]:
     return tuple(w for w in word_list() if w not in out)
 
 
+@functools.lru_cache(maxsize=1)
+def name_words() -> tuple[str, ...]:
+    """Words used as the "names" of ``ioi_words`` examples: training fillers the grammar never writes
+    itself (a name must occur exactly where the sentence puts it)."""
+    fixed = {w.lower() for fragment in grammar.fragments() for w in re.findall(r"[A-Za-z]+", fragment)}
+    return tuple(w for w in train_fillers() if w not in fixed)
+
+
 def baba(template: str) -> str:
     """BABA: swap the first occurrences of {A} and {B} (the first clause)."""
     a, b = template.index("{A}"), template.index("{B}")
@@ -169,13 +177,12 @@ def training_example(rng: np.random.Generator, mixture: Mixture, head: str) -> E
         text = grammar.fill(grammar.sentence(rng, 2, "{Z}"), rng, pool, X=x, Y=y, Z=z)
         return Example(head + text, (word_id(x), word_id(y)), kind="three")
     words = u < mixture.single + mixture.three + mixture.ioi_words
-    io, s = _distinct(rng, train_fillers() if words else TRAIN_NAMES, 2)
+    io, s = _distinct(rng, name_words() if words else TRAIN_NAMES, 2)
     order = {"X": io, "Y": s} if rng.random() < 0.5 else {"X": s, "Y": io}  # ABBA or BABA
-    skeleton = grammar.sentence(rng, 2, "{S}")
-    while True:  # a filler equal to a word used as a name would repeat it: draw the fillers again
-        text = grammar.fill(skeleton, rng, pool, S=s, **order)
-        counts = re.findall(r"[A-Za-z]+", text)
-        if counts.count(io) == 1 and counts.count(s) == 2:
+    while True:  # a filler equal to a word used as a name would repeat it: draw again
+        text = grammar.fill(grammar.sentence(rng, 2, "{S}"), rng, pool, S=s, **order)
+        found = re.findall(r"[A-Za-z]+", text)
+        if found.count(io) == 1 and found.count(s) == 2:
             break
     return Example(head + text, (word_id(io),), word_id(s), "ioi_words" if words else "ioi")
 
