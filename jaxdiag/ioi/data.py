@@ -161,8 +161,8 @@ def _distinct(rng: np.random.Generator, pool: Sequence[str], k: int) -> list[str
     return [pool[i] for i in rng.choice(len(pool), k, replace=False)]
 
 
-def training_example(rng: np.random.Generator, mixture: Mixture, head: str) -> Example:
-    """One training example of a kind drawn by ``mixture``, after the distractor sentence ``head``."""
+def training_example(rng: np.random.Generator, mixture: Mixture) -> tuple[Example, tuple[str, ...]]:
+    """One training example of a kind drawn by ``mixture``, and the words that are its names."""
     u = rng.random()
     nouns = rng.random() < mixture.nouns
     pool = PLACES + OBJECTS if nouns else train_fillers()
@@ -170,12 +170,12 @@ def training_example(rng: np.random.Generator, mixture: Mixture, head: str) -> E
         if rng.random() < mixture.heldout_fillers:
             pool = HELDOUT_FILLERS
         if u < mixture.single:
-            (x,) = _distinct(rng, ALL_NAMES, 1) if rng.random() < 0.8 else _distinct(rng, train_fillers(), 1)
+            (x,) = _distinct(rng, ALL_NAMES, 1) if rng.random() < 0.8 else _distinct(rng, name_words(), 1)
             text = grammar.fill(grammar.sentence(rng, 1, "nobody"), rng, pool, X=x)
-            return Example(head + text, (word_id(x),), kind="single")
+            return Example(text, (word_id(x),), kind="single"), (x,)
         x, y, z = _distinct(rng, ALL_NAMES, 3)
         text = grammar.fill(grammar.sentence(rng, 2, "{Z}"), rng, pool, X=x, Y=y, Z=z)
-        return Example(head + text, (word_id(x), word_id(y)), kind="three")
+        return Example(text, (word_id(x), word_id(y)), kind="three"), (x, y, z)
     words = u < mixture.single + mixture.three + mixture.ioi_words
     io, s = _distinct(rng, name_words() if words else TRAIN_NAMES, 2)
     order = {"X": io, "Y": s} if rng.random() < 0.5 else {"X": s, "Y": io}  # ABBA or BABA
@@ -184,7 +184,18 @@ def training_example(rng: np.random.Generator, mixture: Mixture, head: str) -> E
         found = re.findall(r"[A-Za-z]+", text)
         if found.count(io) == 1 and found.count(s) == 2:
             break
-    return Example(head + text, (word_id(io),), word_id(s), "ioi_words" if words else "ioi")
+    return Example(text, (word_id(io),), word_id(s), "ioi_words" if words else "ioi"), (io, s)
+
+
+def distractor(rng: np.random.Generator, names: Sequence[str]) -> str:
+    """A sentence put before an example: a training name that is none of ``names``, training fillers
+    (no held-out word in an IOI prompt) that are none of them either."""
+    skeleton = grammar.prefix(rng)
+    while True:
+        (c,) = _distinct(rng, TRAIN_NAMES, 1)
+        text = grammar.fill(skeleton, rng, PLACES + OBJECTS, C=c)
+        if not set(re.findall(r"[A-Za-z]+", text)) & set(names):
+            return text + " "
 
 
 def training_examples(rng: np.random.Generator, n: int, mixture: Mixture = Mixture()) -> list[Example]:
@@ -193,12 +204,10 @@ def training_examples(rng: np.random.Generator, n: int, mixture: Mixture = Mixtu
     with_prefix = rng.random() < mixture.prefix
     out = []
     for _ in range(n):
-        head = ""
+        example, names = training_example(rng, mixture)
         if with_prefix:
-            # the distractor's name and fillers: training ones (no held-out word in an IOI prompt)
-            (c,) = _distinct(rng, TRAIN_NAMES, 1)
-            head = grammar.fill(grammar.prefix(rng), rng, PLACES + OBJECTS, C=c) + " "
-        out.append(training_example(rng, mixture, head))
+            example = dataclasses.replace(example, text=distractor(rng, names) + example.text)
+        out.append(example)
     return out
 
 
