@@ -165,30 +165,27 @@ def write_run(out: Path, model: GPT2, cfg: TrainConfig, args: list[str], seed: i
     return record
 
 
-def _recorded_args(argv: list[str]) -> list[str]:
-    """The arguments that determine the weights: ``--snapshots`` and ``--no-progress`` only add outputs."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--snapshots":
-            skip = True
-        elif arg != "--no-progress" and not arg.startswith("--snapshots="):
-            out.append(arg)
-    return out
-
-
-def _with_steps(args: list[str], steps: int) -> list[str]:
-    """``args`` with ``--steps`` set to ``steps``: the command that retrains a snapshot."""
+def _without(args: list[str], option: str) -> list[str]:
+    """``args`` less ``option VALUE`` and ``option=VALUE``."""
     out, skip = [], False
     for arg in args:
         if skip:
             skip = False
-        elif arg == "--steps":
+        elif arg == option:
             skip = True
-        elif not arg.startswith("--steps="):
+        elif not arg.startswith(option + "="):
             out.append(arg)
-    return out + ["--steps", str(steps)]
+    return out
+
+
+def _recorded_args(argv: list[str]) -> list[str]:
+    """The arguments that determine the weights: ``--snapshots`` and ``--no-progress`` only add outputs."""
+    return [arg for arg in _without(argv, "--snapshots") if arg != "--no-progress"]
+
+
+def _with_steps(args: list[str], steps: int) -> list[str]:
+    """``args`` with ``--steps`` set to ``steps``: the command that retrains a snapshot."""
+    return _without(args, "--steps") + ["--steps", str(steps)]
 
 
 def main(argv: list[str] | None = None) -> int:
