@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     start, cpu_start = time.perf_counter(), time.process_time()
 
     def snapshot(step: int, model: GPT2, summary: dict) -> None:
-        write_run(args.snapshots / f"step_{step}", model, cfg, _with_steps(recorded, step), args.seed, summary,
+        write_run(args.snapshots / f"step_{step}", model, dataclasses.replace(cfg, steps=step),
+                  _with_steps(recorded, step), args.seed, summary,
                   time.perf_counter() - start, time.process_time() - cpu_start)
 
     model, summary = train(cfg, args.seed, progress=not args.no_progress,
