@@ -35,10 +35,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import jax
     from flax import nnx
 
-    from jaxdiag.config import GPT2Config
-    from jaxdiag.model import GPT2
+    from jaxdiag.models.gpt2 import GPT2, GPT2Config
     from jaxdiag.probes import DIAGNOSTICS_PROBE
-    from jaxdiag.runner import SWEEP_PROBES, diagnostics_step
+    from jaxdiag.sweep.runner import SWEEP_PROBES, diagnostics_step
 
     cfg = dict(vocab_size=50257, n_positions=1024, n_embd=64, n_layer=2, n_head=4) if args.smoke else GPT2_SMALL
     graphdef, state = nnx.split(GPT2(GPT2Config(**cfg), rngs=nnx.Rngs(0)))

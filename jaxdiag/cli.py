@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Sequence
 
-from jaxdiag.errors import Interrupted, JaxdiagError
+from jaxdiag.errors import AnalysisError, Interrupted, JaxdiagError
 from jaxdiag.schema import PRECISIONS, QUERIES
 
 
@@ -100,7 +100,7 @@ def _compile_cache_flags(command: argparse.ArgumentParser) -> None:
 
 def _use_compile_cache(args: argparse.Namespace) -> None:
     if not args.no_compile_cache:
-        from jaxdiag.compile_cache import enable_compile_cache
+        from jaxdiag.sweep.compile_cache import enable_compile_cache
 
         enable_compile_cache(args.compile_cache)
 
@@ -120,7 +120,7 @@ def _prefetch_weights(model: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jaxdiag.runconfig import load_config
+    from jaxdiag.sweep.runconfig import load_config
 
     distributed = (args.coordinator, args.num_processes, args.process_id)
     if any(v is not None for v in distributed) and not all(v is not None for v in distributed):
@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
 
         jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                    process_id=args.process_id)
-    from jaxdiag.sweep import run_sweep
+    from jaxdiag.sweep.run import run_sweep
 
     if _OWN_PROCESS:
         # The objects JAX, Flax and Zarr made on import live as long as the process: keep them out of
@@ -167,11 +167,11 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        from jaxdiag.store import info
+        from jaxdiag.sweep.store import info
 
         print(json.dumps(info(args.store), indent=1))
     else:
-        from jaxdiag.store import describe
+        from jaxdiag.sweep.store import describe
 
         print(describe(args.store))
     return 0
@@ -191,7 +191,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from jaxdiag.verify import render, verify, write
+    from jaxdiag.sweep.verify import render, verify, write
 
     _use_compile_cache(args)
     result = verify(args.store, method=args.method, top=args.top, sample=args.sample, seed=args.seed,
@@ -202,14 +202,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [JaxdiagError]
-    try:
-        from analysis.errors import AnalysisError
-
-        errors.append(AnalysisError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (JaxdiagError, AnalysisError)
 
 
 # True when the process is the ``jaxdiag`` command itself (:func:`command`), not a caller of :func:`main`.

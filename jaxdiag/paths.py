@@ -82,7 +82,7 @@ class StoreLocation:
     Every file operation on a store (existence, done markers, removal) goes through ``fs``, fsspec's
     filesystem for it (``LocalFileSystem`` for a path), at ``root``; zarr and xarray get
     :meth:`zarr_store`. Only creation differs: a path is made in a temporary folder and renamed,
-    which object stores cannot do (see ``jaxdiag.store.create_store``).
+    which object stores cannot do (see ``jaxdiag.sweep.store.create_store``).
     """
 
     text: str  # as messages show it: the path as pathlib prints it, or the URL as given

@@ -18,7 +18,7 @@ import jax
 import optax
 from flax import nnx
 
-from jaxdiag.model import GPT2
+from jaxdiag.models.gpt2 import GPT2
 
 
 def adamw_warmup_constant(learning_rate: float, warmup_steps: int, clip_norm: float,

@@ -35,7 +35,7 @@ def write_torch_checkpoint(directory: Path, seed: int = 0, qk_gain: float = 1.0,
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_compile_cache(tmp_path_factory):
-    """The commands' persistent compilation cache (jaxdiag.compile_cache) in this session's temp
+    """The commands' persistent compilation cache (jaxdiag.sweep.compile_cache) in this session's temp
     directory, inherited by the CLI subprocesses: tests never read or fill the user's cache."""
     os.environ["JAXDIAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
 

@@ -22,9 +22,8 @@ TOKEN_MODEL = dict(vocab_size=1000, n_positions=64, n_embd=32, n_layer=2, n_head
 def save_tiny_model(directory: Path, seed: int = 0, **config) -> Path:
     from flax import nnx
 
-    from jaxdiag.checkpoint import save_checkpoint
-    from jaxdiag.config import GPT2Config
-    from jaxdiag.model import GPT2
+    from jaxdiag.models.load import save_checkpoint
+    from jaxdiag.models.gpt2 import GPT2, GPT2Config
 
     return save_checkpoint(GPT2(GPT2Config(**config), rngs=nnx.Rngs(seed)), directory)
 
@@ -68,12 +67,12 @@ def assert_same_store(a: Path, b: Path) -> None:
 
 
 def disk_fills_after(writes: int):
-    """A stand-in for ``jaxdiag.sweep.write_chunk`` that writes ``writes`` chunks, then fails as a full disk does."""
+    """A stand-in for ``jaxdiag.sweep.run.write_chunk`` that writes ``writes`` chunks, then fails as a full disk does."""
     import errno
 
-    import jaxdiag.sweep
+    import jaxdiag.sweep.run
 
-    real, calls = jaxdiag.sweep.write_chunk, []
+    real, calls = jaxdiag.sweep.run.write_chunk, []
 
     def fills_up(*a, **k):
         calls.append(1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import jaxdiag
-from jaxdiag.effects import attribution_effects, head_effects, head_gradients, head_outputs, task_readout
+from jaxdiag.causal.effects import attribution_effects, head_effects, head_gradients, head_outputs, task_readout
 from tests.test_effects_parity import paired_case
 
 

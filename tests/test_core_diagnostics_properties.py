@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jaxdiag.diagnostics import DIAGNOSTICS, attention_diagnostics
+from jaxdiag.probes.diagnostics import DIAGNOSTICS, attention_diagnostics
 from tests.reference import assert_close
 
 WIDTH = 48  # fixed key width: one compilation serves every example

@@ -77,7 +77,7 @@ def test_diagnostics_match_float64_reference(checkpoint_and_batch, query):
 
 def test_checkpoint_round_trip_through_transformers(tmp_path, tiny_checkpoint):
     """Our exported checkpoint loads in transformers and gives the same model back."""
-    from jaxdiag.checkpoint import export_weights, save_checkpoint
+    from jaxdiag.models.load import export_weights, save_checkpoint
 
     loaded = jaxdiag.load(str(tiny_checkpoint))
     save_checkpoint(loaded.model, tmp_path / "copy")

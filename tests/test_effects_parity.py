@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import jaxdiag
-from jaxdiag.effects import head_effects, head_output_sums, head_outputs, task_metric, task_readout
+from jaxdiag.causal.effects import head_effects, head_output_sums, head_outputs, task_metric, task_readout
 from tests.conftest import TINY_CONFIG, write_torch_checkpoint
 
 FOUR_LAYERS = dict(vocab_size=300, n_positions=64, n_embd=48, n_layer=4, n_head=6)
@@ -146,7 +146,7 @@ def test_head_output_sums_count_real_positions_only(tiny_checkpoint):
 def test_full_forward_edits_agree_with_the_restarted_runs(case):
     """The public edits (interventions.zero_heads / patch_heads) through a whole forward pass give the
     effects head_effects computes by restarting at the edited layer."""
-    from jaxdiag.interventions import patch_heads, zero_heads
+    from jaxdiag.models.edits import patch_heads, zero_heads
 
     directory, tokens, lengths, target, foil, partner = case
     model = jaxdiag.load(str(directory)).model

@@ -13,7 +13,7 @@ import xarray as xr
 
 import jaxdiag
 from jaxdiag.cli import main
-from jaxdiag.effects import attribution_effects, head_effects, head_outputs, task_readout
+from jaxdiag.causal.effects import attribution_effects, head_effects, head_outputs, task_readout
 from tests.sweep_helpers import TEXT_MODEL, TOKEN_MODEL, save_tiny_model
 
 
@@ -65,7 +65,7 @@ def test_store_holds_metric_effects_and_the_task(effect_store):
     assert {"target", "foil", "pair"} <= set(ds.coords)
     assert (ds["foil"].sel(condition="corrupt") == -1).all() and (ds["foil"].sel(condition="clean") >= 0).all()
     assert np.isfinite(ds["metric"].values).all()
-    assert "effects: effect_zero, effect_mean, effect_patch" in jaxdiag.store.describe(out)
+    assert "effects: effect_zero, effect_mean, effect_patch" in jaxdiag.sweep.store.describe(out)
 
 
 def test_stored_effects_equal_the_step_computed_directly(effect_store, models):

@@ -48,8 +48,8 @@ def test_effects_are_gpt2_only(tmp_path):
     _, directory, _ = decoders.build(tmp_path, "llama")
     _prompts(tmp_path / "p.jsonl", 97)
     with pytest.raises(JaxdiagError, match="causal effects .* GPT-2 only"):
-        from jaxdiag.runconfig import load_config
-        from jaxdiag.sweep import run_sweep
+        from jaxdiag.sweep.runconfig import load_config
+        from jaxdiag.sweep.run import run_sweep
 
         import dataclasses
 

@@ -10,38 +10,7 @@ import pytest
 
 import jaxdiag
 from jaxdiag.errors import JaxdiagError
-from tests.families import compare, randomise, token_batch, torch_forward
-
-SMALL = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48, vocab_size=97,
-             max_position_embeddings=64)
-
-CASES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=4), None),
-    "llama-gqa-tied": ("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=2, tie_word_embeddings=True,
-                                                               rope_theta=500.0), None),
-    "llama-bias": ("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=1, attention_bias=True, mlp_bias=True,
-                                                           head_dim=16), None),
-    "qwen2-gqa": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2), None),
-    "mistral-window": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=4), 4),
-    "neox-parallel": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(rotary_pct=0.25), None),
-    "neox-sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(rotary_pct=0.5, use_parallel_residual=False,
-                                                                    rotary_emb_base=100.0), None),
-}
-
-
-def build(tmp_path, case: str, seed: int = 0):
-    import transformers
-
-    config_name, model_name, extra, window = CASES[case]
-    config = getattr(transformers, config_name)(**(SMALL | extra))
-    model = getattr(transformers, model_name)._from_config(config, attn_implementation="eager")
-    randomise(model, seed=seed)
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    directory = tmp_path / case
-    model.save_pretrained(directory)
-    return model, directory, window
-
+from tests.families import CASES, SMALL, build, compare, token_batch, torch_forward
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_decoder_parity_with_transformers(tmp_path, case):
@@ -75,15 +44,6 @@ def test_unsupported_options_are_clear_errors(tmp_path, change, message):
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(JaxdiagError, match=message):
         jaxdiag.load(str(directory))
-
-
-def test_streaming_and_effects_are_gpt2_only(tmp_path):
-    import numpy as np
-
-    _, directory, _ = build(tmp_path, "neox-parallel")
-    loaded = jaxdiag.load(str(directory))
-    with pytest.raises(JaxdiagError, match="streaming path is GPT-2 only"):
-        loaded.model(np.ones((1, 4), np.int32), np.array([4], np.int32), attention="streaming")
 
 
 @pytest.mark.parametrize("case, old", [

@@ -86,7 +86,7 @@ def test_rxnmapper_albert_real_weights_parity(tmp_path):
     # the same tokens as rxnmapper's SmilesTokenizer: [CLS] + one token per SMILES-regex match + [SEP]
     import re
 
-    from jaxdiag.models.wheels import SMILES_REGEX
+    from jaxdiag.wheels import SMILES_REGEX
 
     for reaction, tokens in zip(reactions, token_lists):
         assert loaded.tokenizer.token_strings(tokens) == ["[CLS]", *re.findall(SMILES_REGEX, reaction), "[SEP]"]

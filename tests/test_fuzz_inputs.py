@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.prompts import Prompt, jsonl_prompts
-from jaxdiag.prompts import _is_unicode as is_text  # no lone surrogate: a string the store can hold
-from jaxdiag.runconfig import RunConfig, load_config
+from jaxdiag.sweep.prompts import Prompt, jsonl_prompts
+from jaxdiag.sweep.prompts import _is_unicode as is_text  # no lone surrogate: a string the store can hold
+from jaxdiag.sweep.runconfig import RunConfig, load_config
 
 FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])

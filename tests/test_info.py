@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from jaxdiag.cli import main
-from jaxdiag.store import PROGRESS_DIR, describe
+from jaxdiag.sweep.store import PROGRESS_DIR, describe
 from jaxdiag.schema import DIAGNOSTICS, TAXONOMY
 from tests.sweep_helpers import TOKEN_MODEL, save_tiny_model
 

@@ -12,7 +12,7 @@ import pytest
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.ioi import data, grammar
 from jaxdiag.ioi.identify import paired_set
-from jaxdiag.prompts import BLOG_ABBA, IOI_ABBA
+from jaxdiag.sweep.prompts import BLOG_ABBA, IOI_ABBA
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_abc_counterfactuals_have_the_ioi_prompts_lengths_and_no_repeated_name()
 def test_training_is_bit_identical_from_its_seed_and_unused_rows_stay_exactly_zero(tmp_path):
     """CI's training smoke: a few steps of the real recipe (tiny widths), twice, the same bits; only
     the used vocabulary's rows move."""
-    from jaxdiag.checkpoint import export_weights
+    from jaxdiag.models.load import export_weights
     from jaxdiag.ioi.train import TrainConfig, train
 
     cfg = dataclasses.replace(TrainConfig(), n_layer=1, n_head=2, n_embd=16, steps=3, batch_size=8, warmup_steps=1)

@@ -65,7 +65,7 @@ def test_ioi_blog_preset_with_a_model_override_runs_offline(outputs):
 
 
 def test_ioi_model_presets_name_the_shipped_model_and_circuit():
-    from jaxdiag.runconfig import load_config
+    from jaxdiag.sweep.runconfig import load_config
 
     blog, big = load_config(preset="ioi_model"), load_config(preset="ioi_model_10k")
     for config in (blog, big):

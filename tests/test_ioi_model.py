@@ -126,7 +126,7 @@ def test_heldout_templates_with_trained_names_positive_logit_difference(logit_di
 
 def test_posts_and_generator_prompts_positive_logit_difference(loaded, logit_diff):
     from jaxdiag.ioi.metrics import TaskSet
-    from jaxdiag.prompts import ioi_blog_prompts, ioi_prompts
+    from jaxdiag.sweep.prompts import ioi_blog_prompts, ioi_prompts
 
     encode = loaded.tokenizer.encode
     blog = logit_diff(TaskSet.from_prompts(list(ioi_blog_prompts(encode))))

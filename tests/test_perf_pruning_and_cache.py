@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiag.config import GPT2Config
-from jaxdiag.model import GPT2
+from jaxdiag.models.gpt2 import GPT2, GPT2Config
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
-from jaxdiag.runner import SWEEP_PROBES, diagnostics_step
+from jaxdiag.sweep.runner import SWEEP_PROBES, diagnostics_step
 
 CONFIG = GPT2Config(vocab_size=97, n_positions=64, n_embd=48, n_layer=3, n_head=4)
 
@@ -77,10 +76,8 @@ def test_a_probe_of_head_outputs_keeps_every_layer_whole(batch):
 _CACHED_RUN = """
 import sys, hashlib, numpy as np, jax, jax.numpy as jnp
 from flax import nnx
-from jaxdiag.compile_cache import enable_compile_cache
-from jaxdiag.config import GPT2Config
-from jaxdiag.model import GPT2
-from jaxdiag.runner import diagnostics_step
+from jaxdiag.sweep.compile_cache import enable_compile_cache
+from jaxdiag.sweep.runner import diagnostics_step
 print(enable_compile_cache(sys.argv[1], min_compile_seconds=0))
 model = GPT2(GPT2Config(vocab_size=97, n_positions=64, n_embd=48, n_layer=3, n_head=4), rngs=nnx.Rngs(1))
 graphdef, state = nnx.split(model)
@@ -106,7 +103,7 @@ def test_a_second_process_reads_the_compiled_step_from_the_cache_and_gets_the_sa
 
 
 def test_the_cache_directory_defaults_and_an_unusable_one_only_warns(tmp_path, monkeypatch, capsys):
-    from jaxdiag.compile_cache import CACHE_ENV, default_cache_dir, enable_compile_cache
+    from jaxdiag.sweep.compile_cache import CACHE_ENV, default_cache_dir, enable_compile_cache
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiag.config import GPT2Config
-from jaxdiag.diagnostics import DIAGNOSTICS, attention_diagnostics
+from jaxdiag.models.family import STREAMING_MIN_SEQ, choose_attention
+from jaxdiag.models.gpt2 import GPT2, GPT2Config
+from jaxdiag.probes.diagnostics import DIAGNOSTICS, attention_diagnostics
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.model import GPT2, STREAMING_MIN_SEQ, choose_attention
 from jaxdiag.probes import ATTENTION_PROBE, DIAGNOSTICS_PROBE
-from jaxdiag.streaming import block_stats, empty_stats, merge, merge_scales, stats_diagnostics, streaming_attention
+from jaxdiag.probes.streaming import block_stats, empty_stats, merge, merge_scales, stats_diagnostics, streaming_attention
 
 ATOL = 1e-5
 

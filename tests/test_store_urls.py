@@ -18,11 +18,11 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-import jaxdiag.sweep
+import jaxdiag.sweep.run
 from jaxdiag.cli import main
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import StoreLocation
-from jaxdiag.store import CLAIM, PROGRESS_DIR, create_store, done_chunks, is_store
+from jaxdiag.sweep.store import CLAIM, PROGRESS_DIR, create_store, done_chunks, is_store
 from tests.test_sweep_chunks import LAYOUT
 from tests.sweep_helpers import (REPO, TOKEN_MODEL, assert_same_store, disk_fills_after, save_tiny_model,
                                  write_token_prompts)
@@ -65,12 +65,12 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def test_memory_url_runs_fails_resumes_and_reports_like_a_path(setup, memory_url, monkeypatch, capsys):
     args, url = setup["args"], memory_url
-    real = jaxdiag.sweep.write_chunk
-    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", disk_fills_after(3))
+    real = jaxdiag.sweep.run.write_chunk
+    monkeypatch.setattr(jaxdiag.sweep.run, "write_chunk", disk_fills_after(3))
     assert main(["run", *args, "--out", url]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "12 of 34 prompts are stored" in err and url in err and "--resume" in err
-    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", real)
+    monkeypatch.setattr(jaxdiag.sweep.run, "write_chunk", real)
 
     assert main(["info", url]) == 0
     text = capsys.readouterr().out
@@ -142,7 +142,7 @@ def test_urls_fsspec_cannot_serve_are_one_line_and_write_nothing(setup, tmp_path
 # `jaxdiag run` whose store template waits until every racer has passed the checks for an existing
 # store: both then create at once, the race the creation protocol must settle.
 RACER = """import os, sys, time
-import jaxdiag.store as store
+import jaxdiag.sweep.store as store
 barrier, real = sys.argv.pop(1), store.store_template
 def template(*args, **kwargs):
     open(os.path.join(barrier, str(os.getpid())), "w").close()

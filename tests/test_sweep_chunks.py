@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from jaxdiag.prompts import Prompt
+from jaxdiag.sweep.prompts import Prompt
 from jaxdiag.schema import HEAD_VARIABLES
-from jaxdiag.store import PROGRESS_DIR, Layout, create_store, done_chunks, finalise, prompts_dataset
-from jaxdiag.sweep import Chunk, write_chunks
+from jaxdiag.sweep.store import PROGRESS_DIR, Layout, create_store, done_chunks, finalise, prompts_dataset
+from jaxdiag.sweep.run import Chunk, write_chunks
 
 LAYOUT = Layout(("a", "b"), (5, 2), n_layers=2, n_heads=3, max_len=4, query="last", chunk_size=2,
                 metadata={"tag": "str", "score": "float"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.runconfig import load_config, package_data, preset_names, presets_dir
+from jaxdiag.sweep.runconfig import load_config, package_data, preset_names, presets_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

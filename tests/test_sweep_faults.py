@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-import jaxdiag.sweep
+import jaxdiag.sweep.run
 from jaxdiag.cli import main
-from jaxdiag.store import PROGRESS_DIR
+from jaxdiag.sweep.store import PROGRESS_DIR
 from tests.sweep_helpers import (REPO, TOKEN_MODEL, assert_same_store, disk_fills_after, save_tiny_model,
                                  write_token_prompts)
 
@@ -36,14 +36,14 @@ def setup(tmp_path_factory):
 def test_a_full_disk_is_one_line_and_resume_completes_the_store(setup, monkeypatch, capsys):
     root, args, reference = setup
     out = root / "full.zarr"
-    real = jaxdiag.sweep.write_chunk
-    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", disk_fills_after(3))
+    real = jaxdiag.sweep.run.write_chunk
+    monkeypatch.setattr(jaxdiag.sweep.run, "write_chunk", disk_fills_after(3))
     assert main(["run", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "No space left on device" in err and "--resume" in err and str(out) in err
     assert "12 of 34 prompts are stored" in err  # the three chunks written before the disk filled
     assert len(list((out / PROGRESS_DIR).iterdir())) == 3
-    monkeypatch.setattr(jaxdiag.sweep, "write_chunk", real)  # space is back
+    monkeypatch.setattr(jaxdiag.sweep.run, "write_chunk", real)  # space is back
     assert main(["run", *args, "--out", str(out), "--resume"]) == 0
     assert_same_store(reference, out)
 
@@ -86,7 +86,7 @@ def test_a_store_that_cannot_be_created_is_one_line_and_leaves_nothing(setup, mo
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(jaxdiag.sweep, "create_store", no_space)
+    monkeypatch.setattr(jaxdiag.sweep.run, "create_store", no_space)
     assert main(["run", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"jaxdiag: error: cannot create {out}: No space left on device"

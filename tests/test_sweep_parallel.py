@@ -13,7 +13,7 @@ import time
 import pytest
 
 from jaxdiag.cli import main
-from jaxdiag.store import PROGRESS_DIR
+from jaxdiag.sweep.store import PROGRESS_DIR
 from tests.sweep_helpers import REPO, TOKEN_MODEL, assert_same_store, jaxdiag, save_tiny_model, write_token_prompts
 
 COUNTS = {"alpha": 37, "beta": 29}  # unequal: the shorter condition is NaN-padded

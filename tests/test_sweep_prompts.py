@@ -9,7 +9,7 @@ import random
 import pytest
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.prompts import (
+from jaxdiag.sweep.prompts import (
     BLOG_NAMES, Prompt, induction_prompts, ioi_blog_texts, ioi_prompts, jsonl_prompts,
 )
 from jaxdiag.tokenizer import Tokenizer

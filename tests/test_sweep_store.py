@@ -11,7 +11,7 @@ import zarr
 
 import jaxdiag
 from jaxdiag.cli import main
-from jaxdiag.diagnostics import DIAGNOSTICS
+from jaxdiag.probes.diagnostics import DIAGNOSTICS
 from tests.sweep_helpers import TEXT_MODEL, TOKEN_MODEL, save_tiny_model
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxdiag
-from jaxdiag.runner import make_units, run_diagnostics
+from jaxdiag.sweep.runner import make_units, run_diagnostics
 
 
 def _items(lengths: list[int]) -> list[tuple[int, list[int]]]:

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 import jaxdiag
 from jaxdiag.probes import TAXONOMY_PROBE
 from jaxdiag.schema import TAXONOMY
-from jaxdiag.taxonomy import taxonomy_scores
+from jaxdiag.probes.taxonomy import taxonomy_scores
 from tests.conftest import TINY_CONFIG
 
 

@@ -1,3 +1,3 @@
-"""The two real-weight encoders of the tests (see jaxdiag.models.wheels for how they are found)."""
+"""The two real-weight encoders of the tests (see jaxdiag.wheels for how they are found)."""
 
-from jaxdiag.models.wheels import minilm_dir, rxnmapper_dir  # noqa: F401
+from jaxdiag.wheels import minilm_dir, rxnmapper_dir  # noqa: F401

@@ -1,7 +1,7 @@
 """Per-head ablation: replace one head's output and measure what copying accuracy it costs.
 
 Heads' outputs are read with the model's head-output probe and replaced with its edits
-(:mod:`jaxdiag.interventions`): a head ablated outputs zeros (zero-ablation) or its mean output over
+(:mod:`jaxdiag.models.edits`): a head ablated outputs zeros (zero-ablation) or its mean output over
 reference prompts (mean-ablation) at every position, before the layer's output projection.
 """
 
@@ -15,11 +15,11 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jaxdiag.effects import head_effects, head_output_sums
+from jaxdiag.causal.effects import head_effects, head_output_sums
 from jaxdiag.induction.data import CopyingSet
 from jaxdiag.induction.metrics import compile_predict, copying_accuracy
-from jaxdiag.interventions import HeadEdit, mean_heads, zero_heads
-from jaxdiag.model import GPT2
+from jaxdiag.models.edits import HeadEdit, mean_heads, zero_heads
+from jaxdiag.models.gpt2 import GPT2
 
 Method = Literal["zero", "mean"]
 Head = tuple[int, int]
@@ -27,7 +27,7 @@ Head = tuple[int, int]
 
 def mean_head_outputs(model: GPT2, tokens: np.ndarray) -> np.ndarray:
     """``[layer, head, d_head]``: each head's output averaged over all prompts and positions of full-length ``tokens``
-    (the sweep's ``head_mean`` computation, :func:`jaxdiag.effects.head_output_sums`)."""
+    (the sweep's ``head_mean`` computation, :func:`jaxdiag.causal.effects.head_output_sums`)."""
     tokens = jnp.asarray(tokens)
     sums = head_output_sums(model, tokens, jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32))
     return (np.asarray(sums["head_sum"], np.float64).sum(axis=0) / float(np.sum(sums["n_real"]))).astype(np.float32)
@@ -60,7 +60,7 @@ def per_head_drops(model: GPT2, data: CopyingSet, method: Method = "mean", means
                    *, progress: bool = False, batch_size: int = 64) -> tuple[float, np.ndarray]:
     """``(baseline accuracy, [layer, head] drop in accuracy when that head alone is ablated)``.
 
-    Every head at once with :func:`jaxdiag.effects.head_effects` (the sweep's machinery): the
+    Every head at once with :func:`jaxdiag.causal.effects.head_effects` (the sweep's machinery): the
     readout counts each prompt's correctly copied targets, and a head's drop is the count it
     loses, summed over prompts, over the number of targets.
     """

@@ -30,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.circuits import circuit_toml
-from jaxdiag.checkpoint import load_checkpoint, resolve
+from jaxdiag.circuits import circuit_toml
+from jaxdiag.checkpoint import resolve
+from jaxdiag.models.load import load_model
 from jaxdiag.induction.ablation import ablated_accuracy, mean_head_outputs, per_head_drops
 from jaxdiag.induction.data import CopyingSet, copying_set, random_set
 from jaxdiag.induction.metrics import attention_patterns
-from jaxdiag.model import GPT2
+from jaxdiag.models.gpt2 import GPT2
 
 ROLE_SCORE = 0.3  # mean attention on the role's target position
 ROLE_DROP = 0.05  # copying-accuracy drop (fraction) when the head alone is mean-ablated
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     args = parser.parse_args(argv)
-    _, model = load_checkpoint(resolve(str(args.checkpoint)))
+    _, model = load_model(resolve(str(args.checkpoint)))
     found = identify(model, progress=True)
     roles = found.roles()
     n_tokens = model.config.n_positions + 1

@@ -1,8 +1,8 @@
 """Forward passes for the induction model: next-token logits, attention patterns, copying accuracy.
 
-All go through :class:`jaxdiag.model.GPT2` without the diagnostics probe, so what is measured here is
+All go through :class:`jaxdiag.models.gpt2.GPT2` without the diagnostics probe, so what is measured here is
 independent of the attention diagnostics the sweep computes. Ablations are
-:class:`jaxdiag.interventions.HeadEdit`\ s.
+:class:`jaxdiag.models.edits.HeadEdit`\ s.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 from flax import nnx
 
 from jaxdiag.induction.data import CopyingSet
-from jaxdiag.interventions import HeadEdit
-from jaxdiag.model import GPT2
+from jaxdiag.models.edits import HeadEdit
+from jaxdiag.models.gpt2 import GPT2
 from jaxdiag.probes import ATTENTION_PROBE
 
 

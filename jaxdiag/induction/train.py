@@ -23,12 +23,11 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jaxdiag.checkpoint import save_checkpoint
+from jaxdiag.models.load import save_checkpoint
+from jaxdiag.models.gpt2 import GPT2, GPT2Config
 from jaxdiag.vocab import write_trained_tokens
-from jaxdiag.config import GPT2Config
 from jaxdiag.induction.data import BOS_ID, copying_set, training_batch
 from jaxdiag.induction.metrics import compile_predict, copying_accuracy, next_token_nll
-from jaxdiag.model import GPT2
 from jaxdiag.training import adamw_warmup_constant, compile_train_step, training_record
 
 EVAL_SEED = 12345  # the copying-accuracy prompts; fixed, independent of the training seed

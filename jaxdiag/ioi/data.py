@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.ioi import grammar
-from jaxdiag.prompts import BLOG_ABBA, IOI_ABBA, IOI_NAMES, IOI_OBJECTS, IOI_PLACES
+from jaxdiag.sweep.prompts import BLOG_ABBA, IOI_ABBA, IOI_NAMES, IOI_OBJECTS, IOI_PLACES
 from jaxdiag.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
 
 BOS_ID = 50256  # GPT-2's <|endoftext|>, prepended as BOS (as TransformerLens and the sweep do)

@@ -8,7 +8,7 @@ names, so no name is repeated and the indirect object cannot be identified):
 
 - causal: every head's effect on the IOI metric logit(IO) - logit(S) when its output (at every
   position) is patched from the ABC prompt, mean-ablated (its mean over ABC prompts) or
-  zero-ablated, with the sweep's machinery (:func:`jaxdiag.effects.head_effects`);
+  zero-ablated, with the sweep's machinery (:func:`jaxdiag.causal.effects.head_effects`);
 - attention, to name roles as Wang et al. do: from END (the last token) to IO (name movers; a
   negative causal effect of removing them means they raise the IO logit, a positive one that they
   lower it: negative name movers) or to S2 (S-inhibition); from S2 to S1 (duplicate-token) or to
@@ -35,15 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from analysis.circuits import circuit_toml
-from jaxdiag.checkpoint import load_checkpoint, resolve
-from jaxdiag.effects import head_effects, head_output_sums, head_outputs, task_readout
-from jaxdiag.interventions import mean_heads
+from jaxdiag.circuits import circuit_toml
+from jaxdiag.checkpoint import resolve
+from jaxdiag.models.load import load_model
+from jaxdiag.causal.effects import head_effects, head_output_sums, head_outputs, task_readout
+from jaxdiag.models.edits import mean_heads
 from jaxdiag.ioi import data
 from jaxdiag.ioi.metrics import TaskSet, compile_logit_diff
-from jaxdiag.model import GPT2
+from jaxdiag.models.gpt2 import GPT2
 from jaxdiag.probes import ATTENTION_PROBE
-from jaxdiag.prompts import BLOG_ABBA, IOI_ABBA
+from jaxdiag.sweep.prompts import BLOG_ABBA, IOI_ABBA
 
 ROLE_SCORE = 0.3  # mean attention on the role's target (as the induction model's identification)
 EFFECT_SHARE = 0.2  # |mean effect| as a share of the largest head's, per kind (analysis.causal's cut)
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--n-prompts", type=int, default=512)
     args = parser.parse_args(argv)
-    _, model = load_checkpoint(resolve(str(args.checkpoint)))
+    _, model = load_model(resolve(str(args.checkpoint)))
     found, pairs, means = identify(model, args.n_prompts)
     joint = joint_ablation(model, pairs.ioi, means, found.heads())
     write_circuit(args.checkpoint, found, joint, args.n_prompts)

@@ -1,6 +1,6 @@
 """The IOI metric (logit(IO) - logit(S) at the last token) on held-out sets, with or without head edits.
 
-Evaluated through :class:`jaxdiag.model.GPT2` without the diagnostics probe, so nothing here depends
+Evaluated through :class:`jaxdiag.models.gpt2.GPT2` without the diagnostics probe, so nothing here depends
 on the attention diagnostics the sweep computes.
 """
 
@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiag.interventions import HeadEdit
+from jaxdiag.models.edits import HeadEdit
 from jaxdiag.ioi import data
-from jaxdiag.model import GPT2
-from jaxdiag.prompts import BLOG_ABBA, IOI_ABBA, Prompt, ioi_blog_prompts, ioi_prompts
+from jaxdiag.models.gpt2 import GPT2
+from jaxdiag.sweep.prompts import BLOG_ABBA, IOI_ABBA, Prompt, ioi_blog_prompts, ioi_prompts
 
 EVAL_SEED = 12345  # evaluation draws; fixed, independent of the training seed
 BATCH = 128

@@ -27,13 +27,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jaxdiag.checkpoint import save_checkpoint
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.config import GPT2Config
+from jaxdiag.models.load import save_checkpoint
+from jaxdiag.models.gpt2 import GPT2, GPT2Config
 from jaxdiag.ioi import data
 from jaxdiag.ioi.metrics import evaluate, per_template
 from jaxdiag.vocab import write_trained_tokens
-from jaxdiag.model import GPT2
 from jaxdiag.training import adamw_warmup_constant, compile_train_step, training_record
 from jaxdiag.tokenizer import GPT2_VOCAB_SIZE
 

@@ -26,16 +26,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.models.attention import Context, Family, attend
+from jaxdiag.models.attention import attend
+from jaxdiag.models.family import ACTIVATIONS, Context, Family, WeightNames
 from jaxdiag.schema import Precision
-
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
@@ -176,15 +169,13 @@ class Bert(Family):
     """BERT encoder (``BertModel`` without its pooler)."""
 
     family = "bert"
+    causal_effects = ("encoders are loaded without their masked-LM head, so there is no task metric to "
+                      "measure effects on")
     mask = "bidirectional"
     encoder_type = Encoder  # ALBERT's shares its layers
 
     def __init__(self, config: EncoderConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        from jaxdiag.model import precision_settings
-
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.precision_name = precision
+        dtype, matmul_precision = self._precision(config, precision)
         self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
         self.encoder = self.encoder_type(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
 
@@ -259,6 +250,7 @@ class Albert(Bert):
         return [self.encoder.albert_layer_groups[i // per_group].albert_layers[0] for i in range(self.config.n_layer)]
 
 
-PREFIXES = ("bert.", "albert.")
-IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
-IGNORED_PREFIXES = ("pooler.", "cls.", "predictions.", "sop_classifier.", "classifier.")
+# How HF names map to ours: strip the prefix, drop the buffers and every head (pooler, MLM, classifiers).
+WEIGHT_NAMES = WeightNames(prefixes=("bert.", "albert."),
+                           ignored=("embeddings.position_ids", "embeddings.token_type_ids"),
+                           ignored_prefixes=("pooler.", "cls.", "predictions.", "sop_classifier.", "classifier."))

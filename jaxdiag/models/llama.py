@@ -21,7 +21,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.models.attention import Context, Family, attend, rope_settings, rotary
+from jaxdiag.models.attention import attend
+from jaxdiag.models.family import (Block as BlockInterface, Context, Family, WeightNames, graddrop, head_rows,
+                                   linear_heads, tied_unembed)
+from jaxdiag.models.rope import rope_settings, rotary
 from jaxdiag.schema import Precision
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -125,8 +128,7 @@ class Attention(nnx.Module):
         k = rotary(self.k_proj(x).reshape(batch, seq, self.n_kv_head, self.d_head), positions,
                    dims=self.d_head, theta=self.theta)
         v = self.v_proj(x).reshape(batch, seq, self.n_kv_head, self.d_head)
-        heads, probed = attend(q, k, v, ctx, layer, scale=1.0 / math.sqrt(self.d_head), precision=self.precision)
-        return self.o_proj(heads.reshape(batch, seq, self.n_head * self.d_head)), probed
+        return attend(q, k, v, ctx, layer, scale=1.0 / math.sqrt(self.d_head), precision=self.precision)
 
 
 class MLP(nnx.Module):
@@ -142,17 +144,28 @@ class MLP(nnx.Module):
         return self.down_proj(ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
 
 
-class Block(nnx.Module):
+class Block(BlockInterface):
+    """Pre-norm, sequential residual: ``x += o_proj(attn(rms(x)))``, then ``x += mlp(rms(x))``."""
+
     def __init__(self, config: LlamaConfig, *, dtype, precision, rngs: nnx.Rngs):
+        self.n_head = config.n_head
         self.input_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.self_attn = Attention(config, dtype=dtype, precision=precision, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = MLP(config, dtype=dtype, precision=precision, rngs=rngs)
 
-    def __call__(self, x: jax.Array, ctx: Context, layer: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-        attn_out, probed = self.self_attn(self.input_layernorm(x), ctx, layer)
-        x = x + attn_out
-        return x + self.mlp(self.post_attention_layernorm(x)), probed
+    def attention_heads(self, x: jax.Array, ctx: Context, layer: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self.self_attn(self.input_layernorm(x), ctx, layer)
+
+    def project(self, heads: jax.Array) -> jax.Array:
+        return linear_heads(self.self_attn.o_proj, heads)
+
+    def out_weights(self) -> jax.Array:
+        return head_rows(self.self_attn.o_proj, self.n_head)
+
+    def resume(self, carry: jax.Array, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
+        x = carry if shift is None else carry + shift.astype(carry.dtype)
+        return x + graddrop(self.mlp(self.post_attention_layernorm(x)), drop)
 
 
 class Llama(Family):
@@ -161,13 +174,9 @@ class Llama(Family):
     mask = "causal"
 
     def __init__(self, config: LlamaConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        from jaxdiag.model import precision_settings
-
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
+        dtype, matmul_precision = self._precision(config, precision)
         self.family = config.model_type
         self.window = config.sliding_window
-        self.precision_name = precision
         self.embed_tokens = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
                                       embedding_init=nnx.initializers.normal(0.02))
         self.layers = nnx.List([Block(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
@@ -187,12 +196,10 @@ class Llama(Family):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
-            return jnp.einsum("...e,ve->...v", hidden, self.embed_tokens.embedding[...].astype(hidden.dtype),
-                              preferred_element_type=jnp.float32)
+            return tied_unembed(hidden, self.embed_tokens)
         return self.lm_head(hidden).astype(jnp.float32)
 
 
-# How HF names map to ours: strip these prefixes, drop these (buffers, not parameters).
-PREFIXES = ("model.",)
-IGNORED = (".rotary_emb.inv_freq",)
-TIED_HEADS = ("lm_head.weight",)  # dropped when tie_word_embeddings
+# How HF names map to ours: strip the prefix, drop the rotary buffers; a head tied to embed_tokens
+# may be stored anyway (dropped when tie_word_embeddings).
+WEIGHT_NAMES = WeightNames(prefixes=("model.",), ignored=(".rotary_emb.inv_freq",), tied_heads=("lm_head.weight",))

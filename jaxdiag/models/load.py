@@ -1,10 +1,10 @@
-"""``config.json``'s ``model_type`` -> the family's config, model, weights and tokenizer.
+"""How a family's model is built from a checkpoint directory: its config, parameters and tokenizer.
 
-GPT-2 keeps its own loader (:mod:`jaxdiag.checkpoint`); every other family is built here, by one
-rule: the model's nnx parameter paths mirror the HF weight names once the family's prefix
-(``model.``, ``gpt_neox.``, ``bert.`` ...) is stripped, with ``kernel``/``scale``/``embedding``
-for HF's ``weight``; HF's ``nn.Linear`` weights ``[out, in]`` are transposed to ``[in, out]``
-kernels. Every parameter is checked name by name and shape by shape.
+Where a checkpoint is (hub, local, builtin, wheel; hashes; tensor reads) is
+:mod:`jaxdiag.checkpoint`'s question; this module answers how one becomes a model, by one rule for
+every family (:mod:`jaxdiag.models.registry`): the model's nnx parameter paths mirror the HF weight
+names once the family's prefix is stripped, with ``kernel``/``scale``/``embedding`` for HF's
+``weight``. Every parameter is checked name by name and shape by shape.
 """
 
 from __future__ import annotations
@@ -12,36 +12,28 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiag.checkpoint import fill_model, read_tensors
+from jaxdiag.checkpoint import Checkpoint, read_tensors
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.models.family import Family, WeightNames
+from jaxdiag.models.registry import registered
 from jaxdiag.schema import Precision
-
-
-def _families() -> dict[str, tuple[ModuleType, str]]:
-    from jaxdiag.models import bert, llama, neox
-
-    return {
-        "llama": (llama, "Llama"), "qwen2": (llama, "Llama"), "mistral": (llama, "Llama"),
-        "gpt_neox": (neox, "NeoX"),
-        "bert": (bert, "Bert"), "albert": (bert, "Albert"),
-    }
-
-
-SUPPORTED = ("gpt2", "llama", "qwen2", "mistral", "gpt_neox", "bert", "albert")
-_CONFIGS = {"llama": "LlamaConfig", "gpt_neox": "NeoXConfig", "bert": "EncoderConfig"}
 
 
 def read_raw_config(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise JaxdiagError(f"cannot read model config {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise JaxdiagError(f"{path}: a model config is a JSON object, not {type(raw).__name__}")
+    return raw
 
 
 def model_type_of(directory: Path) -> str | None:
@@ -49,22 +41,14 @@ def model_type_of(directory: Path) -> str | None:
 
 
 def read_config(directory: Path):
-    """The family config of a checkpoint directory (GPT-2: :class:`jaxdiag.config.GPT2Config`)."""
+    """The family config of a checkpoint directory, by its ``model_type``."""
     directory = Path(directory)
     path = directory / "config.json"
     raw = read_raw_config(path)
     model_type = raw.get("model_type")
-    if model_type == "gpt2":
-        from jaxdiag.config import GPT2Config
-
-        return GPT2Config.from_dict(raw, source=str(path))
-    families = _families()
-    if model_type not in families:
-        raise JaxdiagError(f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
-    module, _ = families[model_type]
-    config_cls = next(getattr(module, name) for name in _CONFIGS.values() if hasattr(module, name))
+    entry = registered(model_type, source=str(path))
     try:
-        config = config_cls.from_dict(raw, source=str(path))
+        config = entry.config.from_dict(raw, source=str(path))
     except KeyError as exc:
         raise JaxdiagError(f"{path}: a {model_type} config needs {exc.args[0]!r}, which this one lacks") from None
     if model_type in ("bert", "albert"):
@@ -85,25 +69,16 @@ def _vocab_id(directory: Path, token: str) -> int | None:
     return None
 
 
-def model_class(config):
-    if getattr(config, "model_type", "gpt2") == "gpt2" or type(config).__name__ == "GPT2Config":
-        from jaxdiag.model import GPT2
-
-        return GPT2
-    module, name = _families()[config.model_type]
-    return getattr(module, name)
-
-
-def hf_names(weights: dict[str, np.ndarray], module: ModuleType) -> dict[str, np.ndarray]:
+def hf_names(weights: dict[str, np.ndarray], rule: WeightNames) -> dict[str, np.ndarray]:
     """HF tensor names -> ours: the family's prefix stripped, buffers and heads dropped, and the old
     ``LayerNorm.gamma/beta`` spelling renamed."""
     out = {}
     for name, value in weights.items():
-        for prefix in getattr(module, "PREFIXES", ()):
+        for prefix in rule.prefixes:
             if name.startswith(prefix):
                 name = name[len(prefix):]
                 break
-        if name.endswith(getattr(module, "IGNORED", ())) or name.startswith(getattr(module, "IGNORED_PREFIXES", ())):
+        if name.endswith(rule.ignored) or name.startswith(rule.ignored_prefixes):
             continue
         if name.endswith(".gamma"):
             name = name[: -len("gamma")] + "weight"
@@ -113,33 +88,77 @@ def hf_names(weights: dict[str, np.ndarray], module: ModuleType) -> dict[str, np
     return out
 
 
-def build_family_model(config, weights: dict[str, np.ndarray], *, precision: Precision = "highest",
-                       source: str = "checkpoint"):
-    """A family model whose parameters are the HF ``weights``, checked name by name and shape by shape."""
-    cls = model_class(config)
-    module = __import__(cls.__module__, fromlist=["_"])
-    weights = hf_names(weights, module)
-    abstract = nnx.eval_shape(lambda: cls(config, precision=precision, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, weights, source=source, what=f"a {config.model_type} model",
-                      transpose_kernels=True, ignored=tuple(getattr(module, "TIED_HEADS", ())))
+def _hf_name(path: tuple) -> str:
+    """nnx state path (``('h', 3, 'attn', 'c_attn', 'kernel')``) -> HF weight name."""
+    *parents, leaf = (str(p) for p in path)
+    suffix = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}[leaf]
+    return ".".join([*parents, suffix])
 
 
-def load_family(checkpoint, *, precision: Precision = "highest"):
-    """(config, model) of a non-GPT-2 checkpoint (:class:`jaxdiag.checkpoint.Checkpoint`)."""
+def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: str, what: str,
+               rule: WeightNames) -> nnx.Module:
+    """``abstract`` (an ``nnx.eval_shape`` model) with its parameters set from HF-named ``weights``
+    (names already mapped by :func:`hf_names`), checked name by name and shape by shape."""
+    graphdef, state = nnx.split(abstract)
+    flat = nnx.to_flat_state(state)
+    expected = {_hf_name(path): var for path, var in flat}
+    weights = {name: value for name, value in weights.items() if name in expected or name not in rule.tied_heads}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} weights (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
+    for path, var in flat:
+        name = _hf_name(path)
+        value = weights[name]
+        if rule.transpose_kernels and str(path[-1]) == "kernel":
+            value = value.T
+        if value.shape != var.shape:
+            raise JaxdiagError(f"{source}: weight {name} has shape {value.shape}, config implies {var.shape}")
+        var.set_value(jnp.asarray(value, dtype=var.dtype))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision = "highest",
+                source: str = "checkpoint") -> Family:
+    """The family model of ``config`` whose parameters are the HF-named ``weights``."""
+    entry = registered(config.model_type, source=source)
+    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
+    return fill_model(abstract, hf_names(weights, entry.weights), source=source, what=f"a {config.model_type} model",
+                      rule=entry.weights)
+
+
+def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest") -> tuple[Any, Family]:
+    """(config, model) of a resolved checkpoint, of whichever family its ``model_type`` names."""
     config = read_config(checkpoint.directory)
-    model = build_family_model(config, read_tensors(checkpoint.weights_file), precision=precision,
-                               source=str(checkpoint.weights_file))
+    model = build_model(config, read_tensors(checkpoint.weights_file), precision=precision,
+                        source=str(checkpoint.weights_file))
     return config, model
 
 
-def is_gpt2(config) -> bool:
-    return type(config).__name__ == "GPT2Config"
+def export_weights(model: Family) -> dict[str, np.ndarray]:
+    """The model's parameters under their HF names, without the family's prefix (the inverse of
+    :func:`build_model` for a model whose kernels are stored as the model holds them)."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    return {_hf_name(path): np.asarray(jax.device_get(var[...]), dtype=np.float32) for path, var in flat}
 
 
-def require_gpt2(config, what: str) -> None:
-    """A one-line error for features that are GPT-2 only for now (effects, streaming, AtP)."""
-    if not is_gpt2(config):
-        raise JaxdiagError(f"{what} is GPT-2 only for now; this model is {config.model_type!r}")
+def save_checkpoint(model: Family, directory: str | Path, *, extra_config: dict | None = None) -> Path:
+    """Write a GPT-2's ``config.json`` + ``model.safetensors`` that transformers and jaxdiag both load."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_hf_dict() | (extra_config or {})
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # "transformer." prefix + contiguous arrays: the layout GPT2LMHeadModel.from_pretrained expects.
+    tensors = {f"transformer.{k}": np.ascontiguousarray(v) for k, v in sorted(export_weights(model).items())}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
 
 
 def tokenizer_for(directory: Path, config, *, prepend_bos: bool = True):
@@ -152,6 +171,6 @@ def tokenizer_for(directory: Path, config, *, prepend_bos: bool = True):
     if tokenizer is not None:  # a tokenizer.json may pad or truncate to a fixed length (all-MiniLM: 128)
         tokenizer.backend.no_padding()
         tokenizer.backend.no_truncation()
-    if tokenizer is not None and getattr(config, "model_type", None) in ("bert", "albert"):
+    if tokenizer is not None and config.model_type in ("bert", "albert"):
         tokenizer.eos_id = tokenizer.backend.token_to_id("[SEP]")
     return tokenizer

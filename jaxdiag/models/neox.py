@@ -19,18 +19,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.models.attention import Context, Family, attend, rope_settings, rotary
+from jaxdiag.models.attention import attend
+from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
+                                   head_rows, linear_heads, tied_unembed)
+from jaxdiag.models.rope import rope_settings, rotary
 from jaxdiag.schema import Precision
-
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class NeoXConfig:
@@ -99,9 +92,7 @@ class Attention(nnx.Module):
         positions = jnp.arange(seq)
         q = rotary(qkv[..., 0, :], positions, dims=self.rotary_dims, theta=self.theta)
         k = rotary(qkv[..., 1, :], positions, dims=self.rotary_dims, theta=self.theta)
-        heads, probed = attend(q, k, qkv[..., 2, :], ctx, layer, scale=1.0 / math.sqrt(self.d_head),
-                               precision=self.precision)
-        return self.dense(heads.reshape(batch, seq, self.n_head * self.d_head)), probed
+        return attend(q, k, qkv[..., 2, :], ctx, layer, scale=1.0 / math.sqrt(self.d_head), precision=self.precision)
 
 
 class MLP(nnx.Module):
@@ -114,20 +105,39 @@ class MLP(nnx.Module):
         return self.dense_4h_to_h(ACTIVATIONS[self.act](self.dense_h_to_4h(x)))
 
 
-class Block(nnx.Module):
+class Block(BlockInterface):
+    """Parallel residual ``x + attn(ln1(x)) + mlp(ln2(x))``: the MLP reads the block input, so an
+    edit of the attention output leaves it unchanged and it is carried; sequential otherwise."""
+
     def __init__(self, config: NeoXConfig, *, dtype, precision, rngs: nnx.Rngs):
+        self.n_head = config.n_head
         self.parallel = config.use_parallel_residual
         self.input_layernorm = _layer_norm(config, dtype, rngs)
         self.post_attention_layernorm = _layer_norm(config, dtype, rngs)
         self.attention = Attention(config, dtype=dtype, precision=precision, rngs=rngs)
         self.mlp = MLP(config, dtype=dtype, precision=precision, rngs=rngs)
 
-    def __call__(self, x: jax.Array, ctx: Context, layer: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-        attn_out, probed = self.attention(self.input_layernorm(x), ctx, layer)
-        if self.parallel:  # both branches read the layer's input; HF sums mlp + attn + x in that order
-            return self.mlp(self.post_attention_layernorm(x)) + attn_out + x, probed
-        x = attn_out + x
-        return self.mlp(self.post_attention_layernorm(x)) + x, probed
+    def attention_heads(self, x: jax.Array, ctx: Context, layer: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self.attention(self.input_layernorm(x), ctx, layer)
+
+    def project(self, heads: jax.Array) -> jax.Array:
+        return linear_heads(self.attention.dense, heads)
+
+    def out_weights(self) -> jax.Array:
+        return head_rows(self.attention.dense, self.n_head)
+
+    def carry(self, x: jax.Array, attn_out: jax.Array):
+        if self.parallel:
+            return self.mlp(self.post_attention_layernorm(x)), attn_out, x
+        return attn_out + x
+
+    def resume(self, carry, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
+        if self.parallel:  # HF sums mlp + attn + x in that order
+            mlp_out, attn_out, x = carry
+            return graddrop(mlp_out, drop) + (attn_out if shift is None else attn_out + shift.astype(attn_out.dtype)) + x
+        x = carry if shift is None else carry + shift.astype(carry.dtype)
+        return graddrop(self.mlp(self.post_attention_layernorm(x)), drop) + x
+
 
 
 class NeoX(Family):
@@ -137,11 +147,7 @@ class NeoX(Family):
     mask = "causal"
 
     def __init__(self, config: NeoXConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        from jaxdiag.model import precision_settings
-
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.precision_name = precision
+        dtype, matmul_precision = self._precision(config, precision)
         self.embed_in = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
                                   embedding_init=nnx.initializers.normal(0.02))
         self.layers = nnx.List([Block(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
@@ -161,11 +167,12 @@ class NeoX(Family):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
-            return jnp.einsum("...e,ve->...v", hidden, self.embed_in.embedding[...].astype(hidden.dtype),
-                              preferred_element_type=jnp.float32)
+            return tied_unembed(hidden, self.embed_in)
         return self.embed_out(hidden).astype(jnp.float32)
 
 
-PREFIXES = ("gpt_neox.",)
-IGNORED = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
-TIED_HEADS = ("embed_out.weight",)  # dropped when tie_word_embeddings
+# How HF names map to ours: strip the prefix, drop the mask and rotary buffers; an embed_out tied to
+# embed_in may be stored anyway.
+WEIGHT_NAMES = WeightNames(prefixes=("gpt_neox.",),
+                           ignored=(".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq"),
+                           tied_heads=("embed_out.weight",))

@@ -9,28 +9,29 @@ on the prompt's pair partner (``patch``).
 
 Only what an edit of head ``(l, h)`` can change is recomputed. Layers below ``l`` run once (the
 clean pass), and so does layer ``l``'s attention: replacing one head's output ``a`` by ``r`` moves
-the layer's attention output by exactly ``(r - a) @ W_O[h]`` (that head's rows of ``c_proj``), so
-each edited run restarts from the clean residual plus that term, at layer ``l``'s MLP. Every head
+the layer's attention output by exactly ``(r - a) @ W_O[h]`` (that head's rows of the output
+projection), so each edited run resumes layer ``l`` from its clean carry with that shift
+(:meth:`jaxdiag.models.family.Block.resume`: at the MLP for a sequential residual, with the clean
+MLP output for NeoX's parallel one, through the norm for a normalised attention output). Every head
 then costs ``L - l`` layer-forwards instead of ``L``: ``H L (L + 1) / 2`` for the model instead of
 ``H L^2`` (GPT-2 small: 936 vs 1,728 layer-forwards per prompt). Heads of one layer run together,
 ``heads_per_step`` at a time (``jax.lax.map``), so memory stays bounded.
+
+Everything here is written against the block interface of :mod:`jaxdiag.models.family` and works
+on every family whose blocks implement it; no family module is imported.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jaxdiag.errors import JaxdiagError
-from jaxdiag.interventions import shift_heads
-from jaxdiag.model import GPT2, Context
+from jaxdiag.models.edits import shift_heads
+from jaxdiag.models.family import Context, Family, graddrop, require_causal_effects
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
-from jaxdiag.runner import Unit, diagnostics_step
-from jaxdiag.schema import EXACT_KINDS, QueryMode, edit_of
 
 
 def task_metric(logits: jax.Array, target: jax.Array, foil: jax.Array) -> jax.Array:
@@ -49,45 +50,40 @@ def last_position(values: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(values, index, axis=1)[:, 0]
 
 
-def require_gpt2(model) -> None:
-    """Effects and attribution patching read GPT-2's blocks; other families: a one-line error."""
-    if not isinstance(model, GPT2):
-        raise JaxdiagError(f"causal effects and attribution patching are GPT-2 only for now; this model is "
-                           f"{getattr(model.config, 'model_type', type(model).__name__)!r}")
-
-
-def clean_run(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, list, jax.Array]:
-    """The unedited pass: final hidden states, per layer ``(residual after attention, head outputs [b, s, h, d])``, context."""
-    require_gpt2(model)
+def clean_run(model: Family, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, list, Context]:
+    """The unedited pass: final hidden states, per layer ``(the block's carry, head outputs [b, s, h, d])``, context."""
+    require_causal_effects(model)
     ctx = model.context(tokens, lengths, probes=(HEAD_OUTPUT_PROBE,))
     x = model.embed(tokens)
     layers = []
-    for block in model.h:
-        attn_out, probed = block.attn(block.ln_1(x), ctx)
-        middle = x + attn_out
-        layers.append((middle, probed["head_out"]))
-        x = block.feed_forward(middle)
-    return model.ln_f(x), layers, ctx
+    for i, block in enumerate(model.blocks()):
+        heads, probed = block.attention_heads(x, ctx, i)
+        carry = block.carry(x, block.project(heads))
+        layers.append((carry, probed["head_out"]))
+        x = block.resume(carry)
+    return model.final(x), layers, ctx
 
 
-def _finish_from(model: GPT2, layer: int, middle: jax.Array, ctx: Context) -> jax.Array:
-    """Final hidden states of a run resumed at layer ``layer``'s MLP from the residual ``middle``."""
-    x = model.h[layer].feed_forward(middle)
-    for block in model.h[layer + 1:]:
-        x, _ = block(x, ctx)
-    return model.ln_f(x)
+def _finish_from(model: Family, layer: int, carry, shift: jax.Array, ctx: Context) -> jax.Array:
+    """Final hidden states of a run that resumes layer ``layer`` from its clean ``carry`` with its
+    attention output moved by ``shift``."""
+    blocks = model.blocks()
+    x = blocks[layer].resume(carry, shift)
+    for i in range(layer + 1, len(blocks)):
+        x, _ = blocks[i](x, ctx, i)
+    return model.final(x)
 
 
 Readout = Callable[[jax.Array], jax.Array]  # final hidden states [b, seq, n_embd] -> a value per prompt [b]
 
 
-def task_readout(model: GPT2, lengths: jax.Array, target: jax.Array, foil: jax.Array) -> Readout:
+def task_readout(model: Family, lengths: jax.Array, target: jax.Array, foil: jax.Array) -> Readout:
     """The sweep's metric as a readout: :func:`task_metric` at each prompt's last real position."""
     return lambda hidden: task_metric(model.unembed(last_position(hidden, lengths)), target, foil)
 
 
 def head_effects(
-    model: GPT2,
+    model: Family,
     tokens: jax.Array,
     lengths: jax.Array,
     readout: Readout,
@@ -117,22 +113,22 @@ def head_effects(
     n_head, d_head = config.n_head, config.d_head
     batch, seq = tokens.shape
 
+    blocks = model.blocks()
     effects = {}
     for kind, replacement in replacements.items():
         replacement = jnp.broadcast_to(replacement, (batch, config.n_layer, seq, n_head, d_head))
         per_layer = []
-        for layer, (middle, heads) in enumerate(layers):
+        for layer, (carry, heads) in enumerate(layers):
             chosen = list(range(n_head)) if only is None else sorted(h for l, h in only if l == layer)
             if not chosen:
                 per_layer.append(jnp.full((batch, n_head), jnp.nan, jnp.float32))
                 continue
-            attn = model.h[layer].attn
-            w_out = attn.c_proj.kernel[...].reshape(n_head, d_head, config.n_embd)
+            w_out = blocks[layer].out_weights()  # [h, d_head, d_model]
             change = (replacement[:, layer] - heads).astype(heads.dtype)  # [b, s, h, d]
 
-            def edited_metric(head: jax.Array, layer=layer, middle=middle, change=change, w_out=w_out) -> jax.Array:
-                shift = jnp.einsum("bsd,de->bse", change[:, :, head], w_out[head], precision=attn.precision)
-                return readout(_finish_from(model, layer, middle + shift.astype(middle.dtype), ctx))
+            def edited_metric(head: jax.Array, layer=layer, carry=carry, change=change, w_out=w_out) -> jax.Array:
+                shift = jnp.einsum("bsd,de->bse", change[:, :, head], w_out[head], precision=model.matmul_precision)
+                return readout(_finish_from(model, layer, carry, shift, ctx))
 
             metrics = jax.lax.map(edited_metric, jnp.asarray(chosen), batch_size=min(heads_per_step or n_head, len(chosen)))
             values = metrics.T - clean[:, None]  # [b, chosen]
@@ -143,26 +139,26 @@ def head_effects(
     return clean, effects
 
 
-def _graddrop_forward(model: GPT2, tokens: jax.Array, ctx: Context, drop: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _graddrop_forward(model: Family, tokens: jax.Array, ctx: Context, drop: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Final hidden states and the heads' outputs ``[b, layer, seq, head, d]`` (``ctx`` probes them);
-    the gradient through layer l's residual update is scaled by ``1 - drop[l]``.
+    the gradient through layer l's residual updates (its attention output and its MLP's) is scaled
+    by ``1 - drop[l]`` (:func:`jaxdiag.models.family.graddrop`), so with ``drop[l] = 1`` the
+    gradient passes layer l by the residual stream alone, as GradDrop asks.
 
-    The forward values do not depend on ``drop`` (``u - d (u - stop_gradient(u))`` is ``u``), so
-    every GradDrop variant differentiates the same clean run.
+    The forward values do not depend on ``drop``, so every GradDrop variant differentiates the same
+    clean run.
     """
     x = model.embed(tokens)
     heads = []
-    for layer, block in enumerate(model.h):
-        attn_out, probed = block.attn(block.ln_1(x), ctx)
+    for layer, block in enumerate(model.blocks()):
+        attended, probed = block.attention_heads(x, ctx, layer)
         heads.append(probed["head_out"])
-        attn_out = attn_out - drop[layer] * (attn_out - jax.lax.stop_gradient(attn_out))
-        middle = x + attn_out
-        mlp_out = block.mlp(block.ln_2(middle))
-        x = middle + (mlp_out - drop[layer] * (mlp_out - jax.lax.stop_gradient(mlp_out)))
-    return model.ln_f(x), jnp.stack(heads, axis=1)
+        attn_out = graddrop(block.project(attended), drop[layer])
+        x = block.resume(block.carry(x, attn_out), drop=drop[layer])
+    return model.final(x), jnp.stack(heads, axis=1)
 
 
-def head_gradients(model: GPT2, tokens: jax.Array, lengths: jax.Array, readout: Readout,
+def head_gradients(model: Family, tokens: jax.Array, lengths: jax.Array, readout: Readout,
                    drop: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(readout [b], head outputs [b, layer, seq, head, d], d readout / d head outputs, same shape)``.
 
@@ -170,7 +166,7 @@ def head_gradients(model: GPT2, tokens: jax.Array, lengths: jax.Array, readout: 
     interact; a NaN readout contributes nothing). ``drop [layer]`` drops (scales) the gradient through
     layers' residual updates (GradDrop), ``None`` for plain gradients.
     """
-    require_gpt2(model)
+    require_causal_effects(model)
     config = model.config
     batch, seq = tokens.shape
     drop = jnp.zeros((config.n_layer,), jnp.float32) if drop is None else drop
@@ -188,7 +184,7 @@ def head_gradients(model: GPT2, tokens: jax.Array, lengths: jax.Array, readout: 
 
 
 def attribution_effects(
-    model: GPT2,
+    model: Family,
     tokens: jax.Array,
     lengths: jax.Array,
     readout: Readout,
@@ -225,12 +221,12 @@ def attribution_effects(
     return estimates
 
 
-def head_outputs(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+def head_outputs(model: Family, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
     """Every head's output at every position, ``[b, layer, seq, head, d_head]`` (patch sources)."""
     return model(tokens, lengths, probes=(HEAD_OUTPUT_PROBE,)).probes["head_out"]
 
 
-def head_output_sums(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
+def head_output_sums(model: Family, tokens: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
     """Per prompt: ``head_sum [b, layer, head, d_head]``, every head's output summed over the prompt's
     real positions, and ``n_real [b]``, their number (see :func:`reference_means`)."""
     outputs = head_outputs(model, tokens, lengths).astype(jnp.float32)
@@ -238,7 +234,7 @@ def head_output_sums(model: GPT2, tokens: jax.Array, lengths: jax.Array) -> dict
     return {"head_sum": jnp.einsum("blshd,bs->blhd", outputs, real), "n_real": jnp.sum(real, axis=1)}
 
 
-def edit_replacement(model: GPT2, edit: str, lengths: jax.Array, *, head_mean: np.ndarray | None = None,
+def edit_replacement(model: Family, edit: str, lengths: jax.Array, *, head_mean: np.ndarray | None = None,
                      partner: jax.Array | None = None) -> jax.Array:
     """What a head's output becomes under ``edit``, broadcastable to ``[b, layer, seq, head, d_head]``:
     zeros (``zero``), the reference means ``head_mean [layer, head, d_head]`` (``mean``), or the same
@@ -249,67 +245,3 @@ def edit_replacement(model: GPT2, edit: str, lengths: jax.Array, *, head_mean: n
     if edit == "mean":
         return jnp.asarray(head_mean, jnp.float32)[:, None]
     return head_outputs(model, partner, lengths)
-
-
-def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
-               heads_per_step: int | None = None):
-    """A sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
-
-    ``step(state, tokens, lengths, target, foil[, partner])`` -> ``{name: [b, ...]}``; ``partner``
-    (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for ``mean``.
-    The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
-    run with effects stores the same diagnostics, bit for bit, as one without.
-    """
-    edits = sorted({edit_of(kind) for kind in kinds}, key=EXACT_KINDS.index)
-    if "mean" in edits and head_mean is None:
-        raise ValueError("mean-ablation effects need the reference condition's head_mean")
-    exact = [kind for kind in kinds if kind in EXACT_KINDS]
-    attribution = [kind for kind in kinds if kind not in EXACT_KINDS]
-
-    diagnose = diagnostics_step(graphdef, query)
-
-    @jax.jit
-    def effects(state, tokens, lengths, target, foil, partner):
-        model = nnx.merge(graphdef, state)
-        replacements = {edit: edit_replacement(model, edit, lengths, head_mean=head_mean, partner=partner)
-                        for edit in edits}
-        readout = task_readout(model, lengths, target, foil)
-        metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
-                                        heads_per_step=heads_per_step)
-        if attribution:
-            needed = {edit_of(kind) for kind in attribution}
-            estimates = attribution_effects(model, tokens, lengths, readout, {k: replacements[k] for k in needed},
-                                            graddrop=any(kind.startswith("atpstar_") for kind in attribution))
-            per_kind |= {kind: estimates[kind] for kind in attribution}
-        return {"metric": metric} | {f"effect_{kind}": per_kind[kind] for kind in kinds}
-
-    def step(state, tokens, lengths, target, foil, partner=None):
-        return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner)
-
-    return step
-
-
-def head_sums_step(graphdef):
-    """A jitted ``(state, tokens, lengths) -> {"head_sum": [b, layer, head, d], "n_real": [b]}`` per prompt."""
-    @jax.jit
-    def step(state, tokens, lengths):
-        return head_output_sums(nnx.merge(graphdef, state), tokens, lengths)
-
-    return step
-
-
-def reference_means(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> np.ndarray:
-    """``head_mean [layer, head, d_head]`` over every real position of the units' real prompts.
-
-    Summed on the host in float64 in unit order, so the mean is the same however units are batched
-    onto devices.
-    """
-    total, count = None, 0.0
-    for unit, result in results:
-        rows = len(unit.keys)
-        sums = result["head_sum"][:rows].astype(np.float64).sum(axis=0)
-        total = sums if total is None else total + sums
-        count += float(result["n_real"][:rows].sum())
-    if total is None:
-        raise ValueError("no reference prompts for the mean head outputs")
-    return (total / count).astype(np.float32)

@@ -1,6 +1,6 @@
 """Flash-style causal attention that also streams the seven diagnostics, one block of keys at a time.
 
-The direct path (:class:`jaxdiag.model.Attention`) materialises a layer's scores ``[b, h, q, k]``:
+The direct path (:class:`jaxdiag.models.gpt2.Attention`) materialises a layer's scores ``[b, h, q, k]``:
 fine for short prompts, quadratic in memory for long ones (64 prompts x 12 heads x 1024^2 keys is
 3 GiB per temporary). Here the keys are visited in blocks of ``block`` and each query row keeps only
 running statistics of its scores, merged block by block:
@@ -31,8 +31,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxdiag.diagnostics import finish_diagnostics
-from jaxdiag.taxonomy import SUBSETS, finish_taxonomy, key_subsets, previous_tokens
+from jaxdiag.probes.diagnostics import finish_diagnostics
+from jaxdiag.probes.taxonomy import SUBSETS, finish_taxonomy, key_subsets, previous_tokens
 
 DEFAULT_BLOCK = 128
 
@@ -46,11 +46,13 @@ class RowStats(NamedTuple):
     m2: jax.Array  # sum exp(z - m) (z - mu)^2
     n: jax.Array  # visible keys seen (float32)
     mean_u: jax.Array  # plain mean of the visible scores
-    # with token ids (the taxonomy): per key subset (jaxdiag.taxonomy.SUBSETS) the sum exp(z - m) over
+    # with token ids (the taxonomy): per key subset (jaxdiag.probes.taxonomy.SUBSETS) the sum exp(z - m) over
     # its visible keys and their number, and the BOS score the row's scores were shifted by
     subset_l: dict[str, jax.Array] | None = None
     subset_n: dict[str, jax.Array] | None = None
     z_bos: jax.Array | None = None
+    # with a sliding window: whether each row sees key 0 (None: every row does)
+    bos_seen: jax.Array | None = None
 
 
 def empty_stats(shape: tuple[int, ...]) -> RowStats:
@@ -106,7 +108,8 @@ def stats_diagnostics(stats: RowStats) -> dict[str, jax.Array]:
     kl = jnp.maximum(jnp.log(jnp.maximum(stats.n, 1.0)) - entropy, 0.0)
     return finish_diagnostics(
         stats.n, kl=kl, entropy=entropy, var_z=stats.m2 / safe_l, max_attn=1.0 / safe_l,
-        bos_attn=jnp.exp(-lse), z_excess=stats.mu - stats.mean_u,
+        bos_attn=jnp.exp(-lse) if stats.bos_seen is None else jnp.where(stats.bos_seen, jnp.exp(-lse), 0.0),
+        z_excess=stats.mu - stats.mean_u,
     )
 
 
@@ -129,6 +132,7 @@ def streaming_attention(
     block: int = DEFAULT_BLOCK,
     row_stats: bool = False,
     tokens: jax.Array | None = None,
+    window: int | None = None,
 ) -> tuple[jax.Array, RowStats | None]:
     """Causal, right-padded attention over key blocks, with every query row's diagnostics on request.
 
@@ -143,6 +147,8 @@ def streaming_attention(
         :func:`stats_diagnostics` gives NaN there, as the direct path does.
       tokens: ``[batch, seq]`` token ids; with ``row_stats``, the statistics also carry the
         taxonomy's key-subset sums (:func:`stats_taxonomy`).
+      window: a sliding window ``w`` (Mistral, Gemma's local layers): query ``i`` sees keys
+        ``i - w < j <= i`` only, as the direct path's mask.
 
     Returns:
       The attention output ``[batch, seq, head, d_head]`` in ``v``'s dtype, and the statistics
@@ -161,7 +167,8 @@ def streaming_attention(
 
     fscale = jnp.float32(scale)
     query_pos = jnp.arange(seq)
-    # Every query sees key 0 (causal, and lengths >= 1): its score is each row's reference point.
+    # Key 0's score is each row's reference point: every query sees it (causal, lengths >= 1)
+    # unless a sliding window has moved past it, where it is still a finite per-row constant.
     z_bos = jnp.einsum("bqhd,bhd->bhq", q, k[:, 0], precision=precision, preferred_element_type=jnp.float32) * fscale
 
     with_subsets = row_stats and tokens is not None
@@ -178,6 +185,8 @@ def streaming_attention(
         k_blk, v_blk, start, tok_blk, prev_blk = xs
         key_pos = start + jnp.arange(block)
         visible = (key_pos[None, None, :] <= query_pos[None, :, None]) & (key_pos[None, None, :] < lengths[:, None, None])
+        if window is not None:
+            visible = visible & (key_pos[None, None, :] > query_pos[None, :, None] - window)
         visible = visible[:, None]  # [b, 1, q, block]
         z = jnp.einsum("bqhd,bkhd->bhqk", q, k_blk, precision=precision, preferred_element_type=jnp.float32) * fscale
         new, weights = block_stats(z - z_bos[..., None], visible)
@@ -205,6 +214,8 @@ def streaming_attention(
         return out, None
     query_real = query_pos[None, None, :] < lengths[:, None, None]
     stats = stats._replace(n=jnp.where(query_real, stats.n, 0.0))  # padded queries: NaN, as direct
+    if window is not None:  # rows past the window do not see BOS: bos_attn is 0 there, as direct
+        stats = stats._replace(bos_seen=jnp.broadcast_to(query_pos < window, stats.n.shape))
     if with_subsets:
         stats = stats._replace(subset_l=subset_l, subset_n=subset_n, z_bos=z_bos)
     return out, stats

@@ -6,7 +6,7 @@ Order of work, so that bad input fails before any device work and leaves nothing
 2. plan: walk every prompt once -- tokenise, validate, count per condition, note the longest,
    the metadata keys and a digest of the whole prompt set (nothing kept in memory);
 3. refuse an existing store unless --resume (same config, weights and prompts) or --overwrite;
-4. load the weights, create the store (see ``jaxdiag.store``: by rename at a path, by claim and
+4. load the weights, create the store (see ``jaxdiag.sweep.store``: by rename at a path, by claim and
    commit at a URL), then walk the prompts again.
 
 A store URL of an unknown protocol or a missing fsspec backend is refused before step 1.
@@ -32,24 +32,24 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from jaxdiag import vocab
-from jaxdiag.effects import head_sums_step, reference_means, sweep_step
+from jaxdiag.probes import Probe, stored_variables
+from jaxdiag.sweep.steps import effect_heads_per_step, head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
 from jaxdiag.paths import StoreLocation
-from jaxdiag.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
-from jaxdiag.runconfig import RunConfig
-from jaxdiag.runner import DeviceRunner, Unit, make_units, scatter
+from jaxdiag.sweep.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
+from jaxdiag.sweep.runconfig import RunConfig
+from jaxdiag.sweep.runner import DeviceRunner, Progress, Unit, make_units, scatter
 from jaxdiag.schema import edit_of
-from jaxdiag.store import (
+from jaxdiag.sweep.store import (
     SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, create_store, default_chunk_size, done_chunks, finalise,
     Column, prompt_columns, read_attrs, utc_now, write_chunk,
 )
 
-EFFECT_STEP_BYTES = 256 * 2**20
 WRITE_QUEUE_CHUNKS = 4  # finished chunks in memory waiting for (or in) their write
 # Fault injection for the kill-and-resume test: seconds to wait after a chunk's data is written
 # and before its done marker is, widening the window a SIGKILL must survive.
@@ -126,7 +126,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     without, the digest is what earlier versions computed, so their stores still resume. Pairs are
     checked either way (two prompts in two conditions; equal lengths too for patch effects).
     """
-    from jaxdiag.runner import check_prompt
+    from jaxdiag.sweep.runner import check_prompt
 
     counts: dict[str, int] = {}
     kinds: dict[str, set[str]] = {}
@@ -183,10 +183,6 @@ def _check_pair(pair: str, members: list[tuple[str, tuple[int, ...]]]) -> None:
         raise JaxdiagError(f"pair {pair!r}: the prompts have {len(a)} and {len(b)} tokens; a patch needs equal lengths")
 
 
-class Progress(Protocol):
-    def update(self, n: int) -> object: ...
-
-
 class RowKey(NamedTuple):
     """The key naming a prompt in a unit: its chunk and its row there, so each result carries its owner."""
 
@@ -217,7 +213,8 @@ class Chunk:
         units = make_units(rows, batch_size=batch_size, limit=limit)
         if plan is not None:
             for unit in units:
-                unit.inputs = task_inputs(unit, [self.prompts[key.row] for key in unit.keys], plan)
+                unit.inputs = task_inputs(unit, [self.prompts[key.row] for key in unit.keys],
+                                          plan.partner_tokens if plan.pairs is not None else None)
         self.units_left = len(units)
         return units
 
@@ -230,20 +227,22 @@ class Chunk:
     def columns(self, layout: Layout) -> dict[str, Column]:
         """The chunk's region of the store: the store's schema for these prompts."""
         return prompt_columns(self.prompts, self.values, query=layout.query, width=layout.max_len,
-                              metadata=layout.metadata, paired=layout.paired)
+                              metadata=layout.metadata, paired=layout.paired, variables=layout.variables)
 
 
-def task_inputs(unit: Unit, prompts: list[Prompt], plan: Plan) -> dict[str, np.ndarray]:
-    """A unit's ``target``/``foil`` ids (-1: none) and, for patch effects, its rows' partners' tokens."""
+def task_inputs(unit: Unit, prompts: list[Prompt],
+                partner_tokens: Callable[[Prompt], tuple[int, ...]] | None) -> dict[str, np.ndarray]:
+    """A unit's ``target``/``foil`` ids (-1: none) and, with ``partner_tokens`` (patch effects), its
+    rows' partners' tokens."""
     batch = unit.tokens.shape[0]
     target, foil = np.full(batch, -1, np.int32), np.full(batch, -1, np.int32)
     for row, prompt in enumerate(prompts):
         target[row], foil[row] = prompt.target, prompt.foil
     inputs = {"target": target, "foil": foil}
-    if plan.pairs is not None:
+    if partner_tokens is not None:
         partner = unit.tokens.copy()  # dummy rows patch themselves
         for row, prompt in enumerate(prompts):
-            partner[row, : len(prompt.tokens)] = plan.partner_tokens(prompt)
+            partner[row, : len(prompt.tokens)] = partner_tokens(prompt)
         inputs["partner"] = partner
     return inputs
 
@@ -307,15 +306,22 @@ def stored_prompts(path: StoreLike, layout: Layout) -> int:
     return sum(stop - start for start, stop in (layout.chunk_range(*cid) for cid in done & set(layout.chunk_ids())))
 
 
-def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.ndarray | None):
+def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.ndarray | None,
+                  probes: tuple[Probe, ...]):
     """The step builder of a run with effects (None: the runner's diagnostics step)."""
     if not config.effects:
         return None
-    # Heads of a layer run together, as many as keep one edited run's activations near 256 MiB.
-    per_head = 8 * 4 * config.batch_size * plan.max_len * model_config.n_embd
-    heads_per_step = max(1, min(model_config.n_head, EFFECT_STEP_BYTES // per_head))
+    heads_per_step = effect_heads_per_step(config.batch_size, plan.max_len, model_config)
     return lambda graphdef: sweep_step(graphdef, config.query, config.effects, head_mean=head_mean,
-                                       heads_per_step=heads_per_step)
+                                       heads_per_step=heads_per_step, probes=probes)
+
+
+def sweep_probes(config: RunConfig) -> tuple[Probe, ...]:
+    """The built-in probes, then the run config's own (``probes = ["module:function"]``)."""
+    from jaxdiag.probes.custom import resolve_probe
+    from jaxdiag.sweep.runner import SWEEP_PROBES
+
+    return SWEEP_PROBES + tuple(resolve_probe(spec, "run config") for spec in config.probes)
 
 
 def _progress(total: int, quiet: bool, description: str):
@@ -343,8 +349,9 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     import jax
 
     from jaxdiag import __version__
-    from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.models.load import model_type_of, read_config, require_gpt2, tokenizer_for
+    from jaxdiag.checkpoint import resolve
+    from jaxdiag.models.load import load_model, model_type_of, read_config, tokenizer_for
+    from jaxdiag.models.registry import require_effects
 
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -361,7 +368,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     checkpoint = resolve(config.model, config.revision)
     model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type
     if config.effects:
-        require_gpt2(model_config, "causal effects (effects = [...])")
+        require_effects(model_config, "causal effects (effects = [...])")
     tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
     walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id)
@@ -384,14 +391,15 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     chunk_size = config.chunk_size or default_chunk_size(model_config.n_layer, model_config.n_head, plan.max_len,
                                                          config.query, config.batch_size)
     config = dataclasses.replace(config, chunk_size=chunk_size)
+    probes = sweep_probes(config)
     layout = Layout(plan.conditions, plan.counts, model_config.n_layer, model_config.n_head, plan.max_len,
-                    config.query, chunk_size, plan.metadata, config.effects, plan.paired)
+                    config.query, chunk_size, plan.metadata, config.effects, plan.paired, stored_variables(probes))
     identity = {"config": config.to_json(), "weights_sha256": checkpoint.weights_sha256,
                 "prompts_sha256": plan.digest}
 
     if process == 0 and resume and path.exists():
         check_resumable(path, identity)
-    _, model = load_checkpoint(checkpoint, precision=config.precision)
+    _, model = load_model(checkpoint, precision=config.precision)
     head_mean = None
     if reference is not None:  # every process computes the same means: same units, float64 sums in order
         log(f"mean head outputs over condition {reference!r}")
@@ -438,7 +446,8 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
             units = (unit for chunk in chunks
                      for unit in chunk.units(batch_size=config.batch_size, limit=model_config.n_positions,
                                              plan=task_plan))
-            runner = DeviceRunner(model, config.query, make_step=_effects_step(config, model_config, plan, head_mean))
+            runner = DeviceRunner(model, config.query, probes=probes,
+                                  make_step=_effects_step(config, model_config, plan, head_mean, probes))
             write_chunks(finished_chunks(runner.run(units)), path, layout, progress)
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as the CLI raises it: the writes in flight are flushed
         raise Interrupted(f"interrupted: {stored_prompts(path, layout)} of {total} prompts are stored in {path}; "

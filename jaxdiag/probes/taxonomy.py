@@ -12,7 +12,7 @@ schema 2):
 
 A row with no visible key (a padded query) is NaN throughout. Pure functions of scores, masks and
 token ids; the direct path reduces whole rows here, the streaming path accumulates the same key
-subsets block by block (:mod:`jaxdiag.streaming`) and finishes with :func:`finish_taxonomy`.
+subsets block by block (:mod:`jaxdiag.probes.streaming`) and finishes with :func:`finish_taxonomy`.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def finish_diagnostics(
 ) -> dict[str, jax.Array]:
     """Normalise and NaN-mask per-row quantities into the seven diagnostics.
 
-    Shared by the direct reduction above and the streaming one (:mod:`jaxdiag.streaming`), so both
+    Shared by the direct reduction above and the streaming one (:mod:`jaxdiag.probes.streaming`), so both
     apply the same definitions of "undefined": every value is NaN for a row with no visible key
     (``n = 0``), and ``kl_norm`` and ``chi`` are NaN at ``n = 1`` (``log n = 0``).
     """

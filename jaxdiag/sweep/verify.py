@@ -5,7 +5,7 @@ ones by exact patching on the same prompts, and bound what the unverified rest c
 
 1. Rank every head by the store's cheap estimate (``atpstar_K``: its mean; ``atp_K``: |its mean|)
    over the prompts that have one.
-2. Exact effect K (one edited run per head, :func:`jaxdiag.effects.head_effects` restricted to
+2. Exact effect K (one edited run per head, :func:`jaxdiag.causal.effects.head_effects` restricted to
    the chosen heads) for the top ``top`` heads and for ``sample`` heads drawn at random from the
    rest, on the same prompts, with the model the store names (its weights' sha256 must match).
 3. A head "matters" when |mean exact effect| >= ``fraction`` x the largest among the verified ones
@@ -64,7 +64,7 @@ def verify(store: str | Path, *, method: str | None = None, top: int = 10, sampl
     """Run the workflow on a store made with a cheap effect kind (see the module docstring)."""
     from scipy import stats
 
-    from jaxdiag.store import open_dataset
+    from jaxdiag.sweep.store import open_dataset
 
     ds = open_dataset(store)
     kinds = list(ds.attrs.get("effects") or [])
@@ -116,14 +116,15 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
     import jax
     import jax.numpy as jnp
 
-    from jaxdiag.checkpoint import load_checkpoint, resolve
-    from jaxdiag.effects import edit_replacement, head_effects, task_readout
+    from jaxdiag.checkpoint import resolve
+    from jaxdiag.models.load import load_model
+    from jaxdiag.causal.effects import edit_replacement, head_effects, task_readout
 
     config = json.loads(ds.attrs["config"])
     checkpoint = resolve(config["model"], config.get("revision"))
     if checkpoint.weights_sha256 != ds.attrs.get("weights_sha256"):
         raise JaxdiagError(f"the model {config['model']!r} no longer has the weights the store was made with (sha256 differs)")
-    _, model = load_checkpoint(checkpoint, precision=config.get("precision", "highest"))
+    _, model = load_model(checkpoint, precision=config.get("precision", "highest"))
     c = model.config
     tokens_all, n_all = ds["tokens"].values, ds["n_tokens"].values
     rows = np.argwhere(finite)  # (condition, prompt) of each prompt with a target

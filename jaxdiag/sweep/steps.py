@@ -1,0 +1,89 @@
+"""The compiled steps of a sweep: diagnostics, and on request every head's effects and their
+attribution estimates, plus the reference pass that mean-ablation needs."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxdiag.causal.effects import attribution_effects, edit_replacement, head_effects, head_output_sums, task_readout
+from jaxdiag.schema import EXACT_KINDS, QueryMode, edit_of
+from jaxdiag.probes import Probe
+from jaxdiag.sweep.runner import SWEEP_PROBES, Unit, diagnostics_step
+
+
+# Heads of a layer run together, as many as keep one edited run's activations near this many bytes.
+EFFECT_STEP_BYTES = 256 * 2**20
+
+
+def effect_heads_per_step(batch_size: int, max_len: int, config) -> int:
+    """How many heads of a layer one edited run takes at once (``heads_per_step`` of :func:`sweep_step`)."""
+    per_head = 8 * 4 * batch_size * max_len * config.n_embd
+    return max(1, min(config.n_head, EFFECT_STEP_BYTES // per_head))
+
+
+def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
+               heads_per_step: int | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES):
+    """A sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
+
+    ``step(state, tokens, lengths, target, foil[, partner])`` -> ``{name: [b, ...]}``; ``partner``
+    (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for ``mean``.
+    The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
+    run with effects stores the same diagnostics, bit for bit, as one without.
+    """
+    edits = sorted({edit_of(kind) for kind in kinds}, key=EXACT_KINDS.index)
+    if "mean" in edits and head_mean is None:
+        raise ValueError("mean-ablation effects need the reference condition's head_mean")
+    exact = [kind for kind in kinds if kind in EXACT_KINDS]
+    attribution = [kind for kind in kinds if kind not in EXACT_KINDS]
+
+    diagnose = diagnostics_step(graphdef, query, probes)
+
+    @jax.jit
+    def effects(state, tokens, lengths, target, foil, partner):
+        model = nnx.merge(graphdef, state)
+        replacements = {edit: edit_replacement(model, edit, lengths, head_mean=head_mean, partner=partner)
+                        for edit in edits}
+        readout = task_readout(model, lengths, target, foil)
+        metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
+                                        heads_per_step=heads_per_step)
+        if attribution:
+            needed = {edit_of(kind) for kind in attribution}
+            estimates = attribution_effects(model, tokens, lengths, readout, {k: replacements[k] for k in needed},
+                                            graddrop=any(kind.startswith("atpstar_") for kind in attribution))
+            per_kind |= {kind: estimates[kind] for kind in attribution}
+        return {"metric": metric} | {f"effect_{kind}": per_kind[kind] for kind in kinds}
+
+    def step(state, tokens, lengths, target, foil, partner=None):
+        return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner)
+
+    return step
+
+
+def head_sums_step(graphdef):
+    """A jitted ``(state, tokens, lengths) -> {"head_sum": [b, layer, head, d], "n_real": [b]}`` per prompt."""
+    @jax.jit
+    def step(state, tokens, lengths):
+        return head_output_sums(nnx.merge(graphdef, state), tokens, lengths)
+
+    return step
+
+
+def reference_means(results: Iterable[tuple[Unit, dict[str, np.ndarray]]]) -> np.ndarray:
+    """``head_mean [layer, head, d_head]`` over every real position of the units' real prompts.
+
+    Summed on the host in float64 in unit order, so the mean is the same however units are batched
+    onto devices.
+    """
+    total, count = None, 0.0
+    for unit, result in results:
+        rows = len(unit.keys)
+        sums = result["head_sum"][:rows].astype(np.float64).sum(axis=0)
+        total = sums if total is None else total + sums
+        count += float(result["n_real"][:rows].sum())
+    if total is None:
+        raise ValueError("no reference prompts for the mean head outputs")
+    return (total / count).astype(np.float32)
