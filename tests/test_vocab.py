@@ -113,15 +113,20 @@ def test_run_on_trained_ids_only_is_silent_and_records_zero(zeroed_checkpoint, t
     assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs["untrained_prompts"] == 0
 
 
-def test_diagnose_warns_records_and_refuses_with_strict_vocab(zeroed_checkpoint):
+def test_diagnose_and_effects_warn_record_and_refuse_with_strict_vocab(zeroed_checkpoint):
     import jaxdiag
 
     model = jaxdiag.load(str(zeroed_checkpoint))
     with pytest.warns(vocab.UntrainedTokensWarning, match="1 of 2 prompts contain token ids"):
-        ds = jaxdiag.diagnose(model, [[1, 2, 3], [1, 17, 3]])
+        ds = jaxdiag.diagnose(model, [[1, 2, 3], [1, 17, 3]], progress=False)
     assert ds.attrs["untrained_prompts"] == 1 and ds.attrs["untrained_token_ids"] == [17]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert jaxdiag.diagnose(model, [[1, 2, 3]]).attrs["untrained_prompts"] == 0
+        assert jaxdiag.diagnose(model, [[1, 2, 3]], progress=False).attrs["untrained_prompts"] == 0
     with pytest.raises(JaxdiagError, match=r"\(refused: --strict-vocab\)"):
-        jaxdiag.diagnose(model, [[1, 17, 3]], strict_vocab=True)
+        jaxdiag.diagnose(model, [[1, 17, 3]], strict_vocab=True, progress=False)
+    with pytest.warns(vocab.UntrainedTokensWarning, match="1 of 2 prompts"):
+        ds = jaxdiag.effects(model, [[1, 2, 3], [1, 900, 3]], target=3, kinds=("zero",), progress=False)
+    assert ds.attrs["untrained_prompts"] == 1
+    with pytest.raises(JaxdiagError, match=r"\(refused: --strict-vocab\)"):
+        jaxdiag.effects(model, [[1, 17, 3]], target=3, strict_vocab=True, progress=False)

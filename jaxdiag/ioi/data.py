@@ -27,21 +27,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import tomllib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.ioi import grammar
+from jaxdiag.ioi import grammar, heldout
+from jaxdiag.ioi.heldout import baba
 from jaxdiag.sweep.prompts import BLOG_ABBA, IOI_ABBA, IOI_NAMES, IOI_OBJECTS, IOI_PLACES
 from jaxdiag.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
 
 BOS_ID = 50256  # GPT-2's <|endoftext|>, prepended as BOS (as TransformerLens and the sweep do)
 N_POSITIONS = 64  # a prefix plus the longest grammar sentence stays below 60 tokens
 HERE = Path(__file__).resolve().parent
-_HELDOUT = tomllib.loads((HERE / "heldout.toml").read_text())
 
 # Names the model is for. Held-out names (never in an IOI training prompt) are a fixed slice of the
 # extra names, so they share nothing with the posts' or the generator's names.
@@ -57,13 +56,13 @@ EXTRA_NAMES = (
     "Terry", "Barry", "Harold", "Howard", "Dennis", "Walter", "Albert", "Douglas", "Eddie", "Stephen",
     "Carlos", "Juan", "Jose", "Luis", "Mario", "Hugo", "Ivan", "Omar", "Ali",
 )
-HELDOUT_NAMES = tuple(_HELDOUT["names"])  # never in an IOI training prompt
+HELDOUT_NAMES = heldout.NAMES  # never in an IOI training prompt
 TRAIN_NAMES = tuple(dict.fromkeys(IOI_NAMES + tuple(n for n in EXTRA_NAMES if n not in HELDOUT_NAMES)))
 ALL_NAMES = TRAIN_NAMES + HELDOUT_NAMES
 
-HELDOUT_TEMPLATES = tuple(_HELDOUT["templates"])
-HELDOUT_PLACES = tuple(_HELDOUT["places"])
-HELDOUT_OBJECTS = tuple(_HELDOUT["objects"])
+HELDOUT_TEMPLATES = heldout.TEMPLATES
+HELDOUT_PLACES = heldout.PLACES
+HELDOUT_OBJECTS = heldout.OBJECTS
 HELDOUT_FILLERS = HELDOUT_PLACES + HELDOUT_OBJECTS
 # Everyday nouns for filler slots in training (and the posts'/generator's templates in evaluation).
 PLACES = tuple(dict.fromkeys(IOI_PLACES + (
@@ -96,13 +95,6 @@ def name_words() -> tuple[str, ...]:
     itself (a name must occur exactly where the sentence puts it)."""
     fixed = {w.lower() for fragment in grammar.fragments() for w in re.findall(r"[A-Za-z]+", fragment)}
     return tuple(w for w in train_fillers() if w not in fixed)
-
-
-def baba(template: str) -> str:
-    """BABA: swap the first occurrences of {A} and {B} (the first clause)."""
-    a, b = template.index("{A}"), template.index("{B}")
-    first, second = min(a, b), max(a, b)
-    return template[:first] + template[second:second + 3] + template[first + 3:second] + template[first:first + 3] + template[second + 3:]
 
 
 def three_name(template: str) -> str:

@@ -20,6 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxdiag.ioi import heldout
+from jaxdiag.ioi.heldout import baba
+
 SUBORDINATE = ("When", "After", "Before", "While", "As", "Since", "Once", "Because", "Although", "Though",
                "If", "Until", "As soon as", "Just after", "Right after", "The day", "The moment", "Even though")
 ADVERB = ("Then", "Later", "Today", "Yesterday", "Afterwards", "Earlier", "Suddenly", "Finally", "Meanwhile",
@@ -143,10 +146,8 @@ def _opened(rng: np.random.Generator, clause: str) -> tuple[str, str]:
 @functools.lru_cache(maxsize=1)
 def heldout_skeletons() -> frozenset[str]:
     """The held-out templates (ABBA and BABA) as skeletons: ``{P} {O}`` -> ``{N}``, the subject -> ``{S}``."""
-    from jaxdiag.ioi.data import HELDOUT_TEMPLATES, baba
-
     out = set()
-    for template in HELDOUT_TEMPLATES:
+    for template in heldout.TEMPLATES:
         for t in (template, baba(template)):
             t = t.replace("{P}", "{N}").replace("{O}", "{N}")
             head, _, tail = t.rpartition("{B}")  # the second subject is the last {B}
