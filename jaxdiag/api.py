@@ -12,12 +12,14 @@ from typing import Sequence
 
 import numpy as np
 import xarray as xr
+from jax.sharding import Mesh
 
 from jaxdiag.checkpoint import Checkpoint, resolve
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family
 from jaxdiag.models.load import load_model, tokenizer_for
-from jaxdiag.schema import Precision, QueryMode
+from jaxdiag.models.sharding import make_mesh
+from jaxdiag.schema import MeshShape, Precision, QueryMode
 from jaxdiag.sweep.prompts import Prompt
 from jaxdiag.sweep.runner import run_diagnostics
 from jaxdiag.sweep.store import prompts_dataset
@@ -32,6 +34,7 @@ class LoadedModel:
     tokenizer: Tokenizer | None
     checkpoint: Checkpoint
     precision: Precision
+    mesh: Mesh | None = None  # the device mesh its parameters are sharded over (None: one device's copy)
 
     @property
     def config(self):
@@ -51,20 +54,26 @@ class LoadedModel:
 
 
 def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: bool = True,
-         revision: str | None = None) -> LoadedModel:
+         revision: str | None = None, mesh: str | dict | MeshShape | None = None) -> LoadedModel:
     """Load a checkpoint (GPT-2, Llama/Qwen2/Mistral, GPT-NeoX, BERT, ALBERT: by ``config.json``'s
-    ``model_type``) from a Hugging Face hub id or a local directory."""
+    ``model_type``) from a Hugging Face hub id or a local directory.
+
+    ``mesh`` (``"data=2,model=4"``, ``{"model": 4}``): shard the parameters over ``model`` local
+    devices, streamed from the checkpoint into their shards; diagnose then runs batches over ``data``.
+    """
+    shape = MeshShape.parse(mesh, source="mesh")
     checkpoint = resolve(model, revision)
-    config, module = load_model(checkpoint, precision=precision)
+    device_mesh = make_mesh(shape) if mesh is not None else None
+    config, module = load_model(checkpoint, precision=precision, mesh=device_mesh)
     tokenizer = tokenizer_for(checkpoint.directory, config, prepend_bos=prepend_bos)
-    return LoadedModel(module, tokenizer, checkpoint, precision)
+    return LoadedModel(module, tokenizer, checkpoint, precision, device_mesh)
 
 
 def diagnose(model: LoadedModel, prompts: Sequence[str | Sequence[int]], *, query: QueryMode = "last",
              batch_size: int = 32) -> xr.Dataset:
     """Per-head diagnostics of each prompt as a Dataset with dims ``prompt, layer, head[, query]``."""
     token_lists = [model.encode(p) for p in prompts]
-    values = run_diagnostics(model.model, token_lists, query=query, batch_size=batch_size)
+    values = run_diagnostics(model.model, token_lists, query=query, batch_size=batch_size, mesh=model.mesh)
     return to_dataset(values, token_lists, [p if isinstance(p, str) else "" for p in prompts], query=query)
 
 

@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxdiag.schema import HEAD_VARIABLES
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import AttentionImpl, Family
+from jaxdiag.models.sharding import row_meshes, row_states, shard_model, uses_model_axis
 from jaxdiag.probes import DIAGNOSTICS_PROBE, TAXONOMY_PROBE, Probe
 from jaxdiag.schema import QueryMode
 
@@ -118,26 +119,41 @@ class DeviceRunner:
     """Runs units on all local devices with a bounded number in flight; results come back in order."""
 
     def __init__(self, model: Family, query: QueryMode, *, make_step: Callable | None = None,
-                 devices: Sequence[jax.Device] | None = None, in_flight_per_device: int = 2):
+                 devices: Sequence[jax.Device] | None = None, in_flight_per_device: int = 2,
+                 mesh: Mesh | None = None):
         """``make_step(graphdef)`` builds the jitted ``step(state, tokens, lengths, **unit.inputs) -> {name: [b, ...]}``
-        (default: :func:`diagnostics_step`)."""
-        self.devices = list(devices) if devices is not None else jax.local_devices()
-        self.mesh = Mesh(np.array(self.devices), ("data",))
-        graphdef, state = nnx.split(model)
-        replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
-        self._replicas = [_replica(replicated, d) for d in self.devices]
+        (default: :func:`diagnostics_step`).
+
+        ``mesh`` (:func:`jaxdiag.models.sharding.make_mesh`): with a ``model`` axis of more than one
+        device, the parameters are sharded over it and a unit runs on one ``data`` row as one GSPMD
+        program; otherwise its devices run units as above (``devices`` or all local ones without it).
+        """
+        if uses_model_axis(mesh):
+            graphdef, state = nnx.split(shard_model(model, mesh))
+            self._replicas = row_states(state, mesh)
+            # each row's inputs are replicated over its model devices
+            self._places: list = [NamedSharding(row, PartitionSpec()) for row in row_meshes(mesh)]
+            self.mesh = mesh
+        else:
+            self.devices = list(mesh.devices.flat) if mesh is not None else (
+                list(devices) if devices is not None else jax.local_devices())
+            self.mesh = Mesh(np.array(self.devices), ("data",))
+            graphdef, state = nnx.split(model)
+            replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+            self._replicas = [_replica(replicated, d) for d in self.devices]
+            self._places = list(self.devices)
         self._step = make_step(graphdef) if make_step is not None else diagnostics_step(graphdef, query)
-        self.max_in_flight = in_flight_per_device * len(self.devices)
+        self.max_in_flight = in_flight_per_device * len(self._places)
 
     def run(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, dict[str, np.ndarray]]]:
         """``(unit, {name: [batch_size, layer, head(, seq)] float32 numpy})`` for each unit, in order."""
         pending: collections.deque = collections.deque()
         for i, unit in enumerate(units):
-            slot = i % len(self.devices)
-            device = self.devices[slot]
-            inputs = {name: jax.device_put(value, device) for name, value in unit.inputs.items()}
-            out = self._step(self._replicas[slot], jax.device_put(unit.tokens, device),
-                             jax.device_put(unit.lengths, device), **inputs)
+            slot = i % len(self._places)
+            place = self._places[slot]
+            inputs = {name: jax.device_put(value, place) for name, value in unit.inputs.items()}
+            out = self._step(self._replicas[slot], jax.device_put(unit.tokens, place),
+                             jax.device_put(unit.lengths, place), **inputs)
             for value in out.values():
                 value.copy_to_host_async()  # the copy overlaps later units' compute
             pending.append((unit, out))
@@ -162,6 +178,7 @@ def run_diagnostics(
     *,
     query: QueryMode = "last",
     batch_size: int = 32,
+    mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """Diagnostics for every sequence: ``[n, layer, head]`` (``last``) or ``[n, layer, head, max_len]`` (``all``)."""
     config = model.config
@@ -171,7 +188,7 @@ def run_diagnostics(
     shape = (n, config.n_layer, config.n_head) + ((max_len,) if query == "all" else ())
     out = {name: np.full(shape, np.nan, dtype=np.float32) for name in HEAD_VARIABLES}
     units = make_units(list(enumerate(token_lists)), batch_size=batch_size, limit=config.n_positions)
-    for unit, result in DeviceRunner(model, query).run(units):
+    for unit, result in DeviceRunner(model, query, mesh=mesh).run(units):
         scatter(out, unit.keys, result)
     return out
 
