@@ -14,28 +14,9 @@ import resource
 import sys
 from pathlib import Path
 
+from benchmarks.rss import peak_rss_bytes, reset_peak_rss, rss_bytes
+
 EFFECTS = "zero,mean,patch,atp_zero,atp_mean,atp_patch,atpstar_zero,atpstar_mean,atpstar_patch"
-
-
-def rss_bytes() -> int:
-    """Resident set size now (VmRSS)."""
-    return _status_kib("VmRSS") * 1024
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size since the last :func:`reset_peak_rss` (VmHWM)."""
-    return _status_kib("VmHWM") * 1024
-
-
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def run(args: list[str], out: Path, *extra: str) -> int:

@@ -9,7 +9,10 @@ dealt round-robin. A prompt's numbers therefore depend only on its unit (which p
 which shape), never on how many devices there are: on XLA:CPU an SPMD-partitioned program over N
 devices gives ``z_excess`` values a few ULP away from the single-device program's (measured:
 |diff| <= 4e-9 with 2 or 8 devices), which would break the bit-identity of stores made on
-different device counts. Dispatch is asynchronous and several units stay in flight, so device
+different device counts. With a ``model`` axis (a model larger than one device,
+:mod:`jaxdiag.models.sharding`) the parameters are sharded over it and a unit runs on one ``data``
+row of the mesh as one GSPMD program: the numbers then depend on the model axis's size, still
+never on the data axis's. Dispatch is asynchronous and several units stay in flight, so device
 compute overlaps the host copies of earlier results and whatever the caller does with them.
 """
 
