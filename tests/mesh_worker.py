@@ -4,7 +4,8 @@ tests/test_mesh.py as ``python -m tests.mesh_worker ROLE OUT MODEL PROMPTS [BIG_
 ``data``: stores of a run without a mesh and with ``--mesh data=2`` (data-only meshes);
 ``model``: the streaming load's peak RSS, per-device bytes and probe shardings, stores of
 ``data=2,model=4``, ``data=1,model=4`` and ``data=2,model=4`` interrupted then resumed, and the
-CLI's answers to meshes that do not fit. What it measures goes to ``OUT/measured.json``.
+CLI's answers to meshes that do not fit, random Llama / NeoX diagnostics sharded against replicated.
+What it measures goes to ``OUT/measured.json``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,40 @@ def measure_sharding(model_dir: str) -> dict:
             "probe_devices": {name: len(value.sharding.device_set) for name, value in out.items()}}
 
 
+# Random models of the other decoder families: grouped-query attention (key/value heads split over
+# model) and NeoX's interleaved fused query_key_value.
+FAMILY_CONFIGS = {
+    "llama": dict(model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
+                  intermediate_size=64, vocab_size=50, max_position_embeddings=32),
+    "gpt_neox": dict(model_type="gpt_neox", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, vocab_size=50, max_position_embeddings=32),
+}
+
+
+def family_differences() -> dict:
+    """Largest |sharded - replicated| of the diagnostics of random Llama and NeoX models on ``model=4``,
+    and whether their NaNs (one-token prompts) fall in the same places."""
+    import numpy as np
+    from flax import nnx
+
+    from jaxdiag.models.registry import registered
+    from jaxdiag.models.sharding import make_mesh
+    from jaxdiag.schema import MeshShape
+    from jaxdiag.sweep.runner import run_diagnostics
+
+    prompts = [np.random.default_rng(n).integers(0, 50, n).tolist() for n in (1, 5, 9, 12)]
+    out = {}
+    for name, raw in FAMILY_CONFIGS.items():
+        entry = registered(raw["model_type"])
+        model = entry.model(entry.config.from_dict(raw), rngs=nnx.Rngs(3))
+        replicated = run_diagnostics(model, prompts, batch_size=4)
+        sharded = run_diagnostics(model, prompts, batch_size=4, mesh=make_mesh(MeshShape(data=2, model=4)))
+        out[name] = {"max_abs": max(float(np.nanmax(np.abs(sharded[k] - replicated[k]), initial=0.0)) for k in sharded),
+                     "max_value": max(float(np.nanmax(np.abs(replicated[k]), initial=0.0)) for k in sharded),
+                     "same_nans": all(bool((np.isnan(sharded[k]) == np.isnan(replicated[k])).all()) for k in sharded)}
+    return out
+
+
 def mesh_errors(args: list[str], out: Path) -> dict:
     """Exit status and stderr of runs whose mesh does not fit the devices or the model."""
     import contextlib
@@ -124,6 +159,7 @@ def main(argv: list[str]) -> None:
                              run(args, out / "m14.zarr", "--mesh", "data=1,model=4"),
                              interrupted_then_resumed(args, out / "m24r.zarr", "data=2,model=4")]
         measured["errors"] = mesh_errors(args, out)
+        measured["families"] = family_differences()
     measured["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     (out / "measured.json").write_text(json.dumps(measured, indent=1))
 

@@ -6,7 +6,8 @@
 without a mesh and of ``--mesh data=2``; ``model`` streams a ~110 MB checkpoint into ``model=4``
 (peak RSS), loads the tiny model on ``data=2, model=4`` (bytes per device, probe shardings), and
 makes the stores of ``data=2,model=4``, ``data=1,model=4`` and ``data=2,model=4`` interrupted and
-resumed, with every effect kind (exact, AtP, AtP*), and asks the CLI for meshes that do not fit.
+resumed, with every effect kind (exact, AtP, AtP*), asks the CLI for meshes that do not fit, and
+compares random Llama (grouped-query) and NeoX models' diagnostics on ``data=2, model=4``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def test_sharded_stores_equal_the_replicated_store_to_float32_rounding(meshes):
     assert json.loads(ds.attrs["config"])["mesh"] == {"model": 4}
     worst = _stores_close(data_out / "d0.zarr", model_out / "m24.zarr")
     assert worst > 0  # the sums really were split (else this test could not tell)
+
+
+def test_grouped_query_and_interleaved_fused_attention_shard_to_float32_rounding(meshes):
+    for family, found in meshes["model"][1]["families"].items():
+        assert found["same_nans"] and found["max_abs"] <= ATOL + RTOL * found["max_value"], (family, found)
 
 
 def test_the_same_model_axis_gives_the_same_bits_on_any_data_axis_and_after_resume(meshes):
