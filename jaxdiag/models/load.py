@@ -52,8 +52,9 @@ def read_config(directory: Path):
     except KeyError as exc:
         raise JaxdiagError(f"{path}: a {model_type} config needs {exc.args[0]!r}, which this one lacks") from None
     if model_type in ("bert", "albert"):
-        cls_id = _vocab_id(directory, "[CLS]")
-        config = dataclasses.replace(config, bos_token_id=cls_id if cls_id is not None else 0)
+        cls_id, mask_id = _vocab_id(directory, "[CLS]"), _vocab_id(directory, "[MASK]")
+        config = dataclasses.replace(config, bos_token_id=cls_id if cls_id is not None else 0,
+                                     mask_token_id=mask_id if mask_id is not None else -1)
     return config
 
 
@@ -102,6 +103,10 @@ def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: 
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     expected = {_hf_name(path): var for path, var in flat}
+    weights = dict(weights)
+    for stored, ours in rule.aliases:  # a tied tensor the checkpoint stores under its other name only
+        if ours in expected and ours not in weights and stored in weights and stored not in expected:
+            weights[ours] = weights.pop(stored)
     weights = {name: value for name, value in weights.items() if name in expected or name not in rule.tied_heads}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -127,9 +132,10 @@ def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision 
                 source: str = "checkpoint") -> Family:
     """The family model of ``config`` whose parameters are the HF-named ``weights``."""
     entry = registered(config.model_type, source=source)
+    weights = hf_names(weights, entry.weights)
+    config = entry.model.configure(config, list(weights))  # e.g. an encoder's MLM head, when stored
     abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, hf_names(weights, entry.weights), source=source, what=f"a {config.model_type} model",
-                      rule=entry.weights)
+    return fill_model(abstract, weights, source=source, what=f"a {config.model_type} model", rule=entry.weights)
 
 
 def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest") -> tuple[Any, Family]:
@@ -137,7 +143,7 @@ def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest") -> t
     config = read_config(checkpoint.directory)
     model = build_model(config, read_tensors(checkpoint.weights_file), precision=precision,
                         source=str(checkpoint.weights_file))
-    return config, model
+    return model.config, model
 
 
 def export_weights(model: Family) -> dict[str, np.ndarray]:
