@@ -140,9 +140,9 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
     head_mean = ds["head_mean"].values if kind == "mean" else None
 
     @jax.jit
-    def effects(tokens, lengths, target, foil, partner):
+    def effects(tokens, lengths, target, foil, partner, position):
         replacement = edit_replacement(model, kind, lengths, head_mean=head_mean, partner=partner)
-        readout = task_readout(model, lengths, target, foil)
+        readout = task_readout(model, lengths, target, foil, position)
         return head_effects(model, tokens, lengths, readout, {kind: replacement}, only=heads)[1][kind]
 
     by_length: dict[int, list[int]] = {}
@@ -158,8 +158,11 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
             if kind == "patch":
                 partners = [_partner(members, str(ds["pair"].values[ci, pi]), ci, pi) for ci, pi in cp]
                 partner = jnp.asarray(np.stack([tokens_all[a, b, :length] for a, b in partners]))
-            out[batch] = np.asarray(effects(tokens, lengths, jnp.asarray(ds["target"].values[cp[:, 0], cp[:, 1]]),
-                                            jnp.asarray(ds["foil"].values[cp[:, 0], cp[:, 1]]), partner))
+            task = [jnp.asarray(ds[name].values[cp[:, 0], cp[:, 1]]) for name in ("target", "foil")]
+            # stores made before metric_position read the metric at the last real position
+            position = (jnp.asarray(ds["metric_position"].values[cp[:, 0], cp[:, 1]]) if "metric_position" in ds
+                        else lengths - 1)
+            out[batch] = np.asarray(effects(tokens, lengths, *task, partner, position))
     return out
 
 
