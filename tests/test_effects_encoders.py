@@ -6,6 +6,8 @@ masked, each paired with the same reaction whose reactant-side tokens are shuffl
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,90 @@ def test_rxnmapper_effects_real_weights():
     metric = np.asarray(loaded.model(tokens, lengths, logits=True).logits)
     assert np.all(np.argmax(metric[np.arange(3), position[:3]], -1) == target[:3])
     assert np.abs(np.asarray(effects["patch"])).max() > 1e-2
+
+
+def test_masked_encoder_sweep_stores_the_position_and_its_metric(tmp_path, capsys):
+    """A sweep of masked prompts on an encoder: the store records each prompt's metric position (the
+    masked index) and target (the original token), and its metric and effects are the step's at
+    that position."""
+    import jax.numpy as jnp
+    import xarray as xr
+
+    from jaxdiag.causal.effects import head_effects, head_outputs, task_readout
+    from jaxdiag.cli import main
+
+    _, directory = build_mlm(tmp_path, "bert-mlm")
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (directory / "vocab.txt").write_text("\n".join(special + [f"t{i}" for i in range(SMALL["vocab_size"] - 5)]) + "\n")
+    rng = np.random.default_rng(0)
+    lines = []
+    for pair, n in enumerate([9, 6, 12]):
+        tokens = [2, *rng.integers(5, SMALL["vocab_size"], n - 2).tolist(), 3]
+        mask = int(rng.integers(1, n - 1))
+        twin = [2, *rng.permutation(tokens[1:-1]).tolist(), 3]
+        lines.append({"condition": "real", "tokens": tokens, "mask": mask, "pair": pair})
+        lines.append({"condition": "shuffled", "tokens": twin, "mask": mask, "target": tokens[mask], "pair": pair})
+    prompts = tmp_path / "masked.jsonl"
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "masked.zarr"
+    assert main(["run", "--model", str(directory), "--prompts", str(prompts), "--effects", "zero,patch",
+                 "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    ds = xr.open_zarr(out, chunks=None)
+    real, twin = ds.sel(condition="real"), ds.sel(condition="shuffled")
+    assert real["metric_position"].values.tolist() == [line["mask"] for line in lines[::2]]
+    assert real["target"].values.tolist() == [line["tokens"][line["mask"]] for line in lines[::2]]
+    rows = np.arange(3)
+    assert (real["tokens"].values[rows, real["metric_position"].values] == 4).all()  # [MASK]
+    model = jaxdiag.load(str(directory)).model
+    n = real["n_tokens"].values
+    width = int(n.max())
+    tokens, partner = (jnp.asarray(part["tokens"].values[:, :width].clip(min=0)) for part in (real, twin))
+    lengths = jnp.asarray(n, jnp.int32)
+    readout = task_readout(model, lengths, jnp.asarray(real["target"].values), jnp.asarray(real["foil"].values),
+                           jnp.asarray(real["metric_position"].values))
+    metric, effects = head_effects(model, tokens, lengths, readout, {"patch": head_outputs(model, partner, lengths)})
+    np.testing.assert_allclose(real["metric"].values, np.asarray(metric), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(real["effect_patch"].values, np.asarray(effects["patch"]), rtol=1e-4, atol=1e-5)
+    last = task_readout(model, lengths, jnp.asarray(real["target"].values), jnp.asarray(real["foil"].values))
+    assert np.abs(np.asarray(last(model(tokens, lengths).hidden)) - np.asarray(metric)).min() > 1e-3  # position matters
+
+
+def test_atpstar_graddrop_on_post_ln_matches_detached_torch_gradients(tmp_path):
+    """AtP* on a post-LN encoder: GradDrop of layer l is the gradient with both of its updates (the
+    attention output and the FFN output, before each LayerNorm) detached, the residual path through
+    the LayerNorms kept; combined as sum over l of |AtP_l| / (L - 1). The reference detaches those
+    two outputs in transformers' BertForMaskedLM with forward hooks, in float64."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdiag.causal.effects import attribution_effects, head_outputs, task_readout
+    from tests.test_effects_families import TorchReference, _assert_close
+
+    torch_model, directory = build_mlm(tmp_path, "bert-mlm")
+    tokens, lengths, target, foil = _batch()
+    position = np.asarray(POSITIONS)
+    reference = TorchReference(torch_model, tokens, lengths, target, foil, position)
+    with torch.no_grad():
+        reference.metric()
+    patch = {layer: x[torch.tensor(PARTNER)] for layer, x in reference.inputs.items()}
+    layers = reference.model.bert.encoder.layer
+    per_drop = []
+    for dropped in range(len(layers)):
+        updates = (layers[dropped].attention.output.dense, layers[dropped].output.dense)
+        handles = [m.register_forward_hook(lambda module, args, out: out.detach()) for m in updates]
+        try:
+            per_drop.append(reference.attribution({"patch": patch})["atp_patch"])
+        finally:
+            for handle in handles:
+                handle.remove()
+    expected = np.sum(np.abs(per_drop), axis=0) / (len(layers) - 1)
+
+    model = jaxdiag.load(str(directory)).model
+    t, n = jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    readout = task_readout(model, n, jnp.asarray(target), jnp.asarray(foil), jnp.asarray(position, jnp.int32))
+    replacements = {"patch": head_outputs(model, t, n)[jnp.asarray(PARTNER)]}
+    ours = jax.jit(lambda: attribution_effects(model, t, n, readout, replacements, graddrop=True))()
+    _assert_close(ours["atpstar_patch"], expected, "bert-mlm effect_atpstar_patch")
+    assert np.abs(expected).max() > 1e-2
+    # dropping a layer changes the estimate: GradDrop is not plain |AtP| here
+    assert np.abs(expected - np.abs(np.asarray(ours["atp_patch"]))).max() > 1e-4

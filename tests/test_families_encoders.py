@@ -11,7 +11,7 @@ import pytest
 
 import jaxdiag
 from jaxdiag.errors import JaxdiagError
-from tests.families import compare, randomise, token_batch, torch_forward
+from tests.families import compare, padded, randomise, token_batch, torch_forward
 
 SMALL = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48, vocab_size=97,
              max_position_embeddings=64)
@@ -22,6 +22,10 @@ CASES = {
     "albert-shared": ("AlbertConfig", "AlbertModel", dict(embedding_size=16, num_hidden_layers=3)),
     "albert-groups": ("AlbertConfig", "AlbertModel", dict(embedding_size=24, num_hidden_layers=4,
                                                           num_hidden_groups=2, hidden_act="gelu_new")),
+    # the masked-LM heads: tied decoder, untied decoder with its own bias, ALBERT's factorised one
+    "bert-mlm": ("BertConfig", "BertForMaskedLM", dict()),
+    "bert-mlm-untied": ("BertConfig", "BertForMaskedLM", dict(tie_word_embeddings=False, hidden_act="gelu_new")),
+    "albert-mlm": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=16, num_hidden_layers=3)),
 }
 
 
@@ -41,9 +45,15 @@ def build(tmp_path, case: str, seed: int = 0):
 def test_encoder_parity_with_transformers(tmp_path, case):
     model, directory = build(tmp_path, case)
     token_lists = token_batch(SMALL["vocab_size"])
-    attentions, hidden, _, reference = torch_forward(model, token_lists, base=model)
-    diffs = compare(directory, token_lists, attentions, hidden, None, reference, mask="bidirectional")
+    mlm = CASES[case][1].endswith("ForMaskedLM")
+    attentions, hidden, logits, reference = torch_forward(model, token_lists, base=None if mlm else model)
+    diffs = compare(directory, token_lists, attentions, hidden, logits, reference, mask="bidirectional")
     print(case, {k: f"{v:.2g}" for k, v in diffs.items()})
+    loaded = jaxdiag.load(str(directory))
+    assert loaded.model.config.mlm_head == mlm
+    if not mlm:  # a trunk alone: no logits, and effects say why
+        with pytest.raises(JaxdiagError, match="no masked-LM head"):
+            loaded.model(*padded(token_lists, 11), logits=True)
 
 
 def _hf(directory, cls_name):
@@ -90,9 +100,9 @@ def test_rxnmapper_albert_real_weights_parity(tmp_path):
 
     for reaction, tokens in zip(reactions, token_lists):
         assert loaded.tokenizer.token_strings(tokens) == ["[CLS]", *re.findall(SMILES_REGEX, reaction), "[SEP]"]
-    model = _hf(directory, "AlbertModel")
-    attentions, hidden, _, reference = torch_forward(model, token_lists, base=model)
-    diffs = compare(directory, token_lists, attentions, hidden, None, reference, mask="bidirectional")
+    model = _hf(directory, "AlbertForMaskedLM")  # the checkpoint's own class: its MLM head is compared too
+    attentions, hidden, logits, reference = torch_forward(model, token_lists)
+    diffs = compare(directory, token_lists, attentions, hidden, logits, reference, mask="bidirectional")
     print("rxnmapper ALBERT", {k: f"{v:.2g}" for k, v in diffs.items()})
     assert attentions.max() > 0.9
 
