@@ -39,7 +39,8 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
-from jaxdiag.models.family import ACTIVATIONS, Block, Context, Family, WeightNames, graddrop, head_rows, linear_heads
+from jaxdiag.models.family import (ACTIVATIONS, Block, Context, Family, WeightNames, graddrop, head_rows, linear_heads,
+                                   tied_unembed)
 from jaxdiag.schema import Precision
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +222,7 @@ class MLMPredictions(nnx.Module):
     not (``predictions.*``), and its width is ``embedding_size``."""
 
     def __init__(self, config: EncoderConfig, *, nested: bool, dtype, precision, rngs: nnx.Rngs):
-        self.act, self.nested, self.precision = config.hidden_act, nested, precision
+        self.act, self.nested = config.hidden_act, nested
         width = config.embedding_size
         transform = Transform(config, width, dtype=dtype, precision=precision, rngs=rngs)
         if nested:
@@ -233,15 +234,13 @@ class MLMPredictions(nnx.Module):
         else:  # an untied decoder adds its own bias (HF's forward never reads predictions.bias then)
             self.decoder = _linear(width, config.vocab_size, dtype, precision, rngs)
 
-    def __call__(self, hidden: jax.Array, embedding: jax.Array) -> jax.Array:
-        """Float32 logits ``[..., vocab]``; ``embedding [vocab, width]``: the tied decoder."""
+    def __call__(self, hidden: jax.Array, embedding: nnx.Embed) -> jax.Array:
+        """Float32 logits ``[..., vocab]``; ``embedding``: the word embeddings (the tied decoder)."""
         parts = self.transform if self.nested else self
         h = parts.LayerNorm(ACTIVATIONS[self.act](parts.dense(hidden)))
         if hasattr(self, "decoder"):
             return self.decoder(h).astype(jnp.float32)
-        logits = jnp.einsum("...e,ve->...v", h, embedding.astype(h.dtype), precision=self.precision,
-                            preferred_element_type=jnp.float32)
-        return logits + self.bias[...].astype(jnp.float32)
+        return tied_unembed(h, embedding) + self.bias[...].astype(jnp.float32)
 
 
 class BertMLMHead(nnx.Module):
@@ -297,7 +296,7 @@ class Bert(Family):
     def unembed(self, hidden):
         if not self.config.mlm_head:
             raise JaxdiagError(f"{self.family}: {NO_HEAD}: logits are not available")
-        return self.head()(hidden, self.embeddings.word_embeddings.embedding[...])
+        return self.head()(hidden, self.embeddings.word_embeddings)
 
 
 # --- ALBERT ---------------------------------------------------------------------------------------
