@@ -14,36 +14,19 @@ import torch
 
 import jaxdiag
 from jaxdiag.sweep.masked import mask_token, product_atoms, shuffle_reactants
-from tests.families import randomise
 from tests.test_effects_families import PARTNER, _batch, assert_effects_parity
-from tests.test_families_encoders import SMALL
+from tests.test_families_encoders import SMALL, build
 
 # (the untied decoder's logits: tests/test_families_encoders.py)
-CASES = {
-    "bert-mlm": ("BertConfig", "BertForMaskedLM", dict()),
-    "albert-mlm-groups": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=16, num_hidden_layers=4,
-                                                                    num_hidden_groups=2)),
-}
+CASES = ["bert-mlm", "albert-mlm-groups"]
 POSITIONS = [3, 0, 5, 2, 6]  # inside each prompt of _batch (lengths 10, 10, 8, 8, 7); [CLS] is 0
 
 
 def build_mlm(tmp_path, case: str, seed: int = 1):
-    import transformers
-
-    config_name, model_name, extra = CASES[case]
-    config = getattr(transformers, config_name)(**(SMALL | extra))
-    model = getattr(transformers, model_name)._from_config(config, attn_implementation="eager")
-    randomise(model, seed=seed)
-    with torch.no_grad():  # post-LN renormalises the residual: louder heads, so that effects are not ~1e-3
-        for name, param in model.named_parameters():
-            if name.endswith(("value.weight", "attention.output.dense.weight", "attention.dense.weight")):
-                param.mul_(5.0)
-    directory = tmp_path / case
-    model.save_pretrained(directory)
-    return model, directory
+    return build(tmp_path, case, seed=seed, head_gain=5.0)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", CASES)
 def test_encoder_effects_and_atp_match_hooked_transformers(tmp_path, case):
     torch_model, directory = build_mlm(tmp_path, case)
     tokens, lengths, target, foil = _batch()

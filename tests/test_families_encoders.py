@@ -27,15 +27,25 @@ CASES = {
     "bert-mlm-untied": ("BertConfig", "BertForMaskedLM", dict(tie_word_embeddings=False, hidden_act="gelu_new")),
     "albert-mlm": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=16, num_hidden_layers=3)),
 }
+# the effects tests' ALBERT (tests/test_effects_encoders.py): two groups of shared layers, with its MLM head
+EFFECT_CASES = {"albert-mlm-groups": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=16, num_hidden_layers=4,
+                                                                               num_hidden_groups=2))}
 
 
-def build(tmp_path, case: str, seed: int = 0):
+def build(tmp_path, case: str, seed: int = 0, head_gain: float = 1.0):
+    """A random encoder of ``case`` saved by transformers; ``head_gain`` scales the value and attention
+    output weights (post-LN renormalises the residual: louder heads have effects well above 1e-3)."""
+    import torch
     import transformers
 
-    config_name, model_name, extra = CASES[case]
+    config_name, model_name, extra = (CASES | EFFECT_CASES)[case]
     config = getattr(transformers, config_name)(**(SMALL | extra))
     model = getattr(transformers, model_name)._from_config(config, attn_implementation="eager")
     randomise(model, seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("value.weight", "attention.output.dense.weight", "attention.dense.weight")):
+                param.mul_(head_gain)
     directory = tmp_path / case
     model.save_pretrained(directory)
     return model, directory
