@@ -8,20 +8,21 @@ rng = np.random.default_rng(0)
 real = ds.sel(condition="real")
 print("metric real: mean %.3f  shuffled: mean %.3f" % (np.nanmean(real.metric), np.nanmean(ds.sel(condition="shuffled").metric)))
 pairs = real.sizes["prompt"]
-both = np.concatenate([ds["effect_patch"].sel(condition=c).values for c in ("real", "shuffled")])  # [2n, L, H]
-# per reaction: the mean of its two directions' |effect|? keep signed noising effect on real prompts
-e = real["effect_patch"].values  # [n, L, H]: real prompt with head from the shuffled twin (noising)
-boot = np.stack([e[rng.integers(0, pairs, pairs)].mean(0) for _ in range(2000)])
-mean = e.mean(0); lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-order = np.argsort(np.abs(mean).ravel())[::-1]
-L, H = mean.shape
-print("top heads by |mean noising patch effect| (layer.head: mean [95% CI by reaction]):")
-for i in order[:10]:
-    l, h = divmod(int(i), H)
-    print(f"  {l}.{h}: {mean[l,h]:+.3f} [{lo[l,h]:+.3f}, {hi[l,h]:+.3f}]")
-print("head index 5, every layer:", " ".join(f"{l}.5:{mean[l,5]:+.3f}" for l in range(L)))
-rank = np.empty(L*H, int); rank[order] = np.arange(1, L*H+1)
-print("rank of 10.5:", rank[10*H+5], "ranks of head-5s:", [int(rank[l*H+5]) for l in range(L)])
+# real: the shuffled twin's head output patched into the reaction (removing the evidence);
+# shuffled: the reaction's head output patched into the twin (restoring it)
+for condition in ("real", "shuffled"):
+    e = ds["effect_patch"].sel(condition=condition).values  # [n, L, H]
+    boot = np.stack([e[rng.integers(0, pairs, pairs)].mean(0) for _ in range(2000)])
+    mean = e.mean(0); lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    order = np.argsort(np.abs(mean).ravel())[::-1]
+    L, H = mean.shape
+    print(f"{condition}: top heads by |mean patch effect| (layer.head: mean [95% CI by reaction]):")
+    for i in order[:10]:
+        l, h = divmod(int(i), H)
+        print(f"  {l}.{h}: {mean[l,h]:+.3f} [{lo[l,h]:+.3f}, {hi[l,h]:+.3f}]")
+    print("  head index 5, every layer:", " ".join(f"{l}.5:{mean[l,5]:+.3f}" for l in range(L)))
+    rank = np.empty(L*H, int); rank[order] = np.arange(1, L*H+1)
+    print("  ranks of the head-5s by layer:", [int(rank[l*H+5]) for l in range(L)])
 exact = np.abs(np.concatenate([ds["effect_patch"].sel(condition=c).values for c in ("real","shuffled")])).mean(0).ravel()
 def boot_rho(est):
     x = np.concatenate([ds[est].sel(condition=c).values for c in ("real","shuffled")])  # [2n, L, H]
