@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import warnings
 from typing import Hashable, Sequence
 
 import numpy as np
 import xarray as xr
+from jax.sharding import Mesh
 
+from jaxdiag import vocab
 from jaxdiag.checkpoint import Checkpoint, resolve
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family
@@ -28,7 +31,8 @@ from jaxdiag.models.registry import require_effects
 from jaxdiag.probes import Probe, stored_variables
 from jaxdiag.probes.custom import resolve_probe
 from jaxdiag.models.patterns import layer_patterns
-from jaxdiag.schema import EFFECT_KINDS, Precision, QueryMode, edit_of
+from jaxdiag.models.sharding import make_mesh
+from jaxdiag.schema import EFFECT_KINDS, MeshShape, Precision, QueryMode, edit_of
 from jaxdiag.sweep.prompts import Prompt, single_token
 from jaxdiag.sweep.run import task_inputs
 from jaxdiag.sweep.runner import (SWEEP_PROBES, DeviceRunner, check_tokens, chunked_units, make_units,
@@ -52,6 +56,7 @@ class LoadedModel:
     tokenizer: Tokenizer | None
     checkpoint: Checkpoint
     precision: Precision
+    mesh: Mesh | None = None  # the device mesh its parameters are sharded over (None: one device's copy)
 
     @property
     def config(self):
@@ -77,36 +82,48 @@ class LoadedModel:
 
 
 def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: bool = True,
-         revision: str | None = None) -> LoadedModel:
+         revision: str | None = None, mesh: str | dict | MeshShape | None = None) -> LoadedModel:
     """Load a checkpoint (GPT-2, Llama/Qwen2/Mistral, GPT-NeoX, BERT, ALBERT: by ``config.json``'s
-    ``model_type``) from a Hugging Face hub id or a local directory."""
+    ``model_type``) from a Hugging Face hub id or a local directory.
+
+    ``mesh`` (``"data=2,model=4"``, ``{"model": 4}``): shard the parameters over ``model`` local
+    devices, streamed from the checkpoint into their shards; diagnose then runs batches over ``data``.
+    """
+    shape = MeshShape.parse(mesh, source="mesh")
     checkpoint = resolve(model, revision)
-    config, module = load_model(checkpoint, precision=precision)
+    device_mesh = make_mesh(shape) if mesh is not None else None
+    config, module = load_model(checkpoint, precision=precision, mesh=device_mesh)
     tokenizer = tokenizer_for(checkpoint.directory, config, prepend_bos=prepend_bos)
-    return LoadedModel(module, tokenizer, checkpoint, precision)
+    return LoadedModel(module, tokenizer, checkpoint, precision, device_mesh)
 
 
 def diagnose(model: LoadedModel, prompts: Sequence[PromptLike], *, query: QueryMode = "last",
-             batch_size: int = 32, probes: Sequence[Probe | str] = (), progress: bool = True) -> xr.Dataset:
+             batch_size: int = 32, probes: Sequence[Probe | str] = (), progress: bool = True,
+             strict_vocab: bool = False) -> xr.Dataset:
     """Per-head diagnostics (and ``probes``' variables) of each prompt: dims ``prompt, layer, head[, query]``.
 
     ``probes``: user probes (:func:`jaxdiag.probe`, or ``"module:function"`` names), stored beside
-    the built-in ones as a sweep with ``probes = [...]`` stores them.
+    the built-in ones as a sweep with ``probes = [...]`` stores them. Prompts holding token ids the
+    model never trained are warned about and counted in the attributes (``strict_vocab``: refused;
+    see :func:`_vocab_attrs`).
     """
     prompts = _prompt_list(prompts)
     token_lists = [model.encode(p) for p in prompts]
+    vocab_attrs = _vocab_attrs(model, token_lists, strict_vocab)
     chosen = SWEEP_PROBES + tuple(resolve_probe(p, "diagnose(probes=...)") for p in probes)
     with _bar(len(prompts), progress, "jaxdiag.diagnose") as bar:
         values = run_diagnostics(model.model, token_lists, query=query, batch_size=batch_size, probes=chosen,
-                                 progress=bar)
-    return prompts_dataset(_sweep_prompts(prompts, token_lists), values, query=query,
-                           variables=stored_variables(chosen))
+                                 progress=bar, mesh=model.mesh)
+    ds = prompts_dataset(_sweep_prompts(prompts, token_lists), values, query=query,
+                         variables=stored_variables(chosen))
+    ds.attrs.update(vocab_attrs)
+    return ds
 
 
 def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=None,
             kinds: Sequence[str] = ("zero",), pairs: Sequence[Hashable] | None = None,
             reference: Sequence[PromptLike] | None = None, query: QueryMode = "last", batch_size: int = 32,
-            probes: Sequence[Probe | str] = (), progress: bool = True) -> xr.Dataset:
+            probes: Sequence[Probe | str] = (), progress: bool = True, strict_vocab: bool = False) -> xr.Dataset:
     """Every head's causal effect on the task metric, as a sweep with ``effects = kinds`` stores it.
 
     Args:
@@ -130,6 +147,7 @@ def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=N
     token_lists = [model.encode(p) for p in prompts]
     config = model.config
     check_tokens(token_lists, vocab_size=config.vocab_size, n_positions=config.n_positions)
+    vocab_attrs = _vocab_attrs(model, token_lists, strict_vocab)
     n = len(prompts)
     targets = _task_ids(model, target, n, "target")
     foils = _task_ids(model, foil, n, "foil")
@@ -151,6 +169,7 @@ def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=N
     ds = prompts_dataset(swept, values, query=query, variables=stored_variables(chosen), paired=pairs is not None)
     if head_mean is not None:
         ds["head_mean"] = xr.Variable(("layer", "head", "d_head"), head_mean, attrs=dict(HEAD_MEAN_ATTRS))
+    ds.attrs.update(vocab_attrs)
     return ds
 
 
@@ -200,6 +219,18 @@ def attention(model: LoadedModel, prompts: PromptLike | Sequence[PromptLike], *,
 
 # ---------------------------------------------------------------------------------------------
 # Checking the arguments: each error is one sentence naming the argument and the prompt.
+
+
+def _vocab_attrs(model: LoadedModel, token_lists: Sequence[Sequence[int]], strict: bool) -> dict:
+    """``untrained_prompts`` / ``untrained_token_ids`` of these prompts (:mod:`jaxdiag.vocab`), after one
+    :class:`~jaxdiag.vocab.UntrainedTokensWarning` line when some prompt holds an untrained id; a
+    :class:`JaxdiagError` instead with ``strict``."""
+    describe = (lambda i: model.tokenizer.decode([i])) if model.tokenizer is not None else None
+    attrs, warning = vocab.check(model.checkpoint.directory, model.config.vocab_size, token_lists,
+                                 strict=strict, describe=describe)
+    if warning:
+        warnings.warn(warning, vocab.UntrainedTokensWarning, stacklevel=3)
+    return attrs
 
 
 def _prompt_list(prompts) -> list[PromptLike]:
@@ -317,7 +348,7 @@ def _reference_means(model: LoadedModel, reference, kinds: tuple[str, ...], batc
     units = make_units(list(enumerate(token_lists)), batch_size=batch_size, limit=config.n_positions)
 
     def counted():
-        for unit, result in DeviceRunner(model.model, "last", make_step=head_sums_step).run(units):
+        for unit, result in DeviceRunner(model.model, "last", make_step=head_sums_step, mesh=model.mesh).run(units):
             bar.update(len(unit.keys))
             yield unit, result
 
@@ -347,7 +378,7 @@ def _effect_values(model: LoadedModel, prompts: list[Prompt], kinds, probes, que
         for unit in chunked_units(rows, batch_size=batch_size, chunk_size=chunk_size, limit=config.n_positions):
             unit.inputs = task_inputs(unit, [prompts[row] for row in unit.keys], partner)
             units.append(unit)
-    for unit, result in DeviceRunner(model.model, query, make_step=step).run(units):
+    for unit, result in DeviceRunner(model.model, query, make_step=step, mesh=model.mesh).run(units):
         scatter(values, unit.keys, result)
         bar.update(len(unit.keys))
     return values

@@ -90,3 +90,54 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
         raise JaxdiagError(f"{path.name} is a PyTorch pickle and reading it needs torch; convert it to model.safetensors") from None
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
+
+
+# safetensors dtype names -> numpy (bfloat16 through ml_dtypes, which JAX ships with)
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedTensor:
+    """One tensor of a ``.safetensors`` file, read in parts: ``tensor[index]`` maps the file, copies
+    out the part asked for and unmaps it, so a process holds (resident) only the pages of the parts
+    it keeps plus, while one read runs, the pages of that one tensor."""
+
+    path: Path
+    offset: int  # of the tensor's first byte in the file
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __getitem__(self, index) -> np.ndarray:
+        import mmap
+
+        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be aligned
+        with open(self.path, "rb") as handle, \
+                mmap.mmap(handle.fileno(), nbytes + self.offset - start, access=mmap.ACCESS_READ, offset=start) as mapped:
+            view = np.frombuffer(mapped, self.dtype, int(np.prod(self.shape)), self.offset - start).reshape(self.shape)
+            part = np.array(view[index])  # a copy: the mapping closes below
+            del view
+        return part
+
+
+def tensor_slices(path: Path) -> dict[str, MappedTensor]:
+    """Every tensor of a ``.safetensors`` file, named as stored, to be read in parts (nothing is read
+    yet but the header); a ``pytorch_model.bin`` is read whole (torch cannot read it in parts)."""
+    import json
+    import struct
+
+    if path.suffix != ".safetensors":
+        return read_tensors(path)  # type: ignore[return-value]  # numpy arrays slice the same way
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        import ml_dtypes  # noqa: F401  registers bfloat16 with numpy
+
+        return {name: MappedTensor(path, 8 + length + entry["data_offsets"][0], tuple(entry["shape"]),
+                                   np.dtype(getattr(ml_dtypes, "bfloat16") if entry["dtype"] == "BF16"
+                                            else _SAFETENSORS_DTYPES[entry["dtype"]]))
+                for name, entry in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise JaxdiagError(f"cannot read weights {path}: {exc}") from None

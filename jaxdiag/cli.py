@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-size", type=int, metavar="C", help="prompts per store chunk")
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--seed", type=int, metavar="S")
+    run.add_argument("--mesh", metavar="data=D,model=M", help="device mesh: parameters sharded over M devices "
+                     "(Megatron-style), batches over D rows of them (default: every local device on data)")
     run.add_argument("--effects", metavar="KINDS", help=f"causal effects to compute per head, comma-separated: {', '.join(EFFECT_KINDS)}")
     run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write: a path or an fsspec "
                      "URL (file://, s3://, gs://, memory:// within one process)")
@@ -65,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
     run.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    run.add_argument("--strict-vocab", action="store_true",
+                     help="refuse prompts holding token ids the model never trained (default: warn and record)")
     _compile_cache_flags(run)
     dist = run.add_argument_group("multi-host (jax.distributed)")
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address of a multi-process run")
@@ -157,9 +161,10 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, preset=args.preset, overrides={
         "model": args.model, "prompts": args.prompts, "n_prompts": args.n_prompts, "query": args.query,
         "prepend_bos": args.prepend_bos, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-        "precision": args.precision, "seed": args.seed, "effects": args.effects,
+        "precision": args.precision, "seed": args.seed, "effects": args.effects, "mesh": args.mesh,
     })
-    _prefetch_weights(config.model)
+    if config.mesh.model == 1:  # a sharded load streams each tensor into its shards: nothing to read ahead
+        _prefetch_weights(config.model)
     _use_compile_cache(args)
     if args.coordinator is not None:
         import jax
@@ -177,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated)
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     try:
-        result = run_sweep(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, log=say)
+        result = run_sweep(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, log=say,
+                           strict_vocab=args.strict_vocab)
     finally:
         signal.signal(signal.SIGTERM, previous)
     counts = ", ".join(f"{c} {n}" for c, n in zip(result.layout.conditions, result.layout.counts))

@@ -12,17 +12,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from jaxdiag.checkpoint import Checkpoint, read_tensors
+from jaxdiag.checkpoint import Checkpoint, read_tensors, tensor_slices
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family, WeightNames
 from jaxdiag.models.registry import registered
+from jaxdiag.models.sharding import SliceableTensor, check_divides, place_parameters, uses_model_axis
 from jaxdiag.schema import Precision
 
 
@@ -55,8 +57,9 @@ def read_config(directory: Path):
         raise JaxdiagError(f"{path}: a {model_type} config with a value of the wrong type ({exc})") from None
     check_field_types(config, str(path))
     if model_type in ("bert", "albert"):
-        cls_id = _vocab_id(directory, "[CLS]")
-        config = dataclasses.replace(config, bos_token_id=cls_id if cls_id is not None else 0)
+        cls_id, mask_id = _vocab_id(directory, "[CLS]"), _vocab_id(directory, "[MASK]")
+        config = dataclasses.replace(config, bos_token_id=cls_id if cls_id is not None else 0,
+                                     mask_token_id=mask_id if mask_id is not None else -1)
     return config
 
 
@@ -130,10 +133,28 @@ def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: 
     (names already mapped by :func:`hf_names`), checked name by name and shape by shape."""
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
+    matched = match_weights(flat, weights, source=source, what=what, rule=rule)
+    for path, var in flat:
+        name, transpose = matched[path]
+        value = weights[name].T if transpose else weights[name]
+        var.set_value(jnp.asarray(value, dtype=var.dtype))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def match_weights(flat, weights: Mapping[str, Any], *, source: str, what: str,
+                  rule: WeightNames) -> dict[tuple, tuple[str, bool]]:
+    """``{param path: (tensor name, stored transposed)}`` for the flat state ``flat`` of a model and
+    HF-named ``weights`` (anything with a ``shape``): a one-line error unless every parameter has
+    exactly one tensor of its shape."""
     expected = {_hf_name(path): var for path, var in flat}
-    weights = {name: value for name, value in weights.items() if name in expected or name not in rule.tied_heads}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
+    # a tied tensor the checkpoint stores under its other name only is read under ours
+    lookup = {name: name for name in weights}
+    for stored, ours in rule.aliases:
+        if ours in expected and ours not in lookup and stored in lookup and stored not in expected:
+            lookup[ours] = lookup.pop(stored)
+    names = {name for name in lookup if name in expected or name not in rule.tied_heads}
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -141,32 +162,60 @@ def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: 
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
+    matched = {}
     for path, var in flat:
-        name = _hf_name(path)
-        value = weights[name]
-        if rule.transpose_kernels and str(path[-1]) == "kernel":
-            value = value.T
-        if value.shape != var.shape:
-            raise JaxdiagError(f"{source}: weight {name} has shape {value.shape}, config implies {var.shape}")
-        var.set_value(jnp.asarray(value, dtype=var.dtype))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+        name = lookup[_hf_name(path)]
+        transpose = rule.transpose_kernels and str(path[-1]) == "kernel"
+        shape = tuple(weights[name].shape)
+        if (shape[::-1] if transpose else shape) != tuple(var.shape):
+            raise JaxdiagError(f"{source}: weight {name} has shape {shape[::-1] if transpose else shape}, "
+                               f"config implies {var.shape}")
+        matched[path] = (name, transpose)
+    return matched
 
 
 def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision = "highest",
                 source: str = "checkpoint") -> Family:
     """The family model of ``config`` whose parameters are the HF-named ``weights``."""
     entry = registered(config.model_type, source=source)
+    weights = hf_names(weights, entry.weights)
+    config = entry.model.configure(config, list(weights))  # e.g. an encoder's MLM head, when stored
     abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, hf_names(weights, entry.weights), source=source, what=f"a {config.model_type} model",
-                      rule=entry.weights)
+    return fill_model(abstract, weights, source=source, what=f"a {config.model_type} model", rule=entry.weights)
 
 
-def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest") -> tuple[Any, Family]:
-    """(config, model) of a resolved checkpoint, of whichever family its ``model_type`` names."""
+def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest",
+               mesh: Mesh | None = None) -> tuple[Any, Family]:
+    """(config, model) of a resolved checkpoint, of whichever family its ``model_type`` names; with a
+    ``mesh`` whose ``model`` axis has several devices, its parameters sharded over it
+    (:mod:`jaxdiag.models.sharding`), each tensor streamed into its shards."""
     config = read_config(checkpoint.directory)
-    model = build_model(config, read_tensors(checkpoint.weights_file), precision=precision,
-                        source=str(checkpoint.weights_file))
-    return config, model
+    source = str(checkpoint.weights_file)
+    if uses_model_axis(mesh):
+        check_divides(config, dict(mesh.shape)["model"])
+        model = build_sharded_model(config, tensor_slices(checkpoint.weights_file), mesh, precision=precision,
+                                    source=source)
+    else:
+        model = build_model(config, read_tensors(checkpoint.weights_file), precision=precision, source=source)
+    return model.config, model  # the weights settle what the config left open (an encoder's MLM head)
+
+
+def build_sharded_model(config, tensors: Mapping[str, SliceableTensor], mesh: Mesh, *,
+                        precision: Precision = "highest", source: str = "checkpoint") -> Family:
+    """As :func:`build_model`, with each parameter read shard by shard from ``tensors`` straight onto
+    ``mesh``: no buffer ever holds more of the model than one tensor."""
+    entry = registered(config.model_type, source=source)
+    weights = hf_names(tensors, entry.weights)
+    config = entry.model.configure(config, list(weights))
+    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
+    matched = match_weights(nnx.to_flat_state(nnx.state(abstract)), weights, source=source,
+                            what=f"a {config.model_type} model", rule=entry.weights)
+
+    def tensor_of(path: tuple) -> tuple[SliceableTensor, bool]:
+        name, transpose = matched[path]
+        return weights[name], transpose
+
+    return place_parameters(abstract, tensor_of, mesh)
 
 
 def export_weights(model: Family) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
+from jaxdiag import vocab
 from jaxdiag.probes import Probe, stored_variables
 from jaxdiag.sweep.steps import effect_heads_per_step, head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
@@ -85,8 +86,9 @@ class SweepResult:
 
 
 def prompt_stream(config: RunConfig, encode: Callable[[str], list[int]] | None, *, vocab_size: int,
-                  bos_id: int | None) -> Callable[[], Iterator[Prompt]]:
-    """A function that starts a fresh walk over the run's prompts (the same ones each time)."""
+                  bos_id: int | None, mask_id: int = -1) -> Callable[[], Iterator[Prompt]]:
+    """A function that starts a fresh walk over the run's prompts (the same ones each time);
+    ``mask_id``: the tokenizer's ``[MASK]`` (encoders; -1: none), for JSONL ``mask``."""
     spec = config.prompts
     limit = spec.n_prompts
 
@@ -110,7 +112,7 @@ def prompt_stream(config: RunConfig, encode: Callable[[str], list[int]] | None, 
     else:
         def walk() -> Iterator[Prompt]:
             seen: collections.Counter = collections.Counter()
-            for prompt in jsonl_prompts(spec.path, encode):
+            for prompt in jsonl_prompts(spec.path, encode, mask_id):
                 if limit is None or seen[prompt.condition] < limit:
                     seen[prompt.condition] += 1
                     yield prompt
@@ -144,7 +146,8 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         record = [prompt.condition, list(prompt.tokens), prompt.text, sorted(prompt.metadata.items())]
         if effects:
             n_targets += _check_task(prompt, vocab_size, label)
-            record.append([prompt.target, prompt.foil, prompt.pair])
+            # the position enters the digest only where it is not the default (older stores still resume)
+            record.append([prompt.target, prompt.foil, prompt.pair, *([prompt.position] if prompt.position >= 0 else [])])
         if patching and prompt.pair is None:
             raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
         if prompt.pair is not None:
@@ -231,13 +234,14 @@ class Chunk:
 
 def task_inputs(unit: Unit, prompts: list[Prompt],
                 partner_tokens: Callable[[Prompt], tuple[int, ...]] | None) -> dict[str, np.ndarray]:
-    """A unit's ``target``/``foil`` ids (-1: none) and, with ``partner_tokens`` (patch effects), its
-    rows' partners' tokens."""
+    """A unit's ``target``/``foil`` ids (-1: none), metric ``position``s (dummy rows: their last) and,
+    with ``partner_tokens`` (patch effects), its rows' partners' tokens."""
     batch = unit.tokens.shape[0]
     target, foil = np.full(batch, -1, np.int32), np.full(batch, -1, np.int32)
+    position = np.maximum(np.asarray(unit.lengths, np.int32) - 1, 0)
     for row, prompt in enumerate(prompts):
-        target[row], foil[row] = prompt.target, prompt.foil
-    inputs = {"target": target, "foil": foil}
+        target[row], foil[row], position[row] = prompt.target, prompt.foil, prompt.metric_position
+    inputs = {"target": target, "foil": foil, "position": position}
     if partner_tokens is not None:
         partner = unit.tokens.copy()  # dummy rows patch themselves
         for row, prompt in enumerate(prompts):
@@ -338,16 +342,20 @@ def _wait_for_all(process_count: int, name: str) -> None:
 
 
 def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwrite: bool = False,
-              quiet: bool = False, log: Callable[[str], None] | None = None) -> SweepResult:
+              quiet: bool = False, log: Callable[[str], None] | None = None,
+              strict_vocab: bool = False) -> SweepResult:
     """Run ``config`` into the store ``out`` (a path or fsspec URL). Multi-process when ``jax.distributed``
     is initialised: every process writes its own chunks into the one store, which is why a store on
-    object storage (a URL every host reaches) serves a multi-host run."""
+    object storage (a URL every host reaches) serves a multi-host run. Prompts holding token ids the
+    model never trained are warned about and counted in the store's attributes (``strict_vocab``:
+    refused; :mod:`jaxdiag.vocab`)."""
     import jax
 
     from jaxdiag import __version__
     from jaxdiag.checkpoint import resolve
     from jaxdiag.models.load import load_model, model_type_of, read_config, tokenizer_for
     from jaxdiag.models.registry import require_effects
+    from jaxdiag.models.sharding import check_divides, make_mesh
 
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -365,13 +373,20 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     checkpoint = resolve(config.model, config.revision)
     model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type
+    mesh = make_mesh(config.mesh)  # a mesh that does not fit the devices or the model fails here
+    check_divides(model_config, config.mesh.model)
     if config.effects:
         require_effects(model_config, "causal effects (effects = [...])")
     tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
-    walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id)
+    walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id,
+                         mask_id=getattr(model_config, "mask_token_id", -1))
     plan = plan_prompts(walk(), vocab_size=model_config.vocab_size, n_positions=model_config.n_positions,
                         effects=config.effects)
+    vocab_attrs, warning = vocab.check(checkpoint.directory, model_config.vocab_size, (p.tokens for p in walk()),
+                                       strict=strict_vocab, describe=None if tokenizer is None else (lambda i: tokenizer.decode([i])))
+    if warning and process == 0:
+        print(f"jaxdiag: warning: {warning}", file=sys.stderr)
     if config.conditions:
         missing = [c for c in config.conditions if c not in plan.conditions]
         if missing:
@@ -393,13 +408,14 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     if process == 0 and resume and path.exists():
         check_resumable(path, identity)
-    _, model = load_model(checkpoint, precision=config.precision)
+    _, model = load_model(checkpoint, precision=config.precision, mesh=mesh)
     head_mean = None
     if reference is not None:  # every process computes the same means: same units, float64 sums in order
         log(f"mean head outputs over condition {reference!r}")
         reference_units = make_units([(i, p.tokens) for i, p in enumerate(walk()) if p.condition == reference],
                                      batch_size=config.batch_size, limit=model_config.n_positions)
-        head_mean = reference_means(DeviceRunner(model, config.query, make_step=head_sums_step).run(reference_units))
+        runner = DeviceRunner(model, config.query, make_step=head_sums_step, mesh=mesh)
+        head_mean = reference_means(runner.run(reference_units))
     if process == 0 and not (resume and path.exists()):
         attrs = {
             "schema_version": SCHEMA_VERSION, "jaxdiag_version": __version__, "model": config.model,
@@ -407,7 +423,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
             "n_layers": model_config.n_layer, "n_heads": model_config.n_head, "prepend_bos": config.prepend_bos,
             "query_positions": config.query, "precision": config.precision, "seed": config.seed,
             "created": utc_now(), "backend": jax.default_backend(), "jax_version": jax.__version__,
-            "complete": False, **identity,
+            "complete": False, **identity, **vocab_attrs,
         }
         if checkpoint.revision:
             attrs["model_revision"] = checkpoint.revision
@@ -441,7 +457,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
                      for unit in chunk.units(batch_size=config.batch_size, limit=model_config.n_positions,
                                              plan=task_plan))
             runner = DeviceRunner(model, config.query, probes=probes,
-                                  make_step=_effects_step(config, model_config, plan, head_mean, probes))
+                                  make_step=_effects_step(config, model_config, plan, head_mean, probes), mesh=mesh)
             write_chunks(finished_chunks(runner.run(units)), path, layout, progress)
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as the CLI raises it: the writes in flight are flushed
         raise Interrupted(f"interrupted: {stored_prompts(path, layout)} of {total} prompts are stored in {path}; "
