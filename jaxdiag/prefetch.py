@@ -43,8 +43,15 @@ def _hash(path: Path) -> str:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The file's tensors in memory, in their stored dtypes (safetensors' reader, which releases the
+    GIL, for the dtypes numpy knows; bfloat16 through jaxdiag's own header reader)."""
     from safetensors.numpy import load_file
 
+    from jaxdiag.checkpoint import safetensors_index
+
+    tensors = safetensors_index(path)
+    if any(t.dtype.name == "bfloat16" for t in tensors.values()):
+        return {name: np.array(t.read()) for name, t in tensors.items()}
     return load_file(str(path))
 
 
@@ -87,3 +94,22 @@ def sha256(path: Path) -> str:
 def safetensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a ``.safetensors`` file, as stored (safetensors' own errors for a corrupt file)."""
     return _result("safetensors", path)
+
+
+def taken_safetensors(path: Path) -> dict[str, np.ndarray] | None:
+    """The tensors :func:`start` read in the background, or None when nobody started reading ``path``
+    (the caller then maps the file itself, tensor by tensor)."""
+    try:
+        key = _identity("safetensors", path)
+    except OSError:
+        return None
+    with _lock:
+        future = _started.pop(key, None)
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        from jaxdiag.errors import JaxdiagError
+
+        raise JaxdiagError(f"cannot read weights {path}: {exc}") from None

@@ -201,6 +201,7 @@ class Family(nnx.Module):
     """
 
     family: str = "?"
+    weights_dtype: str = "float32"  # the dtype the checkpoint stored its parameters in (set by the loader)
     mask: MaskRule = "causal"
     window: int | None = None
     causal_effects: str | None = None

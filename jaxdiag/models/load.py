@@ -4,7 +4,12 @@ Where a checkpoint is (hub, local, builtin, wheel; hashes; tensor reads) is
 :mod:`jaxdiag.checkpoint`'s question; this module answers how one becomes a model, by one rule for
 every family (:mod:`jaxdiag.models.registry`): the model's nnx parameter paths mirror the HF weight
 names once the family's prefix is stripped, with ``kernel``/``scale``/``embedding`` for HF's
-``weight``. Every parameter is checked name by name and shape by shape.
+``weight``. Every parameter is checked name by name, shape by shape and dtype by dtype.
+
+Parameters are read one at a time from the memory-mapped file and put on the device, so a model
+costs its own size once. Their dtype: ``precision="bf16"`` keeps a bfloat16 checkpoint's bfloat16
+(host and device); otherwise parameters are float32, upcast from whatever the file stores, and the
+model's ``weights_dtype`` says what that was (the store records it as ``weights_upcast``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiag.checkpoint import Checkpoint, read_tensors
+from jaxdiag.checkpoint import FLOAT_DTYPES, Checkpoint, StoredTensor, Tensor, read_tensors
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family, WeightNames
 from jaxdiag.models.registry import registered
@@ -69,7 +74,7 @@ def _vocab_id(directory: Path, token: str) -> int | None:
     return None
 
 
-def hf_names(weights: dict[str, np.ndarray], rule: WeightNames) -> dict[str, np.ndarray]:
+def hf_names(weights: dict[str, Tensor], rule: WeightNames) -> dict[str, Tensor]:
     """HF tensor names -> ours: the family's prefix stripped, buffers and heads dropped, and the old
     ``LayerNorm.gamma/beta`` spelling renamed."""
     out = {}
@@ -95,10 +100,12 @@ def _hf_name(path: tuple) -> str:
     return ".".join([*parents, suffix])
 
 
-def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: str, what: str,
-               rule: WeightNames) -> nnx.Module:
+def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str, what: str,
+               rule: WeightNames, keep_bf16: bool = False) -> nnx.Module:
     """``abstract`` (an ``nnx.eval_shape`` model) with its parameters set from HF-named ``weights``
-    (names already mapped by :func:`hf_names`), checked name by name and shape by shape."""
+    (names already mapped by :func:`hf_names`), checked name by name, shape by shape and dtype by
+    dtype. Each is read (memory-mapped) and put on the device in turn; ``keep_bf16``: a bfloat16
+    tensor stays bfloat16, else every parameter takes the model's dtype (float32)."""
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     expected = {_hf_name(path): var for path, var in flat}
@@ -112,15 +119,29 @@ def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: 
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
+    transposed = lambda path: rule.transpose_kernels and str(path[-1]) == "kernel"
+    for path, var in flat:  # every check before the first read: a bad checkpoint costs no device memory
+        name, value = _hf_name(path), weights[_hf_name(path)]
+        where = value.file if isinstance(value, StoredTensor) else source
+        shape = tuple(value.shape[::-1]) if transposed(path) else tuple(value.shape)
+        if shape != tuple(var.shape):
+            raise JaxdiagError(f"{where}: weight {name} has shape {tuple(value.shape)}, config implies "
+                               f"{tuple(var.shape[::-1]) if transposed(path) else tuple(var.shape)}")
+        if np.dtype(value.dtype) not in FLOAT_DTYPES:
+            raise JaxdiagError(f"{where}: weight {name} has dtype {np.dtype(value.dtype).name}, not a floating-point type")
     for path, var in flat:
-        name = _hf_name(path)
-        value = weights[name]
-        if rule.transpose_kernels and str(path[-1]) == "kernel":
-            value = value.T
-        if value.shape != var.shape:
-            raise JaxdiagError(f"{source}: weight {name} has shape {value.shape}, config implies {var.shape}")
-        var.set_value(jnp.asarray(value, dtype=var.dtype))
+        value = weights[_hf_name(path)]
+        value = value.read() if isinstance(value, StoredTensor) else value
+        dtype = value.dtype if keep_bf16 and value.dtype == jnp.bfloat16 else var.dtype
+        var.set_value(jnp.asarray(value.T if transposed(path) else value, dtype=dtype))
+        del value  # unmaps the tensor's pages before the next is read
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def stored_dtype(weights: dict[str, Tensor]) -> str:
+    """The checkpoint's floating-point dtype(s), e.g. ``bfloat16`` (``a+b`` when mixed)."""
+    names = {np.dtype(v.dtype).name for v in weights.values() if np.dtype(v.dtype) in FLOAT_DTYPES}
+    return "+".join(sorted(names))
 
 
 def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision = "highest",
@@ -128,8 +149,11 @@ def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision 
     """The family model of ``config`` whose parameters are the HF-named ``weights``."""
     entry = registered(config.model_type, source=source)
     abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, hf_names(weights, entry.weights), source=source, what=f"a {config.model_type} model",
-                      rule=entry.weights)
+    named = hf_names(weights, entry.weights)
+    model = fill_model(abstract, named, source=source, what=f"a {config.model_type} model", rule=entry.weights,
+                       keep_bf16=precision == "bf16")
+    model.weights_dtype = stored_dtype(named)
+    return model
 
 
 def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest") -> tuple[Any, Family]:
@@ -138,6 +162,21 @@ def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest") -> t
     model = build_model(config, read_tensors(checkpoint.weights_file), precision=precision,
                         source=str(checkpoint.weights_file))
     return config, model
+
+
+def weights_attrs(checkpoint: Checkpoint, model: Family) -> dict[str, str]:
+    """What a store records of the weights beyond ``weights_sha256``: the shards' manifest (whose
+    sha256 ``weights_sha256`` is), and any upcast of stored half-precision parameters to float32."""
+    attrs = {}
+    if checkpoint.manifest:
+        attrs["weights_manifest"] = checkpoint.manifest_json()
+    stored = getattr(model, "weights_dtype", "float32")
+    held = {str(v.dtype) for v in jax.tree.leaves(nnx.state(model, nnx.Param))}
+    if stored not in ("float32", ""):
+        attrs["weights_dtype"] = stored
+        if held == {"float32"}:
+            attrs["weights_upcast"] = f"{stored} -> float32 (parameters stored in {stored} are held in float32)"
+    return attrs
 
 
 def export_weights(model: Family) -> dict[str, np.ndarray]:
