@@ -71,7 +71,7 @@ def _forward(model, token_lists, *, base=None):
     base = base if base is not None else model.base_model
     with torch.no_grad():
         out = base(tokens, attention_mask=mask, output_attentions=True)
-        logits = model(tokens, attention_mask=mask).logits.numpy() if model is not base else None
+        logits = model(tokens, attention_mask=mask).logits.double().numpy() if model is not base else None
     return torch.stack(out.attentions).double().numpy(), out.last_hidden_state.double().numpy(), logits
 
 

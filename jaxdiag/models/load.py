@@ -122,7 +122,8 @@ def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str,
     transposed = lambda path: rule.transpose_kernels and str(path[-1]) == "kernel"
     for path, var in flat:  # every check before the first read: a bad checkpoint costs no device memory
         name, value = _hf_name(path), weights[_hf_name(path)]
-        where = value.file if isinstance(value, StoredTensor) else source
+        # a read tensor is named as its file names it, in the file (the shard) that holds it
+        where, name = (value.file, value.name) if isinstance(value, StoredTensor) else (source, name)
         shape = tuple(value.shape[::-1]) if transposed(path) else tuple(value.shape)
         if shape != tuple(var.shape):
             raise JaxdiagError(f"{where}: weight {name} has shape {tuple(value.shape)}, config implies "
