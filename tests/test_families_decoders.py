@@ -34,7 +34,7 @@ def test_sliding_window_n_is_the_keys_a_query_sees(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "t5"}, "model_type 't5' is not supported"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, "rope type 'yarn' is not supported"),
+    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 2.0}}, "rope type 'longrope' is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads"),
 ])
