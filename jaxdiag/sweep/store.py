@@ -60,7 +60,7 @@ import numpy as np
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.sweep.prompts import Prompt
-from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS,
+from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, SCORES_NOTE, TASK_ATTRS, TASK_COORDS,
                             TAXONOMY, QueryMode)
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
     n = len(prompts)
     width = max(len(p.tokens) for p in prompts) if width is None else width
     dims = ("prompt", "layer", "head") + (("query",) if query == "all" else ())
-    columns = {name: Column(dims, values[name], {"long_name": long_name, "units": units}, True)
+    columns = {name: Column(dims, values[name], {"long_name": long_name, "units": units, "scores": SCORES_NOTE}, True)
                for name, (long_name, units) in HEAD_VARIABLE_ATTRS.items()}
     for name in values:
         if name in TASK_ATTRS:
