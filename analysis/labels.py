@@ -1,7 +1,7 @@
 """Head labels: per-head arrays as (layer, head) DataArrays, and one flat head axis ("unit").
 
-Every "layer.head" string and every flat index <-> (layer, head) conversion goes through here.
-The flat order is layer-major, the order of ``values.reshape(..., n_layers * n_heads)``.
+Every flat index <-> (layer, head) conversion goes through here.
+("layer.head" strings come from :func:`jaxdiag.circuits.head_label`.) The flat order is layer-major, the order of ``values.reshape(..., n_layers * n_heads)``.
 """
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from jaxdiag.circuits import head_label
+
 if TYPE_CHECKING:  # xarray is imported where it is used: `jaxdiag run` reads circuits without it
     import xarray as xr
 
 HEAD_DIMS = ("layer", "head")
 UNIT = "unit"  # one flat dimension over every head, layer-major
-
-
-def head_label(layer: int, head: int) -> str:
-    """The posts' name of a head: '9.6'."""
-    return f"{int(layer)}.{int(head)}"
 
 
 def pair_label(first: tuple[int, int], second: tuple[int, int]) -> str:

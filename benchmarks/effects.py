@@ -1,7 +1,8 @@
-"""What causal effects cost: ``python -m benchmarks.effects [--smoke] [--out-dir DIR]``.
+"""What causal effects cost: ``python -m benchmarks.effects [--family llama-style] [--smoke] [--out-dir DIR]``.
 
-Measures, in one run on this machine, on a GPT-2-small-sized model (random weights cost what
-trained ones do) and pairs of 15-token prompts:
+Measures, in one run on this machine, on a GPT-2-small-sized model (or, with ``--family
+llama-style``, a Llama-style ~125M model with grouped-query attention and a SwiGLU MLP; random
+weights cost what trained ones do) and pairs of 15-token prompts:
 
 - jaxdiag's diagnostics alone (the sweep's step) — prompts/s;
 - jaxdiag's sweep step with every head's exact ``patch`` effect, its attribution-patching
@@ -17,7 +18,8 @@ trained ones do) and pairs of 15-token prompts:
 jaxdiag restarts each edited run at the edited layer's MLP (``jaxdiag.causal.effects``): per prompt
 ``H * sum_l (L - l - 1/3)`` layer-forwards and one LM-head row, vs ``H * L`` layer-forwards and a
 full LM head per position for one forward per head. Results: ``EFFECTS.md`` and
-``effects.json`` in ``--out-dir`` (default: this folder), with machine, CPU flags, date, command.
+``effects.json`` (``EFFECTS_llama-style.md`` ... with ``--family``) in ``--out-dir`` (default: this
+folder), with machine, CPU flags, date, command.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 
 from benchmarks.measure import best_of, forward_flops, lm_head_flops, load_average, random_prompts
 from benchmarks.run import GPT2_SMALL, machine_info
+from benchmarks.workers import FAMILY_CONFIGS, family_kwargs, make_checkpoint, make_family_checkpoint
 
 HERE = Path(__file__).resolve().parent
 PROFILES = {
@@ -46,10 +49,31 @@ PROFILES = {
 }
 
 
+def layer_flops(cfg: dict, seq: int) -> tuple[float, float]:
+    """(FLOPs of one layer over ``seq`` tokens, the MLP's share of them), for GPT-2 or a Llama-style
+    config (``n_kv_head`` key/value heads, a gated MLP of width ``d_mlp``)."""
+    e, d_mlp = cfg["n_embd"], cfg.get("d_mlp", 4 * cfg["n_embd"])
+    if "n_kv_head" not in cfg:
+        return forward_flops(n_layer=1, n_embd=e, d_mlp=d_mlp, seq=seq), 2 / 3  # 8 e^2 of 12 e^2 per token
+    kv = e * cfg["n_kv_head"] // cfg["n_head"]
+    attention_linear, mlp = 2 * seq * (2 * e * e + 2 * e * kv), 2 * seq * 3 * e * d_mlp
+    scores = 2 * 2 * e * seq * (seq + 1) / 2
+    return attention_linear + mlp + scores, mlp / (attention_linear + mlp + scores)
+
+
+def family_shape(family: str, *, tiny: bool) -> dict[str, int]:
+    """The benchmark's shape keys (GPT-2's names) of a FAMILY_CONFIGS model."""
+    raw = family_kwargs(family, tiny=tiny)
+    shape = dict(vocab_size=raw["vocab_size"], n_embd=raw["hidden_size"], n_layer=raw["num_hidden_layers"],
+                 n_head=raw["num_attention_heads"], d_mlp=raw["intermediate_size"])
+    if "num_key_value_heads" in raw:
+        shape["n_kv_head"] = raw["num_key_value_heads"]
+    return shape
+
+
 def effect_flops(cfg: dict, seq: int) -> dict[str, float]:
     """FLOPs per prompt: jaxdiag's all-heads effects of one kind vs one full forward per head."""
-    layer = forward_flops(n_layer=1, n_embd=cfg["n_embd"], d_mlp=4 * cfg["n_embd"], seq=seq)
-    mlp_share = 2 / 3  # of a layer's linear FLOPs: 8 e^2 of 12 e^2 per token
+    layer, mlp_share = layer_flops(cfg, seq)
     n_layer, n_head = cfg["n_layer"], cfg["n_head"]
     # per head of layer l: its own MLP, then every later layer; plus the clean pass and one LM-head row
     ours = n_head * sum(mlp_share + (n_layer - 1 - l) for l in range(n_layer)) * layer
@@ -132,8 +156,8 @@ def gemm_gflops(cfg: dict, rows: int) -> dict[str, float]:
     on AVX-512 machines XLA's kernels outrun MKL's AVX2 path)."""
     from benchmarks.workers import gemm
 
-    shapes = [(rows, cfg["n_embd"], 3 * cfg["n_embd"]), (rows, cfg["n_embd"], 4 * cfg["n_embd"]),
-              (rows, 4 * cfg["n_embd"], cfg["n_embd"])]
+    e, d_mlp = cfg["n_embd"], cfg.get("d_mlp", 4 * cfg["n_embd"])
+    shapes = [(rows, e, 3 * e), (rows, e, d_mlp), (rows, d_mlp, e)]
     return {library: gemm({"library": library, "shapes": shapes, "device": "cpu"})["best_gflops"]
             for library in ("torch", "xla")}
 
@@ -146,12 +170,13 @@ def _version(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.effects", description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=["gpt2", *FAMILY_CONFIGS], default="gpt2",
+                        help="gpt2 (default: GPT-2 small's shape) or a benchmarks.workers.FAMILY_CONFIGS model")
     parser.add_argument("--smoke", action="store_true", help="a tiny model, seconds: checks the script runs")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args(argv)
     p = PROFILES["smoke" if args.smoke else "full"]
-    cfg = p["model"]
-    from benchmarks.workers import make_checkpoint
+    cfg = p["model"] if args.family == "gpt2" else family_shape(args.family, tiny=args.smoke)
 
     results: dict[str, Any] = {
         "command": "python -m benchmarks.effects " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
@@ -165,7 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     target, foil = (rng.integers(0, cfg["vocab_size"], p["n_pairs"]).astype(np.int32) for _ in range(2))
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = make_checkpoint({"config": cfg, "checkpoint": f"{tmp}/model"})["checkpoint"]
+        if args.family == "gpt2":
+            checkpoint = make_checkpoint({"config": cfg, "checkpoint": f"{tmp}/model"})["checkpoint"]
+        else:
+            made = make_family_checkpoint({"family": args.family, "tiny": args.smoke, "checkpoint": f"{tmp}/model"})
+            checkpoint, results["n_params"] = made["checkpoint"], made["n_params"]
         results["transformerlens"] = bench_transformerlens(checkpoint, clean, corrupt, target, foil, p["repeats"])
         results["jaxdiag"] = bench_jaxdiag(checkpoint, clean, corrupt, target, foil, p["repeats"])
     # rows of one lax.map step of the patch effects: every head of a layer over the batch's tokens
@@ -184,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     results["load_avg_end"] = load_average()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "effects_smoke" if args.smoke else "effects"
+    stem = "effects" + ("" if args.family == "gpt2" else f"_{args.family}") + ("_smoke" if args.smoke else "")
+    results["family"] = args.family
     (args.out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out_dir / f"{stem.upper()}.md").write_text(render(results))
     print(json.dumps(results["summary"], indent=2))
@@ -200,7 +230,9 @@ def render(r: dict[str, Any]) -> str:
         f"- **Machine:** {m.get('cpu')} ({m.get('cpu_flags') or 'flags not recorded'}) · {m.get('cpu_count')} CPUs · "
         f"load {r['load_avg_start']} -> {r['load_avg_end']} · backend {jd['backend']}, JAX {jd['jax_version']}, "
         f"TransformerLens {tl['transformer_lens']} ({tl['torch_threads']} torch threads)",
-        f"- **Model:** {r['model']['n_layer']} layers x {r['model']['n_head']} heads, d_model {r['model']['n_embd']}, "
+        f"- **Model:** {r.get('family', 'gpt2')}: {r['model']['n_layer']} layers x {r['model']['n_head']} heads"
+        f"{' (' + str(r['model']['n_kv_head']) + ' key/value heads)' if 'n_kv_head' in r['model'] else ''}, "
+        f"d_model {r['model']['n_embd']}{', ' + format(r['n_params'] / 1e6, '.0f') + 'M parameters' if 'n_params' in r else ''}, "
         f"random weights; {r['n_pairs']} clean/corrupted pairs of {r['seq']} tokens; best of repeats after compile",
         f"- **fp32 GEMM ceiling (the model's shapes, the faster library):** {ceiling} GFLOP/s "
         f"(torch {r['gemm_gflops']['torch']}, XLA {r['gemm_gflops']['xla']})", "",

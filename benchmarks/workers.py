@@ -384,18 +384,36 @@ FAMILY_CONFIGS = {
 TINY_FAMILY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 
 
+def _word_level_tokenizer(vocab_size: int):
+    """A tokenizer of ``vocab_size`` made-up words (TransformerLens boots a model only with one)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
+                                   bos_token="w0", eos_token="w0", unk_token="w0")
+
+
+def family_kwargs(family: str, *, tiny: bool = False) -> dict[str, Any]:
+    """The HF config keywords of a FAMILY_CONFIGS model (``tiny``: the smoke run's sizes)."""
+    kwargs = FAMILY_CONFIGS[family][1]
+    if tiny:
+        kwargs = kwargs | TINY_FAMILY | ({"num_key_value_heads": 2} if "num_key_value_heads" in kwargs else {})
+    return kwargs
+
+
 def make_family_checkpoint(spec: dict) -> dict[str, Any]:
     """A randomly initialised HF model of ``spec["family"]`` (a key of FAMILY_CONFIGS), saved to ``checkpoint``."""
     import torch
     import transformers
 
-    config_name, kwargs = FAMILY_CONFIGS[spec["family"]]
-    if spec.get("tiny"):
-        kwargs = kwargs | TINY_FAMILY | ({"num_key_value_heads": 2} if "num_key_value_heads" in kwargs else {})
+    config_name = FAMILY_CONFIGS[spec["family"]][0]
+    kwargs = family_kwargs(spec["family"], tiny=bool(spec.get("tiny")))
     torch.manual_seed(spec.get("seed", 0))
     config = getattr(transformers, config_name)(**kwargs)
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(spec["checkpoint"])
+    _word_level_tokenizer(kwargs["vocab_size"]).save_pretrained(spec["checkpoint"])
     n_params = sum(p.numel() for p in model.parameters())
     return {"checkpoint": spec["checkpoint"], "n_params": n_params, "config": kwargs}
 

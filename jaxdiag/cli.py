@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Sequence
 
-from jaxdiag.errors import Interrupted, JaxdiagError
+from jaxdiag.errors import AnalysisError, Interrupted, JaxdiagError
 from jaxdiag.schema import PRECISIONS, QUERIES
 
 
@@ -199,14 +199,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [JaxdiagError]
-    try:
-        from analysis.errors import AnalysisError
-
-        errors.append(AnalysisError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (JaxdiagError, AnalysisError)
 
 
 # True when the process is the ``jaxdiag`` command itself (:func:`command`), not a caller of :func:`main`.

@@ -231,11 +231,12 @@ def test_default_rule_is_stated():
 
 def run_without_jax(script: str) -> None:
     """Run script (Python, dedented) in a fresh interpreter where importing JAX, Flax, optax or jaxdiag
-    (beyond the jax-free jaxdiag.schema and jaxdiag.paths) fails; it must print "ok" and leave none of them imported."""
+    (beyond the jax-free jaxdiag.schema, paths, errors and circuits) fails; it must print "ok" and leave none of them imported."""
     code = textwrap.dedent("""
         import sys
         BLOCKED = ("jax", "jaxlib", "flax", "optax", "jaxdiag")
-        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors")  # + store locations (path or URL)
+        # the JAX-free base analysis reads: names, store locations, errors, the circuit-file format
+        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors", "jaxdiag.circuits")
 
         class Block:
             def find_spec(self, name, path=None, target=None):

@@ -262,7 +262,7 @@ def test_imports_and_runs_without_jax(tmp_path):
         import sys
         BLOCKED = ("jax", "jaxlib", "flax", "optax", "jaxdiag")
         # the jax-free shared names (DIAGNOSTICS, ...) and store locations (a path or fsspec URL)
-        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors")
+        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors", "jaxdiag.circuits")
 
         class Block:  # any import of these raises ImportError (sys.modules[name] = None would trip scipy)
             def find_spec(self, name, path=None, target=None):

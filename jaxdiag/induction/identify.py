@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.circuits import circuit_toml
+from jaxdiag.circuits import circuit_toml
 from jaxdiag.checkpoint import resolve
 from jaxdiag.models.load import load_model
 from jaxdiag.induction.ablation import ablated_accuracy, mean_head_outputs, per_head_drops

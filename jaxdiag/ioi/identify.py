@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from analysis.circuits import circuit_toml
+from jaxdiag.circuits import circuit_toml
 from jaxdiag.checkpoint import resolve
 from jaxdiag.models.load import load_model
 from jaxdiag.causal.effects import head_effects, head_output_sums, head_outputs, task_readout

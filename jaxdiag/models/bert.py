@@ -27,7 +27,7 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
-from jaxdiag.models.family import ACTIVATIONS, Context, Family, WeightNames, precision_settings
+from jaxdiag.models.family import ACTIVATIONS, Context, Family, WeightNames
 from jaxdiag.schema import Precision
 
 @dataclasses.dataclass(frozen=True)
@@ -175,10 +175,7 @@ class Bert(Family):
     encoder_type = Encoder  # ALBERT's shares its layers
 
     def __init__(self, config: EncoderConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.precision_name = precision
-        self.matmul_precision = matmul_precision
+        dtype, matmul_precision = self._precision(config, precision)
         self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
         self.encoder = self.encoder_type(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
 

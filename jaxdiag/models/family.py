@@ -265,6 +265,14 @@ class Family(nnx.Module):
         final = self.final(x)
         return Forward(final if hidden else None, self.unembed(final) if logits else None, stack_layers(per_layer))
 
+    def _precision(self, config, precision: Precision) -> tuple[jnp.dtype, jax.lax.Precision]:
+        """Record ``config`` and the precision on the model; the compute dtype and matmul precision."""
+        dtype, matmul_precision = precision_settings(precision)
+        self.config = config
+        self.precision_name = precision
+        self.matmul_precision = matmul_precision
+        return dtype, matmul_precision
+
     def context(self, tokens: jax.Array, lengths: jax.Array, *, probes: Sequence[Probe] = (),
                 query: QueryMode = "last", edit: HeadEdit | None = None,
                 attention: AttentionImpl = "auto") -> Context:
@@ -311,6 +319,12 @@ class Block(nnx.Module):
 
     def resume(self, carry: Any, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
         raise NotImplementedError
+
+
+def tied_unembed(hidden: jax.Array, embed: nnx.Embed) -> jax.Array:
+    """Float32 logits of ``hidden [..., d_model]`` through an LM head tied to ``embed``."""
+    return jnp.einsum("...e,ve->...v", hidden, embed.embedding[...].astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
 
 
 def linear_heads(linear: nnx.Linear, heads: jax.Array) -> jax.Array:

@@ -32,7 +32,7 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import soft_cap
 from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
-                                   head_rows, linear_heads, precision_settings)
+                                   head_rows, linear_heads, tied_unembed)
 from jaxdiag.models.llama import MLP, Attention, AttentionSettings, RMSNorm, _linear, layer_windows
 from jaxdiag.models.rope import Rope, rope_parameters, rope_settings
 from jaxdiag.schema import Precision
@@ -177,11 +177,8 @@ class Gemma(Family):
     mask = "causal"
 
     def __init__(self, config: GemmaConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.matmul_precision = matmul_precision
+        dtype, matmul_precision = self._precision(config, precision)
         self.family = config.model_type
-        self.precision_name = precision
         self.dtype = dtype
         self.embed_tokens = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
                                       embedding_init=nnx.initializers.normal(0.02))
@@ -204,8 +201,7 @@ class Gemma(Family):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
-            logits = jnp.einsum("...e,ve->...v", hidden, self.embed_tokens.embedding[...].astype(hidden.dtype),
-                                preferred_element_type=jnp.float32)
+            logits = tied_unembed(hidden, self.embed_tokens)
         else:
             logits = self.lm_head(hidden).astype(jnp.float32)
         return soft_cap(logits, self.config.final_softcap)

@@ -27,7 +27,7 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend, row_attention
 from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
-                                   head_rows, linear_heads, precision_settings)
+                                   head_rows, linear_heads, tied_unembed)
 from jaxdiag.probes import read_probes
 from jaxdiag.schema import Precision
 
@@ -194,10 +194,7 @@ class GPT2(Family):
     mask = "causal"
 
     def __init__(self, config: GPT2Config, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.precision_name = precision
-        self.matmul_precision = matmul_precision
+        dtype, matmul_precision = self._precision(config, precision)
         self.wte = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
                              embedding_init=nnx.initializers.normal(0.02))
         self.wpe = nnx.Embed(config.n_positions, config.n_embd, dtype=dtype, rngs=rngs,
@@ -219,8 +216,7 @@ class GPT2(Family):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits ``[..., vocab]`` of final hidden states ``[..., n_embd]`` (LM head tied to ``wte``)."""
-        return jnp.einsum("...e,ve->...v", hidden, self.wte.embedding[...].astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
+        return tied_unembed(hidden, self.wte)
 
 
 # How HF names map to ours: GPT2LMHeadModel's prefix, the causal-mask buffers old checkpoints carry,

@@ -26,7 +26,7 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.family import (Block as BlockInterface, Context, Family, WeightNames, graddrop, head_rows,
-                                   linear_heads, precision_settings)
+                                   linear_heads, tied_unembed)
 from jaxdiag.models.family import ACTIVATIONS as ALL_ACTIVATIONS
 from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
 from jaxdiag.schema import Precision
@@ -239,12 +239,9 @@ class Llama(Family):
     mask = "causal"
 
     def __init__(self, config: LlamaConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.matmul_precision = matmul_precision
+        dtype, matmul_precision = self._precision(config, precision)
         self.family = config.model_type
         self.window = config.sliding_window
-        self.precision_name = precision
         self.embed_tokens = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
                                       embedding_init=nnx.initializers.normal(0.02))
         self.layers = nnx.List([Block(config, i, dtype=dtype, precision=matmul_precision, rngs=rngs)
@@ -264,8 +261,7 @@ class Llama(Family):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
-            return jnp.einsum("...e,ve->...v", hidden, self.embed_tokens.embedding[...].astype(hidden.dtype),
-                              preferred_element_type=jnp.float32)
+            return tied_unembed(hidden, self.embed_tokens)
         return self.lm_head(hidden).astype(jnp.float32)
 
 

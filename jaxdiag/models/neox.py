@@ -21,7 +21,7 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
-                                   head_rows, linear_heads, precision_settings)
+                                   head_rows, linear_heads, tied_unembed)
 from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
 from jaxdiag.schema import Precision
 
@@ -146,10 +146,7 @@ class NeoX(Family):
     mask = "causal"
 
     def __init__(self, config: NeoXConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
-        dtype, matmul_precision = precision_settings(precision)
-        self.config = config
-        self.matmul_precision = matmul_precision
-        self.precision_name = precision
+        dtype, matmul_precision = self._precision(config, precision)
         self.embed_in = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
                                   embedding_init=nnx.initializers.normal(0.02))
         self.layers = nnx.List([Block(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
@@ -169,8 +166,7 @@ class NeoX(Family):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
-            return jnp.einsum("...e,ve->...v", hidden, self.embed_in.embedding[...].astype(hidden.dtype),
-                              preferred_element_type=jnp.float32)
+            return tied_unembed(hidden, self.embed_in)
         return self.embed_out(hidden).astype(jnp.float32)
 
 

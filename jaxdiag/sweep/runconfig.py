@@ -29,7 +29,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxdiag.errors import JaxdiagError
+from jaxdiag.circuits import BUILTIN as BUILTIN_CIRCUITS, EFFECTS_CIRCUIT, from_mapping, read_circuit_file
+from jaxdiag.errors import AnalysisError, JaxdiagError
 from jaxdiag.paths import builtin_models, package_data, presets_dir, resolve_path, user_path
 from jaxdiag.sweep.prompts import SOURCES
 from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES
@@ -273,9 +274,6 @@ def _resolve_circuit(value: Any, source: str, base: Path, effects: tuple[str, ..
     if value is None or isinstance(value, dict):
         return value
     _check_type(source, "circuit", value, str)
-    from analysis.circuits import BUILTIN as BUILTIN_CIRCUITS, EFFECTS_CIRCUIT, from_mapping, read_circuit_file
-    from analysis.errors import AnalysisError
-
     if value in BUILTIN_CIRCUITS:
         return value
     if value.startswith(EFFECTS_CIRCUIT):  # the causal circuit of a kind this run computes
