@@ -31,9 +31,9 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import soft_cap
-from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
-                                   head_rows, linear_heads, tied_unembed)
-from jaxdiag.models.llama import MLP, Attention, AttentionSettings, RMSNorm, _linear, layer_windows
+from jaxdiag.models.family import ACTIVATIONS, WeightNames, graddrop
+from jaxdiag.models import llama
+from jaxdiag.models.llama import MLP, Attention, AttentionSettings, DecoderShape, RMSNorm, _linear, layer_windows
 from jaxdiag.models.rope import Rope, rope_parameters, rope_settings
 from jaxdiag.schema import Precision
 
@@ -41,17 +41,7 @@ MODEL_TYPES = ("gemma2", "gemma3_text", "gemma3")
 
 
 @dataclasses.dataclass(frozen=True)
-class GemmaConfig:
-    model_type: str
-    vocab_size: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_kv_head: int
-    d_head: int
-    d_mlp: int
-    n_positions: int
-    rms_norm_eps: float
+class GemmaConfig(DecoderShape):
     hidden_act: str
     attention_bias: bool
     query_pre_attn_scalar: float
@@ -136,8 +126,9 @@ def gemma_ropes(raw: dict[str, Any], *, source: str, head_dim: int, gemma2: bool
             rope_settings(raw, source=source, head_dim=head_dim, params=local))
 
 
-class Block(BlockInterface):
-    """Sandwich norms; the attention output is normalised, so the carry is ``(x, attn_out)``."""
+class Block(llama.Block):
+    """Llama's block with sandwich norms; the attention output is normalised, so the carry is
+    ``(x, attn_out)`` (attention_heads, project and out_weights are Llama's)."""
 
     def __init__(self, config: GemmaConfig, layer: int, *, dtype, precision, rngs: nnx.Rngs):
         norm = lambda dim: RMSNorm(dim, config.rms_norm_eps, dtype=dtype, rngs=rngs, unit_offset=True)
@@ -149,15 +140,6 @@ class Block(BlockInterface):
         self.pre_feedforward_layernorm = norm(config.n_embd)
         self.post_feedforward_layernorm = norm(config.n_embd)
         self.mlp = MLP(config, dtype=dtype, precision=precision, rngs=rngs)
-
-    def attention_heads(self, x: jax.Array, ctx: Context, layer: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return self.self_attn(self.input_layernorm(x), ctx, layer)
-
-    def project(self, heads: jax.Array) -> jax.Array:
-        return linear_heads(self.self_attn.o_proj, heads)
-
-    def out_weights(self) -> jax.Array:
-        return head_rows(self.self_attn.o_proj, self.n_head)
 
     def carry(self, x: jax.Array, attn_out: jax.Array) -> tuple[jax.Array, jax.Array]:
         return x, attn_out
@@ -171,8 +153,10 @@ class Block(BlockInterface):
         return x + graddrop(self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), drop)
 
 
-class Gemma(Family):
-    """Gemma 2 / Gemma 3 text decoder with its LM head tied to ``embed_tokens``."""
+class Gemma(llama.Llama):
+    """Gemma 2 / Gemma 3 text decoder with its LM head tied to ``embed_tokens``: Llama's model with
+    Gemma's blocks and norm, scaled embeddings and soft-capped logits (``blocks`` and ``final`` are
+    Llama's)."""
 
     mask = "causal"
 
@@ -193,18 +177,8 @@ class Gemma(Family):
         normalizer = jnp.asarray(self.config.n_embd ** 0.5, jnp.float32).astype(self.dtype)
         return self.embed_tokens(tokens) * normalizer
 
-    def blocks(self):
-        return list(self.layers)
-
-    def final(self, x: jax.Array) -> jax.Array:
-        return self.norm(x)
-
     def unembed(self, hidden: jax.Array) -> jax.Array:
-        if self.config.tie_word_embeddings:
-            logits = tied_unembed(hidden, self.embed_tokens)
-        else:
-            logits = self.lm_head(hidden).astype(jnp.float32)
-        return soft_cap(logits, self.config.final_softcap)
+        return soft_cap(super().unembed(hidden), self.config.final_softcap)
 
 
 # HF names: Gemma2/3ForCausalLM's ``model.*``; the multimodal Gemma3ForConditionalGeneration's text part

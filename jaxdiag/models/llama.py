@@ -66,7 +66,9 @@ def layer_windows(raw: dict[str, Any], n_layer: int, *, source: str, window: int
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class DecoderShape:
+    """What every RMSNorm decoder of this family and its variants (Gemma) has."""
+
     model_type: str
     vocab_size: int
     n_embd: int
@@ -77,6 +79,10 @@ class LlamaConfig:
     d_mlp: int
     n_positions: int
     rms_norm_eps: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig(DecoderShape):
     rope: Rope
     qkv_bias: bool  # Qwen2 (and Llama's attention_bias): biases on q, k, v
     o_bias: bool  # Llama's attention_bias also biases o_proj

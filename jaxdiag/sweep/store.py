@@ -60,8 +60,8 @@ import numpy as np
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.sweep.prompts import Prompt
-from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, SCORES_NOTE, TASK_ATTRS, TASK_COORDS,
-                            TAXONOMY, QueryMode)
+from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, SCORES_NOTE, TASK_ATTRS,
+                            TASK_COORDS, TAXONOMY, QueryMode)
 
 if TYPE_CHECKING:
     import xarray as xr
