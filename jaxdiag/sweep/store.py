@@ -514,7 +514,8 @@ def open_dataset(path: StoreLike) -> xr.Dataset:
         raise JaxdiagError(f"cannot open {path} as a Zarr store: {type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
-PROVENANCE_KEYS = ("jaxdiag_version", "model", "model_revision", "weights_sha256", "n_layers", "n_heads",
+PROVENANCE_KEYS = ("jaxdiag_version", "model", "model_revision", "weights_sha256", "weights_manifest", "weights_dtype",
+                   "weights_upcast", "n_layers", "n_heads",
                    "prepend_bos", "query_positions", "precision", "seed", "backend", "jax_version", "created",
                    "prompts_sha256")
 
