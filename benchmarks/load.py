@@ -4,7 +4,7 @@ Makes a random-weight Llama checkpoint of about ``--gb`` GB with transformers, s
 and sharded (``save_pretrained(max_shard_size="500MB")``) like the hub's, then loads it in fresh
 processes, alternating, ``--repeats`` times each:
 
-- ``jaxdiag``: ``jaxdiag.load(DIR, precision="bf16")`` (hashing every shard for the store's manifest,
+- ``jaxdiag``: ``jaxdiag.load(DIR, precision="bf16")`` and its ``weights_sha256`` (every shard hashed for the store's manifest, in background threads while
   building the model with bf16 parameters on the device);
 - ``transformers``: ``AutoModelForCausalLM.from_pretrained(DIR, dtype=torch.bfloat16)``.
 
@@ -53,6 +53,7 @@ imported = time.perf_counter()
 after_imports = current_mb()
 if which == "jaxdiag":
     loaded = jaxdiag.load(directory, precision="bf16")
+    loaded.checkpoint.weights_sha256  # the shards are hashed in the background while the model is built: wait for them
     jax.block_until_ready(jax.tree.leaves(__import__("flax").nnx.state(loaded.model)))
     dtypes = sorted({str(v.dtype) for v in jax.tree.leaves(__import__("flax").nnx.state(loaded.model))})
 else:

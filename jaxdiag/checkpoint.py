@@ -12,6 +12,7 @@ of families.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import struct
@@ -33,17 +34,28 @@ class Checkpoint:
     name: str
     directory: Path
     weights_file: Path  # model.safetensors, the shard index, or pytorch_model.bin
-    weights_sha256: str  # the file's sha256; for shards, the sha256 of manifest_json()
     revision: str | None
-    # (shard file name, its sha256) of every shard, in name order; empty for a single file
-    manifest: tuple[tuple[str, str], ...] = ()
+    shards: tuple[str, ...] = ()  # the shard files the index names, in name order; () for a single file
+
+    @functools.cached_property
+    def manifest(self) -> tuple[tuple[str, str], ...]:
+        """(shard file name, its sha256) of every shard; () for a single file. The shards are hashed
+        in background threads from :func:`resolve` on, while the model is built; this waits for them."""
+        return tuple((name, sha256_file(self.directory / name)) for name in self.shards)
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """The weights file's sha256; for shards, the sha256 of :meth:`manifest_json`."""
+        if not self.shards:
+            return sha256_file(self.weights_file)
+        return hashlib.sha256(self.manifest_json().encode()).hexdigest()
 
     @property
     def files(self) -> tuple[Path, ...]:
         """The files holding the tensors: the one weights file, or every shard."""
-        if not self.manifest:
+        if not self.shards:
             return (self.weights_file,)
-        return tuple(self.directory / name for name, _ in self.manifest)
+        return tuple(self.directory / name for name in self.shards)
 
     def manifest_json(self) -> str | None:
         """The shards' manifest as the store records it (``weights_sha256`` is its sha256); None for one file."""
@@ -73,11 +85,15 @@ def resolve(model: str, revision: str | None = None) -> Checkpoint:
     if weights is None:
         raise JaxdiagError(f"model directory {directory} has no weights ({' or '.join(WEIGHT_FILES)})")
     if weights.name != SHARD_INDEX:
-        return Checkpoint(model, directory, weights, sha256_file(weights), resolved_revision)
-    shards = sorted({path.name for path in shard_map(weights).values()})
-    manifest = tuple((name, sha256_file(directory / name)) for name in shards)
-    digest = hashlib.sha256(manifest_json(manifest).encode()).hexdigest()
-    return Checkpoint(model, directory, weights, digest, resolved_revision, manifest)
+        checkpoint = Checkpoint(model, directory, weights, resolved_revision)
+        checkpoint.weights_sha256  # noqa: B018 -- hashed now, as before (the CLI's prefetch may have started it)
+        return checkpoint
+    from jaxdiag import prefetch
+
+    shards = tuple(sorted({path.name for path in shard_map(weights).values()}))
+    for name in shards:
+        prefetch.start_hash(directory / name)
+    return Checkpoint(model, directory, weights, resolved_revision, shards)
 
 
 def shard_map(index: Path) -> dict[str, Path]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +132,17 @@ def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str,
                                f"{tuple(var.shape[::-1]) if transposed(path) else tuple(var.shape)}")
         if np.dtype(value.dtype) not in FLOAT_DTYPES:
             raise JaxdiagError(f"{where}: weight {name} has dtype {np.dtype(value.dtype).name}, not a floating-point type")
-    for path, var in flat:
+    def on_device(path, var) -> jax.Array:
         value = weights[_hf_name(path)]
         value = value.read() if isinstance(value, StoredTensor) else value
         dtype = value.dtype if keep_bf16 and value.dtype == jnp.bfloat16 else var.dtype
-        var.set_value(jnp.asarray(value.T if transposed(path) else value, dtype=dtype))
-        del value  # unmaps the tensor's pages before the next is read
+        return jnp.asarray(value.T if transposed(path) else value, dtype=dtype)  # the tensor's pages unmapped after
+
+    # a few tensors at a time (the copies release the GIL): the cores share the work, and the host holds
+    # at most that many tensors' pages besides the parameters already on the device
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for (path, var), array in zip(flat, pool.map(lambda item: on_device(*item), flat)):
+            var.set_value(array)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
