@@ -1,4 +1,4 @@
-"""`jaxdiag report`: figures, summary.json and report.md for one store.
+"""`jaxdiag report`: figures, summary.json, report.md and report.html (self-contained) for one store.
 
     write_report("run.zarr", "report/")                 # library call (the CLI dispatches here)
     python -m analysis.report run.zarr --out report/    # same, without jaxdiag's CLI
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 from analysis._util import to_jsonable
 from analysis.circuits import Circuit, load_ablation, load_circuit
 from analysis.errors import AnalysisError
+from analysis.html import report_page
 from analysis.markdown import markdown
 from analysis.pipeline import run_analysis
 from analysis.summary import summary
@@ -77,7 +78,8 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
                  b: str | None = None, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
                  ablation: str | None = None, min_effect: str | dict[str, float] | None = None,
                  memory: str | int | None = None, scheduler: str | None = None, in_memory: bool = False) -> dict:
-    """Analyse a store and write figures (PNG + SVG), summary.json and report.md into out_dir.
+    """Analyse a store and write figures (PNG + SVG), summary.json, report.md and report.html (the
+    markdown as one page with its figures inline: analysis.html) into out_dir.
 
     circuit: "ioi23", "ioi26", a TOML/JSON circuit file or "effects:K" (the causal circuit of the store's
     effects of kind K) (default: the run config's, else ioi23 on 12 x 12 models). a, b: conditions (default: the run config's two, else ioi/non_ioi, else the
@@ -125,6 +127,7 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
         write_figures(analysis, staging)
         (staging / "summary.json").write_text(text + "\n")
         (staging / "report.md").write_text(markdown(analysis))
+        (staging / "report.html").write_text(report_page((staging / "report.md").read_text(), staging))
         for name in os.listdir(staging):  # all-or-nothing: only complete files reach out_dir
             os.replace(staging / name, out / name)
     finally:

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,8 +84,24 @@ def effect_flops(cfg: dict, seq: int) -> dict[str, float]:
             "diagnostics": n_layer * layer}
 
 
+# The effect runs measured by default: each exact kind alone, its AtP and AtP* estimates, and all three exact kinds.
+EFFECT_RUNS = (("patch",), ("atp_patch",), ("atpstar_patch",), ("zero", "mean", "patch"))
+
+
+def effect_inputs(n_pairs: int, seq: int, vocab_size: int) -> tuple[np.ndarray, ...]:
+    """``(clean, corrupt, target, foil)``: random clean prompts, each corrupted ABC-style at tokens 2-4,
+    and random target and foil ids (seeded)."""
+    clean = random_prompts(n_pairs, seq, vocab_size, seed=0)
+    corrupt = clean.copy()
+    corrupt[:, 2:5] = random_prompts(n_pairs, 3, vocab_size, seed=1)
+    rng = np.random.default_rng(2)
+    target, foil = (rng.integers(0, vocab_size, n_pairs).astype(np.int32) for _ in range(2))
+    return clean, corrupt, target, foil
+
+
 def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, target: np.ndarray, foil: np.ndarray,
-                  repeats: int) -> dict[str, Any]:
+                  repeats: int, *, precision: str = "highest",
+                  runs_of: Sequence[tuple[str, ...]] = EFFECT_RUNS) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -94,7 +110,7 @@ def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, targe
     from jaxdiag.sweep.steps import sweep_step
     from jaxdiag.sweep.runner import diagnostics_step
 
-    model = jaxdiag.load(checkpoint).model
+    model = jaxdiag.load(checkpoint, precision=precision).model
     graphdef, state = nnx.split(model)
     tokens, partner = jnp.asarray(clean), jnp.asarray(corrupt)
     lengths = jnp.full((len(clean),), clean.shape[1], jnp.int32)
@@ -104,7 +120,7 @@ def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, targe
 
     diagnose = diagnostics_step(graphdef, "last")
     runs = {"diagnostics": lambda: diagnose(state, tokens, lengths)}
-    for kinds in (("patch",), ("atp_patch",), ("atpstar_patch",), ("zero", "mean", "patch")):
+    for kinds in runs_of:
         means = np.zeros((model.config.n_layer, model.config.n_head, model.config.d_head), np.float32)
         step = sweep_step(graphdef, "last", kinds, head_mean=means)
         runs["+".join(kinds)] = lambda step=step: step(state, tokens, lengths, target, foil, partner)
@@ -121,15 +137,15 @@ def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, targe
 
 
 def bench_transformerlens(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, target: np.ndarray,
-                          foil: np.ndarray, repeats: int) -> dict[str, Any]:
+                          foil: np.ndarray, repeats: int, *, device: str = "cpu") -> dict[str, Any]:
     import torch
     from transformer_lens import patching
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(checkpoint, device="cpu")
-    clean_t, corrupt_t = torch.from_numpy(clean).long(), torch.from_numpy(corrupt).long()
-    rows = torch.arange(len(clean))
-    target_t, foil_t = torch.from_numpy(target).long(), torch.from_numpy(foil).long()
+    bridge = TransformerBridge.boot_transformers(checkpoint, device=device)
+    clean_t, corrupt_t = (torch.from_numpy(t).long().to(device) for t in (clean, corrupt))
+    rows = torch.arange(len(clean), device=device)
+    target_t, foil_t = (torch.from_numpy(t).long().to(device) for t in (target, foil))
 
     def metric(logits):  # the same task metric: logit(target) - logit(foil) at the last position
         last = logits[:, -1]
@@ -139,7 +155,10 @@ def bench_transformerlens(checkpoint: str, clean: np.ndarray, corrupt: np.ndarra
         _, clean_cache = bridge.run_with_cache(clean_t)
 
         def run():
-            return patching.get_act_patch_attn_head_out_all_pos(bridge, corrupt_t, clean_cache, metric)
+            result = patching.get_act_patch_attn_head_out_all_pos(bridge, corrupt_t, clean_cache, metric)
+            if device != "cpu":
+                torch.cuda.synchronize()  # the GPU's queued work belongs to this call's time
+            return result
 
         t0 = time.perf_counter()
         result = run()
@@ -184,11 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(), "model": cfg, "seq": p["seq"], "n_pairs": p["n_pairs"],
         "load_avg_start": load_average(),
     }
-    clean = random_prompts(p["n_pairs"], p["seq"], cfg["vocab_size"], seed=0)
-    corrupt = clean.copy()
-    corrupt[:, 2:5] = random_prompts(p["n_pairs"], 3, cfg["vocab_size"], seed=1)  # an ABC-style corruption
-    rng = np.random.default_rng(2)
-    target, foil = (rng.integers(0, cfg["vocab_size"], p["n_pairs"]).astype(np.int32) for _ in range(2))
+    clean, corrupt, target, foil = effect_inputs(p["n_pairs"], p["seq"], cfg["vocab_size"])
     with tempfile.TemporaryDirectory() as tmp:
         if args.family == "gpt2":
             checkpoint = make_checkpoint({"config": cfg, "checkpoint": f"{tmp}/model"})["checkpoint"]

@@ -58,11 +58,16 @@ def write_prompts(path: Path, n: int, vocab_size: int) -> Path:
     return path
 
 
-def timed_process(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Wall time of one process from start to exit, and its result line if it prints one."""
+def timed_process(argv: list[str], env: dict[str, str], timeout: float | None = None) -> dict[str, Any]:
+    """Wall time of one process from start to exit, and its result line if it prints one; a process
+    still running after ``timeout`` seconds is killed and recorded as an error."""
     load = load_average()
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"seconds": round(time.perf_counter() - t0, 3), "load_avg_start": load,
+                "error": f"timed out after {timeout:.0f} s"}
     seconds = time.perf_counter() - t0
     out: dict[str, Any] = {"seconds": round(seconds, 3), "load_avg_start": load}
     if proc.returncode != 0:
@@ -70,6 +75,9 @@ def timed_process(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if lines:
         out["phases"] = json.loads(lines[-1][len("RESULT "):])
+    messages = proc.stderr.strip().splitlines()
+    if messages:  # e.g. ``jaxdiag run``'s closing line: prompts computed, seconds, prompts/s
+        out["last_message"] = messages[-1][-300:]
     return out
 
 

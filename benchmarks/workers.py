@@ -13,7 +13,9 @@ the timed passes only (VmHWM reset after the warm-up), next to ``setup_rss_mb`` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import sys
 import time
@@ -53,10 +55,16 @@ def _jax_setup(spec: dict):
 
     if spec.get("matmul_precision_default"):
         jax.config.update("jax_default_matmul_precision", spec["matmul_precision_default"])
+    return jax, _loaded_model(spec["checkpoint"], spec.get("precision", "highest"))
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_model(checkpoint: str, precision: str):
+    """The model, loaded once per process for each precision: ``points`` runs many measurements of one
+    checkpoint in one process, and hashing and reading GPT-2 small's weights each time costs seconds."""
     import jaxdiag
 
-    loaded = jaxdiag.load(spec["checkpoint"], precision=spec.get("precision", "highest"))
-    return jax, loaded.model
+    return jaxdiag.load(checkpoint, precision=precision).model
 
 
 def jaxdiag_runner(spec: dict) -> dict[str, Any]:
@@ -128,17 +136,19 @@ def _digest(results: list[dict[str, np.ndarray]]) -> str:
 # --------------------------------------------------------------------------- PyTorch tools
 
 
-def torch_diagnostics(patterns: list, torch) -> dict[str, Any]:
-    """The seven diagnostics of the last query row from each layer's ``[b, h, q, k]`` probabilities.
+def torch_diagnostics(patterns: list, torch, dtype=None) -> dict[str, Any]:
+    """The seven diagnostics of the last query row from each layer's ``[b, h, q, k]`` probabilities,
+    computed in ``dtype`` (default float32; float64 for a reference).
 
     Equal-length prompts, so every key is visible to the last row (n = seq). ``z`` is known only up
     to a per-row constant from the probabilities (log pi = z - logsumexp z), and every diagnostic is
     invariant to that constant, so log pi stands in for z. Same definitions as jaxdiag.probes.diagnostics.
     """
-    pi = torch.stack([p[:, :, -1, :] for p in patterns], dim=1).float()  # [b, layer, head, n]
+    dtype = dtype or torch.float32
+    pi = torch.stack([p[:, :, -1, :] for p in patterns], dim=1).to(dtype)  # [b, layer, head, n]
     n = pi.shape[-1]
     log_n = float(np.log(n))
-    log_pi = torch.log(pi.clamp_min(torch.finfo(torch.float32).tiny))
+    log_pi = torch.log(pi.clamp_min(torch.finfo(dtype).tiny))
     entropy = -(pi * log_pi).sum(-1)
     kl = (pi * (log_pi + log_n)).sum(-1).clamp_min(0.0)
     mean_log_pi = (pi * log_pi).sum(-1, keepdim=True)
@@ -161,12 +171,14 @@ def _torch_setup(spec: dict):
 
 
 def transformers_eager(spec: dict) -> dict[str, Any]:
-    """``GPT2Model`` (no LM head), eager attention, ``output_attentions=True``, reductions in torch."""
+    """``GPT2Model`` (no LM head), eager attention, ``output_attentions=True``, reductions in torch;
+    weights and activations in ``spec["torch_dtype"]`` (default float32), reductions in float32."""
     torch, device = _torch_setup(spec)
     from transformers import AutoModel, GPT2Model
 
     model_class = AutoModel if spec.get("auto") else GPT2Model  # auto: another family's base model
-    model = model_class.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval().to(device)
+    dtype = getattr(torch, spec.get("torch_dtype", "float32"))
+    model = model_class.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval().to(device, dtype)
     prompts = random_prompts(spec["n_prompts"], spec["seq"], model.config.vocab_size, spec.get("seed", 0))
     batches = [torch.from_numpy(prompts[i : i + spec["batch"]]).long().to(device) for i in range(0, len(prompts), spec["batch"])]
 
@@ -315,16 +327,21 @@ def startup_phases(spec: dict) -> dict[str, Any]:
 
 
 def gemm(spec: dict) -> dict[str, Any]:
-    """Best fp32 GEMM rate (GFLOP/s) of one library over the model's own matrix shapes."""
+    """Best GEMM rate (GFLOP/s) of one library over the given shapes: float32 with full-precision
+    products by default; ``spec["dtype"]`` "bfloat16", or ``spec["precision"]`` "default" (TF32 on
+    NVIDIA GPUs) for the other rates jaxdiag's precisions run at."""
     shapes = [tuple(s) for s in spec["shapes"]]
     repeats = spec.get("repeats", 10)
+    dtype_name, precision = spec.get("dtype", "float32"), spec.get("precision", "highest")
     rates = {}
     rng = np.random.default_rng(0)
     if spec["library"] == "torch":
         torch, device = _torch_setup(spec)
+        torch.backends.cuda.matmul.allow_tf32 = precision == "default"
+        dtype = getattr(torch, dtype_name)
         for m, k, n in shapes:
-            a = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32)).to(device)
-            b = torch.from_numpy(rng.standard_normal((k, n), dtype=np.float32)).to(device)
+            a = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32)).to(device, dtype)
+            b = torch.from_numpy(rng.standard_normal((k, n), dtype=np.float32)).to(device, dtype)
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
             def once():
@@ -337,13 +354,15 @@ def gemm(spec: dict) -> dict[str, Any]:
         import jax
         import jax.numpy as jnp
 
+        lax_precision = jax.lax.Precision.HIGHEST if precision == "highest" else jax.lax.Precision.DEFAULT
         for m, k, n in shapes:
-            a = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
-            b = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
-            f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+            a = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32), dtype=dtype_name)
+            b = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32), dtype=dtype_name)
+            f = jax.jit(lambda x, y: jnp.dot(x, y, precision=lax_precision))
             f(a, b).block_until_ready()
             rates[f"{m}x{k}x{n}"] = 2 * m * k * n / min(best_of(lambda: f(a, b).block_until_ready(), repeats)) / 1e9
-    return {"gflops": {k: round(v, 1) for k, v in rates.items()}, "best_gflops": round(max(rates.values()), 1)}
+    return {"gflops": {k: round(v, 1) for k, v in rates.items()}, "best_gflops": round(max(rates.values()), 1),
+            "dtype": dtype_name, "precision": precision}
 
 
 # --------------------------------------------------------------------------- setup and environment
@@ -425,12 +444,15 @@ def probe(spec: dict) -> dict[str, Any]:
     out: dict[str, Any] = {
         "jax": jax.__version__, "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+        # the backend's own version line: the CUDA and cuDNN versions on a GPU
+        "platform_version": getattr(jax.devices()[0].client, "platform_version", None),
     }
     try:
         import torch
 
         out["torch"] = torch.__version__
         out["torch_cuda"] = bool(torch.cuda.is_available())
+        out["torch_cuda_version"] = torch.version.cuda
         out["torch_threads"] = torch.get_num_threads()
     except ImportError:
         out["torch"] = None
@@ -452,9 +474,41 @@ KINDS = {
 }
 
 
+def kinds_of(spec: dict) -> dict[str, Any]:
+    """The worker kinds a spec can name: this module's, or those of ``spec["module"]`` (its ``KINDS``)."""
+    return importlib.import_module(spec["module"]).KINDS if spec.get("module") else KINDS
+
+
+def points(spec: dict) -> dict[str, Any]:
+    """Several measurements in one process, in order, each appended to ``spec["log"]`` (JSON lines) as it
+    ends, so a caller that kills this process at its time box still has every finished point. A point
+    that would start after ``spec["deadline_s"]`` seconds is logged as skipped; one that raises is
+    logged with its error and the next one runs."""
+    start = time.perf_counter()
+    kinds = kinds_of(spec)
+    done = 0
+    with open(spec["log"], "a") as log:
+        for point in spec["points"]:
+            if time.perf_counter() - start > spec.get("deadline_s", float("inf")):
+                result: dict[str, Any] = {"skipped": "time box"}
+            else:
+                try:
+                    result = kinds[point["kind"]](point)
+                    done += 1
+                except Exception as error:  # noqa: BLE001 (one failed point must not lose the others)
+                    result = {"error": f"{type(error).__name__}: {error}"[:500]}
+            result.pop("values", None)
+            log.write(json.dumps({"point": point, "result": result}) + "\n")
+            log.flush()
+    return {"points_done": done, "seconds": round(time.perf_counter() - start, 2)}
+
+
+KINDS["points"] = points
+
+
 def main(argv: list[str]) -> None:
     spec = json.loads(argv[0])
-    result = KINDS[spec["kind"]](spec)
+    result = kinds_of(spec)[spec["kind"]](spec)
     print("RESULT " + json.dumps(result), flush=True)
 
 

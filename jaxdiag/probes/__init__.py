@@ -16,13 +16,14 @@ compose with it directly, with no mutable module state to thread through ``nnx.v
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxdiag.probes.diagnostics import attention_diagnostics
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.schema import DIAGNOSTIC_ATTRS, TAXONOMY_ATTRS
 from jaxdiag.probes.streaming import RowStats, stats_diagnostics, stats_taxonomy
 from jaxdiag.probes.taxonomy import taxonomy_scores
 
@@ -51,12 +52,16 @@ class AttentionView:
 @dataclasses.dataclass(frozen=True)
 class Probe:
     """A named per-layer reduction. ``streams``: it can read a streaming view (``scores is None``);
-    ``reads_outputs``: it reads ``head_out``, so the model computes every layer's output in full."""
+    ``reads_outputs``: it reads ``head_out``, so the model computes every layer's output in full.
+    ``attrs``: the per-head store variables it gives, name -> (long_name, units), in store order;
+    a sweep stores exactly these (the store's schema is built from its probes' ``attrs``), and a
+    probe without them (patterns, head outputs) is for direct calls only."""
 
     name: str
     read: Callable[[AttentionView], dict[str, jax.Array]]
     streams: bool = False
     reads_outputs: bool = False
+    attrs: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def _diagnostics(view: AttentionView) -> dict[str, jax.Array]:
@@ -86,9 +91,9 @@ def _needs_pattern(view: AttentionView, name: str) -> AttentionView:
 
 
 # The seven attention diagnostics of jaxdiag.probes.diagnostics, [b, h, r] per layer.
-DIAGNOSTICS_PROBE = Probe("diagnostics", _diagnostics, streams=True)
+DIAGNOSTICS_PROBE = Probe("diagnostics", _diagnostics, streams=True, attrs=DIAGNOSTIC_ATTRS)
 # The five head-taxonomy scores of jaxdiag.probes.taxonomy (previous-token, self, duplicate, induction, log_z).
-TAXONOMY_PROBE = Probe("taxonomy", _taxonomy, streams=True)
+TAXONOMY_PROBE = Probe("taxonomy", _taxonomy, streams=True, attrs=TAXONOMY_ATTRS)
 # The attention weights of the probed rows, [b, h, r, k] per layer: for tests and small inputs.
 ATTENTION_PROBE = Probe("attention", _pattern)
 # Every head's output at every position, [b, s, h, d_head] per layer (mean- and patch-ablation sources).
@@ -111,3 +116,14 @@ def stack_layers(per_layer: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     if not per_layer:
         return {}
     return {name: jnp.stack([values[name] for values in per_layer], axis=1) for name in per_layer[0]}
+
+
+def stored_variables(probes: Sequence[Probe]) -> dict[str, tuple[str, str]]:
+    """The per-head variables a sweep with ``probes`` stores, name -> (long_name, units), in store order."""
+    out: dict[str, tuple[str, str]] = {}
+    for probe in probes:
+        for name, attrs in probe.attrs.items():
+            if name in out:
+                raise JaxdiagError(f"probe {probe.name!r} gives {name!r}, which another probe already gives")
+            out[name] = attrs
+    return out

@@ -32,23 +32,23 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from jaxdiag.sweep.steps import head_sums_step, reference_means, sweep_step
+from jaxdiag.probes import Probe, stored_variables
+from jaxdiag.sweep.steps import effect_heads_per_step, head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.sweep.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.sweep.runconfig import RunConfig
-from jaxdiag.sweep.runner import DeviceRunner, Unit, make_units, scatter
+from jaxdiag.sweep.runner import DeviceRunner, Progress, Unit, make_units, scatter
 from jaxdiag.schema import edit_of
 from jaxdiag.sweep.store import (
     SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, create_store, default_chunk_size, done_chunks, finalise,
     Column, prompt_columns, read_attrs, utc_now, write_chunk,
 )
 
-EFFECT_STEP_BYTES = 256 * 2**20
 WRITE_QUEUE_CHUNKS = 4  # finished chunks in memory waiting for (or in) their write
 # Fault injection for the kill-and-resume test: seconds to wait after a chunk's data is written
 # and before its done marker is, widening the window a SIGKILL must survive.
@@ -182,10 +182,6 @@ def _check_pair(pair: str, members: list[tuple[str, tuple[int, ...]]]) -> None:
         raise JaxdiagError(f"pair {pair!r}: the prompts have {len(a)} and {len(b)} tokens; a patch needs equal lengths")
 
 
-class Progress(Protocol):
-    def update(self, n: int) -> object: ...
-
-
 class RowKey(NamedTuple):
     """The key naming a prompt in a unit: its chunk and its row there, so each result carries its owner."""
 
@@ -216,7 +212,8 @@ class Chunk:
         units = make_units(rows, batch_size=batch_size, limit=limit)
         if plan is not None:
             for unit in units:
-                unit.inputs = task_inputs(unit, [self.prompts[key.row] for key in unit.keys], plan)
+                unit.inputs = task_inputs(unit, [self.prompts[key.row] for key in unit.keys],
+                                          plan.partner_tokens if plan.pairs is not None else None)
         self.units_left = len(units)
         return units
 
@@ -229,20 +226,22 @@ class Chunk:
     def columns(self, layout: Layout) -> dict[str, Column]:
         """The chunk's region of the store: the store's schema for these prompts."""
         return prompt_columns(self.prompts, self.values, query=layout.query, width=layout.max_len,
-                              metadata=layout.metadata, paired=layout.paired)
+                              metadata=layout.metadata, paired=layout.paired, variables=layout.variables)
 
 
-def task_inputs(unit: Unit, prompts: list[Prompt], plan: Plan) -> dict[str, np.ndarray]:
-    """A unit's ``target``/``foil`` ids (-1: none) and, for patch effects, its rows' partners' tokens."""
+def task_inputs(unit: Unit, prompts: list[Prompt],
+                partner_tokens: Callable[[Prompt], tuple[int, ...]] | None) -> dict[str, np.ndarray]:
+    """A unit's ``target``/``foil`` ids (-1: none) and, with ``partner_tokens`` (patch effects), its
+    rows' partners' tokens."""
     batch = unit.tokens.shape[0]
     target, foil = np.full(batch, -1, np.int32), np.full(batch, -1, np.int32)
     for row, prompt in enumerate(prompts):
         target[row], foil[row] = prompt.target, prompt.foil
     inputs = {"target": target, "foil": foil}
-    if plan.pairs is not None:
+    if partner_tokens is not None:
         partner = unit.tokens.copy()  # dummy rows patch themselves
         for row, prompt in enumerate(prompts):
-            partner[row, : len(prompt.tokens)] = plan.partner_tokens(prompt)
+            partner[row, : len(prompt.tokens)] = partner_tokens(prompt)
         inputs["partner"] = partner
     return inputs
 
@@ -306,15 +305,22 @@ def stored_prompts(path: StoreLike, layout: Layout) -> int:
     return sum(stop - start for start, stop in (layout.chunk_range(*cid) for cid in done & set(layout.chunk_ids())))
 
 
-def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.ndarray | None):
+def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.ndarray | None,
+                  probes: tuple[Probe, ...]):
     """The step builder of a run with effects (None: the runner's diagnostics step)."""
     if not config.effects:
         return None
-    # Heads of a layer run together, as many as keep one edited run's activations near 256 MiB.
-    per_head = 8 * 4 * config.batch_size * plan.max_len * model_config.n_embd
-    heads_per_step = max(1, min(model_config.n_head, EFFECT_STEP_BYTES // per_head))
+    heads_per_step = effect_heads_per_step(config.batch_size, plan.max_len, model_config)
     return lambda graphdef: sweep_step(graphdef, config.query, config.effects, head_mean=head_mean,
-                                       heads_per_step=heads_per_step)
+                                       heads_per_step=heads_per_step, probes=probes)
+
+
+def sweep_probes(config: RunConfig) -> tuple[Probe, ...]:
+    """The built-in probes, then the run config's own (``probes = ["module:function"]``)."""
+    from jaxdiag.probes.custom import resolve_probe
+    from jaxdiag.sweep.runner import SWEEP_PROBES
+
+    return SWEEP_PROBES + tuple(resolve_probe(spec, "run config") for spec in config.probes)
 
 
 def _progress(total: int, quiet: bool, description: str):
@@ -377,8 +383,9 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     chunk_size = config.chunk_size or default_chunk_size(model_config.n_layer, model_config.n_head, plan.max_len,
                                                          config.query, config.batch_size)
     config = dataclasses.replace(config, chunk_size=chunk_size)
+    probes = sweep_probes(config)
     layout = Layout(plan.conditions, plan.counts, model_config.n_layer, model_config.n_head, plan.max_len,
-                    config.query, chunk_size, plan.metadata, config.effects, plan.paired)
+                    config.query, chunk_size, plan.metadata, config.effects, plan.paired, stored_variables(probes))
     identity = {"config": config.to_json(), "weights_sha256": checkpoint.weights_sha256,
                 "prompts_sha256": plan.digest}
 
@@ -431,7 +438,8 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
             units = (unit for chunk in chunks
                      for unit in chunk.units(batch_size=config.batch_size, limit=model_config.n_positions,
                                              plan=task_plan))
-            runner = DeviceRunner(model, config.query, make_step=_effects_step(config, model_config, plan, head_mean))
+            runner = DeviceRunner(model, config.query, probes=probes,
+                                  make_step=_effects_step(config, model_config, plan, head_mean, probes))
             write_chunks(finished_chunks(runner.run(units)), path, layout, progress)
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as the CLI raises it: the writes in flight are flushed
         raise Interrupted(f"interrupted: {stored_prompts(path, layout)} of {total} prompts are stored in {path}; "

@@ -8,6 +8,7 @@
     seed = 0
     circuit = "ioi23"               # for `jaxdiag report`: ioi23 | ioi26 | a circuit file
     conditions = ["ioi", "non_ioi"] # the report's a / b
+    # probes = ["my_probes:first_attn"]  # user probes (jaxdiag.probe), stored beside the built-ins
 
     [prompts]
     source = "ioi"                  # ioi-blog | ioi | jsonl | induction
@@ -82,6 +83,7 @@ class RunConfig:
     conditions: tuple[str, ...] | None = None
     effects: tuple[str, ...] = ()  # causal-effect kinds (EFFECT_KINDS) to compute beside the diagnostics
     effects_reference: str | None = None  # condition whose mean head outputs "mean" uses; None: the second
+    probes: tuple[str, ...] = ()  # user probes, "module:function" (jaxdiag.probes.custom), stored beside the built-ins
 
     def to_dict(self) -> dict[str, Any]:
         """The config as recorded in a store's ``config`` attribute (and compared on --resume)."""
@@ -93,6 +95,10 @@ class RunConfig:
             out["effects"] = list(self.effects)
         else:
             del out["effects"], out["effects_reference"]
+        if self.probes:
+            out["probes"] = list(self.probes)
+        else:  # absent without user probes, as earlier versions recorded it
+            del out["probes"]
         return out
 
     def reference_condition(self, found: Sequence[str]) -> str | None:
@@ -244,6 +250,7 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
     model = raw["model"]
     if model.startswith(BUILTIN) and model not in builtin_models():
         raise JaxdiagError(f"{source}: no built-in model {model!r} (available: {', '.join(builtin_models()) or 'none'})")
+    probes = _check_probes(raw.get("probes", []), source, base)
     conditions = raw.get("conditions")
     if conditions is not None:
         if (not isinstance(conditions, list) or len(conditions) != 2
@@ -266,7 +273,22 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
         conditions=conditions,
         effects=effects,
         effects_reference=raw.get("effects_reference") if effects else None,
+        probes=probes,
     )
+
+
+def _check_probes(value: Any, source: str, base: Path) -> tuple[str, ...]:
+    """``probes = ["module:function", ...]``: each imported now (a module beside the config file is
+    found), so a bad name fails before any model is loaded."""
+    if not isinstance(value, list) or not all(isinstance(spec, str) for spec in value):
+        raise JaxdiagError(f"{source}: probes must be a list of \"module:function\" names")
+    if value:
+        from jaxdiag.probes import stored_variables
+        from jaxdiag.probes.custom import resolve_probe
+        from jaxdiag.sweep.runner import SWEEP_PROBES
+
+        stored_variables(SWEEP_PROBES + tuple(resolve_probe(spec, source, base) for spec in value))
+    return tuple(value)
 
 
 def _resolve_circuit(value: Any, source: str, base: Path, effects: tuple[str, ...] = ()) -> str | dict | None:

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Callable, Hashable, Iterable, Iterator, Protocol, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdiag.schema import HEAD_VARIABLES
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import AttentionImpl, Family
-from jaxdiag.probes import DIAGNOSTICS_PROBE, TAXONOMY_PROBE, Probe
+from jaxdiag.probes import DIAGNOSTICS_PROBE, TAXONOMY_PROBE, Probe, stored_variables
 from jaxdiag.schema import QueryMode
+from jaxdiag.sweep.store import default_chunk_size
 
 
 # What a sweep stores per head and probed row: the seven diagnostics and the five taxonomy scores.
@@ -97,6 +97,14 @@ def make_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: i
     return units
 
 
+def chunked_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size: int, chunk_size: int,
+                  limit: int) -> list[Unit]:
+    """The units a sweep makes of one condition's prompts: :func:`make_units` of each run of
+    ``chunk_size`` prompts (one store chunk), so the same prompts meet the same compiled shapes."""
+    return [unit for start in range(0, len(items), chunk_size)
+            for unit in make_units(items[start:start + chunk_size], batch_size=batch_size, limit=limit)]
+
+
 def probe_values(model: Family, tokens: jax.Array, lengths: jax.Array, query: QueryMode,
                  probes: tuple[Probe, ...] = SWEEP_PROBES, attention: AttentionImpl = "auto") -> dict[str, jax.Array]:
     """``probes``' values ``{name: [b, layer, head(, seq)]}``; for ``query="last"`` the one row is squeezed away."""
@@ -118,15 +126,16 @@ class DeviceRunner:
     """Runs units on all local devices with a bounded number in flight; results come back in order."""
 
     def __init__(self, model: Family, query: QueryMode, *, make_step: Callable | None = None,
-                 devices: Sequence[jax.Device] | None = None, in_flight_per_device: int = 2):
+                 devices: Sequence[jax.Device] | None = None, in_flight_per_device: int = 2,
+                 probes: tuple[Probe, ...] = SWEEP_PROBES):
         """``make_step(graphdef)`` builds the jitted ``step(state, tokens, lengths, **unit.inputs) -> {name: [b, ...]}``
-        (default: :func:`diagnostics_step`)."""
+        (default: :func:`diagnostics_step` of ``probes``)."""
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.mesh = Mesh(np.array(self.devices), ("data",))
         graphdef, state = nnx.split(model)
         replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
         self._replicas = [_replica(replicated, d) for d in self.devices]
-        self._step = make_step(graphdef) if make_step is not None else diagnostics_step(graphdef, query)
+        self._step = make_step(graphdef) if make_step is not None else diagnostics_step(graphdef, query, probes)
         self.max_in_flight = in_flight_per_device * len(self.devices)
 
     def run(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, dict[str, np.ndarray]]]:
@@ -162,18 +171,31 @@ def run_diagnostics(
     *,
     query: QueryMode = "last",
     batch_size: int = 32,
+    chunk_size: int | None = None,
+    probes: tuple[Probe, ...] = SWEEP_PROBES,
+    progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
-    """Diagnostics for every sequence: ``[n, layer, head]`` (``last``) or ``[n, layer, head, max_len]`` (``all``)."""
+    """The probes' per-head variables for every sequence: ``[n, layer, head]`` (``last``) or
+    ``[n, layer, head, max_len]`` (``all``), batched as a sweep batches one condition of these
+    prompts (``chunk_size`` None: the sweep's default), so the values equal its store's bit for bit."""
     config = model.config
     check_tokens(token_lists, vocab_size=config.vocab_size, n_positions=config.n_positions)
     n = len(token_lists)
     max_len = max(len(t) for t in token_lists)
     shape = (n, config.n_layer, config.n_head) + ((max_len,) if query == "all" else ())
-    out = {name: np.full(shape, np.nan, dtype=np.float32) for name in HEAD_VARIABLES}
-    units = make_units(list(enumerate(token_lists)), batch_size=batch_size, limit=config.n_positions)
-    for unit, result in DeviceRunner(model, query).run(units):
+    out = {name: np.full(shape, np.nan, dtype=np.float32) for name in stored_variables(probes)}
+    chunk_size = chunk_size or default_chunk_size(config.n_layer, config.n_head, max_len, query, batch_size)
+    units = chunked_units(list(enumerate(token_lists)), batch_size=batch_size, chunk_size=chunk_size,
+                          limit=config.n_positions)
+    for unit, result in DeviceRunner(model, query, probes=probes).run(units):
         scatter(out, unit.keys, result)
+        if progress is not None:
+            progress.update(len(unit.keys))
     return out
+
+
+class Progress(Protocol):
+    def update(self, n: int) -> object: ...
 
 
 def scatter(out: dict[str, np.ndarray], rows: Sequence[int], result: dict[str, np.ndarray]) -> None:

@@ -11,11 +11,22 @@ from flax import nnx
 
 from jaxdiag.causal.effects import attribution_effects, edit_replacement, head_effects, head_output_sums, task_readout
 from jaxdiag.schema import EXACT_KINDS, QueryMode, edit_of
-from jaxdiag.sweep.runner import Unit, diagnostics_step
+from jaxdiag.probes import Probe
+from jaxdiag.sweep.runner import SWEEP_PROBES, Unit, diagnostics_step
+
+
+# Heads of a layer run together, as many as keep one edited run's activations near this many bytes.
+EFFECT_STEP_BYTES = 256 * 2**20
+
+
+def effect_heads_per_step(batch_size: int, max_len: int, config) -> int:
+    """How many heads of a layer one edited run takes at once (``heads_per_step`` of :func:`sweep_step`)."""
+    per_head = 8 * 4 * batch_size * max_len * config.n_embd
+    return max(1, min(config.n_head, EFFECT_STEP_BYTES // per_head))
 
 
 def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
-               heads_per_step: int | None = None):
+               heads_per_step: int | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES):
     """A sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
 
     ``step(state, tokens, lengths, target, foil[, partner])`` -> ``{name: [b, ...]}``; ``partner``
@@ -29,7 +40,7 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     exact = [kind for kind in kinds if kind in EXACT_KINDS]
     attribution = [kind for kind in kinds if kind not in EXACT_KINDS]
 
-    diagnose = diagnostics_step(graphdef, query)
+    diagnose = diagnostics_step(graphdef, query, probes)
 
     @jax.jit
     def effects(state, tokens, lengths, target, foil, partner):

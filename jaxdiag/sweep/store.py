@@ -88,6 +88,9 @@ class Layout:
     metadata: dict[str, str]  # per-prompt metadata coordinate -> "str" | "float"
     effects: tuple[str, ...] = ()  # causal-effect kinds: adds metric, effect_<kind> and the task coordinates
     paired: bool = False  # some prompts name a pair partner: the ``pair`` coordinate (paired statistics)
+    # the per-head variables, name -> (long_name, units): the sweep's probes' attrs
+    # (jaxdiag.probes.stored_variables); the built-in probes give schema.HEAD_VARIABLE_ATTRS
+    variables: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=lambda: dict(HEAD_VARIABLE_ATTRS))
 
     @property
     def n_prompts(self) -> int:
@@ -106,7 +109,7 @@ class Layout:
 
     def value_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every per-prompt variable a chunk computes, with its shape for one prompt."""
-        shapes = dict.fromkeys(HEAD_VARIABLE_ATTRS, self.diagnostic_shape())
+        shapes = dict.fromkeys(self.variables, self.diagnostic_shape())
         if self.effects:
             shapes["metric"] = ()
             shapes.update({f"effect_{kind}": (self.n_layers, self.n_heads) for kind in self.effects})
@@ -160,11 +163,12 @@ class Column:
 
 def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], *, query: QueryMode,
                    width: int | None = None, metadata: Mapping[str, str] | None = None,
-                   paired: bool = False) -> dict[str, Column]:
+                   paired: bool = False, variables: Mapping[str, tuple[str, str]] = HEAD_VARIABLE_ATTRS,
+                   ) -> dict[str, Column]:
     """The per-prompt arrays of ``prompts``: data variables in store order, then coordinates.
 
-    ``values`` maps every diagnostic to ``[n, layer, head(, query)]`` float32 (used as given, not
-    copied), and, in a run with effects, ``metric`` to ``[n]`` and each ``effect_<kind>`` to
+    ``values`` maps every per-head variable of ``variables`` (name -> (long_name, units): the
+    probes' attrs) to ``[n, layer, head(, query)]`` float32 (used as given, not copied), and, in a run with effects, ``metric`` to ``[n]`` and each ``effect_<kind>`` to
     ``[n, layer, head]`` (then the task coordinates ``target``, ``foil``, ``pair`` come too; ``pair``
     alone with ``paired``, for the report's paired statistics);
     ``tokens`` is -1-padded to ``width`` (default: the longest prompt); ``metadata`` names the
@@ -174,8 +178,10 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
     n = len(prompts)
     width = max(len(p.tokens) for p in prompts) if width is None else width
     dims = ("prompt", "layer", "head") + (("query",) if query == "all" else ())
-    columns = {name: Column(dims, values[name], {"long_name": long_name, "units": units, "scores": SCORES_NOTE}, True)
-               for name, (long_name, units) in HEAD_VARIABLE_ATTRS.items()}
+    # the built-in head variables say which scores they read (soft-capped ones included); user probes say their own
+    scores = lambda name: {"scores": SCORES_NOTE} if name in HEAD_VARIABLE_ATTRS else {}
+    columns = {name: Column(dims, values[name], {"long_name": long_name, "units": units, **scores(name)}, True)
+               for name, (long_name, units) in variables.items()}
     for name in values:
         if name in TASK_ATTRS:
             long_name, units = TASK_ATTRS[name]
@@ -214,12 +220,14 @@ def index_coordinates(shape: tuple[int, ...], query: QueryMode, start: int, n: i
 
 def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], *, query: QueryMode,
                     width: int | None = None, metadata: Mapping[str, str] | None = None,
-                    start: int = 0, paired: bool = False) -> xr.Dataset:
+                    start: int = 0, paired: bool = False,
+                    variables: Mapping[str, tuple[str, str]] = HEAD_VARIABLE_ATTRS) -> xr.Dataset:
     """Diagnostics of ``prompts`` with their per-prompt coordinates as a Dataset: dims ``prompt, layer,
     head[, query]``, ``prompt`` counting from ``start`` (:func:`prompt_columns` says what is in it)."""
     import xarray as xr
 
-    columns = prompt_columns(prompts, values, query=query, width=width, metadata=metadata, paired=paired)
+    columns = prompt_columns(prompts, values, query=query, width=width, metadata=metadata, paired=paired,
+                             variables=variables)
     first = next(iter(values.values()))
     coords: dict[str, Any] = index_coordinates(first.shape[1:], query, start, len(prompts))
     coords.update({name: (c.dims, c.values) for name, c in columns.items() if not c.data})
@@ -242,6 +250,11 @@ def _as_text(value) -> str:
 def _zarr_dtype(values: np.ndarray) -> Any:
     """Zarr's dtype for ``values``: ``str`` (variable-length UTF-8) for text, as xarray stores it."""
     return str if values.dtype.kind == "U" else values.dtype
+
+
+HEAD_MEAN_ATTRS = {"long_name": "each head's output (before c_proj) averaged over every real position of the "
+                                "reference condition's prompts: what mean-ablation puts in its place",
+                   "units": "activation"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +281,7 @@ def store_template(layout: Layout, attrs: Mapping[str, Any], *,
     """
     values = {name: np.full((1, *shape), np.nan, np.float32) for name, shape in layout.value_shapes().items()}
     empty = prompt_columns([Prompt("", ())], values, query=layout.query, width=layout.max_len,
-                           metadata=layout.metadata, paired=layout.paired)
+                           metadata=layout.metadata, paired=layout.paired, variables=layout.variables)
     coordinates = layout.coordinates()
     n_conditions, n = len(layout.conditions), layout.n_prompts
     arrays: dict[str, ArraySpec] = {}
@@ -287,10 +300,7 @@ def store_template(layout: Layout, attrs: Mapping[str, Any], *,
     if head_mean is not None:
         head_mean = np.asarray(head_mean, np.float32)
         arrays["head_mean"] = ArraySpec(("layer", "head", "d_head"), head_mean.shape, head_mean.shape, np.float32,
-                                        float("nan"), {
-            "long_name": "each head's output (before c_proj) averaged over every real position of the "
-                         "reference condition's prompts: what mean-ablation puts in its place", "units": "activation"},
-                                        head_mean)
+                                        float("nan"), dict(HEAD_MEAN_ATTRS), head_mean)
     # the root "coordinates" attribute makes xarray treat per-prompt arrays (tokens has no data
     # variable sharing its position dimension) as coordinates, not data variables
     return {**attrs, "coordinates": coordinates}, arrays
