@@ -20,9 +20,10 @@ from analysis._util import quiet
 from analysis.circuit_tests import benjamini_hochberg
 from analysis.effects import EffectSample
 from analysis.labels import like
-from analysis.resampling import bootstrap_counts, finite_mask, weighted_means
+from analysis.resampling import bootstrap_counts
 from analysis.results import ConfidenceInterval, CorrelationResult, MeanEffectResult
-from analysis.shifts import mean_interval, percentile_interval
+from analysis.shifts import percentile_interval, shift_units, weighted_mean
+from analysis.units import Units, unit_moments
 
 Head = tuple[int, int]
 TEST = "one-sample t-test of each head's per-prompt effects against 0 (scipy.stats.ttest_1samp, two-sided)"
@@ -41,15 +42,15 @@ class CircuitRule:
                 f"{self.fraction:g} x the largest |mean effect|")
 
 
-def effect_test(values: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """(mean, t, two-sided p) per head of the per-prompt effects (prompt on the first dim), NaN skipped."""
-    heads = values.isel({values.dims[0]: 0}, drop=True)
-    x = np.asarray(values, dtype=np.float64)
+def effect_test(u: Units) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, t, two-sided p) per column of the per-prompt effects' units, exactly from their totals:
+    scipy.stats.ttest_1samp's t = mean / (sd / sqrt(n)) and p from t with n - 1 df, per head over its finite
+    prompts."""
+    t = u.totals()
     with quiet():
-        mean = np.nanmean(x, axis=0)
-        res = stats.ttest_1samp(x, 0.0, axis=0, nan_policy="omit")
-    return like(heads, mean), like(heads, np.asarray(res.statistic, dtype=float)), \
-        like(heads, np.asarray(res.pvalue, dtype=float))
+        tstat = t["mean"] / np.sqrt(t["var"] / t["n"])
+        p = 2.0 * stats.t.sf(np.abs(tstat), t["n"] - 1.0)
+    return t["mean"], tstat, p
 
 
 def select_heads(mean: xr.DataArray, pvalue: xr.DataArray, rule: CircuitRule) -> list[Head]:
@@ -66,74 +67,54 @@ def select_heads(mean: xr.DataArray, pvalue: xr.DataArray, rule: CircuitRule) ->
 def causal_roles(sample: EffectSample, rule: CircuitRule) -> dict[str, tuple[Head, ...]]:
     """The causal circuit of one effect kind as roles by the sign of the mean effect (empty roles left out);
     needs no bootstrap, so it is the same whatever the seed."""
-    mean, _, pvalue = effect_test(sample.values)
-    heads = select_heads(mean, pvalue, rule)
-    roles = {SUPPORTS: tuple(h for h in heads if float(mean.sel(layer=h[0], head=h[1])) < 0),
-             OPPOSES: tuple(h for h in heads if float(mean.sel(layer=h[0], head=h[1])) > 0)}
+    values = sample.values
+    heads = values.isel({values.dims[0]: 0}, drop=True)
+    mean, _, pvalue = (like(heads, x.reshape(heads.shape)) for x in
+                       effect_test(unit_moments(np.asarray(values, dtype=np.float64).reshape(values.shape[0], -1), 1)))
+    chosen = select_heads(mean, pvalue, rule)
+    roles = {SUPPORTS: tuple(h for h in chosen if float(mean.sel(layer=h[0], head=h[1])) < 0),
+             OPPOSES: tuple(h for h in chosen if float(mean.sel(layer=h[0], head=h[1])) > 0)}
     return {role: members for role, members in roles.items() if members}
 
 
-def mean_effect(values: xr.DataArray, *, n_boot: int, rng: np.random.Generator,
+def mean_effect(u: Units, n_rows: int, heads: xr.DataArray, n_boot: int, rng: np.random.Generator,
                 confidence_level: float = 0.95) -> MeanEffectResult:
-    """Mean over prompts per head with a BCa interval (prompts resampled with replacement, one sample)
-    and the two-sided one-sample t-test against 0. values: (prompt, layer, head)."""
-    mean, t, pvalue = effect_test(values)
-    _, ci, se, boot = mean_interval(np.asarray(values, dtype=np.float64), n_boot, rng, confidence_level)
-    return MeanEffectResult(mean, ConfidenceInterval(like(mean, ci.low), like(mean, ci.high)), like(mean, se),
-                            like(mean, boot, ("resample",)), pvalue, t, int(values.shape[0]), "BCa",
-                            confidence_level)
+    """Mean over prompts per head of the effect sample's units with a BCa interval (units resampled with
+    replacement, one sample) and the two-sided one-sample t-test against 0 (effect_test)."""
+    _, tstat, p = effect_test(u)
+    r = shift_units(u, None, n_boot, rng, heads, confidence_level)
+    return MeanEffectResult(r.statistic, r.confidence_interval, r.standard_error, r.bootstrap_distribution,
+                            like(heads, p.reshape(heads.shape)), like(heads, tstat.reshape(heads.shape)), int(n_rows),
+                            "BCa", confidence_level)
 
 
-def joint_bootstrap(diagnostics: dict[str, tuple[np.ndarray, np.ndarray]], a: str, b: str, sample: EffectSample,
-                    n_boot: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Replicates [n_boot, *heads] of delta (a - b) of each diagnostic and of the sample's mean effect, from
-    ONE resample of prompts within each condition per replicate (see `joint_bootstrap_many`)."""
-    deltas, means = joint_bootstrap_many(diagnostics, a, b, sample, {sample.kind: np.asarray(sample.values)}, n_boot,
-                                         rng)
-    return deltas, means[sample.kind]
-
-
-def joint_bootstrap_many(diagnostics: dict[str, tuple[np.ndarray, np.ndarray]], a: str, b: str, sample: EffectSample,
-                         effects: Mapping[str, np.ndarray], n_boot: int,
-                         rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Replicates [n_boot, *heads] of delta (a - b) of each diagnostic and of the mean of each per-prompt
-    effect array, from ONE resample of prompts within each condition per replicate: an effect prompt of
-    condition a or b gets the draw count its diagnostics got, so every per-head quantity moves together.
-    The draws depend only on the prompt counts and rng, not on which quantities ride along.
-
-    diagnostics: var -> ([n_a, *heads], [n_b, *heads]) in the row order of analysis.store.condition_array.
-    effects: name -> [sample.n_prompts, *heads], rows in the sample's order (e.g. the sample's own values
-    and another kind's effects on the same prompts, analysis.effects.aligned_effects).
-    """
-    xa0 = next(iter(diagnostics.values()))[0]
-    heads = xa0.shape[1:]
-    sizes = {a: xa0.shape[0], b: next(iter(diagnostics.values()))[1].shape[0]}
-    rows = {c: np.flatnonzero(sample.condition == c) for c in sample.conditions}
-    # position of each effect row among the prompts its condition resamples: the diagnostics' rows for a
-    # and b, the target prompts alone for any other condition
-    position = {c: sample.index[r] if c in sizes else np.arange(r.size) for c, r in rows.items()}
-    sizes |= {c: r.size for c, r in rows.items() if c not in sizes}
-    flat = {v: tuple(np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1) for x in pair)
-            for v, pair in diagnostics.items()}
-    finite = {v: tuple(finite_mask(x) for x in pair) for v, pair in flat.items()}
-    # one matrix product per effect array (not one over their concatenation), so a quantity's replicates
-    # are bit for bit the same whatever else rides along
-    per_prompt = {k: np.asarray(x, dtype=np.float64).reshape(sample.n_prompts, -1) for k, x in effects.items()}
-    per_prompt_finite = {k: finite_mask(x) for k, x in per_prompt.items()}
+def joint_bootstrap(diagnostics: Mapping[str, tuple[Units, Units]], a: str, b: str, used: list[str],
+                    parts: Mapping[str, Mapping[str, Units]], n_boot: int, rng: np.random.Generator,
+                    shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Replicates [n_boot, *heads] of delta (a - b) of each diagnostic and of the mean of each effect, from ONE
+    multinomial draw over the units of each condition per replicate (a, b, then the effect sample's other
+    conditions `used`), so every per-head quantity moves together: an effect unit of a or b has the diagnostics'
+    unit boundaries (the same prompts), so it gets their draw count. The draws depend only on the unit counts and
+    rng, not on which quantities ride along; one matrix product per quantity (not one over their concatenation),
+    so a quantity's replicates are bit for bit the same whatever else rides along.
+    diagnostics: var -> (units of a, units of b); parts: effect name -> condition -> units."""
+    first = next(iter(diagnostics.values()))
+    sizes = {a: first[0].n_units, b: first[1].n_units}
+    sizes |= {c: parts[next(iter(parts))][c].n_units for c in used if c not in sizes}
+    pooled = {name: Units.concat([by[c] for c in used]) for name, by in parts.items()}
     draws = {c: bootstrap_counts(n, n_boot, rng) for c, n in sizes.items()}
     deltas: dict[str, list[np.ndarray]] = {v: [] for v in diagnostics}
-    means: dict[str, list[np.ndarray]] = {k: [] for k in effects}
+    means: dict[str, list[np.ndarray]] = {k: [] for k in parts}
     for chunk in zip(*draws.values()):
         counts = dict(zip(draws, chunk))
-        for v, (xa, xb) in flat.items():
-            fa, fb = finite[v]
-            deltas[v].append(weighted_means(counts[a], xa, fa) - weighted_means(counts[b], xb, fb))
-        weights = np.concatenate([counts[c][:, position[c]] for c in sample.conditions], axis=1)
-        for k, x in per_prompt.items():
-            means[k].append(weighted_means(weights, x, per_prompt_finite[k]))
-    shape = (n_boot, *heads)
-    return ({v: np.concatenate(d).reshape(shape) for v, d in deltas.items()},
-            {k: np.concatenate(m).reshape(shape) for k, m in means.items()})
+        for v, (ua, ub) in diagnostics.items():
+            deltas[v].append(weighted_mean(counts[a], ua) - weighted_mean(counts[b], ub))
+        weights = np.concatenate([counts[c] for c in used], axis=1)
+        for name, u in pooled.items():
+            means[name].append(weighted_mean(weights, u))
+    full = (n_boot, *shape)
+    return ({v: np.concatenate(d).reshape(full) for v, d in deltas.items()},
+            {k: np.concatenate(m).reshape(full) for k, m in means.items()})
 
 
 def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:

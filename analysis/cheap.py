@@ -6,23 +6,26 @@ magnitude: |mean AtP_K| (a signed first-order estimate of K), the mean of AtP*_K
 estimate of |K|; its absolute value changes nothing) and |delta var| of every diagnostic. Means of the
 effect estimates run over exactly the prompts K's mean runs over. Spearman of magnitude with
 |mean effect| gets a percentile interval from the same joint prompt bootstrap as the causal section
-(analysis.causal.joint_bootstrap_many, the same draws), and each method's top-k heads (k = the causal
+(analysis.causal.joint_bootstrap, the same draws), and each method's top-k heads (k = the causal
 circuit's size) are scored against the circuit.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import xarray as xr
 
 from analysis import causal as ca
-from analysis._util import quiet
-from analysis.effects import aligned_effects, cheap_family, cheap_kinds, effect_sample, effect_variable, exact_kinds
+from analysis.effects import cheap_family, cheap_kinds, effect_variable, exact_kinds
 from analysis.findings import CausalEffects, CheapVsExact, Comparison, MethodAgreement
 from analysis.labels import like
 from analysis.results import ShiftResult
+from analysis.units import Units
+
+if TYPE_CHECKING:
+    from analysis.streaming import Streamed
 
 Head = tuple[int, int]
 DIAGNOSTIC = "diagnostic"  # family of the methods that are a diagnostic's shift
@@ -59,23 +62,21 @@ def agreement(name: str, family: str, description: str, magnitude: xr.DataArray,
                            missed_heads(exact.circuit, nominated, exact.mean.statistic))
 
 
-def methods_against(ds: xr.Dataset, comparison: Comparison, exact: CausalEffects, shifts: dict[str, ShiftResult],
+def methods_against(ds: xr.Dataset, comparison: Comparison, streamed: Streamed, exact: CausalEffects,
+                    used: list[str], parts: Mapping[str, Mapping[str, Units]], shifts: dict[str, ShiftResult],
                     rng: np.random.Generator) -> CheapVsExact:
-    """Every cheap method against exact kind `exact.kind`. rng must be the causal section's joint-bootstrap
+    """Every cheap method against exact kind `exact.kind`, from the units of the exact kind and of its estimates
+    on the conditions `used` (parts: name -> condition -> units). rng must be the causal section's joint-bootstrap
     stream: the draws are then the same, so a diagnostic's interval here equals the one reported there."""
     c = comparison
-    sample = effect_sample(ds, exact.kind, prefer=c.a)
-    estimates = {kind: aligned_effects(ds, kind, sample) for kind in cheap_kinds(ds, exact.kind)}
-    diagnostics = {v: tuple(x.values for x in pair) for v, pair in c.values.items()}
-    boot_deltas, boot_means = ca.joint_bootstrap_many(
-        diagnostics, c.a, c.b, sample, {exact.kind: sample.values.values} | {k: x.values for k, x in estimates.items()},
-        c.n_boot, rng)
+    diagnostics = {v: (streamed.a[v], streamed.b[v]) for v in shifts}
+    boot_deltas, boot_means = ca.joint_bootstrap(diagnostics, c.a, c.b, used, parts, c.n_boot, rng, c.shape)
     boot_abs_effect = np.abs(boot_means[exact.kind])
     methods = {}
-    for kind, values in estimates.items():
+    for kind in cheap_kinds(ds, exact.kind):
         family, _ = cheap_family(kind)
-        with quiet():  # a head with no finite estimate stays NaN and is never ranked
-            mean = like(exact.mean.statistic, np.nanmean(values.values, axis=0))
+        # a head with no finite estimate stays NaN and is never ranked
+        mean = like(exact.mean.statistic, Units.concat(list(parts[kind].values())).centre().reshape(c.shape))
         description = str(ds[effect_variable(kind)].attrs.get("description", ""))
         methods[kind] = agreement(kind, family, description, abs(mean), np.abs(boot_means[kind]), exact,
                                   boot_abs_effect, signed=mean if family == "atp" else None)
@@ -87,13 +88,15 @@ def methods_against(ds: xr.Dataset, comparison: Comparison, exact: CausalEffects
     return CheapVsExact(exact.kind, len(exact.circuit), methods)
 
 
-def cheap_vs_exact(ds: xr.Dataset, comparison: Comparison, causal: dict[str, CausalEffects],
+def cheap_vs_exact(ds: xr.Dataset, comparison: Comparison, streamed: Streamed, causal: dict[str, CausalEffects],
+                   samples: Mapping[str, tuple[list[str], Mapping[str, Mapping[str, Units]]]],
                    shifts: dict[str, ShiftResult],
                    rng_of_kind: Callable[[], np.random.Generator]) -> dict[str, CheapVsExact]:
     """Every exact kind against its cheap methods, when the store holds at least one AtP or AtP* estimate
     of an exact kind it also holds (else {}: the diagnostics alone are the causal section's business).
+    samples: kind -> (conditions averaged over, name -> condition -> units of the kind and its estimates).
     rng_of_kind(): a fresh generator of the causal section's joint-bootstrap stream for each kind."""
     exact = [k for k in exact_kinds(ds) if k in causal]
     if not any(cheap_kinds(ds, k) for k in exact):
         return {}
-    return {k: methods_against(ds, comparison, causal[k], shifts, rng_of_kind()) for k in exact}
+    return {k: methods_against(ds, comparison, streamed, causal[k], *samples[k], shifts, rng_of_kind()) for k in exact}

@@ -14,7 +14,7 @@ from scipy import stats
 from analysis._util import quiet
 from analysis.errors import AnalysisError
 from analysis.labels import like
-from analysis.resampling import finite_mask, permutation_members, permutation_pvalue, random_subsets, weighted_means
+from analysis.resampling import permutation_pvalue, random_subsets
 from analysis.results import (ConfidenceInterval, CorrelationResult, MannWhitneyResult, PermutationResult,
                               StratifiedResult)
 
@@ -45,19 +45,6 @@ def u_statistics(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     ranks = stats.rankdata(values, axis=-1)
     k = int(mask.sum())
     return ranks[..., mask].sum(axis=-1) - k * (k + 1) / 2.0
-
-
-def permutation_deltas(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_perm, *heads] delta of means after shuffling condition labels across the pooled prompts."""
-    xa, xb = np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64)
-    heads = xa.shape[1:]
-    n_a, n_b = xa.shape[0], xb.shape[0]
-    pooled = np.concatenate([xa.reshape(n_a, -1), xb.reshape(n_b, -1)])
-    finite = finite_mask(pooled)
-    out = []
-    for members in permutation_members(n_a, n_b, n_perm, rng):
-        out.append(weighted_means(members, pooled, finite) - weighted_means(1.0 - members, pooled, finite))
-    return np.concatenate(out).reshape((n_perm, *heads))
 
 
 def circuit_permutation_test(delta: np.ndarray, null_deltas: np.ndarray, mask: np.ndarray) -> PermutationResult:

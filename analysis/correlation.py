@@ -1,5 +1,8 @@
 """Correlation structure: diagnostic-vs-diagnostic correlations across heads, and head x head
 correlation matrices across prompts (C_a, C_b, C_diff) with the posts' sigma band and a proper null.
+
+The cross-head engines work on analysis.units.CrossUnits (per-unit cross-product matrices over complete rows):
+units of one prompt in memory, blocks of prompts when streamed.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from scipy.spatial.distance import squareform
 from analysis._util import quiet
 from analysis.resampling import bootstrap_counts, permutation_members, permutation_pvalue
 from analysis.results import ConfidenceInterval, CorrelationResult, MaxNullResult
+from analysis.units import CrossUnits
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> CorrelationResult:
@@ -26,18 +30,6 @@ def pearson(x: np.ndarray, y: np.ndarray) -> CorrelationResult:
     ci = res.confidence_interval(0.95)
     return CorrelationResult(float(res.statistic), float(res.pvalue), ConfidenceInterval(float(ci.low), float(ci.high)),
                              int(x.size))
-
-
-def complete_rows(x: np.ndarray) -> np.ndarray:
-    """Prompts [n, k] finite on every head that has any finite value (all-NaN heads just give NaN rows)."""
-    finite = np.isfinite(x)
-    return x[finite[:, finite.any(axis=0)].all(axis=1)]
-
-
-def head_correlation(x: np.ndarray) -> np.ndarray:
-    """Pearson correlation over prompts between heads: x [n, k] -> [k, k]; constant heads give NaN."""
-    with quiet():
-        return np.corrcoef(complete_rows(x), rowvar=False)
 
 
 def sigma_band(c_diff: np.ndarray, circuit: np.ndarray) -> float:
@@ -76,33 +68,48 @@ def correlation_from_moments(total: np.ndarray, cross: np.ndarray, n: int) -> np
         return cov / (sd[..., :, None] * sd[..., None, :])
 
 
-def c_diff_max_null(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.Generator) -> MaxNullResult:
-    """Shuffle condition labels across pooled prompts and recompute C_a - C_b each time.
+def c_diff_max_null(xa: CrossUnits, xb: CrossUnits, observed: float, n_perm: int,
+                    rng: np.random.Generator) -> MaxNullResult:
+    """The family-wise null of max |C_diff|: whole units relabelled across the pooled units (prompts, for units of
+    one prompt) and C_a - C_b recomputed each time. The relabelled-a cross-product matrices of a chunk of
+    permutations are one matrix product, membership [c, units] times the units' cross-products [units, k*k]
+    (about the pooled mean: well conditioned); b's are the pooled ones minus a's."""
+    xa, xb = xa.nonempty(), xb.nonempty()
+    count = np.concatenate([xa.count, xb.count])
+    mean = np.concatenate([xa.mean, xb.mean])
+    m2 = None if xa.m2 is None else np.concatenate([xa.m2, xb.m2])
+    centre = (count[:, None] * mean).sum(axis=0) / count.sum()
+    d = mean - centre
+    k = d.shape[1]
+    sums = count[:, None] * d
 
-    The relabelled-a cross-product matrices of a chunk of permutations are one matrix product:
-    membership [c, N] times the prompts' outer products [N, k*k]; b's are the pooled ones minus a's.
-    """
-    xa, xb = complete_rows(xa), complete_rows(xb)
-    pooled = np.concatenate([xa, xb])
-    pooled = pooled - pooled.mean(axis=0)  # centring keeps the moment formulas well conditioned
-    n_a, n_b = xa.shape[0], xb.shape[0]
-    k = pooled.shape[1]
-    pooled_sum, pooled_cross = pooled.sum(axis=0), pooled.T @ pooled
-    observed = max_abs_offdiag(head_correlation(xa) - head_correlation(xb))
+    def cross(lo: int, hi: int) -> np.ndarray:  # units lo..hi's centred cross-products, [hi - lo, k*k]
+        outer = sums[lo:hi, :, None] * d[lo:hi, None, :]
+        return (outer if m2 is None else m2[lo:hi] + outer).reshape(-1, k * k)
+
+    g = count.size
+    # the [units, k*k] matrix once when it is small (always in the streamed report: at most 2 x GC_MAX units),
+    # else in blocks of CROSS_BLOCK_BYTES recomputed per chunk of permutations (the in-memory report's units of
+    # one prompt: 10^4 prompts x 144^2 heads would be 3.3 GB)
+    block = g if g * k * k * 8 <= CROSS_BLOCK_BYTES * 4 else max(1, CROSS_BLOCK_BYTES // (8 * k * k))
+    cached = cross(0, g) if block == g else None
+    total_n, total_sum = count.sum(), sums.sum(axis=0)
+    total_cross = cached.sum(axis=0) if cached is not None else sum(cross(s, s + block).sum(axis=0)
+                                                                     for s in range(0, g, block))
     iu = upper_pairs(k)
-    block = max(1, int(OUTER_BYTES // (8 * k * k)))  # prompts per block of outer products
-    cached = [_outer(pooled[s:s + block]) for s in range(0, pooled.shape[0], block)] \
-        if pooled.shape[0] * k * k * 8 <= OUTER_BYTES * 4 else None
     null = []
-    for members in permutation_members(n_a, n_b, n_perm, rng, chunk=64):
-        cross_a = np.zeros((members.shape[0], k * k))
-        for b, s in enumerate(range(0, pooled.shape[0], block)):
-            outer = cached[b] if cached is not None else _outer(pooled[s:s + block])
-            cross_a += members[:, s:s + block] @ outer
-        cross_a = cross_a.reshape(-1, k, k)
-        sum_a = members @ pooled
-        c_a = correlation_from_moments(sum_a, cross_a, n_a)
-        c_b = correlation_from_moments(pooled_sum - sum_a, pooled_cross - cross_a, n_b)
+    for members in permutation_members(xa.count.size, xb.count.size, n_perm, rng, chunk=64):
+        n_a = members @ count
+        if cached is not None:
+            cross_a = members @ cached
+        else:
+            cross_a = np.zeros((members.shape[0], k * k))
+            for s in range(0, g, block):
+                cross_a += members[:, s:s + block] @ cross(s, s + block)
+        sum_a = members @ sums
+        c_a = correlation_from_moments(sum_a, cross_a.reshape(-1, k, k), n_a[:, None, None])
+        c_b = correlation_from_moments(total_sum - sum_a, (total_cross - cross_a).reshape(-1, k, k),
+                                       (total_n - n_a)[:, None, None])
         with quiet():
             null.append(np.nanmax(np.abs((c_a - c_b)[:, iu[0], iu[1]]), axis=1))
     null = np.concatenate(null)
@@ -110,12 +117,7 @@ def c_diff_max_null(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.
                          int(null.size))
 
 
-OUTER_BYTES = 64 * 2**20
-
-
-def _outer(x: np.ndarray) -> np.ndarray:
-    """Row-wise outer products x_i x_i^T flattened: [n, k] -> [n, k*k]."""
-    return (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+CROSS_BLOCK_BYTES = 64 * 2**20
 
 
 def family_wise_p(values: np.ndarray, null: MaxNullResult) -> np.ndarray:
@@ -124,32 +126,50 @@ def family_wise_p(values: np.ndarray, null: MaxNullResult) -> np.ndarray:
     return permutation_pvalue(v, null.null_distribution.reshape((-1,) + (1,) * v.ndim))
 
 
-def bootstrap_c_diff(xa: np.ndarray, xb: np.ndarray, pairs: list[tuple[int, int]], n_boot: int,
+def bootstrap_c_diff(xa: CrossUnits, xb: CrossUnits, pairs: list[tuple[int, int]], n_boot: int,
                      rng: np.random.Generator, level: float = 0.95) -> np.ndarray:
-    """Percentile CIs [len(pairs), 2] of chosen C_diff entries, prompts resampled within each condition."""
+    """Percentile CIs [len(pairs), 2] of chosen C_diff entries, units resampled within each condition."""
     if not pairs:
         return np.zeros((0, 2))
-    xa, xb = complete_rows(xa), complete_rows(xb)
     i = np.array([p[0] for p in pairs])
     j = np.array([p[1] for p in pairs])
-    boot = weighted_pair_corr(xa, i, j, n_boot, rng) - weighted_pair_corr(xb, i, j, n_boot, rng)
+    boot = pair_correlations(xa.nonempty(), i, j, n_boot, rng) - pair_correlations(xb.nonempty(), i, j, n_boot, rng)
     alpha = (1 - level) / 2
     with quiet():
         return np.nanquantile(boot, [alpha, 1 - alpha], axis=0).T
 
 
-def weighted_pair_corr(x: np.ndarray, i: np.ndarray, j: np.ndarray, n_boot: int,
-                       rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, pairs] Pearson r of columns i vs j over bootstrap-resampled rows, via weighted moments."""
-    n = x.shape[0]
+def pair_correlations(x: CrossUnits, i: np.ndarray, j: np.ndarray, n_boot: int, rng: np.random.Generator
+                      ) -> np.ndarray:
+    """[n_boot, pairs] Pearson r of heads i vs j over bootstrap-resampled units, from weighted moments."""
+    si, sj = x.count * x.mean[:, i].T, x.count * x.mean[:, j].T  # [pairs, G] unit sums
+    sij = x.m2_at(i, j) + x.count * x.mean[:, i].T * x.mean[:, j].T
+    sii = x.m2_at(i, i) + x.count * x.mean[:, i].T ** 2
+    sjj = x.m2_at(j, j) + x.count * x.mean[:, j].T ** 2
     out = []
-    for w in bootstrap_counts(n, n_boot, rng):
-        mi, mj = w @ x[:, i] / n, w @ x[:, j] / n
-        cov = w @ (x[:, i] * x[:, j]) / n - mi * mj
-        vi, vj = w @ x[:, i] ** 2 / n - mi**2, w @ x[:, j] ** 2 / n - mj**2
+    for w in bootstrap_counts(x.count.size, n_boot, rng):
+        n = w @ x.count if x.size > 1 else float(x.count.sum())
+        n = n[:, None] if np.ndim(n) else n
+        mi, mj = w @ si.T / n, w @ sj.T / n
+        cov = w @ sij.T / n - mi * mj
+        vi, vj = w @ sii.T / n - mi**2, w @ sjj.T / n - mj**2
         with quiet():
             out.append(cov / np.sqrt(vi * vj))
     return np.concatenate(out)
+
+
+def pearson_from(r: float, n: int) -> CorrelationResult:
+    """scipy.stats.pearsonr's two-sided p and 95% Fisher-z interval from r and n."""
+    if n < 3 or not np.isfinite(r):
+        return CorrelationResult(np.nan, np.nan, ConfidenceInterval(np.nan, np.nan), int(n))
+    r = float(np.clip(r, -1.0, 1.0))
+    ab = n / 2 - 1
+    p = float(2 * stats.beta.sf(abs(r), ab, ab, loc=-1, scale=2))
+    with quiet():
+        z, se = np.arctanh(r), 1 / np.sqrt(n - 3)
+        zc = stats.norm.ppf(0.975)
+        low, high = float(np.tanh(z - zc * se)), float(np.tanh(z + zc * se))
+    return CorrelationResult(r, p, ConfidenceInterval(low, high), int(n))
 
 
 def head_linkage(c: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""The report object: everything one comparison of two conditions found, grouped by question.
+"""The report object: everything one comparison of two conditions found, one result per report section.
 
-`analysis.pipeline.run_analysis` builds an `Analysis`; summary.json (`analysis.summary.summary`),
-report.md (`analysis.markdown.markdown`) and the figures (`analysis.figures.write_figures`) are pure
-functions of it. Per-head arrays are (layer, head) DataArrays; head x head matrices are
+`analysis.pipeline.run_analysis` builds an `Analysis` from the sections of analysis.sections; summary.json
+(`analysis.summary.summary`), report.md (`analysis.markdown.markdown`) and the figures
+(`analysis.figures.write_figures`) are pure functions of it, each section's part written by its own module. Per-head arrays are (layer, head) DataArrays; head x head matrices are
 (unit, unit_2) DataArrays over the flat head axis of `analysis.labels`.
 """
 
@@ -34,11 +34,6 @@ FLAG_LEVEL = 0.05  # the diagnostics flag a head when its minimum-effect BH q <=
 MIN_EFFECT = {"kl_norm": 0.01, "chi": 0.01}
 MIN_EFFECT_FALLBACK = 0.01
 CURVE_N_PERM = 99  # label permutations per subsample in the prompt-count curve's permutation p-values
-# the report's figures in order; analysis.figures.FIGURES draws each (kept here so report.md can list
-# them without importing matplotlib)
-FIGURE_NAMES = ("fig1_one_head", "fig2_circuit_heads", "fig3_noncircuit_heads", "fig4_delta_distributions",
-                "fig5_correlation_matrices", "fig6_ca_vs_cb", "fig7_prompt_count", "fig8_c_diff_clustered",
-                "fig9_causal_effects", "fig10_cheap_vs_exact", "fig11_head_taxonomy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +52,7 @@ class Comparison:
     design: str = "independent"  # "paired" when row i of a's values and of b's values are one pair
     design_reason: str = ""  # why the design is what it is (from the store's `pair` coordinate)
     min_effect: dict[str, float] = dataclasses.field(default_factory=lambda: dict(MIN_EFFECT))  # TESTED var -> x
-    # streamed reports (analysis.scale): values hold a seeded subsample of the prompts (the prompt-count curve and
+    # streamed reports (analysis.pipeline.run_analysis_streamed): values hold a seeded subsample of the prompts (the prompt-count curve and
     # the figures' scatter clouds); counts are the store's prompt counts, head_means the exact per-head means
     # (var -> (mean a, mean b), (layer, head) arrays) and scale says what was streamed and what subsampled
     counts: dict[str, int] | None = None
@@ -219,22 +214,66 @@ class CheapVsExact:
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
-    """One comparison and everything found about it: the single input of every report output."""
+    """One comparison and the results of the report sections it ran (analysis.sections: NAME -> result): the single
+    input of every report output. The properties name the built-in sections' results."""
 
     comparison: Comparison
-    shifts: dict[str, ShiftResult]  # every variable: delta per head with BCa CI, (layer, head)
-    circuit_tests: dict[str, CircuitTests]  # the TESTED variables
-    correlations: dict[str, CorrelationResult]  # diagnostic-vs-diagnostic, across heads
-    cross_head: CrossHead
-    ablation: CorrelationResult | None  # Spearman of |delta kl_norm| with the circuit's ablation effects
-    curve: dict[str, list]  # significance vs prompt count (empty when not computed)
-    causal: dict[str, CausalEffects] = dataclasses.field(default_factory=dict)  # effect kind -> (none: no effects)
-    cheap: dict[str, CheapVsExact] = dataclasses.field(default_factory=dict)  # exact kind -> (none: no AtP/AtP*)
-    taxonomy: HeadTaxonomy | None = None  # per-head role scores and labels (None: a store without schema 2's
-    # taxonomy variables)
-    standardised: dict[str, StandardisedShiftResult] = dataclasses.field(default_factory=dict)  # every variable
-    independent_shifts: dict[str, ShiftResult] = dataclasses.field(default_factory=dict)  # paired design only:
-    # the TESTED variables' shifts analysed as if independent (same bootstrap settings), to show what pairing buys
+    sections: dict[str, Any]
+
+    @property
+    def shifts(self) -> dict[str, ShiftResult]:
+        """Every variable: delta per head with BCa CI, (layer, head)."""
+        return self.sections["shifts"]
+
+    @property
+    def standardised(self) -> dict[str, StandardisedShiftResult]:
+        """Every variable: delta_z, d and their intervals."""
+        return self.sections.get("standardised", {})
+
+    @property
+    def circuit_tests(self) -> dict[str, CircuitTests]:
+        """The TESTED variables."""
+        return self.sections["circuit_tests"]
+
+    @property
+    def independent_shifts(self) -> dict[str, ShiftResult]:
+        """Paired design only: the TESTED variables' shifts analysed as if independent (same bootstrap settings), to
+        show what pairing buys; {} otherwise."""
+        return self.sections.get("independent_shifts", {})
+
+    @property
+    def ablation(self) -> CorrelationResult | None:
+        """Spearman of |delta kl_norm| with the circuit's ablation effects (None without them)."""
+        return self.sections.get("circuit_heads")
+
+    @property
+    def correlations(self) -> dict[str, CorrelationResult]:
+        """Diagnostic-vs-diagnostic, across heads."""
+        return self.sections["correlations"]
+
+    @property
+    def cross_head(self) -> CrossHead:
+        return self.sections["cross_head"]
+
+    @property
+    def curve(self) -> dict[str, list]:
+        """Significance vs prompt count (empty when not computed)."""
+        return self.sections.get("prompt_curve", {})
+
+    @property
+    def causal(self) -> dict[str, CausalEffects]:
+        """Effect kind -> (empty: the store has no effects)."""
+        return self.sections.get("causal", {})
+
+    @property
+    def cheap(self) -> dict[str, CheapVsExact]:
+        """Exact kind -> (empty: no AtP/AtP* estimates)."""
+        return self.sections.get("cheap", {})
+
+    @property
+    def taxonomy(self) -> HeadTaxonomy | None:
+        """Per-head role scores and labels (None: a store without schema 2's taxonomy variables)."""
+        return self.sections.get("taxonomy")
 
     def ci_width_ratio(self, var: str) -> float:
         """Paired design: median over heads of (paired 95% CI width) / (independent 95% CI width); NaN otherwise."""
@@ -247,11 +286,3 @@ class Analysis:
 
     def delta(self, var: str) -> xr.DataArray:
         return self.shifts[var].statistic
-
-
-def figure_names(an: Analysis) -> list[str]:
-    """The figures drawn for this report, in order (fig7 needs the prompt-count curve, fig9 causal effects,
-    fig10 cheap estimates of them, fig11 the taxonomy variables)."""
-    needs = {"fig7_prompt_count": bool(an.curve), "fig9_causal_effects": bool(an.causal),
-             "fig10_cheap_vs_exact": bool(an.cheap), "fig11_head_taxonomy": an.taxonomy is not None}
-    return [name for name in FIGURE_NAMES if needs.get(name, True)]

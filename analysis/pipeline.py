@@ -1,5 +1,25 @@
-"""The whole comparison of two conditions on one store: `run_analysis` computes every statistic the
-report shows and returns one `analysis.findings.Analysis` (no files written).
+"""The whole comparison of two conditions on one store: every statistic the report shows, as one
+`analysis.findings.Analysis` (no files written), by one path at any scale.
+
+`run_analysis(ds, ...)` analyses a loaded store with units of one prompt (every bootstrap and permutation
+resamples single prompts); `run_analysis_streamed(path, ...)` streams the store's chunks in bounded memory with
+units of up to G_MAX (GC_MAX for the cross-head statistics) per condition -- single prompts again for stores up
+to that size, so both give the same numbers there. Both run `analyse`:
+
+1. Stream (analysis.streaming): both conditions' variables are reduced to per-unit sufficient statistics
+   (analysis.units: count, mean, M2, M3 per head; the cross-head cross-products of kl_norm; the kl-chi point
+   moments), with the rows of a seeded subsample of at most SAMPLE_MAX prompts per condition (all prompts in
+   memory) for the prompt-count curve and the figures' scatter clouds (stated in summary.json's `scale`).
+2. Point estimates (delta, SE, df, t, d, C_a, C_b, C_diff, head means, correlations) come exactly from the units'
+   moments; resampling runs on the units: the multinomial bootstrap over units with BCa intervals whose
+   acceleration is the prompt-level jackknife's, exactly from the second and third central moments; permutation
+   nulls are products of [n_perm, units] label matrices with the units' sums; the C_diff null from the units'
+   cross-product matrices.
+3. Every report section (analysis.sections: shifts, standardised shifts, circuit tests, ..., taxonomy, causal
+   effects, cheap vs exact, prompt-count curve) computes its result from the units, in the registry's order;
+   the head taxonomy streams one (condition, score) at a time, the causal sections every effect kind per
+   condition, with a's and b's units on the diagnostics' unit boundaries so the joint bootstraps move every
+   effect unit with its diagnostics.
 
 Random streams: each purpose has its own generator derived from (seed, purpose), and the bootstrap
 and the permutations are the same draws for every variable, so joint statistics stay coherent.
@@ -7,35 +27,31 @@ and the permutations are the same draws for every variable, so joint statistics 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from analysis import causal as ca
-from analysis import cheap
-from analysis import circuit_tests as ct
-from analysis import correlation as corr
+from analysis import sections
 from analysis import standardised as st
-from analysis._util import quiet
 from analysis.circuits import Circuit
+from analysis.effects import exact_kinds, is_effect_variable
 from analysis.errors import AnalysisError
-from analysis.effects import effect_sample, exact_kinds, is_effect_variable
-from analysis.findings import (CURVE_N_PERM, FLAG_LEVEL, MIN_EFFECT, MIN_EFFECT_FALLBACK, N_SIGMA, TESTED, Analysis,
-                               CausalEffects, CircuitTests, Comparison, CrossHead, PairInterval)
-from analysis.labels import head_matrix, like, per_head, units_of
-from analysis.prompt_curve import prompt_curve
+from analysis.findings import MIN_EFFECT, MIN_EFFECT_FALLBACK, TESTED, Analysis, Comparison
+from analysis.labels import per_head
 from analysis.resampling import rng_for
-from analysis.results import (ConfidenceInterval, CorrelationResult, MinEffectResult, ShiftResult,
-                              StandardisedShiftResult)
-from analysis.shifts import percentile_interval, shift
+from analysis.seeds import (SEED_BOOT, SEED_CBOOT, SEED_CNULL, SEED_CURVE, SEED_CURVE_PERM, SEED_EFFECT,  # noqa: F401
+                            SEED_JOINT, SEED_PERM, SEED_SAMPLE, SEED_STD, SEED_STRAT, SEED_STRAT_Z)
 from analysis.store import check_condition, check_variables, condition_array, pair_order, provenance
-from analysis.taxonomy import TAXONOMY_VARIABLES, has_taxonomy, head_taxonomy
+from analysis.streaming import DEFAULT_MEMORY, default_in_flight, open_lazy, parse_memory, single_thread_blas, stream_store
+from analysis.taxonomy import TAXONOMY_VARIABLES
+from analysis.units import G_MAX
+from jaxdiag.paths import StoreLocation
 
-SEED_BOOT, SEED_PERM, SEED_STRAT, SEED_CNULL, SEED_CBOOT, SEED_CURVE, SEED_EFFECT, SEED_JOINT = range(1, 9)
-SEED_STD, SEED_STRAT_Z, SEED_CURVE_PERM = range(9, 12)
+SAMPLE_MAX = 2048  # prompts per condition kept for the prompt-count curve and the figures (= G_MAX: below it, all)
 HEAD_VARIABLE_DIMS = {"condition", "prompt", "layer", "head"}
 
 
@@ -44,7 +60,7 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
                  store_path: str | Path | None = None, rule: ca.CircuitRule = ca.CircuitRule(),
                  thresholds: Mapping[str, float] | None = None, min_effect: Mapping[str, float] | None = None,
                  design: str | None = None) -> Analysis:
-    """Compare condition a with condition b on every head of the store (loads only needed variables).
+    """Compare condition a with condition b on every head of the store, units of one prompt (`analyse`).
 
     store_path: how the report names the store (default: the path xarray opened it from).
     rule: what makes a head part of a causal circuit (used only when the store has causal effects).
@@ -55,41 +71,89 @@ def run_analysis(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: in
     design: "paired" | "independent" | None (paired exactly when the store's `pair` coordinate matches every
       prompt of a with one of b: analysis.store.pair_order).
     """
-    comparison = compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
-                         store_path=store_path, min_effect=min_effect, design=design)
-    steps = tqdm(total=5, desc="report", unit="step", disable=None)
-    paired = comparison.paired
-    shifts = {v: shift(*pair, n_boot=n_boot, rng=rng_for(seed, SEED_BOOT), paired=paired)
-              for v, pair in comparison.values.items()}
-    # what pairing buys: the same stores' shifts analysed as independent samples (same draws)
-    independent = {v: shift(*comparison.values[v], n_boot=n_boot, rng=rng_for(seed, SEED_BOOT))
-                   for v in TESTED} if paired else {}
-    standard = {v: standardise(comparison, v, shifts[v]) for v in comparison.values}
-    steps.update()
-    tests = {v: circuit_tests(comparison, v, shifts[v], standard[v]) for v in TESTED}
-    steps.update()
-    correlations = diagnostic_correlations(comparison, shifts)
-    steps.update()
-    cross_head = cross_head_structure(comparison)
-    steps.update()
-    ablation = None
-    if circuit.ablation is not None and np.isfinite(circuit.ablation).sum() >= 3:  # else no correlation to report
-        ablation = ct.ablation_spearman(np.abs(shifts["kl_norm"].statistic.values), circuit.ablation)
-    table = {}
-    if curve:
-        xa = {v: comparison.values[v][0].values for v in TESTED}
-        xb = {v: comparison.values[v][1].values for v in TESTED}
-        table = prompt_curve(xa, xb, comparison.mask.values, rng=rng_for(seed, SEED_CURVE), n_boot=min(n_boot, 200),
-                             paired=paired, perm_rng=rng_for(seed, SEED_CURVE_PERM), n_perm=min(n_perm, CURVE_N_PERM))
-    steps.update()
-    # exact kinds only: an AtP estimate gets its own section (cheap_vs_exact), and AtP* is a magnitude
-    causal = {kind: causal_effects(ds, comparison, kind, shifts, tests, rule) for kind in exact_kinds(ds)}
-    cheap_methods = cheap.cheap_vs_exact(ds, comparison, causal, shifts, lambda: rng_for(seed, SEED_JOINT))
-    # every condition of the store, not just a and b: a head's role is a property of the model
-    taxonomy = head_taxonomy(ds, n_boot=n_boot, seed=seed, thresholds=thresholds) if has_taxonomy(ds) else None
-    steps.close()
-    return Analysis(comparison, shifts, tests, correlations, cross_head, ablation, table, causal, cheap_methods,
-                    taxonomy, standard, independent)
+    return analyse(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables, curve=curve,
+                   store_path=store_path, rule=rule, thresholds=thresholds, min_effect=min_effect, design=design,
+                   g_max=None)
+
+
+def run_analysis_streamed(store: str | Path | StoreLocation, circuit: Circuit, a: str, b: str, *, n_boot: int = 1000,
+                          n_perm: int = 1000, seed: int = 0, variables: tuple[str, ...] | None = None,
+                          curve: bool = True, store_path: str | Path | None = None,
+                          rule: ca.CircuitRule = ca.CircuitRule(), thresholds: Mapping[str, float] | None = None,
+                          min_effect: Mapping[str, float] | None = None, design: str | None = None,
+                          memory: int | str | None = None, in_flight: int | None = None) -> Analysis:
+    """run_analysis streamed over the store at `store` (a path or URL) in bounded memory (`memory`: parse_memory's
+    text or bytes), with units of up to G_MAX prompts per condition."""
+    ds = open_lazy(store)
+    return analyse(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables, curve=curve,
+                   store_path=store_path if store_path is not None else store, rule=rule, thresholds=thresholds,
+                   min_effect=min_effect, design=design, memory=parse_memory(memory), in_flight=in_flight,
+                   g_max=G_MAX)
+
+
+def analyse(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_perm: int, seed: int,
+            variables: tuple[str, ...] | None, curve: bool, store_path: str | Path | None, rule: ca.CircuitRule,
+            thresholds: Mapping[str, float] | None, min_effect: Mapping[str, float] | None, design: str | None,
+            memory: int = DEFAULT_MEMORY, in_flight: int | None = None, g_max: int | None = G_MAX) -> Analysis:
+    """Every section of the report from units of at most g_max per condition (None: units of one prompt and no
+    subsample: the in-memory report, whose summary has no `scale` entry). BLAS runs on one thread meanwhile
+    (analysis.streaming.single_thread_blas: the blocks run in parallel already)."""
+    with single_thread_blas():
+        return _analyse(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
+                        curve=curve, store_path=store_path, rule=rule, thresholds=thresholds, min_effect=min_effect,
+                        design=design, memory=memory, in_flight=in_flight, g_max=g_max)
+
+
+def _analyse(ds, circuit, a, b, *, n_boot, n_perm, seed, variables, curve, store_path, rule, thresholds,
+             min_effect, design, memory, in_flight, g_max) -> Analysis:
+    c = compare(ds, circuit, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed, variables=variables,
+                store_path=store_path, min_effect=min_effect, design=design)
+    variables = tuple(c.values)
+    xa, xb = c.values["kl_norm"]
+    n_a, n_b = xa.sizes["prompt"], xb.sizes["prompt"]
+    picks = []
+    for k_, n in enumerate((n_a, n_b)):
+        if g_max is None or n <= SAMPLE_MAX:
+            picks.append(np.arange(n))
+        elif c.paired and k_ == 1:
+            picks.append(picks[0])
+        else:
+            picks.append(np.sort(rng_for(seed, SEED_SAMPLE, k_).choice(n, SAMPLE_MAX, replace=False)))
+    in_flight = in_flight or default_in_flight()
+    # the cheap-vs-exact section's joint bootstrap needs every variable's per-condition units, paired or not
+    s = stream_store(c, variables, memory, in_flight, picks=(picks[0], picks[1]),
+                     plain=variables if exact_kinds(ds) else TESTED, g_max=g_max)
+    heads = {v: c.values[v][0].isel(prompt=0, drop=True) for v in variables}
+
+    # the bounded subsample (prompt-count curve, figures), gathered by the same pass over the store
+    sample = {v: tuple(xr.DataArray(rows.reshape(-1, *c.shape), dims=("prompt", "layer", "head"),
+                                    coords={"layer": c.mask["layer"].values, "head": c.mask["head"].values}, name=v)
+                       for rows in s.sample[v]) for v in TESTED}
+    whole = all(len(p) == n for p, n in zip(picks, (n_a, n_b)))
+    scale = {
+        "streamed": True,
+        # how this run was cut up: not in summary.json, which is the same whatever the memory or the scheduler
+        "execution": {"memory_bytes": int(memory), "block_prompts": int(s.rows), "n_blocks": int(s.n_blocks)},
+        "unit_prompts": int(s.size), "cross_unit_prompts": int(s.csize),
+        "resampling": ("prompts resampled and permuted one by one (units of one prompt)" if s.size == 1 else
+                       f"bootstrap and permutations over units of {s.size} consecutive prompts"
+                       + (" (pairs)" if c.paired else "")),
+        "c_diff_resampling": ("prompts permuted one by one" if s.csize == 1 else
+                              f"C_diff null and intervals over units of {s.csize} consecutive prompts"),
+        "bca_acceleration": "prompt-level jackknife, exact from streamed second and third central moments",
+        "subsample": {"prompts": {a: int(len(picks[0])), b: int(len(picks[1]))}, "of": {a: int(n_a), b: int(n_b)},
+                      "all_prompts": bool(whole), "used_for": ["prompt_curve", "figure scatter clouds"]},
+    }
+    head_means = {v: (s.a[v].centre().reshape(c.shape), s.b[v].centre().reshape(c.shape))
+                  for v in TESTED}
+    comparison = dataclasses.replace(c, values=sample, counts={a: int(n_a), b: int(n_b)}, head_means=head_means,
+                                     scale=scale)
+    ctx = sections.Context(ds, comparison, s, heads, rule, thresholds, curve, memory, in_flight, g_max, scale)
+    results = sections.compute(ctx)
+    scale["execution"]["in_memory"] = []  # sections computed from the loaded store: none (kept for readers)
+    if g_max is None:  # the in-memory report: every prompt, one by one; its summary keeps the keys it always had
+        comparison = dataclasses.replace(comparison, scale=None)
+    return Analysis(comparison, results)
 
 
 def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_perm: int, seed: int,
@@ -135,117 +199,3 @@ def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_
     path = store_path if store_path is not None else ds.encoding.get("source", "")
     return Comparison(a, b, circuit, mask, values, n_boot, n_perm, seed, {"path": str(path), **provenance(ds)},
                       chosen, reason, x_min)
-
-
-def standardise(comparison: Comparison, var: str, shifted: ShiftResult) -> StandardisedShiftResult:
-    """delta_z = delta / SE and the effect size d per head, with intervals from the design's bootstrap (the same
-    draws for every variable)."""
-    c = comparison
-    xa, xb = (x.values for x in c.values[var])
-    heads = shifted.statistic
-    s = st.standardised(xa, xb, c.design)
-    boot = st.bootstrap_standardised(xa, xb, c.design, c.n_boot, rng_for(c.seed, SEED_STD))
-    level = shifted.confidence_level
-    with quiet():
-        z_ci = ConfidenceInterval(like(heads, np.asarray(shifted.confidence_interval.low) / s["se"]),
-                                  like(heads, np.asarray(shifted.confidence_interval.high) / s["se"]))
-        d_ci = percentile_interval(boot["d"], level)
-    return StandardisedShiftResult(
-        like(heads, s["t"]), z_ci, like(heads, s["se"]), like(heads, s["df"]), like(heads, s["d"]),
-        ConfidenceInterval(like(heads, d_ci.low), like(heads, d_ci.high)),
-        like(heads, boot["t"], ("resample",)), c.design, level)
-
-
-def circuit_tests(comparison: Comparison, var: str, shifted: ShiftResult,
-                  standard: StandardisedShiftResult) -> CircuitTests:
-    """Every circuit-vs-other test of one diagnostic, on |delta| (the posts') and on |delta_z| (the lead); the
-    label permutations (paired: sign flips) are the same for every var and serve both statistics."""
-    c = comparison
-    delta, mask = shifted.statistic, c.mask.values
-    abs_delta = np.abs(delta)
-    null, null_z = st.permutation_null(*(x.values for x in c.values[var]), c.design, c.n_perm,
-                                       rng_for(c.seed, SEED_PERM))
-    per_head_test = ct.per_head_permutation(delta, null)
-    z = standard.statistic
-    abs_z = np.abs(z)
-    x = c.min_effect[var]
-    se, df = standard.standard_error.values, standard.df.values
-    p_x, p_0 = (st.min_effect_pvalue(delta.values, se, df, value) for value in (x, 0.0))
-    min_effect = MinEffectResult(x, like(delta, p_x), ct.benjamini_hochberg(like(delta, p_x)), like(delta, p_0),
-                                 ct.benjamini_hochberg(like(delta, p_0)), standard.df)
-    return CircuitTests(
-        mann_whitney=ct.mann_whitney(abs_delta.values, mask),
-        auc_interval=ct.auc_interval(shifted.bootstrap_distribution.values, mask),
-        permutation=ct.circuit_permutation_test(delta.values, null, mask),
-        stratified=ct.layer_stratified_test(abs_delta.values, mask, c.n_perm, rng_for(c.seed, SEED_STRAT)),
-        per_head=per_head_test,
-        q_bh=ct.benjamini_hochberg(per_head_test.pvalue),
-        rank=ct.descending_ranks(abs_delta),
-        mann_whitney_z=ct.mann_whitney(abs_z.values, mask),
-        auc_interval_z=ct.auc_interval(standard.bootstrap_statistic.values, mask),
-        permutation_z=ct.circuit_permutation_test(z.values, null_z, mask),
-        stratified_z=ct.layer_stratified_test(abs_z.values, mask, c.n_perm, rng_for(c.seed, SEED_STRAT_Z)),
-        rank_z=ct.descending_ranks(abs_z),
-        min_effect=min_effect,
-    )
-
-
-def causal_effects(ds: xr.Dataset, comparison: Comparison, kind: str, shifts: dict[str, ShiftResult],
-                   tests: dict[str, CircuitTests], rule: ca.CircuitRule) -> CausalEffects:
-    """One effect kind against the diagnostics. Every kind gets the same bootstrap draws (same seeds)."""
-    c = comparison
-    sample = effect_sample(ds, kind, prefer=c.a)
-    mean = ca.mean_effect(sample.values, n_boot=c.n_boot, rng=rng_for(c.seed, SEED_EFFECT))
-    diagnostics = {v: tuple(x.values for x in c.values[v]) for v in TESTED}
-    boot_deltas, boot_means = ca.joint_bootstrap(diagnostics, c.a, c.b, sample, c.n_boot, rng_for(c.seed, SEED_JOINT))
-    abs_mean = np.abs(mean.statistic.values)
-    spearman = {v: ca.effect_spearman(np.abs(shifts[v].statistic.values), abs_mean, np.abs(boot_deltas[v]),
-                                      np.abs(boot_means)) for v in TESTED}
-    circuit = ca.select_heads(mean.statistic, mean.pvalue, rule)
-    flagged = {v: tests[v].flagged(FLAG_LEVEL) for v in TESTED}
-    scores = {v: ca.precision_recall(flagged[v], circuit) for v in TESTED}
-    return CausalEffects(kind, sample.conditions, mean, ct.benjamini_hochberg(mean.pvalue), rule, circuit, spearman,
-                         flagged, {v: p for v, (p, _) in scores.items()}, {v: r for v, (_, r) in scores.items()})
-
-
-def diagnostic_correlations(comparison: Comparison, shifts: dict[str, ShiftResult]) -> dict[str, CorrelationResult]:
-    """The posts' correlations of KL with chi, and the layer-depth confound (on condition a)."""
-    (ka, _), (ca, _) = comparison.values["kl_norm"], comparison.values["chi"]
-    with quiet():  # numpy's nanmean, not xarray's reductions (which may use other summation kernels)
-        kl_mean, chi_mean = np.nanmean(ka.values, axis=0), np.nanmean(ca.values, axis=0)
-    other = ~comparison.mask.values
-    layer = comparison.mask["layer"].broadcast_like(comparison.mask).values
-    return {
-        "kl_chi_head_means": corr.pearson(kl_mean, chi_mean),
-        "kl_chi_points": corr.pearson(ka, ca),
-        "dkl_dchi": corr.pearson(shifts["kl_norm"].statistic, shifts["chi"].statistic),
-        "layer_kl_noncircuit": corr.pearson(layer[other], kl_mean[other]),
-        "layer_chi_noncircuit": corr.pearson(layer[other], chi_mean[other]),
-    }
-
-
-def cross_head_structure(comparison: Comparison) -> CrossHead:
-    """C_a, C_b, C_diff of kl_norm over prompts, the posts' sigma band, the max-|C_diff| null, CIs."""
-    c = comparison
-    ka, kb = c.values["kl_norm"]
-    unit_axis = units_of(ka)
-    flat_a = ka.values.reshape(ka.sizes["prompt"], -1)  # layer-major, the order of unit_axis
-    flat_b = kb.values.reshape(kb.sizes["prompt"], -1)
-    c_a, c_b = corr.head_correlation(flat_a), corr.head_correlation(flat_b)
-    c_diff = c_a - c_b
-    sigma = corr.sigma_band(c_diff, c.mask.values.ravel())
-    flagged = corr.flagged_pairs(c_diff, sigma, N_SIGMA)
-    max_null = corr.c_diff_max_null(flat_a, flat_b, c.n_perm, rng_for(c.seed, SEED_CNULL))
-    i, j = corr.upper_pairs(c_diff.shape[0])
-    family_wise = np.full(c_diff.shape, np.nan)
-    family_wise[i, j] = family_wise[j, i] = corr.family_wise_p(c_diff[i, j], max_null)
-    top = np.argsort(-np.nan_to_num(np.abs(c_diff[i, j])))[:5]
-    chosen = list(dict.fromkeys(flagged + [(int(i[t]), int(j[t])) for t in top]))
-    intervals = corr.bootstrap_c_diff(flat_a, flat_b, chosen, c.n_boot, rng_for(c.seed, SEED_CBOOT))
-    pair_intervals = [PairInterval(p, ConfidenceInterval(float(lo), float(hi))) for p, (lo, hi) in zip(chosen, intervals)]
-    return CrossHead(
-        c_a=head_matrix(c_a, unit_axis, f"C_{c.a}"), c_b=head_matrix(c_b, unit_axis, f"C_{c.b}"),
-        c_diff=head_matrix(c_diff, unit_axis, "C_diff"), sigma=sigma, flagged=flagged, max_null=max_null,
-        family_wise_p=head_matrix(family_wise, unit_axis, "family_wise_p"), pair_intervals=pair_intervals,
-        linkage=corr.head_linkage(c_diff),
-    )

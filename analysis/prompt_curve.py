@@ -11,8 +11,8 @@ import numpy as np
 from scipy import stats
 
 from analysis.circuit_tests import circuit_permutation_test, u_statistics
-from analysis.shifts import bootstrap_delta, mean_delta, percentile_interval
-from analysis.standardised import INDEPENDENT, PAIRED, permutation_null, standardised
+from analysis.shifts import bootstrap_mean, percentile_interval
+from analysis.standardised import INDEPENDENT, PAIRED, permutation_null, prompt_samples, standardised
 
 
 def curve_sizes(n_max: int, smallest: int = 10, points: int = 8) -> list[int]:
@@ -49,22 +49,29 @@ def prompt_curve(xa: dict[str, np.ndarray], xb: dict[str, np.ndarray], mask: np.
             picks = [(rng.choice(n_a, n, replace=False), rng.choice(n_b, n, replace=False)) for _ in range(reps)]
         table["n"].append(n)
         for var in ("kl_norm", "chi"):
-            deltas = np.stack([np.ravel(mean_delta(xa[var][ia], xb[var][ib])) for ia, ib in picks])
+            # each subsample's units of one prompt (independent samples for delta and its interval, the design's
+            # for delta_z and the lead test)
+            units = [prompt_samples(xa[var][ia], xb[var][ib], INDEPENDENT) for ia, ib in picks]
+            independent = [standardised(u) for u in units]  # its delta is the raw shift in either design
+            deltas = np.stack([np.ravel(s["delta"]) for s in independent])
             absd = np.abs(deltas)
             keep = np.isfinite(absd).all(axis=0)
             m = flat_mask[keep]
             p = stats.mannwhitneyu(absd[:, keep][:, m], absd[:, keep][:, ~m], axis=1, alternative="greater").pvalue
             auc = u_statistics(absd[:, keep], m) / (m.sum() * (~m).sum())
             widths = []
-            for ia, ib in picks[: max(1, reps // 4)]:  # CI width is smooth in n; a few repeats suffice
-                ci = percentile_interval(bootstrap_delta(xa[var][ia], xb[var][ib], n_boot, rng), 0.95)
+            for u in units[: max(1, reps // 4)]:  # CI width is smooth in n; a few repeats suffice
+                ci = percentile_interval(bootstrap_mean(u.a, n_boot, rng) - bootstrap_mean(u.b, n_boot, rng), 0.95)
                 widths.append(np.nanmean(ci.high - ci.low))
             table.setdefault(f"mw_p_{var}", []).append(float(np.median(p)))
             table.setdefault(f"auc_{var}", []).append(float(np.median(auc)))
             table.setdefault(f"auc_{var}_q25", []).append(float(np.quantile(auc, 0.25)))
             table.setdefault(f"auc_{var}_q75", []).append(float(np.quantile(auc, 0.75)))
             table.setdefault(f"ci_width_{var}", []).append(float(np.median(widths)))
-            z = np.stack([np.ravel(standardised(xa[var][ia], xb[var][ib], design)["t"]) for ia, ib in picks])
+            samples = units if design == INDEPENDENT else [prompt_samples(xa[var][ia], xb[var][ib], design)
+                                                             for ia, ib in picks]
+            points = independent if design == INDEPENDENT else [standardised(u) for u in samples]
+            z = np.stack([np.ravel(s["t"]) for s in points])
             absz = np.abs(z)
             keep = np.isfinite(absz).all(axis=0)
             m = flat_mask[keep]
@@ -76,8 +83,8 @@ def prompt_curve(xa: dict[str, np.ndarray], xb: dict[str, np.ndarray], mask: np.
                 table.setdefault(f"perm_p_{var}", []).append(None)
                 continue
             perm = []
-            for (ia, ib), row in zip(picks[:perm_repeats], z):
-                _, null_z = permutation_null(xa[var][ia], xb[var][ib], design, n_perm, perm_rng)
+            for u, row in zip(samples[:perm_repeats], z):
+                _, null_z = permutation_null(u, n_perm, perm_rng)
                 perm.append(circuit_permutation_test(row, null_z.reshape(n_perm, -1), flat_mask).pvalue)
             table.setdefault(f"perm_p_{var}", []).append(float(np.median(perm)))
     return table

@@ -85,11 +85,11 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
     effects of kind K) (default: the run config's, else ioi23 on 12 x 12 models). a, b: conditions (default: the run config's two, else ioi/non_ioi, else the
     store's first two). ablation: optional JSON of per-head ablation effects (overrides the circuit
     file's). min_effect: the per-head tests' minimum effect of interest (parse_min_effect's text or
-    {var: x}; default analysis.findings.MIN_EFFECT). memory: the streamed report's budget (analysis.scale.parse_memory's
-    text or bytes; default analysis.scale.DEFAULT_MEMORY). scheduler: where the streamed blocks run: None (dask's
+    {var: x}; default analysis.findings.MIN_EFFECT). memory: the streamed report's budget (analysis.streaming.parse_memory's
+    text or bytes; default analysis.streaming.DEFAULT_MEMORY). scheduler: where the streamed blocks run: None (dask's
     local threads), "threads", "processes", "synchronous", or a dask.distributed scheduler address
-    ("tcp://host:8786"). in_memory: load the store and run analysis.pipeline.run_analysis instead of streaming
-    (the pre-scale path; same numbers up to G_MAX prompts per condition). Returns the summary dict (as written,
+    ("tcp://host:8786"). in_memory: load the store and run analysis.pipeline.run_analysis (units of one prompt) instead of
+    streaming (the same numbers up to G_MAX prompts per condition). Returns the summary dict (as written,
     NaN -> None). Raises AnalysisError on bad input, before anything is written.
     """
     x_min = min_effect if isinstance(min_effect, dict) else parse_min_effect(min_effect)
@@ -109,7 +109,8 @@ def write_report(store_path: str, out_dir: str, *, circuit: str | None = None, a
         analysis = run_analysis(ds, chosen, a, b, n_boot=n_boot, n_perm=n_perm, seed=seed,
                                 store_path=str(location), min_effect=x_min)
     else:
-        from analysis.scale import parse_memory, run_analysis_streamed, scheduler_context
+        from analysis.pipeline import run_analysis_streamed
+        from analysis.streaming import parse_memory, scheduler_context
 
         budget = parse_memory(memory)
         with scheduler_context(scheduler):

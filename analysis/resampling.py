@@ -69,17 +69,3 @@ def permutation_pvalue(observed: np.ndarray | float, null: np.ndarray) -> np.nda
     tol = 1e-9 * np.maximum(np.abs(observed), 1e-300)
     p = (1.0 + np.sum(null >= observed - tol, axis=0)) / (1.0 + null.shape[0])
     return np.where(np.isnan(observed), np.nan, p)
-
-
-def weighted_means(weights: np.ndarray, x: np.ndarray, finite: np.ndarray | None) -> np.ndarray:
-    """Means of x's columns under each row of weights; NaN entries of x (marked by ~finite) are skipped."""
-    if finite is None:
-        return weights @ x / weights.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights @ np.where(finite, x, 0.0)) / (weights @ finite.astype(np.float64))
-
-
-def finite_mask(x: np.ndarray) -> np.ndarray | None:
-    """None when x has no NaN (the fast path), else the boolean mask of finite entries."""
-    finite = np.isfinite(x)
-    return None if finite.all() else finite

@@ -1,4 +1,5 @@
-"""Head shifts between two conditions: delta of means with bootstrap confidence intervals.
+"""Head shifts between two conditions: delta of means with bootstrap confidence intervals, over units
+(analysis.units: blocks of consecutive prompts, or single prompts for the in-memory report and `shift`).
 
 Independent design: prompts are resampled with replacement within each condition independently (the
 conditions are independent draws). Paired design (``paired=True``: row i of a and row i of b are a
@@ -18,48 +19,9 @@ from scipy.special import ndtr, ndtri
 from analysis._util import quiet
 from analysis.errors import AnalysisError
 from analysis.labels import like
-from analysis.resampling import bootstrap_counts, finite_mask, weighted_means
+from analysis.resampling import bootstrap_counts
 from analysis.results import ConfidenceInterval, ShiftResult
-
-
-def mean_delta(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    """nanmean over prompts (axis 0) of a minus that of b."""
-    with quiet():
-        return np.nanmean(xa, axis=0) - np.nanmean(xb, axis=0)
-
-
-def bootstrap_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, k] means of x's k columns over prompts resampled with replacement (x is [n, k])."""
-    finite = finite_mask(x)
-    return np.concatenate([weighted_means(w, x, finite) for w in bootstrap_counts(x.shape[0], n_boot, rng)])
-
-
-def bootstrap_delta(xa: np.ndarray, xb: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, *heads] bootstrap replicates of mean(a) - mean(b), prompts on axis 0 of xa and xb."""
-    heads = xa.shape[1:]
-    a = bootstrap_means(xa.reshape(xa.shape[0], -1), n_boot, rng)
-    b = bootstrap_means(xb.reshape(xb.shape[0], -1), n_boot, rng)
-    return (a - b).reshape((n_boot, *heads))
-
-
-def jackknife_acceleration(xa: np.ndarray, xb: np.ndarray | None = None) -> np.ndarray:
-    """BCa acceleration of mean(a) - mean(b) (of mean(a) when xb is None) from leave-one-prompt-out
-    means of each sample in turn."""
-    nums, dens = 0.0, 0.0
-    samples = ((xa, 1.0),) if xb is None else ((xa, 1.0), (xb, -1.0))
-    for x, sign in samples:
-        n = x.shape[0]
-        finite = np.isfinite(x)
-        total, count = np.where(finite, x, 0.0).sum(axis=0), finite.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loo = (total - np.where(finite, x, 0.0)) / (count - finite)  # [n, *heads]
-        theta = sign * loo  # the other sample's mean is a constant shift and cancels below
-        with quiet():
-            u = (n - 1) * (np.nanmean(theta, axis=0) - theta)
-        nums = nums + np.nansum(u**3, axis=0) / n**3
-        dens = dens + np.nansum(u**2, axis=0) / n**2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return nums / (6.0 * dens**1.5)
+from analysis.units import Units, unit_moments
 
 
 def column_quantiles(sorted_boot: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -99,22 +61,63 @@ def bca_interval(boot: np.ndarray, theta: np.ndarray, accel: np.ndarray, level: 
     return ConfidenceInterval(*out)
 
 
-def mean_interval(x: np.ndarray, n_boot: int, rng: np.random.Generator, confidence_level: float = 0.95
-                  ) -> tuple[np.ndarray, ConfidenceInterval, np.ndarray, np.ndarray]:
-    """One sample's mean over prompts (axis 0) per column, NaN skipped, with a BCa interval (prompts
-    resampled with replacement): (mean, interval, bootstrap SE, [n_boot, *columns] replicates)."""
-    x = np.asarray(x, dtype=np.float64)
+def bootstrap_mean(u: Units, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, k] means of the units' k columns over units resampled with replacement (prompts, for units of one
+    prompt): one matrix product per chunk of draws (analysis.resampling)."""
+    return np.concatenate([weighted_mean(w, u) for w in bootstrap_counts(u.n_units, n_boot, rng)])
+
+
+def weighted_mean(w: np.ndarray, u: Units) -> np.ndarray:
+    """Means of the units' columns under each row of unit weights w [c, G], NaN entries skipped."""
     with quiet():
-        mean = np.nanmean(x, axis=0)
-        boot = bootstrap_means(x.reshape(x.shape[0], -1), n_boot, rng).reshape((n_boot, *x.shape[1:]))
+        return (w @ (u.count * u.mean)) / (w @ u.counts)
+
+
+def acceleration(*samples: tuple[Units, float]) -> np.ndarray:
+    """BCa acceleration of sum(sign * mean(sample)) from the prompt-level jackknife, exactly, from the units'
+    M2 and M3: leave-one-prompt-out means give influence values u_i = sign (x_i - mean), so
+    a = sum u^3 / (6 (sum u^2)^1.5) needs only the centred second and third moments (no second pass)."""
+    nums, dens = 0.0, 0.0
+    for u, sign in samples:
+        t = u.totals(third=True)
+        n = t["n"]
+        with quiet():
+            nums = nums + sign * t["m3"] / n**3
+            dens = dens + t["m2"] / n**2
+    with quiet():
+        return nums / (6.0 * dens**1.5)
+
+
+def shift_units(ua: Units, ub: Units | None, n_boot: int, rng: np.random.Generator, heads: xr.DataArray | None,
+                level: float = 0.95, method: str = "BCa", shape: tuple[int, ...] | None = None) -> ShiftResult:
+    """Delta of means per column with a bootstrap interval, from units: a - b (units resampled within each
+    condition), or, with ub None, the mean of ua (one sample, e.g. the pair differences of a paired design).
+    heads: the DataArray the results are labelled like (None: plain arrays of `shape`)."""
+    shape = heads.shape if heads is not None else shape
+    if ub is None:
+        theta = ua.centre()
+        boot = bootstrap_mean(ua, n_boot, rng)
+        samples: tuple[tuple[Units, float], ...] = ((ua, 1.0),)
+    else:
+        theta = ua.centre() - ub.centre()
+        boot = bootstrap_mean(ua, n_boot, rng) - bootstrap_mean(ub, n_boot, rng)
+        samples = ((ua, 1.0), (ub, -1.0))
+    theta, boot = theta.reshape(shape), boot.reshape((n_boot, *shape))
+    if method == "percentile":
+        ci = percentile_interval(boot, level)
+    else:
+        ci = bca_interval(boot, theta, acceleration(*samples).reshape(shape), level)
+    with quiet():
         se = np.nanstd(boot, axis=0, ddof=1)
-    return mean, bca_interval(boot, mean, jackknife_acceleration(x), confidence_level), se, boot
+    return ShiftResult(like(heads, theta), ConfidenceInterval(like(heads, ci.low), like(heads, ci.high)),
+                       like(heads, se), like(heads, boot, ("resample",)), method, level)
 
 
 def shift(xa: np.ndarray | xr.DataArray, xb: np.ndarray | xr.DataArray, *, n_boot: int = 1000,
           rng: np.random.Generator | int = 0, method: str = "BCa", confidence_level: float = 0.95,
           paired: bool = False) -> ShiftResult:
-    """Delta of means (a - b) per head with a bootstrap confidence interval.
+    """Delta of means (a - b) per head with a bootstrap confidence interval, from prompt arrays: shift_units
+    with units of one prompt (the report's own engine; its draws for a generator).
 
     paired: row i of xa and row i of xb are a matched pair; delta is then the mean within-pair difference
     (over pairs where both are defined: equal to mean(a) - mean(b) when nothing is NaN) and the bootstrap
@@ -125,15 +128,7 @@ def shift(xa: np.ndarray | xr.DataArray, xb: np.ndarray | xr.DataArray, *, n_boo
     DataArray results labelled like the heads (the bootstrap distribution gains a "resample" dim).
     """
     heads = xa.isel({xa.dims[0]: 0}, drop=True) if isinstance(xa, xr.DataArray) else None
-    res = _shift(np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64), n_boot, rng, method,
-                 confidence_level, paired)
-    ci = ConfidenceInterval(like(heads, res.confidence_interval.low), like(heads, res.confidence_interval.high))
-    return ShiftResult(like(heads, res.statistic), ci, like(heads, res.standard_error),
-                       like(heads, res.bootstrap_distribution, ("resample",)), method, confidence_level)
-
-
-def _shift(xa: np.ndarray, xb: np.ndarray, n_boot: int, rng: np.random.Generator | int, method: str,
-           confidence_level: float, paired: bool = False) -> ShiftResult:
+    xa, xb = np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64)
     if method not in ("BCa", "percentile"):
         raise AnalysisError(f"unknown interval method {method!r}: use 'BCa' or 'percentile'")
     if xa.shape[1:] != xb.shape[1:]:
@@ -142,27 +137,9 @@ def _shift(xa: np.ndarray, xb: np.ndarray, n_boot: int, rng: np.random.Generator
         raise AnalysisError("each condition needs at least 2 prompts for a bootstrap")
     if n_boot < 2:
         raise AnalysisError("n_boot must be at least 2")
+    if paired and xa.shape != xb.shape:
+        raise AnalysisError(f"a paired shift needs one b prompt per a prompt, got {xa.shape[0]} and {xb.shape[0]}")
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    if paired:
-        if xa.shape != xb.shape:
-            raise AnalysisError(f"a paired shift needs one b prompt per a prompt, got {xa.shape[0]} and {xb.shape[0]}")
-        diff = xa - xb
-        with quiet():
-            theta = np.nanmean(diff, axis=0)
-        boot = bootstrap_means(diff.reshape(diff.shape[0], -1), n_boot, rng).reshape((n_boot, *diff.shape[1:]))
-        if method == "percentile":
-            ci = percentile_interval(boot, confidence_level)
-        else:
-            ci = bca_interval(boot, theta, jackknife_acceleration(diff), confidence_level)
-        with quiet():
-            se = np.nanstd(boot, axis=0, ddof=1)
-        return ShiftResult(theta, ci, se, boot, method, confidence_level)
-    theta = mean_delta(xa, xb)
-    boot = bootstrap_delta(xa, xb, n_boot, rng)
-    if method == "percentile":
-        ci = percentile_interval(boot, confidence_level)
-    else:
-        ci = bca_interval(boot, theta, jackknife_acceleration(xa, xb), confidence_level)
-    with quiet():
-        se = np.nanstd(boot, axis=0, ddof=1)
-    return ShiftResult(theta, ci, se, boot, method, confidence_level)
+    flat = lambda x: unit_moments(x.reshape(x.shape[0], -1), 1)  # noqa: E731
+    ua, ub = (flat(xa - xb), None) if paired else (flat(xa), flat(xb))
+    return shift_units(ua, ub, n_boot, rng, heads, confidence_level, method, shape=xa.shape[1:])

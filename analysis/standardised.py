@@ -20,10 +20,15 @@ flip the sign of each pair's difference (swap the two prompts' labels within the
 Every permutation recomputes Delta and t for every head from count-weighted sums (one matrix product
 per chunk of permutations, as in analysis.resampling), so the null of any statistic built on t keeps
 the heads' noise and their correlation across prompts.
+
+Every engine works on units (analysis.units): `TwoSamples` holds one variable's units of both conditions
+(and, paired, of the pair differences); `prompt_samples` makes units of one prompt from arrays, with which the
+draws and the numbers are those of a prompt-level analysis.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import numpy as np
@@ -31,104 +36,109 @@ from scipy import stats
 
 from analysis._util import quiet
 from analysis.resampling import CHUNK, bootstrap_counts, permutation_members
+from analysis.units import Units, unit_moments
 
 INDEPENDENT, PAIRED = "independent", "paired"
 
 
-def _moments(weights: np.ndarray, x: np.ndarray, finite: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """(count, mean, variance with ddof 1) of x's columns under each row of weights [c, n]; x [n, k] is
-    centred by the caller (the sums of squares then lose no precision); NaN entries skipped."""
-    if finite is None:
-        count = np.broadcast_to(weights.sum(axis=1, keepdims=True), (weights.shape[0], x.shape[1]))
-        x0 = x
-    else:
-        count = weights @ finite.astype(np.float64)
-        x0 = np.where(finite, x, 0.0)
-    with quiet():
-        s1, s2 = weights @ x0, weights @ (x0 * x0)
-        mean = s1 / count
-        var = np.maximum(s2 - count * mean * mean, 0.0) / (count - 1.0)
-    return count, mean, var
+@dataclasses.dataclass(frozen=True)
+class TwoSamples:
+    """One variable's units in a comparison of two conditions (columns: flat heads; shape: the heads' shape).
+
+    a, b: each condition's units of all its finite values. Paired design only: diff, the units of the pair
+    differences, and keep_a, keep_b: a's and b's values where the pair's difference is defined."""
+
+    design: str
+    shape: tuple[int, ...]
+    a: Units
+    b: Units
+    diff: Units | None = None
+    keep_a: Units | None = None
+    keep_b: Units | None = None
+
+    @property
+    def paired(self) -> bool:
+        return self.design == PAIRED
 
 
-def _centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    finite = np.isfinite(x)
-    with quiet():
-        centre = np.nanmean(x, axis=0)
-    x = x - np.nan_to_num(centre)
-    return x, (None if finite.all() else finite)
-
-
-def welch(xa: np.ndarray, xb: np.ndarray) -> dict[str, np.ndarray]:
-    """Per column of [n_a, k] and [n_b, k]: delta, Welch SE, Welch-Satterthwaite df, t, d and both SDs."""
-    with quiet():
-        na, nb = np.sum(np.isfinite(xa), axis=0), np.sum(np.isfinite(xb), axis=0)
-        va, vb = np.nanvar(xa, axis=0, ddof=1), np.nanvar(xb, axis=0, ddof=1)
-        delta = np.nanmean(xa, axis=0) - np.nanmean(xb, axis=0)
-        ua, ub = va / na, vb / nb
-        se = np.sqrt(ua + ub)
-        df = (ua + ub) ** 2 / (ua**2 / (na - 1) + ub**2 / (nb - 1))
-        return {"delta": delta, "se": se, "df": df, "t": delta / se, "d": delta / np.sqrt((va + vb) / 2)}
-
-
-def paired_stats(xa: np.ndarray, xb: np.ndarray) -> dict[str, np.ndarray]:
-    """Per column of two [n, k] arrays whose row i is pair i: mean difference, paired SE, df = n - 1, t, d.
-    A pair counts where both members are defined."""
-    diff = xa - xb
+def prompt_samples(xa: np.ndarray, xb: np.ndarray, design: str) -> TwoSamples:
+    """TwoSamples of units of one prompt from prompt arrays [n_a, *heads] and [n_b, *heads] (paired: row i of
+    each is pair i)."""
+    shape = tuple(np.shape(xa)[1:])
+    fa = np.asarray(xa, dtype=np.float64).reshape(np.shape(xa)[0], -1)
+    fb = np.asarray(xb, dtype=np.float64).reshape(np.shape(xb)[0], -1)
+    units = lambda x: unit_moments(x, 1)  # noqa: E731
+    if design != PAIRED:
+        return TwoSamples(design, shape, units(fa), units(fb))
+    diff = fa - fb
     keep = np.isfinite(diff)
+    return TwoSamples(design, shape, units(fa), units(fb), units(diff), units(np.where(keep, fa, np.nan)),
+                      units(np.where(keep, fb, np.nan)))
+
+
+def moments(w: np.ndarray, count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(count, mean, variance ddof 1) under each row of unit weights w [c, G], from the units' counts, sums and
+    sums of squares about a centre (Units.centred: centring first keeps the sums of squares precise)."""
     with quiet():
-        n = keep.sum(axis=0)
-        delta = np.nanmean(diff, axis=0)
-        se = np.nanstd(diff, axis=0, ddof=1) / np.sqrt(n)
-        va = np.nanvar(np.where(keep, xa, np.nan), axis=0, ddof=1)
-        vb = np.nanvar(np.where(keep, xb, np.nan), axis=0, ddof=1)
-        return {"delta": delta, "se": se, "df": n - 1.0, "t": delta / se, "d": delta / np.sqrt((va + vb) / 2)}
+        n = w @ count
+        mean = (w @ s1) / n
+        var = np.maximum(w @ s2 - n * mean * mean, 0.0) / (n - 1.0)
+    return n, mean, var
 
 
-def standardised(xa: np.ndarray, xb: np.ndarray, design: str) -> dict[str, np.ndarray]:
-    """welch or paired_stats, per column (prompts on axis 0, any head shape after it)."""
-    heads = xa.shape[1:]
-    fa, fb = xa.reshape(xa.shape[0], -1), xb.reshape(xb.shape[0], -1)
-    out = paired_stats(fa, fb) if design == PAIRED else welch(fa, fb)
-    return {k: v.reshape(heads) for k, v in out.items()}
+def standardised(t: TwoSamples) -> dict[str, np.ndarray]:
+    """Per head, exactly from the units' totals: delta, SE, df, t and d (Welch for independent samples, the
+    paired t for pairs), each of the heads' shape."""
+    with quiet():
+        if t.paired:
+            d, ta, tb = t.diff.totals(), t.keep_a.totals(), t.keep_b.totals()
+            n = d["n"]
+            se = np.sqrt(d["var"]) / np.sqrt(n)
+            out = {"delta": d["mean"], "se": se, "df": n - 1.0, "t": d["mean"] / se,
+                   "d": d["mean"] / np.sqrt((ta["var"] + tb["var"]) / 2)}
+        else:
+            ta, tb = t.a.totals(), t.b.totals()
+            na, nb, va, vb = ta["n"], tb["n"], ta["var"], tb["var"]
+            delta = ta["mean"] - tb["mean"]
+            ua, ub = va / na, vb / nb
+            se = np.sqrt(ua + ub)
+            df = (ua + ub) ** 2 / (ua**2 / (na - 1) + ub**2 / (nb - 1))
+            out = {"delta": delta, "se": se, "df": df, "t": delta / se, "d": delta / np.sqrt((va + vb) / 2)}
+    return {k: v.reshape(t.shape) for k, v in out.items()}
 
 
-def bootstrap_standardised(xa: np.ndarray, xb: np.ndarray, design: str, n_boot: int, rng: np.random.Generator
-                           ) -> dict[str, np.ndarray]:
-    """[n_boot, *heads] replicates of delta, t and d: prompts resampled within each condition
-    (independent) or pairs resampled (paired)."""
-    heads = xa.shape[1:]
-    fa, fb = xa.reshape(xa.shape[0], -1), xb.reshape(xb.shape[0], -1)
+def bootstrap_standardised(t: TwoSamples, n_boot: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """[n_boot, *heads] replicates of delta, t and d: units resampled within each condition (independent) or
+    units of pairs resampled (paired)."""
     out: dict[str, list] = {"delta": [], "t": [], "d": []}
-    if design == PAIRED:
-        keep = np.isfinite(fa - fb)
-        fa, fb = np.where(keep, fa, np.nan), np.where(keep, fb, np.nan)
-        (ca, fin_a), (cb, fin_b) = _centred(fa), _centred(fb)
-        diff, fin_d = _centred(fa - fb)
-        with quiet():
-            centre_d = np.nanmean(fa - fb, axis=0)
-        for w in bootstrap_counts(fa.shape[0], n_boot, rng):
-            n, md, vd = _moments(w, diff, fin_d)
-            _, _, va = _moments(w, ca, fin_a)
-            _, _, vb = _moments(w, cb, fin_b)
+    if t.paired:
+        ud, ua, ub = t.diff, t.keep_a, t.keep_b
+        cd = ud.centre()
+        d_, a_, b_ = ud.centred(cd), ua.centred(ua.centre()), ub.centred(ub.centre())
+        for w in bootstrap_counts(ud.n_units, n_boot, rng):
+            n, md, vd = moments(w, *d_)
+            _, _, va = moments(w, *a_)
+            _, _, vb = moments(w, *b_)
             with quiet():
-                delta = md + np.nan_to_num(centre_d)
+                delta = md + np.nan_to_num(cd)
                 out["delta"].append(delta)
                 out["t"].append(delta / np.sqrt(vd / n))
                 out["d"].append(delta / np.sqrt((va + vb) / 2))
     else:
-        (ca, fin_a), (cb, fin_b) = _centred(fa), _centred(fb)
+        ua, ub = t.a, t.b
+        centre_a, centre_b = ua.centre(), ub.centre()
+        a_, b_ = ua.centred(centre_a), ub.centred(centre_b)
         with quiet():
-            shift = np.nan_to_num(np.nanmean(fa, axis=0) - np.nanmean(fb, axis=0))
-        for wa, wb in zip(bootstrap_counts(fa.shape[0], n_boot, rng), bootstrap_counts(fb.shape[0], n_boot, rng)):
-            na, ma, va = _moments(wa, ca, fin_a)
-            nb, mb, vb = _moments(wb, cb, fin_b)
+            shift = np.nan_to_num(centre_a - centre_b)
+        for wa, wb in zip(bootstrap_counts(ua.n_units, n_boot, rng), bootstrap_counts(ub.n_units, n_boot, rng)):
+            na, ma, va = moments(wa, *a_)
+            nb, mb, vb = moments(wb, *b_)
             with quiet():
                 delta = ma - mb + shift
                 out["delta"].append(delta)
                 out["t"].append(delta / np.sqrt(va / na + vb / nb))
                 out["d"].append(delta / np.sqrt((va + vb) / 2))
-    return {k: np.concatenate(v).reshape((n_boot, *heads)) for k, v in out.items()}
+    return {k: np.concatenate(v).reshape((n_boot, *t.shape)) for k, v in out.items()}
 
 
 def sign_flips(n: int, n_perm: int, rng: np.random.Generator, chunk: int = CHUNK) -> Iterator[np.ndarray]:
@@ -138,41 +148,34 @@ def sign_flips(n: int, n_perm: int, rng: np.random.Generator, chunk: int = CHUNK
         yield np.where(rng.random((size, n)) < 0.5, -1.0, 1.0)
 
 
-def permutation_null(xa: np.ndarray, xb: np.ndarray, design: str, n_perm: int, rng: np.random.Generator
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """([n_perm, *heads] delta, [n_perm, *heads] t) with the condition labels permuted: shuffled across
-    the pooled prompts (independent; the draws of analysis.circuit_tests.permutation_deltas, so its deltas
-    are exactly those) or swapped within each pair at random (paired: sign flips of the differences)."""
-    heads = xa.shape[1:]
-    fa, fb = xa.reshape(xa.shape[0], -1).astype(np.float64), xb.reshape(xb.shape[0], -1).astype(np.float64)
+def permutation_null(t: TwoSamples, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """([n_perm, *heads] delta, [n_perm, *heads] t) with the condition labels permuted: whole units relabelled
+    across the pooled units (independent; with units of one prompt the draws of
+    analysis.circuit_tests.permutation_deltas, so its deltas are exactly those) or whole units of pairs
+    sign-flipped (paired). Under the test's own assumption (exchangeable prompts) equal-sized units are
+    exchangeable, so the test stays valid for units of several prompts."""
     deltas, ts = [], []
-    if design == PAIRED:
-        diff = fa - fb
-        finite = np.isfinite(diff)
-        d0 = np.where(finite, diff, 0.0)
-        n = finite.sum(axis=0).astype(np.float64)
-        ss = (d0 * d0).sum(axis=0)
-        for s in sign_flips(fa.shape[0], n_perm, rng):
+    if t.paired:
+        u = t.diff
+        count, s1, s2 = u.centred(np.zeros(u.mean.shape[1]))
+        n, ss = count.sum(axis=0), s2.sum(axis=0)
+        for flips in sign_flips(u.n_units, n_perm, rng):
             with quiet():
-                mean = (s @ d0) / n
+                mean = (flips @ s1) / n
                 var = np.maximum(ss - n * mean * mean, 0.0) / (n - 1.0)
                 deltas.append(mean)
                 ts.append(mean / np.sqrt(var / n))
     else:
-        n_a, n_b = fa.shape[0], fb.shape[0]
-        pooled = np.concatenate([fa, fb])
-        finite = np.isfinite(pooled)
-        with quiet():
-            centre = np.nan_to_num(np.nanmean(pooled, axis=0))
-        finite = None if finite.all() else finite
-        pooled_c = pooled - centre
-        for members in permutation_members(n_a, n_b, n_perm, rng):
-            na, ma, va = _moments(members, pooled_c, finite)
-            nb, mb, vb = _moments(1.0 - members, pooled_c, finite)
+        pooled = Units.concat([t.a, t.b])
+        sums = pooled.centred(pooled.centre())
+        for members in permutation_members(t.a.n_units, t.b.n_units, n_perm, rng):
+            na, ma, va = moments(members, *sums)
+            nb, mb, vb = moments(1.0 - members, *sums)
             with quiet():
                 deltas.append(ma - mb)
                 ts.append((ma - mb) / np.sqrt(va / na + vb / nb))
-    return (np.concatenate(deltas).reshape((n_perm, *heads)), np.concatenate(ts).reshape((n_perm, *heads)))
+    shape = (n_perm, *t.shape)
+    return np.concatenate(deltas).reshape(shape), np.concatenate(ts).reshape(shape)
 
 
 def min_effect_pvalue(delta: np.ndarray, se: np.ndarray, df: np.ndarray, x: float) -> np.ndarray:
@@ -197,6 +200,6 @@ def lead_circuit_test(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, design: 
     xa, xb: [n, *heads]; mask: heads' shape, True on circuit heads. Returns a PermutationResult."""
     from analysis.circuit_tests import circuit_permutation_test  # noqa: PLC0415 (circuit_tests is the heavier module)
 
-    t = standardised(np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64), design)["t"]
-    _, null_t = permutation_null(xa, xb, design, n_perm, rng)
-    return circuit_permutation_test(t, null_t, mask)
+    samples = prompt_samples(xa, xb, design)
+    _, null_t = permutation_null(samples, n_perm, rng)
+    return circuit_permutation_test(standardised(samples)["t"], null_t, mask)

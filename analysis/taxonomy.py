@@ -31,8 +31,11 @@ from analysis.errors import AnalysisError
 from analysis.labels import HEAD_DIMS
 from analysis.resampling import rng_for
 from analysis.results import ConfidenceInterval, MeanResult, SinkRateResult
-from analysis.shifts import mean_interval, percentile_interval
+from analysis.shifts import percentile_interval, shift_units
 from analysis.store import conditions, condition_prompts
+from analysis import streaming
+from analysis.streaming import DEFAULT_MEMORY, default_in_flight
+from analysis.units import G_MAX, Units, unit_size
 from jaxdiag.schema import TAXONOMY
 
 # schema 2's head-taxonomy variables (dims as the diagnostics), and the scores the taxonomy reports:
@@ -134,7 +137,7 @@ def source_conditions(samples: Mapping[str, ScoreSample], condition: str | Mappi
 def sources_from_defined(defined: Mapping[str, Mapping[str, int]], condition: str | Mapping[str, str] | None = None
                          ) -> dict[str, str]:
     """source_conditions from the defined counts alone (score -> condition -> defined entries): what the
-    streamed report (analysis.scale) counts block by block."""
+    streamed report (stream_taxonomy) counts block by block."""
     chosen = {r: condition for r in ROLE_SCORES} if isinstance(condition, str) else dict(condition or {})
     unknown = set(chosen) - set(ROLE_SCORES)
     if unknown:
@@ -217,7 +220,7 @@ def sink_rate(mean: np.ndarray, boot: np.ndarray, epsilon: float = EPSILON,
 
 
 # one condition's mean of one score: (mean, interval, bootstrap SE, [n_boot, layer, head] replicates, finite
-# prompts per head) -- what condition_mean gives in memory and analysis.scale from the streamed units
+# prompts per head) -- what condition_mean_units gives from a score's units
 ConditionMean = tuple[np.ndarray, ConfidenceInterval, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -225,16 +228,10 @@ def head_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, thresholds: Mapping
                   epsilon: float = EPSILON, condition: str | Mapping[str, str] | None = None,
                   confidence_level: float = 0.95) -> HeadTaxonomy:
     """Every score's per-head mean per condition with a BCa interval (prompts resampled with replacement;
-    the same draws for every score of a condition), the sink rate per condition and the heads' roles."""
-    if "bos_attn" not in ds.data_vars:
-        raise AnalysisError("store lacks variable bos_attn (the sink score)")
-    samples = score_samples(ds)
-    names = conditions(ds)
-    parts = {v: [(*condition_mean(sample.values[c], n_boot, rng_for(seed, SEED_TAXONOMY, k), confidence_level),
-                  np.isfinite(sample.values[c]).sum(axis=0)) for k, c in enumerate(names)]
-             for v, sample in samples.items()}
-    return assemble_taxonomy(parts, {v: s.defined for v, s in samples.items()}, names, ds, thresholds=thresholds,
-                             epsilon=epsilon, condition=condition, confidence_level=confidence_level)
+    the same draws for every score of a condition), the sink rate per condition and the heads' roles:
+    stream_taxonomy with units of one prompt."""
+    return stream_taxonomy(ds, n_boot=n_boot, seed=seed, thresholds=thresholds, epsilon=epsilon, condition=condition,
+                           confidence_level=confidence_level, g_max=None)[0]
 
 
 def assemble_taxonomy(parts: Mapping[str, list[ConditionMean]], defined: Mapping[str, Mapping[str, int]],
@@ -242,9 +239,7 @@ def assemble_taxonomy(parts: Mapping[str, list[ConditionMean]], defined: Mapping
                       epsilon: float = EPSILON, condition: str | Mapping[str, str] | None = None,
                       confidence_level: float = 0.95) -> HeadTaxonomy:
     """The section from each score's per-condition means (parts[score][k]: condition names[k]) and the defined
-    counts: the sink rate from bos_attn's replicates, the source conditions and the labels. Shared by the
-    in-memory (head_taxonomy) and the streamed (analysis.scale.stream_taxonomy) reports, so they differ only in
-    where the means come from."""
+    counts: the sink rate from bos_attn's replicates, the source conditions and the labels."""
     means = {}
     for v, per_condition in parts.items():
         stat, low, high, se, counts = (np.stack(x) for x in zip(*[(m, ci.low, ci.high, s, n)
@@ -269,20 +264,93 @@ def assemble_taxonomy(parts: Mapping[str, list[ConditionMean]], defined: Mapping
     return HeadTaxonomy(means, rate, labels, chosen, sources, str(template.attrs.get("query_positions", "last")))
 
 
-def condition_mean(x: np.ndarray, n_boot: int, rng: np.random.Generator, confidence_level: float
-                   ) -> tuple[np.ndarray, ConfidenceInterval, np.ndarray, np.ndarray]:
-    """analysis.shifts.mean_interval of one condition's [prompt, layer, head] scores; all NaN when the
-    condition has fewer than 2 prompts (nothing to resample)."""
-    if x.shape[0] >= 2:
-        return mean_interval(x, n_boot, rng, confidence_level)
-    with quiet():
-        mean = np.nanmean(x, axis=0) if x.shape[0] else np.full(x.shape[1:], np.nan)
-    nan = np.full(x.shape[1:], np.nan)
-    return mean, ConfidenceInterval(nan, nan), nan, np.full((n_boot, *x.shape[1:]), np.nan)
-
-
 def _per_condition(values: np.ndarray, names: list[str], template: xr.Dataset | xr.DataArray,
                    name: str | None = None) -> xr.DataArray:
     return xr.DataArray(values, dims=("condition", *HEAD_DIMS),
                         coords={"condition": np.asarray(names, dtype=str),
                                 **{d: template[d].values for d in HEAD_DIMS}}, name=name)
+
+
+def score_rows(ds: xr.Dataset, condition: str, variable: str) -> tuple[xr.DataArray, int]:
+    """One condition's taxonomy score as lazy [prompt, layer x head (x query)] rows, padding prompts dropped and
+    the query positions innermost (analysis.taxonomy.prompt_scores' order), and the query positions per head (0:
+    a query="last" store)."""
+    da = condition_prompts(ds, condition, variable)
+    query = "query" in da.dims
+    da = da.transpose("prompt", *HEAD_DIMS, *(("query",) if query else ()))
+    data = da.data.reshape(da.shape[0], -1)
+    return xr.DataArray(data, dims=("prompt", "unit")), (int(da.sizes["query"]) if query else 0)
+
+
+def stream_score(rows: xr.DataArray, query: int, size: int, memory: int, in_flight: int) -> tuple[Units, int, int]:
+    """(units of the per-prompt scores, defined entries, prompts per block) of one condition's score in one pass:
+    the prompt scores are formed inside each block task, so only blocks are ever in memory."""
+    k = rows.shape[1] // max(query, 1)
+    fixed = 4 * 8 * k * G_MAX  # the score's units
+    for flight in dict.fromkeys((in_flight, 1)):  # wide query="all" rows: fewer blocks at once before giving up
+        try:
+            block = streaming.block_rows(1, rows.shape[1], size, memory, fixed, flight)
+            break
+        except AnalysisError:
+            if flight == 1:
+                raise
+    block = max(size, block // size * size)  # whole units per block: the units never depend on the block size
+    out = streaming.stream({"x": rows}, (("score", "units", "x", query), ("finite", "defined", "x")), size, size, block, {},
+                 flight)
+    return out["units"], int(out["defined"].sum()), block
+
+
+def condition_mean_units(u: Units | None, n_prompts: int, heads: xr.DataArray, n_boot: int,
+                         rng: np.random.Generator, confidence_level: float) -> ConditionMean:
+    """One condition's mean of a score from its units: the mean exactly, the BCa interval of the units' bootstrap
+    (shift_units of one sample). All NaN but the mean under 2 prompts (nothing to resample)."""
+    shape = heads.shape
+    count = (u.count.sum(axis=0) if u is not None else np.zeros(int(np.prod(shape)))).astype(np.int64).reshape(shape)
+    if n_prompts < 2:
+        with quiet():
+            mean = u.centre().reshape(shape) if n_prompts else np.full(shape, np.nan)
+        nan = np.full(shape, np.nan)
+        return mean, ConfidenceInterval(nan, nan), nan, np.full((n_boot, *shape), np.nan), count
+    r = shift_units(u, None, n_boot, rng, heads, confidence_level)
+    ci = ConfidenceInterval(np.asarray(r.confidence_interval.low), np.asarray(r.confidence_interval.high))
+    return (np.asarray(r.statistic), ci, np.asarray(r.standard_error), np.asarray(r.bootstrap_distribution), count)
+
+
+def stream_taxonomy(ds: xr.Dataset, *, n_boot: int, seed: int, memory: int | None = None,
+                    in_flight: int | None = None, thresholds: Mapping[str, float] | None = None,
+                    epsilon: float = EPSILON, condition: str | Mapping[str, str] | None = None,
+                    confidence_level: float = 0.95, g_max: int | None = G_MAX
+                    ) -> tuple[HeadTaxonomy, dict[str, int], int]:
+    """analysis.taxonomy.head_taxonomy over the lazy store: one pass per (condition, score) reduces the per-prompt
+    scores to units of unit_size(prompts, G_MAX) prompts, from which the means (exact), the 'defined' counts
+    (exact), the BCa intervals (the units' bootstrap with SEED_TAXONOMY's draws per condition) and hence the sink
+    rate, source conditions and labels follow (assemble_taxonomy). Memory holds one score's units and a few
+    blocks, never the prompts (g_max None: units of one prompt). Returns (taxonomy, condition -> prompts per
+    unit, blocks)."""
+    memory = DEFAULT_MEMORY if memory is None else memory
+    in_flight = in_flight or default_in_flight()
+    if "bos_attn" not in ds.data_vars:
+        raise AnalysisError("store lacks variable bos_attn (the sink score)")
+    names = conditions(ds)
+    layers, head_ids = ds["layer"].values, ds["head"].values
+    heads = xr.DataArray(np.zeros((layers.size, head_ids.size)), dims=HEAD_DIMS,
+                         coords={"layer": layers, "head": head_ids})
+    variables = [v for v in SCORES if v in ds.data_vars]
+    parts: dict[str, list[ConditionMean]] = {v: [] for v in variables}
+    defined: dict[str, dict[str, int]] = {v: {} for v in variables}
+    sizes, n_blocks = {}, 0
+    for i, c in enumerate(names):
+        for v in variables:
+            rows, query = score_rows(ds, c, v)
+            n = int(rows.shape[0])
+            sizes[c] = unit_size(n, g_max)
+            units, count, block = stream_score(rows, query, sizes[c], memory, in_flight) if n else (None, 0, 1)
+            n_blocks += -(-n // block)
+            mean = condition_mean_units(units, n, heads, n_boot, rng_for(seed, SEED_TAXONOMY, i), confidence_level)
+            if v != "bos_attn":  # only the sink rate reads replicates: keep memory to one score's
+                mean = (*mean[:3], None, mean[4])
+            parts[v].append(mean)
+            defined[v][c] = count
+    taxonomy = assemble_taxonomy(parts, defined, names, ds, thresholds=thresholds, epsilon=epsilon,
+                                 condition=condition, confidence_level=confidence_level)
+    return taxonomy, sizes, n_blocks

@@ -6,7 +6,7 @@ is reduced, chunk by chunk, to per-unit statistics of every head: the finite cou
 second and third moments M2 = sum (x - m)^2 and M3 = sum (x - m)^3 (and, for the cross-head structure, the
 centred cross-product matrix sum (x - m)(x - m)^T). Units never straddle a chunk, so each unit's numbers are
 fixed by the data alone, whatever the chunking or the scheduler; every later sum runs over units in their
-order, on the client, in numpy: results are bit for bit the same for a seed (analysis.scale).
+order, on the client, in numpy: results are bit for bit the same for a seed (analysis.pipeline).
 
 Point estimates are exact (means, variances, Welch SE and df, t, d, C_a, C_b, the third moments of the BCa
 acceleration): the units' moments combine exactly into the prompts' moments. Resampling runs on units:
@@ -21,6 +21,7 @@ null has the prompt-level null's mean and variance to first order (checked in te
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -30,9 +31,10 @@ G_MAX = 2048  # units per condition for the per-head statistics (bootstrap, perm
 GC_MAX = 512  # units per condition for the cross-head cross-products (C_diff null, C_diff intervals)
 
 
-def unit_size(n: int, g_max: int) -> int:
-    """Prompts per unit so that n prompts make at most g_max units."""
-    return max(1, -(-int(n) // int(g_max)))
+def unit_size(n: int, g_max: int | None) -> int:
+    """Prompts per unit so that n prompts make at most g_max units (None: units of one prompt, the in-memory
+    report's)."""
+    return 1 if g_max is None else max(1, -(-int(n) // int(g_max)))
 
 
 @dataclasses.dataclass
@@ -59,25 +61,37 @@ class Units:
                 return np.nanmean(np.where(self.count > 0, self.mean, np.nan), axis=0)
             return (self.count * self.mean).sum(axis=0) / self.count.sum(axis=0)
 
-    def totals(self) -> dict[str, np.ndarray]:
-        """Exact n, mean, variance (ddof 1), M2 and M3 of every column over all prompts."""
+    def totals(self, third: bool = False) -> dict[str, np.ndarray]:
+        """Exact n, mean, variance (ddof 1) and M2 of every column over all prompts, and M3 when third (only
+        BCa's acceleration needs it; for the mean alone, `centre`)."""
         n = self.count.sum(axis=0)
         mean = self.centre()
         d = np.where(self.count > 0, self.mean - np.nan_to_num(mean), 0.0)
-        m2 = self.m2.sum(axis=0) + (self.count * d * d).sum(axis=0)
-        m3 = self.m3.sum(axis=0) + 3.0 * (d * self.m2).sum(axis=0) + (self.count * d**3).sum(axis=0)
+        # units of one prompt hold no within-unit M2 (and count * d is d): the same sums with two passes fewer
+        m2 = (d * d).sum(axis=0) if self.size == 1 else self.m2.sum(axis=0) + (self.count * d * d).sum(axis=0)
         with quiet():
             var = m2 / (n - 1.0)
-        return {"n": n, "mean": mean, "var": np.where(n > 1, var, np.nan), "m2": m2, "m3": m3}
+        out = {"n": n, "mean": mean, "var": np.where(n > 1, var, np.nan), "m2": m2}
+        if third:
+            out["m3"] = self.m3.sum(axis=0) + 3.0 * (d * self.m2).sum(axis=0) + (self.count * d**3).sum(axis=0)
+        return out
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        """The counts to weight by: [G, 1] when every column has the same counts (no NaN), so a resample's count is
+        one matrix-vector product instead of one per column (exact either way: sums of integers), else [G, k]."""
+        return self.count[:, :1] if np.array_equal(self.count, np.broadcast_to(self.count[:, :1], self.count.shape)) \
+            else self.count
 
     def centred(self, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(C, C (m - centre), C (m - centre)^2 + M2): per-unit count, sum and sum of squares about centre."""
+        """(C, C (m - centre), C (m - centre)^2 + M2): per-unit count (`counts`), sum and sum of squares about
+        centre."""
         d = np.where(self.count > 0, self.mean - np.nan_to_num(centre), 0.0)
         s1 = self.count * d
         s2 = s1 * d
         if self.size > 1:
             s2 = s2 + self.m2
-        return self.count, s1, s2
+        return self.counts, s1, s2
 
     @staticmethod
     def concat(parts: list[Units]) -> Units:
@@ -109,28 +123,36 @@ def unit_moments(x: np.ndarray, size: int) -> Units:
 
 @dataclasses.dataclass
 class CrossUnits:
-    """Per-unit cross-head moments over complete rows: count [G], mean [G, k], centred X^T X [G, k, k]."""
+    """Per-unit cross-head moments over complete rows: count [G], mean [G, k], centred X^T X [G, k, k] (None for
+    units of one prompt, whose centred cross-products are all 0: a [G, k, k] array of zeros would be the largest
+    thing the in-memory report holds)."""
 
     count: np.ndarray
     mean: np.ndarray
-    m2: np.ndarray
+    m2: np.ndarray | None
     size: int
 
     @staticmethod
     def concat(parts: list[CrossUnits]) -> CrossUnits:
-        return CrossUnits(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("count", "mean", "m2")),
+        m2 = None if parts[0].m2 is None else np.concatenate([p.m2 for p in parts])
+        return CrossUnits(np.concatenate([p.count for p in parts]), np.concatenate([p.mean for p in parts]), m2,
                           parts[0].size)
 
     def nonempty(self) -> CrossUnits:
         keep = self.count > 0
-        return CrossUnits(self.count[keep], self.mean[keep], self.m2[keep], self.size)
+        return CrossUnits(self.count[keep], self.mean[keep], None if self.m2 is None else self.m2[keep], self.size)
+
+    def m2_at(self, i: np.ndarray, j: np.ndarray) -> np.ndarray | float:
+        """Entries (i, j) of every unit's centred cross-products, [len(i), G] (0.0 for units of one prompt)."""
+        return 0.0 if self.m2 is None else self.m2[:, i, j].T
 
     def covariance_sums(self) -> tuple[float, np.ndarray, np.ndarray]:
         """(n, mean [k], centred cross-product matrix [k, k]) over every complete row."""
         n = float(self.count.sum())
         mean = (self.count[:, None] * self.mean).sum(axis=0) / n
         d = self.mean - mean
-        return n, mean, self.m2.sum(axis=0) + (d * self.count[:, None]).T @ d
+        between = (d * self.count[:, None]).T @ d
+        return n, mean, between if self.m2 is None else self.m2.sum(axis=0) + between
 
     def correlation(self) -> np.ndarray:
         _, _, m2 = self.covariance_sums()
@@ -152,7 +174,7 @@ def cross_moments(x: np.ndarray, size: int, active: np.ndarray) -> CrossUnits:
         complete = np.concatenate([complete, np.zeros(g * size - r, dtype=bool)])
     xs = x.reshape(g, size, k)
     if size == 1:
-        return CrossUnits(count, xs[:, 0], np.zeros((g, k, k)), 1)
+        return CrossUnits(count, xs[:, 0], None, 1)
     with quiet():
         mean = np.where(count[:, None] > 0, xs.sum(axis=1) / count[:, None], 0.0)
     d = np.where(complete.reshape(g, size)[:, :, None], xs - mean[:, None, :], 0.0)

@@ -7,8 +7,8 @@ For each size it writes (once; kept in --dir, named by store shape) a synthetic 
 conditions, written block by block in Zarr chunks of --chunk prompts (make_dataset + write_store would hold a
 10^6-prompt store in memory and write it as one chunk, which no reader can stream; here memory holds one block
 whatever the size), then runs the default report (1,000 bootstrap resamples and permutations) in a fresh process
-and records its wall time and peak resident memory (ru_maxrss of that process). --in-memory times the pre-scale
-path instead (analysis.pipeline).
+and records its wall time and peak resident memory (ru_maxrss of that process). --in-memory times the in-memory
+path instead (the loaded store, units of one prompt: analysis.pipeline.run_analysis).
 
 Store shapes (the recorded row names the one used):
   default ("sweep"): shaped like a real sweep store (schema 2): every per-head variable of jaxdiag.schema's
@@ -158,7 +158,7 @@ def run_one(store: Path, out: Path, memory: str | None, in_memory: bool, schedul
     (summary.json's top-level keys of interest) and, streamed, the report's scale.execution (blocks, and the
     sections computed from the loaded store: `in_memory`, [] when everything streamed)."""
     code = ("import sys, time, resource, json; t = time.perf_counter(); from analysis.report import write_report; "
-            "import analysis.scale as S; box = {}; run = S.run_analysis_streamed\n"
+            "import analysis.pipeline as S; box = {}; run = S.run_analysis_streamed\n"
             "def spy(*a, **k):\n r = run(*a, **k); box['execution'] = r.comparison.scale['execution']; return r\n"
             "S.run_analysis_streamed = spy\n"
             f"s = write_report({str(store)!r}, {str(out)!r}, memory={memory!r}, in_memory={in_memory!r}, "

@@ -19,6 +19,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 import xarray as xr
+from jax.sharding import Mesh
 
 from jaxdiag.checkpoint import Checkpoint, resolve
 from jaxdiag.errors import JaxdiagError
@@ -28,7 +29,8 @@ from jaxdiag.models.registry import require_effects
 from jaxdiag.probes import Probe, stored_variables
 from jaxdiag.probes.custom import resolve_probe
 from jaxdiag.models.patterns import layer_patterns
-from jaxdiag.schema import EFFECT_KINDS, Precision, QueryMode, edit_of
+from jaxdiag.models.sharding import make_mesh
+from jaxdiag.schema import EFFECT_KINDS, MeshShape, Precision, QueryMode, edit_of
 from jaxdiag.sweep.prompts import Prompt, single_token
 from jaxdiag.sweep.run import task_inputs
 from jaxdiag.sweep.runner import (SWEEP_PROBES, DeviceRunner, check_tokens, chunked_units, make_units,
@@ -52,6 +54,7 @@ class LoadedModel:
     tokenizer: Tokenizer | None
     checkpoint: Checkpoint
     precision: Precision
+    mesh: Mesh | None = None  # the device mesh its parameters are sharded over (None: one device's copy)
 
     @property
     def config(self):
@@ -77,13 +80,19 @@ class LoadedModel:
 
 
 def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: bool = True,
-         revision: str | None = None) -> LoadedModel:
+         revision: str | None = None, mesh: str | dict | MeshShape | None = None) -> LoadedModel:
     """Load a checkpoint (GPT-2, Llama/Qwen2/Mistral, GPT-NeoX, BERT, ALBERT: by ``config.json``'s
-    ``model_type``) from a Hugging Face hub id or a local directory."""
+    ``model_type``) from a Hugging Face hub id or a local directory.
+
+    ``mesh`` (``"data=2,model=4"``, ``{"model": 4}``): shard the parameters over ``model`` local
+    devices, streamed from the checkpoint into their shards; diagnose then runs batches over ``data``.
+    """
+    shape = MeshShape.parse(mesh, source="mesh")
     checkpoint = resolve(model, revision)
-    config, module = load_model(checkpoint, precision=precision)
+    device_mesh = make_mesh(shape) if mesh is not None else None
+    config, module = load_model(checkpoint, precision=precision, mesh=device_mesh)
     tokenizer = tokenizer_for(checkpoint.directory, config, prepend_bos=prepend_bos)
-    return LoadedModel(module, tokenizer, checkpoint, precision)
+    return LoadedModel(module, tokenizer, checkpoint, precision, device_mesh)
 
 
 def diagnose(model: LoadedModel, prompts: Sequence[PromptLike], *, query: QueryMode = "last",
@@ -98,7 +107,7 @@ def diagnose(model: LoadedModel, prompts: Sequence[PromptLike], *, query: QueryM
     chosen = SWEEP_PROBES + tuple(resolve_probe(p, "diagnose(probes=...)") for p in probes)
     with _bar(len(prompts), progress, "jaxdiag.diagnose") as bar:
         values = run_diagnostics(model.model, token_lists, query=query, batch_size=batch_size, probes=chosen,
-                                 progress=bar)
+                                 progress=bar, mesh=model.mesh)
     return prompts_dataset(_sweep_prompts(prompts, token_lists), values, query=query,
                            variables=stored_variables(chosen))
 
@@ -317,7 +326,7 @@ def _reference_means(model: LoadedModel, reference, kinds: tuple[str, ...], batc
     units = make_units(list(enumerate(token_lists)), batch_size=batch_size, limit=config.n_positions)
 
     def counted():
-        for unit, result in DeviceRunner(model.model, "last", make_step=head_sums_step).run(units):
+        for unit, result in DeviceRunner(model.model, "last", make_step=head_sums_step, mesh=model.mesh).run(units):
             bar.update(len(unit.keys))
             yield unit, result
 
@@ -347,7 +356,7 @@ def _effect_values(model: LoadedModel, prompts: list[Prompt], kinds, probes, que
         for unit in chunked_units(rows, batch_size=batch_size, chunk_size=chunk_size, limit=config.n_positions):
             unit.inputs = task_inputs(unit, [prompts[row] for row in unit.keys], partner)
             units.append(unit)
-    for unit, result in DeviceRunner(model.model, query, make_step=step).run(units):
+    for unit, result in DeviceRunner(model.model, query, make_step=step, mesh=model.mesh).run(units):
         scatter(values, unit.keys, result)
         bar.update(len(unit.keys))
     return values

@@ -241,3 +241,39 @@ def _torch_numpy(tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedTensor:
+    """One tensor of a ``.safetensors`` file, read in parts: ``tensor[index]`` maps the file, copies
+    out the part asked for and unmaps it, so a process holds (resident) only the pages of the parts
+    it keeps plus, while one read runs, the pages of that one tensor."""
+
+    path: Path
+    offset: int  # of the tensor's first byte in the file
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __getitem__(self, index) -> np.ndarray:
+        import mmap
+
+        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be aligned
+        with open(self.path, "rb") as handle, \
+                mmap.mmap(handle.fileno(), nbytes + self.offset - start, access=mmap.ACCESS_READ, offset=start) as mapped:
+            view = np.frombuffer(mapped, self.dtype, int(np.prod(self.shape)), self.offset - start).reshape(self.shape)
+            part = np.array(view[index])  # a copy: the mapping closes below
+            del view
+        return part
+
+
+def tensor_slices(path: Path) -> dict[str, MappedTensor]:
+    """Every tensor of a ``.safetensors`` file, named as stored, to be read in parts (nothing is read
+    yet but the header); a ``pytorch_model.bin`` is read whole (torch cannot read it in parts)."""
+
+    if path.name == SHARD_INDEX:  # every shard the index names
+        return {name: t for shard in sorted(set(shard_map(path).values())) for name, t in tensor_slices(shard).items()}
+    if path.suffix != ".safetensors":
+        return read_tensors(path)  # type: ignore[return-value]  # numpy arrays slice the same way
+    # one header reader for both ways of reading (safetensors_index)
+    return {name: MappedTensor(t.file, t.offset, t.shape, t.dtype) for name, t in safetensors_index(path).items()}

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-size", type=int, metavar="C", help="prompts per store chunk")
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--seed", type=int, metavar="S")
+    run.add_argument("--mesh", metavar="data=D,model=M", help="device mesh: parameters sharded over M devices "
+                     "(Megatron-style), batches over D rows of them (default: every local device on data)")
     run.add_argument("--effects", metavar="KINDS", help="causal effects to compute per head: zero,mean,patch")
     run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write: a path or an fsspec "
                      "URL (file://, s3://, gs://, memory:// within one process)")
@@ -126,9 +128,10 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, preset=args.preset, overrides={
         "model": args.model, "prompts": args.prompts, "n_prompts": args.n_prompts, "query": args.query,
         "prepend_bos": args.prepend_bos, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-        "precision": args.precision, "seed": args.seed, "effects": args.effects,
+        "precision": args.precision, "seed": args.seed, "effects": args.effects, "mesh": args.mesh,
     })
-    _prefetch_weights(config.model)
+    if config.mesh.model == 1:  # a sharded load streams each tensor into its shards: nothing to read ahead
+        _prefetch_weights(config.model)
     _use_compile_cache(args)
     if args.coordinator is not None:
         import jax

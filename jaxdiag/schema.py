@@ -6,7 +6,10 @@ commands and the run-config validator share it with the model and the sweep engi
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
+
+from jaxdiag.errors import JaxdiagError
 
 # 2: docs/CONTRACT.md's schema 2 -- the head-taxonomy variables (always) and causal effects (on request).
 SCHEMA_VERSION = 2
@@ -86,3 +89,45 @@ RESERVED_KEYS: frozenset[str] = frozenset({*DIMENSIONS, *PROMPT_COORDS, *HEAD_VA
 
 # `builtin:NAME` names a model or file shipped in jaxdiag/data/.
 BUILTIN_PREFIX = "builtin:"
+
+
+# The device mesh of a run: its axes, as run configs (``mesh = {data = D, model = M}``), the CLI
+# (``--mesh data=D,model=M``) and jaxdiag.load(mesh=...) name them. jaxdiag.models.sharding builds it.
+MESH_AXES: tuple[str, ...] = ("data", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    """How many devices each mesh axis has. ``data=None``: every local device not on ``model``
+    (the default, ``model=1``, puts all local devices on ``data``: plain data parallelism)."""
+
+    data: int | None = None
+    model: int = 1
+
+    @classmethod
+    def parse(cls, value: "str | dict | MeshShape | None", *, source: str = "--mesh") -> "MeshShape":
+        """From ``"data=2,model=4"``, ``{"data": 2, "model": 4}`` or a MeshShape; a one-line error otherwise."""
+        if value is None:
+            return cls()
+        if isinstance(value, MeshShape):
+            return value
+        if isinstance(value, str):
+            sizes: dict = {}
+            for part in (p.strip() for p in value.split(",") if p.strip()):
+                name, sep, size = part.partition("=")
+                if not sep or not size.strip().isdigit():
+                    raise JaxdiagError(f"{source}: {part!r} is not AXIS=SIZE (e.g. --mesh data=2,model=4)")
+                sizes[name.strip()] = int(size)
+            value = sizes
+        if not isinstance(value, dict):
+            raise JaxdiagError(f"{source}: a mesh is a table {{data = D, model = M}}, not {value!r}")
+        unknown = sorted(set(value) - set(MESH_AXES))
+        if unknown:
+            raise JaxdiagError(f"{source}: unknown mesh axis {unknown[0]!r} (the axes are {', '.join(MESH_AXES)})")
+        for name, size in value.items():
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise JaxdiagError(f"{source}: mesh axis {name} must be an integer >= 1, not {size!r}")
+        return cls(data=value.get("data"), model=value.get("model", 1))
+
+    def to_dict(self) -> dict[str, int]:
+        return {name: size for name, size in (("data", self.data), ("model", self.model)) if size is not None}

@@ -88,9 +88,13 @@ def test_mean_effects_recompute_from_the_store(planted):
 
 def test_bca_interval_matches_scipy(planted):
     _, ds, _ = planted
+    from analysis.causal import mean_effect
+    from analysis.units import unit_moments
+
     values = effect_sample(ds, "mean", prefer="ioi").values
-    an_ci = __import__("analysis.causal", fromlist=["mean_effect"]).mean_effect(
-        values, n_boot=4000, rng=np.random.default_rng(0)).confidence_interval
+    units = unit_moments(values.values.reshape(values.shape[0], -1), 1)
+    an_ci = mean_effect(units, values.shape[0], values.isel(prompt=0, drop=True), 4000,
+                        np.random.default_rng(0)).confidence_interval
     x = values.values[:, 3, 1]
     ref = stats.bootstrap((x,), np.mean, n_resamples=4000, method="BCa", rng=np.random.default_rng(1)).confidence_interval
     width = ref.high - ref.low

@@ -177,7 +177,7 @@ def test_planted_heads_lead_and_survive_bh(report):
 def test_clustered_c_diff_draws_the_summary_order(report):
     """Fig. 8's matrix is C_diff permuted into summary.json's dendrogram order, tree leaves included."""
     from analysis.circuits import load_circuit
-    from analysis.figures import clustered_c_diff
+    from analysis.sections.cross_head import clustered_c_diff
     from analysis.pipeline import run_analysis
 
     root, summary, _ = report

@@ -1,4 +1,5 @@
-"""The streamed report (analysis.scale) against the in-memory one (analysis.pipeline), and its determinism.
+"""The streamed report (analysis.pipeline.run_analysis_streamed) against units of one prompt (run_analysis), and
+its determinism.
 
 Tolerances: with units of one prompt (up to analysis.units.G_MAX prompts per condition) the streamed report
 draws exactly the in-memory report's resamples, so every number agrees to rounding (rtol 1e-9). With units of
@@ -15,15 +16,17 @@ import math
 import numpy as np
 import pytest
 
-from analysis import scale, units
+from analysis import pipeline, streaming, taxonomy, units
+from analysis import standardised as st
 from analysis._util import to_jsonable
 from analysis.circuits import from_mapping
 from analysis.pipeline import run_analysis
-from analysis.shifts import jackknife_acceleration
+from analysis.shifts import acceleration
 from analysis.store import open_store
 from analysis.summary import summary
 from analysis.taxonomy import head_taxonomy
 from analysis.synthetic import make_dataset, write_store
+from tests.oracles import jackknife_acceleration
 
 CIRCUIT = from_mapping({"roles": {"x": [[2, 3], [1, 1], [0, 2]]}}, name="c", source="test")
 RUN = dict(n_boot=200, n_perm=200, seed=3)
@@ -40,7 +43,7 @@ def _store(tmp_path, n, paired=False, nan=False):
 
 def _summaries(path, **kw):
     old = to_jsonable(summary(run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path, **RUN, **kw)))
-    new = to_jsonable(summary(scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN, **kw)))
+    new = to_jsonable(summary(pipeline.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN, **kw)))
     return old, new
 
 
@@ -70,10 +73,11 @@ def _assert_close(old, new, rtol=1e-9, skip=()):
 
 @pytest.mark.parametrize("paired", [False, True])
 def test_prompt_units_reproduce_the_in_memory_report(tmp_path, paired):
-    """Up to G_MAX prompts per condition a unit is a prompt: the same draws, the same numbers (to rounding)."""
+    """Up to G_MAX prompts per condition a unit is a prompt: the streamed report (lazy store) is the in-memory one
+    (loaded store), bit for bit, but for its `scale` entry."""
     old, new = _summaries(_store(tmp_path, 80, paired=paired))
     assert new["scale"]["unit_prompts"] == 1 and new["scale"]["subsample"]["all_prompts"]
-    _assert_close(old, {k: v for k, v in new.items() if k != "scale"})
+    assert "scale" not in old and old == {k: v for k, v in new.items() if k != "scale"}
 
 
 def test_nan_values_point_estimates_exact(tmp_path):
@@ -92,13 +96,15 @@ RESAMPLED = ("_ci", "delta_se", "p", "q_bh", "auc", "bootstrap", "null", "quanti
 
 @pytest.mark.parametrize("paired", [False, True])
 def test_block_units_point_estimates_exact_resampled_within_monte_carlo(tmp_path, monkeypatch, paired):
-    """Units of several prompts: point estimates exact, intervals and p-values within Monte-Carlo error."""
-    monkeypatch.setattr(scale, "G_MAX", 60)
-    monkeypatch.setattr(scale, "GC_MAX", 30)
-    path = _store(tmp_path, 600, paired=paired)
+    """~10^3 prompts per condition: units of one prompt (run_analysis) against blocked streaming (units of 10
+    prompts, 20 for the cross-head statistics) in the same run: point estimates exact, intervals and p-values
+    within Monte-Carlo error."""
+    monkeypatch.setattr(pipeline, "G_MAX", 100)
+    monkeypatch.setattr(streaming, "GC_MAX", 50)
+    path = _store(tmp_path, 1000, paired=paired)
     old = to_jsonable(summary(run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path,
                                            n_boot=400, n_perm=400, seed=3)))
-    new = to_jsonable(summary(scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=400, n_perm=400,
+    new = to_jsonable(summary(pipeline.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=400, n_perm=400,
                                                           seed=3)))
     assert new["scale"]["unit_prompts"] == 10 and new["scale"]["cross_unit_prompts"] == 20
     for key in ("delta", "delta_z", "delta_z_se", "delta_z_df", "effect_size", "correlations"):
@@ -121,7 +127,7 @@ def test_acceleration_from_streamed_moments_is_the_jackknife():
     rng = np.random.default_rng(0)
     xa, xb = rng.gamma(2.0, size=(301, 5)), rng.gamma(3.0, size=(250, 5))
     ua, ub = units.unit_moments(xa, 7), units.unit_moments(xb, 7)
-    np.testing.assert_allclose(scale.acceleration((ua, 1.0), (ub, -1.0)), jackknife_acceleration(xa, xb), rtol=1e-9)
+    np.testing.assert_allclose(acceleration((ua, 1.0), (ub, -1.0)), jackknife_acceleration(xa, xb), rtol=1e-9)
     np.testing.assert_allclose(ua.totals()["var"], xa.var(axis=0, ddof=1), rtol=1e-12)
 
 
@@ -131,9 +137,8 @@ def test_block_permutation_null_matches_the_prompt_null():
     xa, xb = rng.standard_normal((2000, 6)), rng.standard_normal((2000, 6))
     sd = {}
     for size in (1, 10):
-        s = scale.Streamed("independent", size, size, {"v": units.unit_moments(xa, size)},
-                           {"v": units.unit_moments(xb, size)}, {}, {}, {}, None, None, None, 0, 0)
-        deltas, ts = scale.permutation_null_units(s, "v", 1000, np.random.default_rng(2))
+        s = st.TwoSamples(st.INDEPENDENT, (6,), units.unit_moments(xa, size), units.unit_moments(xb, size))
+        deltas, ts = st.permutation_null(s, 1000, np.random.default_rng(2))
         sd[size] = (deltas.std(axis=0), ts.std(axis=0))
     np.testing.assert_allclose(sd[10][0], sd[1][0], rtol=0.12)
     np.testing.assert_allclose(sd[10][1], 1.0, rtol=0.12)
@@ -145,8 +150,8 @@ def test_chunking_and_memory_do_not_change_a_bit(tmp_path, monkeypatch):
     text = []
     for rows in (None, 16):
         if rows is not None:
-            monkeypatch.setattr(scale, "block_rows", lambda *a, **k: rows)
-        an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN)
+            monkeypatch.setattr(streaming, "block_rows", lambda *a, **k: rows)
+        an = pipeline.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN)
         text.append(json.dumps(to_jsonable(summary(an)), allow_nan=False))
         assert an.comparison.scale["execution"]["n_blocks"] == (2 if rows is None else 2 * -(-150 // 16))
     assert text[0] == text[1]
@@ -157,8 +162,8 @@ def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
     over both; units of 6 prompts, cross units of 18, so every per-unit kernel runs, GEMMs included, on 144 heads)
     gives the same summary.json, byte for byte, as dask's local threads with one block per condition."""
     distributed = pytest.importorskip("distributed")
-    monkeypatch.setattr(scale, "G_MAX", 20)
-    monkeypatch.setattr(scale, "GC_MAX", 8)
+    monkeypatch.setattr(pipeline, "G_MAX", 20)
+    monkeypatch.setattr(streaming, "GC_MAX", 8)
     ds = make_dataset(n_layers=12, n_heads=12, n_prompts=120, shifts={"kl_norm": {(9, 6): 0.03}}, seed=5,
                       roles={"induction": [(5, 1)], "sink": [(0, 0)]}, effects={(9, 6): -1.0},
                       cheap_kinds=("atp_patch",))  # the taxonomy and effect sections' block kernels run remotely too
@@ -166,14 +171,14 @@ def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
     circuit = from_mapping({"roles": {"x": [[9, 6], [9, 9], [10, 0]]}}, name="c", source="test")
 
     def text(scheduler, **kw):
-        with scale.scheduler_context(scheduler):
-            an = scale.run_analysis_streamed(path, circuit, "ioi", "non_ioi", n_boot=99, n_perm=99, **kw)
+        with streaming.scheduler_context(scheduler):
+            an = pipeline.run_analysis_streamed(path, circuit, "ioi", "non_ioi", n_boot=99, n_perm=99, **kw)
         assert an.comparison.scale["unit_prompts"] == 6 and an.comparison.scale["cross_unit_prompts"] == 18
         assert an.taxonomy is not None and an.causal and an.cheap
         return json.dumps(to_jsonable(summary(an)), allow_nan=False)
 
     local = text(None)
-    monkeypatch.setattr(scale, "block_rows", lambda *a, **k: 36)  # 4 blocks per condition: both workers get some
+    monkeypatch.setattr(streaming, "block_rows", lambda *a, **k: 36)  # 4 blocks per condition: both workers get some
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
         remote = text(cl.scheduler_address, memory="64MB")
         workers = len(cl.scheduler_info["workers"])
@@ -181,11 +186,11 @@ def test_report_on_a_local_cluster_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_subsample_is_stated(tmp_path, monkeypatch):
-    monkeypatch.setattr(scale, "SAMPLE_MAX", 40)
-    monkeypatch.setattr(scale, "block_rows", lambda *a, **k: 16)  # the sample is gathered across blocks
+    monkeypatch.setattr(pipeline, "SAMPLE_MAX", 40)
+    monkeypatch.setattr(streaming, "block_rows", lambda *a, **k: 16)  # the sample is gathered across blocks
     path = _store(tmp_path, 100)
-    an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=50, n_perm=50)
-    picks = np.sort(scale.rng_for(0, scale.SEED_SAMPLE, 1).choice(100, 40, replace=False))
+    an = pipeline.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=50, n_perm=50)
+    picks = np.sort(pipeline.rng_for(0, pipeline.SEED_SAMPLE, 1).choice(100, 40, replace=False))
     expected = open_store(path)["kl_norm"].sel(condition="non_ioi").values[picks]
     np.testing.assert_array_equal(an.comparison.values["kl_norm"][1].values, expected)
     sub = to_jsonable(summary(an))["scale"]["subsample"]
@@ -195,12 +200,12 @@ def test_subsample_is_stated(tmp_path, monkeypatch):
 
 
 def test_parse_memory_and_cli_flags():
-    assert scale.parse_memory("2GB") == 2 * 2**30 and scale.parse_memory("512MB") == 512 * 2**20
-    assert scale.parse_memory(None) == scale.DEFAULT_MEMORY
+    assert streaming.parse_memory("2GB") == 2 * 2**30 and streaming.parse_memory("512MB") == 512 * 2**20
+    assert streaming.parse_memory(None) == streaming.DEFAULT_MEMORY
     with pytest.raises(Exception):
-        scale.parse_memory("lots")
+        streaming.parse_memory("lots")
     with pytest.raises(Exception, match="too small"):  # 144 heads' unit statistics alone take ~0.6 GB
-        scale.block_rows(7, 144, 100, scale.parse_memory("256MB"), 600 * 2**20, 2)
+        streaming.block_rows(7, 144, 100, streaming.parse_memory("256MB"), 600 * 2**20, 2)
     from jaxdiag.cli import _parser
 
     args = _parser().parse_args(["report", "x.zarr", "--out", "o", "--memory", "1GB", "--scheduler", "threads"])
@@ -266,7 +271,7 @@ def test_taxonomy_store_streams_without_loading_it(tmp_path, monkeypatch):
     path = _taxonomy_store(tmp_path, "tax.zarr")
     old = run_analysis(open_store(path), CIRCUIT, "repeated", "random", store_path=path, **RUN)
     _refuse_eager_loads(monkeypatch)
-    an = scale.run_analysis_streamed(path, CIRCUIT, "repeated", "random", **RUN)
+    an = pipeline.run_analysis_streamed(path, CIRCUIT, "repeated", "random", **RUN)
     assert an.taxonomy is not None and an.comparison.scale["execution"]["in_memory"] == []
     assert an.comparison.scale["taxonomy"]["unit_prompts"] == {"repeated": 1, "random": 1}
     _same_taxonomy(old.taxonomy, an.taxonomy)
@@ -282,7 +287,7 @@ def test_taxonomy_effects_and_cheap_sections_match_the_in_memory_report(tmp_path
     path = write_store(ds, tmp_path / "effects.zarr")
     old = to_jsonable(summary(run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path, **RUN)))
     _refuse_eager_loads(monkeypatch)
-    an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN)
+    an = pipeline.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", **RUN)
     new = to_jsonable(summary(an))
     assert an.comparison.scale["execution"]["in_memory"] == []
     assert new["scale"]["causal"]["streamed"] and new["scale"]["causal"]["unit_prompts"] == {"ioi": 1}
@@ -299,10 +304,11 @@ def test_taxonomy_block_units_point_estimates_exact_intervals_within_monte_carlo
     as in memory (to float64 rounding: rtol 1e-12), BCa intervals within Monte-Carlo error: the in-memory and the
     unit bootstrap (400 replicates each, other draws) put every endpoint within 40% of the interval's width of each
     other and the median endpoint within 10% (measured over seeds 0-5: worst 20-28%, median 3-9%)."""
-    monkeypatch.setattr(scale, "G_MAX", 50)
+    monkeypatch.setattr(pipeline, "G_MAX", 50)
     path = _taxonomy_store(tmp_path, "blocks.zarr", n=(500, 400))
     old = head_taxonomy(open_store(path), n_boot=400, seed=2)
-    new, sizes, _ = scale.stream_taxonomy(scale.open_lazy(path), n_boot=400, seed=2, memory=2**30, in_flight=2)
+    new, sizes, _ = taxonomy.stream_taxonomy(streaming.open_lazy(path), n_boot=400, seed=2, memory=2**30, in_flight=2,
+                                            g_max=50)
     assert sizes == {"repeated": 10, "random": 8}
     assert old.sources == new.sources and (old.labels["label"] == new.labels["label"]).all()
     gaps = []
@@ -321,13 +327,14 @@ def test_taxonomy_block_units_point_estimates_exact_intervals_within_monte_carlo
 
 def test_taxonomy_is_the_same_for_any_block_size(tmp_path, monkeypatch):
     """Blocks of one unit, of three, or all prompts at once: the same taxonomy, bit for bit."""
-    monkeypatch.setattr(scale, "G_MAX", 10)
+    monkeypatch.setattr(pipeline, "G_MAX", 10)
     path = _taxonomy_store(tmp_path, "det.zarr", n=(120, 100))
     runs = []
     for rows in (None, 12, 36):
         if rows is not None:
-            monkeypatch.setattr(scale, "block_rows", lambda *a, **k: rows)
-        runs.append(scale.stream_taxonomy(scale.open_lazy(path), n_boot=99, seed=5, memory=2**30, in_flight=2))
+            monkeypatch.setattr(streaming, "block_rows", lambda *a, **k: rows)
+        runs.append(taxonomy.stream_taxonomy(streaming.open_lazy(path), n_boot=99, seed=5, memory=2**30, in_flight=2,
+                                             g_max=10))
     assert len({n_blocks for _, _, n_blocks in runs}) == 3
     for t, _, _ in runs[1:]:
         _same_taxonomy(runs[0][0], t, interval_rtol=0.0)
@@ -351,7 +358,7 @@ def test_query_all_taxonomy_streams_like_in_memory(tmp_path):
     ds.attrs["query_positions"] = "all"
     path = write_store(ds, tmp_path / "all.zarr")
     old = head_taxonomy(open_store(path), n_boot=200, seed=1)
-    new, _, _ = scale.stream_taxonomy(scale.open_lazy(path), n_boot=200, seed=1, memory=2**30, in_flight=2)
+    new, _, _ = taxonomy.stream_taxonomy(streaming.open_lazy(path), n_boot=200, seed=1, memory=2**30, in_flight=2)
     assert new.query_positions == "all"
     _same_taxonomy(old, new)
 
@@ -362,14 +369,14 @@ def test_effects_block_units_exact_points_resampled_within_monte_carlo(tmp_path,
     (to rounding), the mean effect's BCa interval within 30% of its width, and the Spearman intervals of the joint
     bootstrap (AtP estimates and diagnostics) within 0.2 of the in-memory endpoints (Monte-Carlo error of two
     bootstraps with other draws; measured over seeds 0-3: worst 17-21% and 0.08-0.13)."""
-    monkeypatch.setattr(scale, "G_MAX", 60)
-    monkeypatch.setattr(scale, "GC_MAX", 30)
+    monkeypatch.setattr(pipeline, "G_MAX", 60)
+    monkeypatch.setattr(streaming, "GC_MAX", 30)
     ds = make_dataset(n_layers=3, n_heads=4, n_prompts=600, shifts={"kl_norm": {(2, 3): 0.03}},
                       effects={(2, 3): -1.0, (1, 1): -0.05, (0, 2): 0.02}, cheap_kinds=("atp_patch",), seed=4,
                       pair_corr=0.5 if paired else None)
     path = write_store(ds, tmp_path / "effects_blocks.zarr")
     old = run_analysis(open_store(path), CIRCUIT, "ioi", "non_ioi", store_path=path, n_boot=400, n_perm=100, seed=3)
-    new = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=400, n_perm=100, seed=3)
+    new = pipeline.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=400, n_perm=100, seed=3)
     assert new.comparison.scale["causal"]["unit_prompts"] == {"ioi": 10}
     for kind, x in old.causal.items():
         y = new.causal[kind]
@@ -395,14 +402,14 @@ def test_effects_block_units_exact_points_resampled_within_monte_carlo(tmp_path,
 def test_effects_are_the_same_for_any_block_size(tmp_path, monkeypatch):
     """The whole report of a store with taxonomy, effects and AtP estimates, streamed in blocks of 10 prompts (one
     unit) or all at once: the same summary.json, byte for byte."""
-    monkeypatch.setattr(scale, "G_MAX", 20)
+    monkeypatch.setattr(pipeline, "G_MAX", 20)
     ds = make_dataset(n_layers=3, n_heads=4, n_prompts=200, effects={(2, 3): -1.0}, cheap_kinds=("atp_patch",),
                       roles=ROLES, seed=6)
     path = write_store(ds, tmp_path / "effects_det.zarr")
     text = []
     for rows in (None, 10):
         if rows is not None:
-            monkeypatch.setattr(scale, "block_rows", lambda *a, **k: rows)
-        an = scale.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=99, n_perm=99)
+            monkeypatch.setattr(streaming, "block_rows", lambda *a, **k: rows)
+        an = pipeline.run_analysis_streamed(path, CIRCUIT, "ioi", "non_ioi", n_boot=99, n_perm=99)
         text.append(json.dumps(to_jsonable(summary(an)), allow_nan=False))
     assert text[0] == text[1]

@@ -20,6 +20,7 @@ from analysis.resampling import permutation_pvalue
 from analysis.shifts import shift
 from analysis.synthetic import make_dataset, write_store
 from analysis.errors import AnalysisError
+from tests import oracles
 
 H = 144  # GPT-2 small's heads
 N_CIRCUIT = 23  # the posts' IOI circuit
@@ -35,8 +36,8 @@ def replicate_pvalues(xa: np.ndarray, xb: np.ndarray, mask: np.ndarray, design: 
                       rng: np.random.Generator) -> dict[str, np.ndarray]:
     """xa, xb: [n, R, H]. Per replicate: the lead test's p (U of |t| vs label permutations), the rank test on
     |t| and the posts' rank test on raw |delta| (scipy's Mann-Whitney, one-sided)."""
-    t = st.standardised(xa, xb, design)["t"]  # [R, H]
-    _, null_t = st.permutation_null(xa, xb, design, n_perm, rng)  # [n_perm, R, H]
+    t = st.standardised(st.prompt_samples(xa, xb, design))["t"]  # [R, H]
+    _, null_t = st.permutation_null(st.prompt_samples(xa, xb, design), n_perm, rng)  # [n_perm, R, H]
     lead = permutation_pvalue(ct.u_statistics(np.abs(t), mask), ct.u_statistics(np.abs(null_t), mask))
     raw = np.abs(np.nanmean(xa, 0) - np.nanmean(xb, 0))
     return {
@@ -114,7 +115,7 @@ def test_min_effect_flags_only_the_heads_beyond_x():
     true = np.where(big, 2 * x, 0.5 * x) * np.where(np.arange(H) % 4 < 2, 1, -1)  # both signs
     xa = true + 0.02 * rng.standard_normal((n, reps, H))
     xb = 0.02 * rng.standard_normal((n, reps, H))
-    s = st.standardised(xa, xb, st.INDEPENDENT)
+    s = st.standardised(st.prompt_samples(xa, xb, st.INDEPENDENT))
     hits_big, false_small, at_zero = [], [], []
     for r in range(reps):
         q = np.asarray(ct.benjamini_hochberg(st.min_effect_pvalue(s["delta"][r], s["se"][r], s["df"][r], x)))
@@ -135,7 +136,7 @@ def test_min_effect_test_has_its_level_on_the_boundary():
     true = np.where(np.arange(k) % 2 == 0, x, -x)
     xa = true + 0.03 * rng.standard_normal((50, k))
     xb = 0.05 * rng.standard_normal((70, k))
-    s = st.standardised(xa, xb, st.INDEPENDENT)
+    s = st.standardised(st.prompt_samples(xa, xb, st.INDEPENDENT))
     p = st.min_effect_pvalue(s["delta"], s["se"], s["df"], x)
     assert 0.03 <= np.mean(p <= 0.05) <= 0.07
     welch = stats.ttest_ind(xa, xb, equal_var=False).pvalue
@@ -179,7 +180,7 @@ def test_effect_size_interval_coverage():
     rng = np.random.default_rng(8)
     xa = 0.5 + rng.standard_normal((80, 2000))
     xb = rng.standard_normal((80, 2000))
-    boot = st.bootstrap_standardised(xa, xb, st.INDEPENDENT, 1000, rng)["d"]
+    boot = st.bootstrap_standardised(st.prompt_samples(xa, xb, st.INDEPENDENT), 1000, rng)["d"]
     low, high = np.quantile(boot, [0.025, 0.975], axis=0)
     assert 0.93 <= np.mean((low <= 0.5) & (0.5 <= high)) <= 0.97
 
@@ -187,23 +188,23 @@ def test_effect_size_interval_coverage():
 def test_standardised_statistics_equal_scipy():
     rng = np.random.default_rng(9)
     xa, xb = rng.normal(0.2, 1.0, (30, 3, 4)), rng.normal(0.0, 3.0, (45, 3, 4))
-    s = st.standardised(xa, xb, st.INDEPENDENT)
+    s = st.standardised(st.prompt_samples(xa, xb, st.INDEPENDENT))
     ref = stats.ttest_ind(xa, xb, equal_var=False)
     np.testing.assert_allclose(s["t"], ref.statistic)
     np.testing.assert_allclose(s["df"], ref.df)
     d = (xa.mean(0) - xb.mean(0)) / np.sqrt((xa.var(0, ddof=1) + xb.var(0, ddof=1)) / 2)
     np.testing.assert_allclose(s["d"], d)
     ya, yb = paired_columns(rng, 25, 12, 0.5, 0.1)
-    p = st.standardised(ya, yb, st.PAIRED)
+    p = st.standardised(st.prompt_samples(ya, yb, st.PAIRED))
     ref = stats.ttest_rel(ya, yb)
     np.testing.assert_allclose(p["t"], ref.statistic)
     np.testing.assert_allclose(p["df"], ref.df)
-    # permutations: the independent deltas are exactly circuit_tests.permutation_deltas' (same draws); each
+    # permutations: the independent deltas are exactly the prompt-array oracle's (same draws); each
     # permuted t is the Welch t of the relabelled samples
-    null_d, null_t = st.permutation_null(xa, xb, st.INDEPENDENT, 20, np.random.default_rng(1))
-    np.testing.assert_allclose(null_d, ct.permutation_deltas(xa, xb, 20, np.random.default_rng(1)))
+    null_d, null_t = st.permutation_null(st.prompt_samples(xa, xb, st.INDEPENDENT), 20, np.random.default_rng(1))
+    np.testing.assert_allclose(null_d, oracles.permutation_deltas(xa, xb, 20, np.random.default_rng(1)))
     assert np.all(np.isfinite(null_t)) and null_t.shape == (20, 3, 4)
-    _, flip_t = st.permutation_null(ya, yb, st.PAIRED, 2000, np.random.default_rng(2))
+    _, flip_t = st.permutation_null(st.prompt_samples(ya, yb, st.PAIRED), 2000, np.random.default_rng(2))
     assert abs(np.std(flip_t) - 1.0) < 0.1  # sign-flip null of a paired t: about N(0, 1)
 
 

@@ -11,8 +11,25 @@ from scipy import stats
 
 from analysis import circuit_tests as ct
 from analysis import correlation as corr
+from analysis import standardised as st
 from analysis.resampling import bootstrap_counts, permutation_members, rng_for
 from analysis.shifts import shift
+from analysis.units import CrossUnits, cross_moments
+
+
+def permutation_deltas(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_perm, *heads] delta of means with the condition labels shuffled (the report's engine, prompt units)."""
+    return st.permutation_null(st.prompt_samples(xa, xb, st.INDEPENDENT), n_perm, rng)[0]
+
+
+def prompt_cross(x: np.ndarray) -> CrossUnits:
+    """Cross-head units of one prompt of x [n, k]."""
+    return cross_moments(x, 1, np.ones(x.shape[1], dtype=bool))
+
+
+def c_diff_null(xa: np.ndarray, xb: np.ndarray, n_perm: int, rng: np.random.Generator):
+    ca, cb = prompt_cross(xa), prompt_cross(xb)
+    return corr.c_diff_max_null(ca, cb, corr.max_abs_offdiag(ca.correlation() - cb.correlation()), n_perm, rng)
 
 
 def null_replicate_pvalues(rng, n_rep, *, shape=(5, 8), n=12, n_perm=199, noise_by_head=None, circuit=None):
@@ -26,7 +43,7 @@ def null_replicate_pvalues(rng, n_rep, *, shape=(5, 8), n=12, n_perm=199, noise_
         xa = rng.standard_normal((n, *shape)) * sd
         xb = rng.standard_normal((n, *shape)) * sd
         delta = xa.mean(0) - xb.mean(0)
-        null = ct.permutation_deltas(xa, xb, n_perm, rng)
+        null = permutation_deltas(xa, xb, n_perm, rng)
         out["perm"].append(ct.circuit_permutation_test(delta, null, mask).pvalue)
         out["mw"].append(ct.mann_whitney(np.abs(delta), mask).pvalue)
         out["head"].append(ct.per_head_permutation(delta, null).pvalue[0, 0])
@@ -111,7 +128,7 @@ def test_planted_shifts_are_found():
     for (l, h), d in planted.items():
         assert res.confidence_interval.low[l, h] <= d <= res.confidence_interval.high[l, h]
         assert np.sign(res.confidence_interval.low[l, h]) == np.sign(res.confidence_interval.high[l, h])
-    null = ct.permutation_deltas(xa, xb, 999, np.random.default_rng(1))
+    null = permutation_deltas(xa, xb, 999, np.random.default_rng(1))
     q = ct.benjamini_hochberg(ct.per_head_permutation(res.statistic, null).pvalue)
     flagged = {tuple(map(int, x)) for x in np.argwhere(q <= 0.05)}
     assert set(planted) <= flagged and len(flagged) <= len(planted) + 1
@@ -177,17 +194,17 @@ def test_c_diff_null_calibrated_and_finds_planted_coupling():
     ps = []
     for _ in range(60):  # family-wise p of the max |C_diff| is uniform with no coupling
         xa, xb = rng.standard_normal((20, 6)), rng.standard_normal((20, 6))
-        ps.append(corr.c_diff_max_null(xa, xb, 99, rng).pvalue)
+        ps.append(c_diff_null(xa, xb, 99, rng).pvalue)
     assert stats.kstest(ps, "uniform").pvalue > 0.01
     shared = rng.standard_normal(80)
     xa = rng.standard_normal((80, 8))
     xa[:, 1] = shared + 0.2 * xa[:, 1]
     xa[:, 5] = shared + 0.2 * xa[:, 5]
     xb = rng.standard_normal((80, 8))
-    null = corr.c_diff_max_null(xa, xb, 199, rng)
-    c_diff = corr.head_correlation(xa) - corr.head_correlation(xb)
+    null = c_diff_null(xa, xb, 199, rng)
+    c_diff = prompt_cross(xa).correlation() - prompt_cross(xb).correlation()
     assert null.pvalue <= 0.01 and corr.family_wise_p(c_diff[1, 5], null) <= 0.01
     sigma = corr.sigma_band(c_diff, np.zeros(8, bool))
     assert (1, 5) in corr.flagged_pairs(c_diff, sigma, 2.0)
-    lo, hi = corr.bootstrap_c_diff(xa, xb, [(1, 5)], 500, rng)[0]
+    lo, hi = corr.bootstrap_c_diff(prompt_cross(xa), prompt_cross(xb), [(1, 5)], 500, rng)[0]
     assert lo <= c_diff[1, 5] <= hi and lo > 0.4

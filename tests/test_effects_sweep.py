@@ -23,12 +23,13 @@ def models(tmp_path_factory) -> dict:
     return {"text": save_tiny_model(root / "text", **TEXT_MODEL), "token": save_tiny_model(root / "token", seed=4, **TOKEN_MODEL)}
 
 
-def write_pairs(path: Path, n_pairs: int = 7, seed: int = 0) -> Path:
-    """Pairs of token prompts (clean / corrupted) of varied lengths; targets and foils as ids."""
+def write_pairs(path: Path, n_pairs: int = 7, seed: int = 0, length: int | None = None) -> Path:
+    """Pairs of token prompts (clean / corrupted) of varied lengths (or all ``length + 1`` long, BOS
+    included); targets and foils as ids."""
     rng = np.random.default_rng(seed)
     lines = []
     for i in range(n_pairs):
-        n = int(rng.integers(3, 20))
+        n = length or int(rng.integers(3, 20))
         clean = rng.integers(1, 1000, n).tolist()
         corrupt = clean[:-2] + rng.integers(1, 1000, 2).tolist()
         target, foil = (int(t) for t in rng.integers(1, 1000, 2))

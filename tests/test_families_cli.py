@@ -44,18 +44,51 @@ def test_run_model_dir_for_each_family(tmp_path, family, case):
                                        rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
-def test_effects_are_gpt2_only(tmp_path):
-    _, directory, _ = decoders.build(tmp_path, "llama")
+@pytest.mark.parametrize("case", ["qwen2-gqa", "neox-parallel"])
+def test_effects_run_on_other_decoders(tmp_path, case):
+    """`effects = [...]` runs on every decoder family: exact effects and AtP stored, finite where the
+    prompt has a target, and a head's exact effect equals a whole forward with that head edited."""
+    import dataclasses
+
+    from jaxdiag.sweep.run import run_sweep
+    from jaxdiag.sweep.runconfig import load_config
+
+    _, directory, _ = decoders.build(tmp_path, case)
+    rng = np.random.default_rng(1)
+    records = [{"condition": "a", "tokens": rng.integers(0, 97, size=8).tolist(), "target": int(rng.integers(97))}
+               for _ in range(4)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = load_config(None, preset="default", overrides={"model": str(directory), "prompts": str(tmp_path / "p.jsonl")})
+    config = dataclasses.replace(config, effects=("zero", "atp_zero"), circuit=None, conditions=None)
+    run_sweep(config, tmp_path / "store.zarr", quiet=True)
+    ds = xr.open_zarr(tmp_path / "store.zarr")
+    zero, atp = ds["effect_zero"].values, ds["effect_atp_zero"].values
+    assert np.isfinite(zero).all() and np.isfinite(atp).all() and np.abs(zero).max() > 0
+    from jaxdiag.models.edits import zero_heads
+
+    loaded = jaxdiag.load(str(directory))
+    c = loaded.config
+    tokens = np.asarray([records[0]["tokens"]], np.int32)
+    lengths = np.asarray([8], np.int32)
+    clean, edited = (np.asarray(loaded.model(tokens, lengths, logits=True, edit=edit).logits)[0, -1]
+                     for edit in (None, zero_heads((c.n_layer, c.n_head, c.d_head), [(1, 2)])))
+    log_p = lambda logits: logits[records[0]["target"]] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    np.testing.assert_allclose(zero[0, 0, 1, 2], log_p(edited) - log_p(clean), rtol=1e-4, atol=1e-5)
+
+
+def test_encoder_effects_are_refused_before_work(tmp_path):
+    from jaxdiag.sweep.run import run_sweep
+    from jaxdiag.sweep.runconfig import load_config
+
+    import dataclasses
+
+    _, directory = encoders.build(tmp_path, "bert")
     _prompts(tmp_path / "p.jsonl", 97)
-    with pytest.raises(JaxdiagError, match="causal effects .* GPT-2 only"):
-        from jaxdiag.sweep.runconfig import load_config
-        from jaxdiag.sweep.run import run_sweep
-
-        import dataclasses
-
-        config = load_config(None, preset="default", overrides={"model": str(directory),
-                                                               "prompts": str(tmp_path / "p.jsonl")})
-        run_sweep(dataclasses.replace(config, effects=("zero",)), tmp_path / "store.zarr", quiet=True)
+    config = load_config(None, preset="default", overrides={"model": str(directory), "prompts": str(tmp_path / "p.jsonl")})
+    with pytest.raises(JaxdiagError, match="masked-LM head"):
+        run_sweep(dataclasses.replace(config, effects=("zero",), circuit=None, conditions=None), tmp_path / "store.zarr",
+                  quiet=True)
+    assert not (tmp_path / "store.zarr").exists()
 
 
 @pytest.mark.parametrize("preset, n_layer, n_head", [("minilm_shuffled", 6, 12), ("rxn_shuffled", 12, 8)])

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,10 @@ from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context
                                    head_rows, linear_heads, tied_unembed)
 from jaxdiag.probes import read_probes
 from jaxdiag.schema import Precision
+
+
+# The order of c_attn's columns: HF's [(q, k, v), head, d_head], or [head, (q, k, v), d_head] when sharded.
+QKVLayout = Literal["qkv", "head"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +124,20 @@ class Attention(nnx.Module):
         self.scale = scale
         self.c_attn = _linear(config.n_embd, 3 * config.n_embd, dtype, precision, rngs)
         self.c_proj = _linear(config.n_embd, config.n_embd, dtype, precision, rngs)
+        # HF's c_attn columns are [(q, k, v), head, d_head]; a model sharded over heads
+        # (jaxdiag.models.sharding) holds them [head, (q, k, v), d_head], so that each device's
+        # contiguous block of columns is its heads' q, k and v. The default keeps HF's order.
+        self.qkv_layout: QKVLayout = "qkv"
 
     def __call__(self, x: jax.Array, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The heads' outputs ``[b, s, h, d_head]`` (after the edit) and the probes' arrays."""
         batch, seq, _ = x.shape
-        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
-        q, k, v = (t.reshape(batch, seq, self.n_head, self.d_head) for t in (q, k, v))
+        if self.qkv_layout == "head":
+            qkv = self.c_attn(x).reshape(batch, seq, self.n_head, 3, self.d_head)
+            q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+        else:
+            q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+            q, k, v = (t.reshape(batch, seq, self.n_head, self.d_head) for t in (q, k, v))
         return attend(q, k, v, ctx, self.layer_idx, scale=self.scale, precision=self.precision)
 
     def probe_rows(self, x: jax.Array, ctx: Context) -> dict[str, jax.Array]:
@@ -133,19 +145,29 @@ class Attention(nnx.Module):
         a diagnostics-only pass with ``query="last"``): the keys of every position and the probed
         rows' queries are projected, never the values, the other rows' queries or the output."""
         batch, seq, _ = x.shape
-        width = self.n_head * self.d_head
-        q = _columns(self.c_attn, jnp.take_along_axis(x, ctx.rows[:, :, None], axis=1), 0, width)
-        k = _columns(self.c_attn, x, width, 2 * width)
+        q = self._projection(jnp.take_along_axis(x, ctx.rows[:, :, None], axis=1), 0)
+        k = self._projection(x, 1)
         scores, probs = row_attention(q.reshape(batch, -1, self.n_head, self.d_head),
                                       k.reshape(batch, seq, self.n_head, self.d_head), ctx,
                                       scale=self.scale, precision=self.precision)
         return read_probes(ctx.probes, ctx.view(self.layer_idx, None, scores=scores, probs=probs))
 
+    def _projection(self, x: jax.Array, which: int) -> jax.Array:
+        """The query (``which=0``) or key (1) part of ``c_attn(x)``, ``[..., h * d_head]``, from its columns alone."""
+        if self.qkv_layout == "head":  # columns [head, (q, k, v), d]: a head-local gather under sharding
+            kernel, bias = self.c_attn.kernel[...], self.c_attn.bias[...]
+            width = self.n_head * self.d_head
+            kernel = kernel.reshape(-1, self.n_head, 3, self.d_head)[:, :, which].reshape(-1, width)
+            bias = bias.reshape(self.n_head, 3, self.d_head)[:, which].reshape(width)
+            return _columns(self.c_attn, x, kernel, bias)
+        width = self.n_head * self.d_head
+        start, stop = which * width, (which + 1) * width
+        return _columns(self.c_attn, x, self.c_attn.kernel[..., start:stop], self.c_attn.bias[start:stop])
 
-def _columns(linear: nnx.Linear, x: jax.Array, start: int, stop: int) -> jax.Array:
-    """``linear(x)[..., start:stop]`` computed from those output columns alone, as ``nnx.Linear`` does."""
-    x, kernel, bias = linear.promote_dtype((x, linear.kernel[..., start:stop], linear.bias[start:stop]),
-                                           dtype=linear.dtype)
+
+def _columns(linear: nnx.Linear, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """``x @ kernel + bias`` for some output columns of ``linear``, computed as ``nnx.Linear`` does."""
+    x, kernel, bias = linear.promote_dtype((x, kernel, bias), dtype=linear.dtype)
     y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=linear.precision)
     return y + bias
 

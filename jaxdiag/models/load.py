@@ -19,17 +19,19 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from jaxdiag.checkpoint import FLOAT_DTYPES, Checkpoint, StoredTensor, Tensor, read_tensors
+from jaxdiag.checkpoint import FLOAT_DTYPES, Checkpoint, StoredTensor, Tensor, read_tensors, tensor_slices
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family, WeightNames
 from jaxdiag.models.registry import registered
+from jaxdiag.models.sharding import SliceableTensor, check_divides, place_parameters, uses_model_axis
 from jaxdiag.schema import Precision
 
 
@@ -110,33 +112,14 @@ def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str,
     tensor stays bfloat16, else every parameter takes the model's dtype (float32)."""
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
-    expected = {_hf_name(path): var for path, var in flat}
-    weights = {name: value for name, value in weights.items() if name in expected or name not in rule.tied_heads}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} weights (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
-    transposed = lambda path: rule.transpose_kernels and str(path[-1]) == "kernel"
-    for path, var in flat:  # every check before the first read: a bad checkpoint costs no device memory
-        name, value = _hf_name(path), weights[_hf_name(path)]
-        # a read tensor is named as its file names it, in the file (the shard) that holds it
-        where, name = (value.file, value.name) if isinstance(value, StoredTensor) else (source, name)
-        shape = tuple(value.shape[::-1]) if transposed(path) else tuple(value.shape)
-        if shape != tuple(var.shape):
-            raise JaxdiagError(f"{where}: weight {name} has shape {tuple(value.shape)}, config implies "
-                               f"{tuple(var.shape[::-1]) if transposed(path) else tuple(var.shape)}")
-        if np.dtype(value.dtype) not in FLOAT_DTYPES:
-            raise JaxdiagError(f"{where}: weight {name} has dtype {np.dtype(value.dtype).name}, not a floating-point type")
+    matched = match_weights(flat, weights, source=source, what=what, rule=rule)
+
     def on_device(path, var) -> jax.Array:
-        value = weights[_hf_name(path)]
+        name, transpose = matched[path]
+        value = weights[name]
         value = value.read() if isinstance(value, StoredTensor) else value
         dtype = value.dtype if keep_bf16 and value.dtype == jnp.bfloat16 else var.dtype
-        return jnp.asarray(value.T if transposed(path) else value, dtype=dtype)  # the tensor's pages unmapped after
+        return jnp.asarray(value.T if transpose else value, dtype=dtype)  # the tensor's pages unmapped after
 
     # a few tensors at a time (the copies release the GIL): the cores share the work, and the host holds
     # at most that many tensors' pages besides the parameters already on the device
@@ -144,6 +127,39 @@ def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str,
         for (path, var), array in zip(flat, pool.map(lambda item: on_device(*item), flat)):
             var.set_value(array)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def match_weights(flat, weights: Mapping[str, Any], *, source: str, what: str,
+                  rule: WeightNames) -> dict[tuple, tuple[str, bool]]:
+    """``{param path: (tensor name, stored transposed)}`` for the flat state ``flat`` of a model and
+    HF-named ``weights`` (anything with a ``shape``): a one-line error unless every parameter has
+    exactly one tensor of its shape."""
+    expected = {_hf_name(path): var for path, var in flat}
+    names = {name for name in weights if name in expected or name not in rule.tied_heads}
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} weights (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
+    matched = {}
+    for path, var in flat:  # every check before the first read: a bad checkpoint costs no device memory
+        name = _hf_name(path)
+        value = weights[name]
+        # a read tensor is named as its file names it, in the file (the shard) that holds it
+        where, stored = (value.file, value.name) if isinstance(value, StoredTensor) else (source, name)
+        transpose = rule.transpose_kernels and str(path[-1]) == "kernel"
+        shape = tuple(value.shape)
+        if (shape[::-1] if transpose else shape) != tuple(var.shape):
+            raise JaxdiagError(f"{where}: weight {stored} has shape {shape}, config implies "
+                               f"{tuple(var.shape)[::-1] if transpose else tuple(var.shape)}")
+        if np.dtype(value.dtype) not in FLOAT_DTYPES:
+            raise JaxdiagError(f"{where}: weight {stored} has dtype {np.dtype(value.dtype).name}, not a floating-point type")
+        matched[path] = (name, transpose)
+    return matched
 
 
 def stored_dtype(weights: dict[str, Tensor]) -> str:
@@ -164,12 +180,35 @@ def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision 
     return model
 
 
-def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest") -> tuple[Any, Family]:
-    """(config, model) of a resolved checkpoint, of whichever family its ``model_type`` names."""
+def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest",
+               mesh: Mesh | None = None) -> tuple[Any, Family]:
+    """(config, model) of a resolved checkpoint, of whichever family its ``model_type`` names; with a
+    ``mesh`` whose ``model`` axis has several devices, its parameters sharded over it
+    (:mod:`jaxdiag.models.sharding`), each tensor streamed into its shards."""
     config = read_config(checkpoint.directory)
-    model = build_model(config, read_tensors(checkpoint.weights_file), precision=precision,
-                        source=str(checkpoint.weights_file))
-    return config, model
+    source = str(checkpoint.weights_file)
+    if uses_model_axis(mesh):
+        check_divides(config, dict(mesh.shape)["model"])
+        return config, build_sharded_model(config, tensor_slices(checkpoint.weights_file), mesh,
+                                           precision=precision, source=source)
+    return config, build_model(config, read_tensors(checkpoint.weights_file), precision=precision, source=source)
+
+
+def build_sharded_model(config, tensors: Mapping[str, SliceableTensor], mesh: Mesh, *,
+                        precision: Precision = "highest", source: str = "checkpoint") -> Family:
+    """As :func:`build_model`, with each parameter read shard by shard from ``tensors`` straight onto
+    ``mesh``: no buffer ever holds more of the model than one tensor."""
+    entry = registered(config.model_type, source=source)
+    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
+    weights = hf_names(tensors, entry.weights)
+    matched = match_weights(nnx.to_flat_state(nnx.state(abstract)), weights, source=source,
+                            what=f"a {config.model_type} model", rule=entry.weights)
+
+    def tensor_of(path: tuple) -> tuple[SliceableTensor, bool]:
+        name, transpose = matched[path]
+        return weights[name], transpose
+
+    return place_parameters(abstract, tensor_of, mesh)
 
 
 def weights_attrs(checkpoint: Checkpoint, model: Family) -> dict[str, str]:

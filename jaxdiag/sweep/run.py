@@ -348,6 +348,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     from jaxdiag.checkpoint import resolve
     from jaxdiag.models.load import load_model, model_type_of, read_config, tokenizer_for, weights_attrs
     from jaxdiag.models.registry import require_effects
+    from jaxdiag.models.sharding import check_divides, make_mesh
 
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -363,6 +364,8 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     checkpoint = resolve(config.model, config.revision)
     model_config = read_config(checkpoint.directory)  # GPT-2 or another family, by model_type
+    mesh = make_mesh(config.mesh)  # a mesh that does not fit the devices or the model fails here
+    check_divides(model_config, config.mesh.model)
     if config.effects:
         require_effects(model_config, "causal effects (effects = [...])")
     tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
@@ -391,13 +394,14 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     if process == 0 and resume and path.exists():
         check_resumable(path, identity)
-    _, model = load_model(checkpoint, precision=config.precision)
+    _, model = load_model(checkpoint, precision=config.precision, mesh=mesh)
     head_mean = None
     if reference is not None:  # every process computes the same means: same units, float64 sums in order
         log(f"mean head outputs over condition {reference!r}")
         reference_units = make_units([(i, p.tokens) for i, p in enumerate(walk()) if p.condition == reference],
                                      batch_size=config.batch_size, limit=model_config.n_positions)
-        head_mean = reference_means(DeviceRunner(model, config.query, make_step=head_sums_step).run(reference_units))
+        runner = DeviceRunner(model, config.query, make_step=head_sums_step, mesh=mesh)
+        head_mean = reference_means(runner.run(reference_units))
     if process == 0 and not (resume and path.exists()):
         attrs = {
             "schema_version": SCHEMA_VERSION, "jaxdiag_version": __version__, "model": config.model,
@@ -439,7 +443,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
                      for unit in chunk.units(batch_size=config.batch_size, limit=model_config.n_positions,
                                              plan=task_plan))
             runner = DeviceRunner(model, config.query, probes=probes,
-                                  make_step=_effects_step(config, model_config, plan, head_mean, probes))
+                                  make_step=_effects_step(config, model_config, plan, head_mean, probes), mesh=mesh)
             write_chunks(finished_chunks(runner.run(units)), path, layout, progress)
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as the CLI raises it: the writes in flight are flushed
         raise Interrupted(f"interrupted: {stored_prompts(path, layout)} of {total} prompts are stored in {path}; "

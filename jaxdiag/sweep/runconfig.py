@@ -18,6 +18,8 @@
     # path = "prompts.jsonl"        # jsonl only (relative to this file)
     # segment_length = 20           # induction only
 
+    # mesh = { data = 2, model = 4 }  # parameters sharded over 4 devices, batches over 2 rows of them
+
 Everything is validated here, before any model is loaded or store touched. Relative paths are
 resolved against the config file's directory; ``builtin:`` paths against the package's data.
 """
@@ -34,7 +36,7 @@ from jaxdiag.circuits import BUILTIN as BUILTIN_CIRCUITS, EFFECTS_CIRCUIT, from_
 from jaxdiag.errors import AnalysisError, JaxdiagError
 from jaxdiag.paths import builtin_models, package_data, presets_dir, resolve_path, user_path
 from jaxdiag.sweep.prompts import SOURCES
-from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES
+from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES, MeshShape
 
 BUILTIN = BUILTIN_PREFIX
 DEFAULT_PRESET = "default"
@@ -84,6 +86,7 @@ class RunConfig:
     effects: tuple[str, ...] = ()  # causal-effect kinds (EFFECT_KINDS) to compute beside the diagnostics
     effects_reference: str | None = None  # condition whose mean head outputs "mean" uses; None: the second
     probes: tuple[str, ...] = ()  # user probes, "module:function" (jaxdiag.probes.custom), stored beside the built-ins
+    mesh: MeshShape = MeshShape()  # devices on the data and model axes (jaxdiag.models.sharding)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as recorded in a store's ``config`` attribute (and compared on --resume)."""
@@ -99,6 +102,12 @@ class RunConfig:
             out["probes"] = list(self.probes)
         else:  # absent without user probes, as earlier versions recorded it
             del out["probes"]
+        # Only the model axis changes the numbers (it splits sums across devices); the data axis
+        # does not, so a data-only run records what earlier versions did and resumes on any data size.
+        if self.mesh.model > 1:
+            out["mesh"] = {"model": self.mesh.model}
+        else:
+            del out["mesh"]
         return out
 
     def reference_condition(self, found: Sequence[str]) -> str | None:
@@ -188,6 +197,8 @@ def _check_flags(overrides: dict[str, Any]) -> None:
         value = overrides.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise JaxdiagError(f"{flag} must be an integer >= 1, not {value!r}")
+    if isinstance(overrides.get("mesh"), str):
+        overrides["mesh"] = MeshShape.parse(overrides["mesh"], source="--mesh")
     effects = overrides.get("effects")
     if isinstance(effects, str):
         unknown = [kind for kind in (k.strip() for k in effects.split(",")) if kind and kind not in EFFECT_KINDS]
@@ -274,6 +285,7 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
         effects=effects,
         effects_reference=raw.get("effects_reference") if effects else None,
         probes=probes,
+        mesh=MeshShape.parse(raw.get("mesh"), source=f"{source}: mesh"),
     )
 
 

@@ -9,7 +9,10 @@ dealt round-robin. A prompt's numbers therefore depend only on its unit (which p
 which shape), never on how many devices there are: on XLA:CPU an SPMD-partitioned program over N
 devices gives ``z_excess`` values a few ULP away from the single-device program's (measured:
 |diff| <= 4e-9 with 2 or 8 devices), which would break the bit-identity of stores made on
-different device counts. Dispatch is asynchronous and several units stay in flight, so device
+different device counts. With a ``model`` axis (a model larger than one device,
+:mod:`jaxdiag.models.sharding`) the parameters are sharded over it and a unit runs on one ``data``
+row of the mesh as one GSPMD program: the numbers then depend on the model axis's size, still
+never on the data axis's. Dispatch is asynchronous and several units stay in flight, so device
 compute overlaps the host copies of earlier results and whatever the caller does with them.
 """
 
@@ -26,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import AttentionImpl, Family
+from jaxdiag.models.sharding import row_meshes, row_states, shard_model, uses_model_axis
 from jaxdiag.probes import DIAGNOSTICS_PROBE, TAXONOMY_PROBE, Probe, stored_variables
 from jaxdiag.schema import QueryMode
 from jaxdiag.sweep.store import default_chunk_size
@@ -127,26 +131,40 @@ class DeviceRunner:
 
     def __init__(self, model: Family, query: QueryMode, *, make_step: Callable | None = None,
                  devices: Sequence[jax.Device] | None = None, in_flight_per_device: int = 2,
-                 probes: tuple[Probe, ...] = SWEEP_PROBES):
+                 probes: tuple[Probe, ...] = SWEEP_PROBES, mesh: Mesh | None = None):
         """``make_step(graphdef)`` builds the jitted ``step(state, tokens, lengths, **unit.inputs) -> {name: [b, ...]}``
-        (default: :func:`diagnostics_step` of ``probes``)."""
-        self.devices = list(devices) if devices is not None else jax.local_devices()
-        self.mesh = Mesh(np.array(self.devices), ("data",))
-        graphdef, state = nnx.split(model)
-        replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
-        self._replicas = [_replica(replicated, d) for d in self.devices]
+        (default: :func:`diagnostics_step` of ``probes``).
+
+        ``mesh`` (:func:`jaxdiag.models.sharding.make_mesh`): with a ``model`` axis of more than one
+        device, the parameters are sharded over it and a unit runs on one ``data`` row as one GSPMD
+        program; otherwise its devices run units as above (``devices`` or all local ones without it).
+        """
+        if uses_model_axis(mesh):
+            graphdef, state = nnx.split(shard_model(model, mesh))
+            self._replicas = row_states(state, mesh)
+            # each row's inputs are replicated over its model devices
+            self._places: list = [NamedSharding(row, PartitionSpec()) for row in row_meshes(mesh)]
+            self.mesh = mesh
+        else:
+            self.devices = list(mesh.devices.flat) if mesh is not None else (
+                list(devices) if devices is not None else jax.local_devices())
+            self.mesh = Mesh(np.array(self.devices), ("data",))
+            graphdef, state = nnx.split(model)
+            replicated = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+            self._replicas = [_replica(replicated, d) for d in self.devices]
+            self._places = list(self.devices)
         self._step = make_step(graphdef) if make_step is not None else diagnostics_step(graphdef, query, probes)
-        self.max_in_flight = in_flight_per_device * len(self.devices)
+        self.max_in_flight = in_flight_per_device * len(self._places)
 
     def run(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, dict[str, np.ndarray]]]:
         """``(unit, {name: [batch_size, layer, head(, seq)] float32 numpy})`` for each unit, in order."""
         pending: collections.deque = collections.deque()
         for i, unit in enumerate(units):
-            slot = i % len(self.devices)
-            device = self.devices[slot]
-            inputs = {name: jax.device_put(value, device) for name, value in unit.inputs.items()}
-            out = self._step(self._replicas[slot], jax.device_put(unit.tokens, device),
-                             jax.device_put(unit.lengths, device), **inputs)
+            slot = i % len(self._places)
+            place = self._places[slot]
+            inputs = {name: jax.device_put(value, place) for name, value in unit.inputs.items()}
+            out = self._step(self._replicas[slot], jax.device_put(unit.tokens, place),
+                             jax.device_put(unit.lengths, place), **inputs)
             for value in out.values():
                 value.copy_to_host_async()  # the copy overlaps later units' compute
             pending.append((unit, out))
@@ -174,6 +192,7 @@ def run_diagnostics(
     chunk_size: int | None = None,
     probes: tuple[Probe, ...] = SWEEP_PROBES,
     progress: Progress | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """The probes' per-head variables for every sequence: ``[n, layer, head]`` (``last``) or
     ``[n, layer, head, max_len]`` (``all``), batched as a sweep batches one condition of these
@@ -187,7 +206,7 @@ def run_diagnostics(
     chunk_size = chunk_size or default_chunk_size(config.n_layer, config.n_head, max_len, query, batch_size)
     units = chunked_units(list(enumerate(token_lists)), batch_size=batch_size, chunk_size=chunk_size,
                           limit=config.n_positions)
-    for unit, result in DeviceRunner(model, query, probes=probes).run(units):
+    for unit, result in DeviceRunner(model, query, probes=probes, mesh=mesh).run(units):
         scatter(out, unit.keys, result)
         if progress is not None:
             progress.update(len(unit.keys))

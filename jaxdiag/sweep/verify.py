@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.schema import edit_of
+from jaxdiag.schema import MeshShape, edit_of
 
 CONFIDENCE = 0.95
 
@@ -116,15 +116,24 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
     import jax
     import jax.numpy as jnp
 
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
     from jaxdiag.checkpoint import resolve
     from jaxdiag.models.load import load_model
+    from jaxdiag.models.sharding import make_mesh
     from jaxdiag.causal.effects import edit_replacement, head_effects, task_readout
 
     config = json.loads(ds.attrs["config"])
     checkpoint = resolve(config["model"], config.get("revision"))
     if checkpoint.weights_sha256 != ds.attrs.get("weights_sha256"):
         raise JaxdiagError(f"the model {config['model']!r} no longer has the weights the store was made with (sha256 differs)")
-    _, model = load_model(checkpoint, precision=config.get("precision", "highest"))
+    # the store's model axis (sums split the same way as when it was made); rows of data are not needed
+    shape = MeshShape.parse(config.get("mesh"), source="the store's mesh")
+    mesh = make_mesh(MeshShape(data=1, model=shape.model)) if shape.model > 1 else None
+    _, model = load_model(checkpoint, precision=config.get("precision", "highest"), mesh=mesh)
+    graphdef, state = nnx.split(model)
+    place = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None  # inputs on every model device
     c = model.config
     tokens_all, n_all = ds["tokens"].values, ds["n_tokens"].values
     rows = np.argwhere(finite)  # (condition, prompt) of each prompt with a target
@@ -140,7 +149,8 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
     head_mean = ds["head_mean"].values if kind == "mean" else None
 
     @jax.jit
-    def effects(tokens, lengths, target, foil, partner):
+    def effects(state, tokens, lengths, target, foil, partner):
+        model = nnx.merge(graphdef, state)
         replacement = edit_replacement(model, kind, lengths, head_mean=head_mean, partner=partner)
         readout = task_readout(model, lengths, target, foil)
         return head_effects(model, tokens, lengths, readout, {kind: replacement}, only=heads)[1][kind]
@@ -158,8 +168,9 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
             if kind == "patch":
                 partners = [_partner(members, str(ds["pair"].values[ci, pi]), ci, pi) for ci, pi in cp]
                 partner = jnp.asarray(np.stack([tokens_all[a, b, :length] for a, b in partners]))
-            out[batch] = np.asarray(effects(tokens, lengths, jnp.asarray(ds["target"].values[cp[:, 0], cp[:, 1]]),
-                                            jnp.asarray(ds["foil"].values[cp[:, 0], cp[:, 1]]), partner))
+            inputs = (tokens, lengths, ds["target"].values[cp[:, 0], cp[:, 1]], ds["foil"].values[cp[:, 0], cp[:, 1]],
+                      partner)
+            out[batch] = np.asarray(effects(state, *(jax.device_put(x, place) for x in inputs)))
     return out
 
 
