@@ -79,7 +79,8 @@ def condition_array(ds: xr.Dataset, condition: str, variable: str) -> xr.DataArr
     """float64 (prompt, layer, head) DataArray of one condition, NaN-filled padding prompts dropped.
 
     Stores written with ``--query all`` are read at each prompt's last real token (query position
-    n_tokens - 1), the position the posts analyse.
+    n_tokens - 1), the position the posts analyse, or, in a store with a task metric, at the
+    prompt's ``metric_position`` (the row whose prediction the metric reads: a masked token).
     """
     da = condition_prompts(ds, condition, variable)
     valid = _valid_prompts(ds, condition, ds[variable].sel(condition=condition))
@@ -87,6 +88,8 @@ def condition_array(ds: xr.Dataset, condition: str, variable: str) -> xr.DataArr
         if "n_tokens" not in ds.coords:
             raise AnalysisError("store has a query dimension but no n_tokens coordinate to find the last token")
         last = ds["n_tokens"].sel(condition=condition).values[valid] - 1
+        if "metric_position" in ds.coords:
+            last = ds["metric_position"].sel(condition=condition).values[valid]
         positions = ds["query"].values
         index = np.searchsorted(positions, last)
         if np.any(index >= positions.size) or np.any(positions[np.minimum(index, positions.size - 1)] != last):

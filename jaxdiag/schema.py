@@ -57,15 +57,18 @@ def edit_of(kind: str) -> str:
     """The edit an effect kind estimates or measures: ``atpstar_patch`` -> ``patch``."""
     return kind.rpartition("_")[2]
 
-# Per-prompt coordinates of a run with effects: the task's token ids (-1: none) and the pair id.
-TASK_COORDS: tuple[str, ...] = ("target", "foil", "pair")
+# Per-prompt coordinates of a run with effects: the task's token ids (-1: none), the pair id, and the
+# position the metric is read at (a token index, BOS / [CLS] = 0; the last real one unless the
+# prompt names one). metric_position is a schema-2 addition: stores made before it lack it, and
+# readers take the last real position then.
+TASK_COORDS: tuple[str, ...] = ("target", "foil", "pair", "metric_position")
 _METRIC_UNITS = "logit difference (with a foil) or nats (log p(target))"
 _EDITS = {"zero": "set to 0", "mean": "replaced by its mean output on the reference condition (head_mean)",
           "patch": "replaced by its output on the prompt's pair partner"}
 # Per-prompt task variables: name -> (long_name, units).
 TASK_ATTRS: dict[str, tuple[str, str]] = {
-    "metric": ("logit(target) - logit(foil) at the last real position, or log_softmax(logits)[target] "
-               "without a foil; NaN without a target", _METRIC_UNITS),
+    "metric": ("logit(target) - logit(foil) at the prompt's metric_position (default: its last real position), "
+               "or log_softmax(logits)[target] without a foil; NaN without a target", _METRIC_UNITS),
     **{f"effect_{kind}": (f"metric with the head's output (its d_head slice before c_proj, at every position) "
                           f"{how}, minus metric", _METRIC_UNITS) for kind, how in _EDITS.items()},
     **{f"effect_atp_{kind}": (f"attribution patching (AtP), the first-order estimate of effect_{kind}: sum over "

@@ -1,8 +1,15 @@
-"""Write the prompt files of the encoder presets (jaxdiag/presets/*_shuffled.jsonl).
+"""Write the prompt files of the encoder presets (jaxdiag/presets/*_shuffled.jsonl, rxn_masked.jsonl).
 
-real: each sentence (or reaction SMILES) as text, tokenised at run time by the model's own
-tokenizer ([CLS] ... [SEP]); shuffled: the same tokens with everything between [CLS] and [SEP]
+*_shuffled: real: each sentence (or reaction SMILES) as text, tokenised at run time by the model's
+own tokenizer ([CLS] ... [SEP]); shuffled: the same tokens with everything between [CLS] and [SEP]
 permuted (seeded), as token ids, paired with its real prompt (same length).
+
+rxn_masked (scripts/reactions.py's RDKit-made reactions, needs rdkit): real: the reaction as text
+with one product-side atom token masked (``mask``: the target is the atom that was there, the
+metric log p(atom) at that position); shuffled: its tokens with the reactant side (between [CLS]
+and ``>>``) permuted and the same atom masked, paired with it. The masked atom is drawn among the
+product's non-carbon atoms when it has any (their element is what the reactants' atoms decide;
+almost any carbon is a good guess), else among all its atoms.
 
     python scripts/make_encoder_presets.py
 """
@@ -15,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import jaxdiag
+from jaxdiag.sweep.masked import product_atoms, shuffle_reactants
 
 SENTENCES = [
     "The cat sat on the warm mat by the kitchen door.",
@@ -107,7 +115,33 @@ def write(model: str, texts: list[str], out: Path, *, seed: int = 0) -> None:
     out.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
+def write_masked_reactions(model: str, reactions: list[tuple[str, str]], out: Path, *, seed: int = 0) -> None:
+    loaded = jaxdiag.load(model)
+    unknown = loaded.tokenizer.backend.token_to_id("[UNK]")
+    rng = np.random.default_rng(seed)
+    real, shuffled = [], []
+    for i, (kind, reaction) in enumerate(reactions):
+        tokens = loaded.encode(reaction)
+        if unknown in tokens:
+            raise SystemExit(f"{reaction}: a token is not in the model's vocabulary")
+        strings = loaded.tokenizer.token_strings(tokens)
+        atoms = product_atoms(strings)
+        hetero = [a for a in atoms if strings[a] not in ("C", "c")]
+        mask = int(rng.choice(hetero or atoms))
+        meta = {"reaction_type": kind, "masked_atom": strings[mask], "pair": i, "mask": mask}
+        real.append({"condition": "real", "text": reaction, **meta})
+        shuffled.append({"condition": "shuffled", "tokens": [int(t) for t in shuffle_reactants(tokens, strings, rng)],
+                         **meta})
+    out.write_text("".join(json.dumps(r) + "\n" for r in real + shuffled))
+
+
 if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reactions import reactions
+
     presets = Path(__file__).resolve().parents[1] / "jaxdiag" / "presets"
     write("wheel:all-minilm-l6-v2", SENTENCES, presets / "minilm_shuffled.jsonl")
     write("wheel:rxnmapper", REACTIONS, presets / "rxn_shuffled.jsonl")
+    write_masked_reactions("wheel:rxnmapper", reactions(), presets / "rxn_masked.jsonl")

@@ -11,7 +11,7 @@ import pytest
 
 import jaxdiag
 from jaxdiag.errors import JaxdiagError
-from tests.families import compare, randomise, token_batch, torch_forward
+from tests.families import compare, padded, randomise, token_batch, torch_forward
 
 SMALL = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48, vocab_size=97,
              max_position_embeddings=64)
@@ -22,16 +22,30 @@ CASES = {
     "albert-shared": ("AlbertConfig", "AlbertModel", dict(embedding_size=16, num_hidden_layers=3)),
     "albert-groups": ("AlbertConfig", "AlbertModel", dict(embedding_size=24, num_hidden_layers=4,
                                                           num_hidden_groups=2, hidden_act="gelu_new")),
+    # the masked-LM heads: tied decoder, untied decoder with its own bias, ALBERT's factorised one
+    "bert-mlm": ("BertConfig", "BertForMaskedLM", dict()),
+    "bert-mlm-untied": ("BertConfig", "BertForMaskedLM", dict(tie_word_embeddings=False, hidden_act="gelu_new")),
+    "albert-mlm": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=16, num_hidden_layers=3)),
 }
+# the effects tests' ALBERT (tests/test_effects_encoders.py): two groups of shared layers, with its MLM head
+EFFECT_CASES = {"albert-mlm-groups": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=16, num_hidden_layers=4,
+                                                                               num_hidden_groups=2))}
 
 
-def build(tmp_path, case: str, seed: int = 0):
+def build(tmp_path, case: str, seed: int = 0, head_gain: float = 1.0):
+    """A random encoder of ``case`` saved by transformers; ``head_gain`` scales the value and attention
+    output weights (post-LN renormalises the residual: louder heads have effects well above 1e-3)."""
+    import torch
     import transformers
 
-    config_name, model_name, extra = CASES[case]
+    config_name, model_name, extra = (CASES | EFFECT_CASES)[case]
     config = getattr(transformers, config_name)(**(SMALL | extra))
     model = getattr(transformers, model_name)._from_config(config, attn_implementation="eager")
     randomise(model, seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("value.weight", "attention.output.dense.weight", "attention.dense.weight")):
+                param.mul_(head_gain)
     directory = tmp_path / case
     model.save_pretrained(directory)
     return model, directory
@@ -41,9 +55,15 @@ def build(tmp_path, case: str, seed: int = 0):
 def test_encoder_parity_with_transformers(tmp_path, case):
     model, directory = build(tmp_path, case)
     token_lists = token_batch(SMALL["vocab_size"])
-    attentions, hidden, _, reference = torch_forward(model, token_lists, base=model)
-    diffs = compare(directory, token_lists, attentions, hidden, None, reference, mask="bidirectional")
+    mlm = CASES[case][1].endswith("ForMaskedLM")
+    attentions, hidden, logits, reference = torch_forward(model, token_lists, base=None if mlm else model)
+    diffs = compare(directory, token_lists, attentions, hidden, logits, reference, mask="bidirectional")
     print(case, {k: f"{v:.2g}" for k, v in diffs.items()})
+    loaded = jaxdiag.load(str(directory))
+    assert loaded.model.config.mlm_head == mlm
+    if not mlm:  # a trunk alone: no logits, and effects say why
+        with pytest.raises(JaxdiagError, match="no masked-LM head"):
+            loaded.model(*padded(token_lists, 11), logits=True)
 
 
 def _hf(directory, cls_name):
@@ -90,9 +110,9 @@ def test_rxnmapper_albert_real_weights_parity(tmp_path):
 
     for reaction, tokens in zip(reactions, token_lists):
         assert loaded.tokenizer.token_strings(tokens) == ["[CLS]", *re.findall(SMILES_REGEX, reaction), "[SEP]"]
-    model = _hf(directory, "AlbertModel")
-    attentions, hidden, _, reference = torch_forward(model, token_lists, base=model)
-    diffs = compare(directory, token_lists, attentions, hidden, None, reference, mask="bidirectional")
+    model = _hf(directory, "AlbertForMaskedLM")  # the checkpoint's own class: its MLM head is compared too
+    attentions, hidden, logits, reference = torch_forward(model, token_lists)
+    diffs = compare(directory, token_lists, attentions, hidden, logits, reference, mask="bidirectional")
     print("rxnmapper ALBERT", {k: f"{v:.2g}" for k, v in diffs.items()})
     assert attentions.max() > 0.9
 

@@ -185,3 +185,35 @@ def test_jsonl_prompts_keep_metadata_and_name_bad_lines(tmp_path, gpt2_tokenizer
         list(jsonl_prompts(good, None))
     with pytest.raises(JaxdiagError, match="cannot read prompt file"):
         list(jsonl_prompts(tmp_path / "missing.jsonl", None))
+
+
+def test_jsonl_metric_position_and_mask(tmp_path):
+    """``metric_position`` is kept as given; ``mask`` puts [MASK] there, targets the original token
+    unless a target is given, and is the metric position; bad values name the line."""
+    path = tmp_path / "masked.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"condition": "a", "tokens": [2, 10, 11, 12, 3], "metric_position": 1, "target": 7},
+        {"condition": "a", "tokens": [2, 10, 11, 12, 3], "mask": 2},
+        {"condition": "a", "tokens": [2, 10, 11, 12, 3], "mask": 3, "target": 9, "metric_position": 3},
+        {"condition": "a", "tokens": [2, 10, 11, 12, 3]},
+    ]) + "\n")
+    first, second, third, plain = jsonl_prompts(path, None, mask_id=4)
+    assert (first.tokens, first.target, first.position, first.metric_position) == ((2, 10, 11, 12, 3), 7, 1, 1)
+    assert (second.tokens, second.target, second.metric_position) == ((2, 10, 4, 12, 3), 11, 2)
+    assert (third.tokens, third.target, third.metric_position) == ((2, 10, 11, 4, 3), 9, 3)
+    assert plain.position == -1 and plain.metric_position == 4  # the last token, as before
+    assert "mask" not in second.metadata and "metric_position" not in first.metadata
+    cases = {
+        '{"condition": "a", "tokens": [1, 2], "mask": 2}': r"'mask' must be a token index in \[0, 2\)",
+        '{"condition": "a", "tokens": [1, 2], "metric_position": -1}': "'metric_position' must be a token index",
+        '{"condition": "a", "tokens": [1, 2], "metric_position": true}': "'metric_position' must be a token index",
+        '{"condition": "a", "tokens": [1, 2, 3], "mask": 1, "metric_position": 2}': "'metric_position' 2 and 'mask' 1 differ",
+    }
+    for line, message in cases.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(line + "\n")
+        with pytest.raises(JaxdiagError, match=message):
+            list(jsonl_prompts(bad, None, mask_id=4))
+    bad.write_text('{"condition": "a", "tokens": [1, 2], "mask": 1}\n')
+    with pytest.raises(JaxdiagError, match=r"line 1: 'mask' needs a model whose tokenizer has a \[MASK\] token"):
+        list(jsonl_prompts(bad, None))  # a decoder: no [MASK]

@@ -1,6 +1,7 @@
 """Causal effects of single heads on a task metric, for every head of every prompt in one step.
 
-The task metric of a prompt is read at its last real position: ``logit(target) - logit(foil)`` when
+The task metric of a prompt is read at its metric position (by default its last real position; a
+masked-LM task reads the masked position): ``logit(target) - logit(foil)`` when
 a foil is given, else ``log_softmax(logits)[target]`` (float32); NaN when the prompt has no target
 (``target < 0``). A head's effect of kind K is the metric with that head's output replaced (its
 ``d_head`` slice of the attention output before ``c_proj``, at every position) minus the clean
@@ -44,10 +45,11 @@ def task_metric(logits: jax.Array, target: jax.Array, foil: jax.Array) -> jax.Ar
     return jnp.where(target >= 0, value, jnp.float32(jnp.nan))
 
 
-def last_position(values: jax.Array, lengths: jax.Array) -> jax.Array:
-    """``values [b, seq, ...]`` at each prompt's last real position: ``[b, ...]``."""
-    index = (lengths - 1).reshape((-1,) + (1,) * (values.ndim - 1))
+def at_position(values: jax.Array, position: jax.Array) -> jax.Array:
+    """``values [b, seq, ...]`` at each prompt's ``position [b]``: ``[b, ...]``."""
+    index = position.reshape((-1,) + (1,) * (values.ndim - 1))
     return jnp.take_along_axis(values, index, axis=1)[:, 0]
+
 
 
 def clean_run(model: Family, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, list, Context]:
@@ -77,9 +79,12 @@ def _finish_from(model: Family, layer: int, carry, shift: jax.Array, ctx: Contex
 Readout = Callable[[jax.Array], jax.Array]  # final hidden states [b, seq, n_embd] -> a value per prompt [b]
 
 
-def task_readout(model: Family, lengths: jax.Array, target: jax.Array, foil: jax.Array) -> Readout:
-    """The sweep's metric as a readout: :func:`task_metric` at each prompt's last real position."""
-    return lambda hidden: task_metric(model.unembed(last_position(hidden, lengths)), target, foil)
+def task_readout(model: Family, lengths: jax.Array, target: jax.Array, foil: jax.Array,
+                 position: jax.Array | None = None) -> Readout:
+    """The sweep's metric as a readout: :func:`task_metric` at each prompt's ``position [b]`` (a token
+    index, BOS / [CLS] counted as 0), by default its last real position. Only that row is unembedded."""
+    where = lengths - 1 if position is None else position
+    return lambda hidden: task_metric(model.unembed(at_position(hidden, where)), target, foil)
 
 
 def head_effects(

@@ -188,13 +188,15 @@ class WeightNames:
     ``prefixes``; drop tensor names ending with ``ignored`` or starting with ``ignored_prefixes``
     (buffers, heads jaxdiag does not load); ``tied_heads`` may be stored although the model ties
     them; ``transpose_kernels``: linear weights are stored ``[out, in]`` (``nn.Linear``), not
-    ``[in, out]`` (GPT-2's ``Conv1D``)."""
+    ``[in, out]`` (GPT-2's ``Conv1D``); ``aliases``: ``(stored, ours)`` pairs, a tensor stored under
+    the first name alone is read as the second (a tied tensor that HF saves under either name)."""
 
     prefixes: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
     ignored_prefixes: tuple[str, ...] = ()
     tied_heads: tuple[str, ...] = ()
     transpose_kernels: bool = True
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 @jax.tree_util.register_dataclass
@@ -216,7 +218,9 @@ class Family(nnx.Module):
     interface of this module's docstring.
 
     ``causal_effects``: whether the family has what effects need (a task metric from logits, and
-    blocks with ``carry``/``resume``); ``None`` when it has, else the reason it has not.
+    blocks with ``carry``/``resume``); ``None`` when it has, else the reason it has not. A family
+    where that depends on the checkpoint (an encoder with or without its MLM head) overrides
+    :meth:`effects_reason` and :meth:`configure`.
     """
 
     family: str = "?"
@@ -224,6 +228,16 @@ class Family(nnx.Module):
     mask: MaskRule = "causal"
     window: int | None = None
     causal_effects: str | None = None
+
+    @classmethod
+    def configure(cls, config: Any, names: Sequence[str]) -> Any:
+        """The config of a model built from weights with these (family-mapped) ``names``."""
+        return config
+
+    @classmethod
+    def effects_reason(cls, config: Any) -> str | None:
+        """``None`` when a model of ``config`` can measure causal effects, else why it cannot."""
+        return cls.causal_effects
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, probes: Sequence[Probe] = (),
                  query: QueryMode = "last", edit: HeadEdit | None = None, logits: bool = False,
@@ -290,9 +304,11 @@ def graddrop(update: jax.Array, drop: jax.Array | None) -> jax.Array:
     return update - drop * (update - jax.lax.stop_gradient(update))
 
 
-def require_causal_effects(family: "Family | type[Family]", what: str = "causal effects and attribution patching") -> None:
-    """A one-line error when ``family`` (a model or its class) cannot measure ``what``."""
-    reason = family.causal_effects
+def require_causal_effects(family: "Family | type[Family]", what: str = "causal effects and attribution patching",
+                           config: Any = None) -> None:
+    """A one-line error when ``family`` (a model, or its class and ``config``) cannot measure ``what``."""
+    cls = family if isinstance(family, type) else type(family)
+    reason = cls.effects_reason(config if isinstance(family, type) else family.config)
     if reason is not None:
         raise JaxdiagError(f"{what} need a task metric from the model's logits; {family.family!r}: {reason}")
 

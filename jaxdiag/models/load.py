@@ -61,8 +61,9 @@ def read_config(directory: Path):
     except KeyError as exc:
         raise JaxdiagError(f"{path}: a {model_type} config needs {exc.args[0]!r}, which this one lacks") from None
     if model_type in ("bert", "albert"):
-        cls_id = _vocab_id(directory, "[CLS]")
-        config = dataclasses.replace(config, bos_token_id=cls_id if cls_id is not None else 0)
+        cls_id, mask_id = _vocab_id(directory, "[CLS]"), _vocab_id(directory, "[MASK]")
+        config = dataclasses.replace(config, bos_token_id=cls_id if cls_id is not None else 0,
+                                     mask_token_id=mask_id if mask_id is not None else -1)
     return config
 
 
@@ -135,7 +136,12 @@ def match_weights(flat, weights: Mapping[str, Any], *, source: str, what: str,
     HF-named ``weights`` (anything with a ``shape``): a one-line error unless every parameter has
     exactly one tensor of its shape."""
     expected = {_hf_name(path): var for path, var in flat}
-    names = {name for name in weights if name in expected or name not in rule.tied_heads}
+    # a tied tensor the checkpoint stores under its other name only is read under ours
+    lookup = {name: name for name in weights}
+    for stored, ours in rule.aliases:
+        if ours in expected and ours not in lookup and stored in lookup and stored not in expected:
+            lookup[ours] = lookup.pop(stored)
+    names = {name for name in lookup if name in expected or name not in rule.tied_heads}
     missing = sorted(set(expected) - names)
     unexpected = sorted(names - set(expected))
     if missing or unexpected:
@@ -147,7 +153,7 @@ def match_weights(flat, weights: Mapping[str, Any], *, source: str, what: str,
         raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
     matched = {}
     for path, var in flat:  # every check before the first read: a bad checkpoint costs no device memory
-        name = _hf_name(path)
+        name = lookup[_hf_name(path)]
         value = weights[name]
         # a read tensor is named as its file names it, in the file (the shard) that holds it
         where, stored = (value.file, value.name) if isinstance(value, StoredTensor) else (source, name)
@@ -172,11 +178,12 @@ def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision 
                 source: str = "checkpoint") -> Family:
     """The family model of ``config`` whose parameters are the HF-named ``weights``."""
     entry = registered(config.model_type, source=source)
+    weights = hf_names(weights, entry.weights)
+    config = entry.model.configure(config, list(weights))  # e.g. an encoder's MLM head, when stored
     abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
-    named = hf_names(weights, entry.weights)
-    model = fill_model(abstract, named, source=source, what=f"a {config.model_type} model", rule=entry.weights,
+    model = fill_model(abstract, weights, source=source, what=f"a {config.model_type} model", rule=entry.weights,
                        keep_bf16=precision == "bf16")
-    model.weights_dtype = stored_dtype(named)
+    model.weights_dtype = stored_dtype(weights)
     return model
 
 
@@ -189,9 +196,11 @@ def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest",
     source = str(checkpoint.weights_file)
     if uses_model_axis(mesh):
         check_divides(config, dict(mesh.shape)["model"])
-        return config, build_sharded_model(config, tensor_slices(checkpoint.weights_file), mesh,
-                                           precision=precision, source=source)
-    return config, build_model(config, read_tensors(checkpoint.weights_file), precision=precision, source=source)
+        model = build_sharded_model(config, tensor_slices(checkpoint.weights_file), mesh, precision=precision,
+                                    source=source)
+    else:
+        model = build_model(config, read_tensors(checkpoint.weights_file), precision=precision, source=source)
+    return model.config, model  # the weights settle what the config left open (an encoder's MLM head)
 
 
 def build_sharded_model(config, tensors: Mapping[str, SliceableTensor], mesh: Mesh, *,
@@ -199,8 +208,9 @@ def build_sharded_model(config, tensors: Mapping[str, SliceableTensor], mesh: Me
     """As :func:`build_model`, with each parameter read shard by shard from ``tensors`` straight onto
     ``mesh``: no buffer ever holds more of the model than one tensor."""
     entry = registered(config.model_type, source=source)
-    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
     weights = hf_names(tensors, entry.weights)
+    config = entry.model.configure(config, list(weights))
+    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
     matched = match_weights(nnx.to_flat_state(nnx.state(abstract)), weights, source=source,
                             what=f"a {config.model_type} model", rule=entry.weights)
 

@@ -45,5 +45,6 @@ def registered(model_type: str | None, *, source: str = "config") -> Registered:
 
 
 def require_effects(config, what: str = "causal effects") -> None:
-    """A one-line error, before any work, when the family cannot measure ``what`` (an encoder, today)."""
-    require_causal_effects(registered(config.model_type).model, what)
+    """A one-line error, before any work, when the family cannot measure ``what`` (an encoder without
+    its masked-LM head, as its config.json's architecture says; the weights settle it at load time)."""
+    require_causal_effects(registered(config.model_type).model, what, config)

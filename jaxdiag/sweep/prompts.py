@@ -11,7 +11,10 @@ Sources (``source`` in a run config's ``[prompts]`` table):
 - ``ioi``: thousands of unique IOI / non-IOI prompts from larger single-token name, place and
   object lists, ABBA/BABA balanced; every prompt is tokenised and kept only if it has exactly
   ``n_tokens`` tokens (never truncated).
-- ``jsonl``: one JSON object per line: ``condition`` + ``text`` or ``tokens`` + any metadata keys.
+- ``jsonl``: one JSON object per line: ``condition`` + ``text`` or ``tokens`` + any metadata keys;
+  for the task, ``target``, ``foil``, ``pair``, ``metric_position`` (where the metric is read) and,
+  for encoders, ``mask`` (that token becomes ``[MASK]``, the original is the default target and
+  the position the metric position).
 - ``induction``: ``repeated`` (BOS + a random segment + the same segment again) vs ``random``
   (BOS + as many distinct random tokens, no repetition).
 """
@@ -27,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.schema import RESERVED_KEYS
+from jaxdiag.sweep.masked import mask_token
 
 SOURCES = ("ioi-blog", "ioi", "jsonl", "induction")
 
@@ -36,8 +40,9 @@ MetadataValue = str | int | float | bool
 @dataclasses.dataclass(frozen=True)
 class Prompt:
     """One prompt: its condition, token ids (BOS included when the run prepends it), text, metadata,
-    and what the causal effects need: the task's ``target`` and ``foil`` token ids (-1: none) and the
-    ``pair`` that names its counterpart in the other condition (None: unpaired)."""
+    and what the causal effects need: the task's ``target`` and ``foil`` token ids (-1: none), the
+    ``pair`` that names its counterpart in the other condition (None: unpaired), and the
+    ``position`` the metric is read at (a token index, BOS / [CLS] counted as 0; -1: the last)."""
 
     condition: str
     tokens: tuple[int, ...]
@@ -46,6 +51,12 @@ class Prompt:
     target: int = -1
     foil: int = -1
     pair: str | None = None
+    position: int = -1
+
+    @property
+    def metric_position(self) -> int:
+        """The absolute position the task metric is read at."""
+        return len(self.tokens) - 1 if self.position < 0 else self.position
 
 
 Encoder = Callable[[str], list[int]]
@@ -287,8 +298,9 @@ def induction_prompts(*, n_prompts: int, segment_length: int, vocab_size: int, b
 # JSONL files.
 
 
-def jsonl_prompts(path: str | Path, encode: Encoder | None) -> Iterator[Prompt]:
-    """Prompts of a JSONL file, line by line; a bad line raises JaxdiagError naming file and line."""
+def jsonl_prompts(path: str | Path, encode: Encoder | None, mask_id: int = -1) -> Iterator[Prompt]:
+    """Prompts of a JSONL file, line by line; a bad line raises JaxdiagError naming file and line.
+    ``mask_id``: the tokenizer's ``[MASK]`` id (-1: none, a decoder), for lines with ``mask``."""
     path = Path(path)
     try:
         handle = open(path, encoding="utf-8", errors="surrogateescape")
@@ -308,7 +320,7 @@ def jsonl_prompts(path: str | Path, encode: Encoder | None) -> Iterator[Prompt]:
                 raise JaxdiagError(f"{where}: not valid JSON ({exc.msg})") from None
             except (ValueError, RecursionError) as exc:  # an int of > 4300 digits, nesting too deep for the parser
                 raise JaxdiagError(f"{where}: not usable JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})") from None
-            yield _record_to_prompt(record, encode, where)
+            yield _record_to_prompt(record, encode, where, mask_id)
 
 
 def _is_unicode(text: str) -> bool:
@@ -334,7 +346,7 @@ def _check_string(value: str, where: str, what: str) -> str:
     return value
 
 
-def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt:
+def _record_to_prompt(record: Any, encode: Encoder | None, where: str, mask_id: int = -1) -> Prompt:
     if not isinstance(record, dict):
         raise JaxdiagError(f"{where}: a line must be a JSON object, not {type(record).__name__}")
     condition = record.get("condition")
@@ -363,6 +375,13 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
             raise JaxdiagError(f"{where}: 'tokens' must be a non-empty list of integers")
     task = {key: _task_token(record[key], encode, f"{where}: {key!r}") for key in ("target", "foil")
             if record.get(key) is not None}
+    task.update(_metric_position(record, len(tokens), where))
+    if record.get("mask") is not None:
+        try:
+            tokens, original = mask_token(tokens, task["position"], mask_id)
+        except JaxdiagError as exc:
+            raise JaxdiagError(f"{where}: {exc}") from None
+        task.setdefault("target", original)
     if "foil" in task and "target" not in task:
         raise JaxdiagError(f"{where}: 'foil' needs a 'target'")
     pair = record.get("pair")
@@ -372,7 +391,7 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
         task["pair"] = _check_string(str(pair), where, "'pair'")
     metadata: dict[str, MetadataValue] = {}
     for key, value in record.items():
-        if key in ("condition", "text", "tokens", "target", "foil", "pair"):
+        if key in ("condition", "text", "tokens", "target", "foil", "pair", "metric_position", "mask"):
             continue
         if key in RESERVED_KEYS or not key.isidentifier():
             raise JaxdiagError(f"{where}: metadata key {key!r} is reserved or not an identifier")
@@ -385,6 +404,22 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str) -> Prompt
         # nested values are kept as their JSON text (ASCII: escapes for anything else): a coordinate holds scalars only
         metadata[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, sort_keys=True)
     return Prompt(condition, tuple(int(t) for t in tokens), text, metadata, **task)
+
+
+def _metric_position(record: dict, n_tokens: int, where: str) -> dict[str, int]:
+    """``{"position": p}`` from ``metric_position`` and/or ``mask`` (which must agree), else ``{}``."""
+    given = {}
+    for key in ("metric_position", "mask"):
+        value = record.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_tokens:
+            raise JaxdiagError(f"{where}: {key!r} must be a token index in [0, {n_tokens}) (BOS / [CLS] is 0), "
+                               f"not {value!r}")
+        given[key] = value
+    if len(set(given.values())) > 1:
+        raise JaxdiagError(f"{where}: 'metric_position' {given['metric_position']} and 'mask' {given['mask']} differ")
+    return {"position": next(iter(given.values()))} if given else {}
 
 
 def _task_token(value: Any, encode: Encoder | None, where: str) -> int:

@@ -85,8 +85,9 @@ class SweepResult:
 
 
 def prompt_stream(config: RunConfig, encode: Callable[[str], list[int]] | None, *, vocab_size: int,
-                  bos_id: int | None) -> Callable[[], Iterator[Prompt]]:
-    """A function that starts a fresh walk over the run's prompts (the same ones each time)."""
+                  bos_id: int | None, mask_id: int = -1) -> Callable[[], Iterator[Prompt]]:
+    """A function that starts a fresh walk over the run's prompts (the same ones each time);
+    ``mask_id``: the tokenizer's ``[MASK]`` (encoders; -1: none), for JSONL ``mask``."""
     spec = config.prompts
     limit = spec.n_prompts
 
@@ -110,7 +111,7 @@ def prompt_stream(config: RunConfig, encode: Callable[[str], list[int]] | None, 
     else:
         def walk() -> Iterator[Prompt]:
             seen: collections.Counter = collections.Counter()
-            for prompt in jsonl_prompts(spec.path, encode):
+            for prompt in jsonl_prompts(spec.path, encode, mask_id):
                 if limit is None or seen[prompt.condition] < limit:
                     seen[prompt.condition] += 1
                     yield prompt
@@ -144,7 +145,8 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         record = [prompt.condition, list(prompt.tokens), prompt.text, sorted(prompt.metadata.items())]
         if effects:
             n_targets += _check_task(prompt, vocab_size, label)
-            record.append([prompt.target, prompt.foil, prompt.pair])
+            # the position enters the digest only where it is not the default (older stores still resume)
+            record.append([prompt.target, prompt.foil, prompt.pair, *([prompt.position] if prompt.position >= 0 else [])])
         if patching and prompt.pair is None:
             raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
         if prompt.pair is not None:
@@ -231,13 +233,14 @@ class Chunk:
 
 def task_inputs(unit: Unit, prompts: list[Prompt],
                 partner_tokens: Callable[[Prompt], tuple[int, ...]] | None) -> dict[str, np.ndarray]:
-    """A unit's ``target``/``foil`` ids (-1: none) and, with ``partner_tokens`` (patch effects), its
-    rows' partners' tokens."""
+    """A unit's ``target``/``foil`` ids (-1: none), metric ``position``s (dummy rows: their last) and,
+    with ``partner_tokens`` (patch effects), its rows' partners' tokens."""
     batch = unit.tokens.shape[0]
     target, foil = np.full(batch, -1, np.int32), np.full(batch, -1, np.int32)
+    position = np.maximum(np.asarray(unit.lengths, np.int32) - 1, 0)
     for row, prompt in enumerate(prompts):
-        target[row], foil[row] = prompt.target, prompt.foil
-    inputs = {"target": target, "foil": foil}
+        target[row], foil[row], position[row] = prompt.target, prompt.foil, prompt.metric_position
+    inputs = {"target": target, "foil": foil, "position": position}
     if partner_tokens is not None:
         partner = unit.tokens.copy()  # dummy rows patch themselves
         for row, prompt in enumerate(prompts):
@@ -370,7 +373,8 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
         require_effects(model_config, "causal effects (effects = [...])")
     tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
-    walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id)
+    walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id,
+                         mask_id=getattr(model_config, "mask_token_id", -1))
     plan = plan_prompts(walk(), vocab_size=model_config.vocab_size, n_positions=model_config.n_positions,
                         effects=config.effects)
     if config.conditions:

@@ -29,8 +29,9 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
                heads_per_step: int | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES):
     """A sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
 
-    ``step(state, tokens, lengths, target, foil[, partner])`` -> ``{name: [b, ...]}``; ``partner``
-    (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for ``mean``.
+    ``step(state, tokens, lengths, target, foil[, partner][, position])`` -> ``{name: [b, ...]}``;
+    ``partner`` (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for
+    ``mean``; ``position [b]`` is where each metric is read (default: the last real position).
     The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
     run with effects stores the same diagnostics, bit for bit, as one without.
     """
@@ -43,11 +44,11 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     diagnose = diagnostics_step(graphdef, query, probes)
 
     @jax.jit
-    def effects(state, tokens, lengths, target, foil, partner):
+    def effects(state, tokens, lengths, target, foil, partner, position):
         model = nnx.merge(graphdef, state)
         replacements = {edit: edit_replacement(model, edit, lengths, head_mean=head_mean, partner=partner)
                         for edit in edits}
-        readout = task_readout(model, lengths, target, foil)
+        readout = task_readout(model, lengths, target, foil, position)
         metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
                                         heads_per_step=heads_per_step)
         if attribution:
@@ -57,8 +58,8 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
             per_kind |= {kind: estimates[kind] for kind in attribution}
         return {"metric": metric} | {f"effect_{kind}": per_kind[kind] for kind in kinds}
 
-    def step(state, tokens, lengths, target, foil, partner=None):
-        return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner)
+    def step(state, tokens, lengths, target, foil, partner=None, position=None):
+        return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner, position)
 
     return step
 

@@ -168,8 +168,9 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
     """The per-prompt arrays of ``prompts``: data variables in store order, then coordinates.
 
     ``values`` maps every per-head variable of ``variables`` (name -> (long_name, units): the
-    probes' attrs) to ``[n, layer, head(, query)]`` float32 (used as given, not copied), and, in a run with effects, ``metric`` to ``[n]`` and each ``effect_<kind>`` to
-    ``[n, layer, head]`` (then the task coordinates ``target``, ``foil``, ``pair`` come too; ``pair``
+    probes' attrs) to ``[n, layer, head(, query)]`` float32 (used as given, not copied), and, in a run
+    with effects, ``metric`` to ``[n]`` and each ``effect_<kind>`` to ``[n, layer, head]`` (then the
+    task coordinates ``target``, ``foil``, ``pair``, ``metric_position`` come too; ``pair``
     alone with ``paired``, for the report's paired statistics);
     ``tokens`` is -1-padded to ``width`` (default: the longest prompt); ``metadata`` names the
     per-prompt metadata coordinates and their kinds ("str" | "float"), missing values being "" and NaN.
@@ -201,6 +202,7 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
     if task:
         coordinate("target", ("prompt",), np.asarray([p.target for p in prompts], dtype=np.int32))
         coordinate("foil", ("prompt",), np.asarray([p.foil for p in prompts], dtype=np.int32))
+        coordinate("metric_position", ("prompt",), np.asarray([p.metric_position for p in prompts], dtype=np.int32))
     if task or paired:
         coordinate("pair", ("prompt",), np.asarray([p.pair or "" for p in prompts], dtype=str))
     for key, kind in metadata.items():

@@ -149,10 +149,10 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
     head_mean = ds["head_mean"].values if kind == "mean" else None
 
     @jax.jit
-    def effects(state, tokens, lengths, target, foil, partner):
+    def effects(state, tokens, lengths, target, foil, partner, position):
         model = nnx.merge(graphdef, state)
         replacement = edit_replacement(model, kind, lengths, head_mean=head_mean, partner=partner)
-        readout = task_readout(model, lengths, target, foil)
+        readout = task_readout(model, lengths, target, foil, position)
         return head_effects(model, tokens, lengths, readout, {kind: replacement}, only=heads)[1][kind]
 
     by_length: dict[int, list[int]] = {}
@@ -168,8 +168,11 @@ def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int
             if kind == "patch":
                 partners = [_partner(members, str(ds["pair"].values[ci, pi]), ci, pi) for ci, pi in cp]
                 partner = jnp.asarray(np.stack([tokens_all[a, b, :length] for a, b in partners]))
+            # stores made before metric_position read the metric at the last real position
+            position = (ds["metric_position"].values[cp[:, 0], cp[:, 1]] if "metric_position" in ds
+                        else np.asarray(lengths) - 1)
             inputs = (tokens, lengths, ds["target"].values[cp[:, 0], cp[:, 1]], ds["foil"].values[cp[:, 0], cp[:, 1]],
-                      partner)
+                      partner, position)
             out[batch] = np.asarray(effects(state, *(jax.device_put(x, place) for x in inputs)))
     return out
 
