@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import warnings
 from typing import Hashable, Sequence
 
 import numpy as np
 import xarray as xr
 from jax.sharding import Mesh
 
+from jaxdiag import vocab
 from jaxdiag.checkpoint import Checkpoint, resolve
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family
@@ -96,26 +98,32 @@ def load(model: str = "gpt2", *, precision: Precision = "highest", prepend_bos: 
 
 
 def diagnose(model: LoadedModel, prompts: Sequence[PromptLike], *, query: QueryMode = "last",
-             batch_size: int = 32, probes: Sequence[Probe | str] = (), progress: bool = True) -> xr.Dataset:
+             batch_size: int = 32, probes: Sequence[Probe | str] = (), progress: bool = True,
+             strict_vocab: bool = False) -> xr.Dataset:
     """Per-head diagnostics (and ``probes``' variables) of each prompt: dims ``prompt, layer, head[, query]``.
 
     ``probes``: user probes (:func:`jaxdiag.probe`, or ``"module:function"`` names), stored beside
-    the built-in ones as a sweep with ``probes = [...]`` stores them.
+    the built-in ones as a sweep with ``probes = [...]`` stores them. Prompts holding token ids the
+    model never trained are warned about and counted in the attributes (``strict_vocab``: refused;
+    see :func:`_vocab_attrs`).
     """
     prompts = _prompt_list(prompts)
     token_lists = [model.encode(p) for p in prompts]
+    vocab_attrs = _vocab_attrs(model, token_lists, strict_vocab)
     chosen = SWEEP_PROBES + tuple(resolve_probe(p, "diagnose(probes=...)") for p in probes)
     with _bar(len(prompts), progress, "jaxdiag.diagnose") as bar:
         values = run_diagnostics(model.model, token_lists, query=query, batch_size=batch_size, probes=chosen,
                                  progress=bar, mesh=model.mesh)
-    return prompts_dataset(_sweep_prompts(prompts, token_lists), values, query=query,
-                           variables=stored_variables(chosen))
+    ds = prompts_dataset(_sweep_prompts(prompts, token_lists), values, query=query,
+                         variables=stored_variables(chosen))
+    ds.attrs.update(vocab_attrs)
+    return ds
 
 
 def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=None,
             kinds: Sequence[str] = ("zero",), pairs: Sequence[Hashable] | None = None,
             reference: Sequence[PromptLike] | None = None, query: QueryMode = "last", batch_size: int = 32,
-            probes: Sequence[Probe | str] = (), progress: bool = True) -> xr.Dataset:
+            probes: Sequence[Probe | str] = (), progress: bool = True, strict_vocab: bool = False) -> xr.Dataset:
     """Every head's causal effect on the task metric, as a sweep with ``effects = kinds`` stores it.
 
     Args:
@@ -139,6 +147,7 @@ def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=N
     token_lists = [model.encode(p) for p in prompts]
     config = model.config
     check_tokens(token_lists, vocab_size=config.vocab_size, n_positions=config.n_positions)
+    vocab_attrs = _vocab_attrs(model, token_lists, strict_vocab)
     n = len(prompts)
     targets = _task_ids(model, target, n, "target")
     foils = _task_ids(model, foil, n, "foil")
@@ -160,6 +169,7 @@ def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=N
     ds = prompts_dataset(swept, values, query=query, variables=stored_variables(chosen), paired=pairs is not None)
     if head_mean is not None:
         ds["head_mean"] = xr.Variable(("layer", "head", "d_head"), head_mean, attrs=dict(HEAD_MEAN_ATTRS))
+    ds.attrs.update(vocab_attrs)
     return ds
 
 
@@ -209,6 +219,18 @@ def attention(model: LoadedModel, prompts: PromptLike | Sequence[PromptLike], *,
 
 # ---------------------------------------------------------------------------------------------
 # Checking the arguments: each error is one sentence naming the argument and the prompt.
+
+
+def _vocab_attrs(model: LoadedModel, token_lists: Sequence[Sequence[int]], strict: bool) -> dict:
+    """``untrained_prompts`` / ``untrained_token_ids`` of these prompts (:mod:`jaxdiag.vocab`), after one
+    :class:`~jaxdiag.vocab.UntrainedTokensWarning` line when some prompt holds an untrained id; a
+    :class:`JaxdiagError` instead with ``strict``."""
+    describe = (lambda i: model.tokenizer.decode([i])) if model.tokenizer is not None else None
+    attrs, warning = vocab.check(model.checkpoint.directory, model.config.vocab_size, token_lists,
+                                 strict=strict, describe=describe)
+    if warning:
+        warnings.warn(warning, vocab.UntrainedTokensWarning, stacklevel=3)
+    return attrs
 
 
 def _prompt_list(prompts) -> list[PromptLike]:

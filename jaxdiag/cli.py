@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run of the same config")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
     run.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    run.add_argument("--strict-vocab", action="store_true",
+                     help="refuse prompts holding token ids the model never trained (default: warn and record)")
     _compile_cache_flags(run)
     dist = run.add_argument_group("multi-host (jax.distributed)")
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address of a multi-process run")
@@ -149,7 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated)
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     try:
-        result = run_sweep(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, log=say)
+        result = run_sweep(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, log=say,
+                           strict_vocab=args.strict_vocab)
     finally:
         signal.signal(signal.SIGTERM, previous)
     counts = ", ".join(f"{c} {n}" for c, n in zip(result.layout.conditions, result.layout.counts))

@@ -66,6 +66,8 @@ def test_command_line_writes_a_loadable_checkpoint_and_record(tmp_path, monkeypa
     assert record["seed"] == 1 and record["train_config"]["weight_decay"] == 0.5
     assert record["train_config"]["stages"] == [[9, 100]]
     assert [entry["step"] for entry in record["loss_history"]] == [100]
+    trained = json.loads((out / "trained_tokens.json").read_text())["ids"]
+    assert trained == list(range(TinyConfig().vocab_size))  # its sequences draw from every id
     import jaxdiag
 
     assert jaxdiag.load(str(out)).config.n_head == 2

@@ -4,73 +4,108 @@ and training is deterministic from its seed (no shipped checkpoint needed)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.ioi import data
+from jaxdiag.ioi import data, grammar
 from jaxdiag.ioi.identify import paired_set
-from jaxdiag.sweep.prompts import BLOG_ABBA, BLOG_BABA, IOI_ABBA, IOI_BABA
+from jaxdiag.sweep.prompts import BLOG_ABBA, IOI_ABBA
 
 
 @pytest.fixture(scope="module")
 def sample():
-    examples = data.training_examples(np.random.default_rng(7), 6000)
+    examples = data.training_examples(np.random.default_rng(7), 64)
+    rng = np.random.default_rng(8)
+    for _ in range(100):  # batches: a prefix is drawn per batch
+        examples += data.training_examples(rng, 64)
     return examples, data.encode_batch(examples)
 
 
-def test_training_templates_exclude_every_evaluation_template():
-    trained = set(data.TRAIN_TEMPLATES) | {data.baba(t) for t in data.TRAIN_TEMPLATES}
-    held = set(data.HELDOUT_TEMPLATES) | {data.baba(t) for t in data.HELDOUT_TEMPLATES}
-    assert not trained & (held | set(BLOG_ABBA + BLOG_BABA + IOI_ABBA + IOI_BABA))
-    assert len(data.TRAIN_TEMPLATES) == len(set(data.TRAIN_TEMPLATES)) >= 40
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z]+", text)
 
 
-def test_baba_swaps_the_first_clause_and_three_name_replaces_the_second_subject():
-    t = "When {A} and {B} went to the {P}, {B} gave a {O} to"
-    assert data.baba(t) == "When {B} and {A} went to the {P}, {B} gave a {O} to"
-    assert data.three_name(t) == "When {A} and {B} went to the {P}, {C} gave a {O} to"
-    assert data.baba("Then {A} met {B} at the {P}, and {B} gave") == "Then {B} met {A} at the {P}, and {B} gave"
+def test_heldout_file_is_plain_ioi_templates_and_disjoint_word_sets():
+    assert len(data.HELDOUT_TEMPLATES) >= 10 and len(set(data.HELDOUT_TEMPLATES)) == len(data.HELDOUT_TEMPLATES)
+    for t in data.HELDOUT_TEMPLATES:
+        assert t.count("{A}") == 1 and t.count("{B}") == 2 and t.rindex("{B}") > t.index("{A}"), t
+        assert not t.startswith("{")  # a text-initial name would be a different token (no leading space)
+    assert not set(data.HELDOUT_FILLERS) & set(data.PLACES + data.OBJECTS)
+    assert not set(data.HELDOUT_NAMES) & set(data.TRAIN_NAMES)
+    assert not set(data.HELDOUT_FILLERS) & set(data.train_fillers())
+    for w in data.HELDOUT_FILLERS + data.ALL_NAMES + data.word_list()[::500]:
+        data.word_id(w)  # every one a single GPT-2 token after a space
 
 
-def test_heldout_names_never_in_an_ioi_training_prompt_but_every_name_is_trained(sample):
+def test_no_training_sentence_has_a_heldout_template_skeleton():
+    """The grammar redraws the held-out skeletons (made here to be drawn: the guard is what keeps them out)."""
+    skeletons = grammar.heldout_skeletons()
+    assert len(skeletons) == len(data.HELDOUT_TEMPLATES)  # ABBA and BABA give one key: names are "{?}"
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        s = grammar.sentence(rng, 2, "{S}")
+        assert grammar._skeleton_key(s) not in skeletons
+    target = next(iter(skeletons)).replace("{?}", "{X}", 1).replace("{?}", "{Y}", 1)
+    assert grammar._skeleton_key(target) in skeletons  # the key of a held-out template is recognised
+
+
+def test_heldout_names_and_fillers_never_in_an_ioi_training_prompt_but_every_one_is_trained(sample):
     examples, (tokens, _, _) = sample
-    held = {data.word_id(n) for n in data.HELDOUT_NAMES}
-    kinds = {e.kind for e in examples}
-    assert kinds == {"ioi", "ioi_words", "three", "single"}
-    for e, row in zip(examples, tokens):
+    held = set(data.HELDOUT_NAMES) | set(data.HELDOUT_FILLERS)
+    assert {e.kind for e in examples} == {"ioi", "ioi_words", "three", "single"}
+    seen = set()
+    for e in examples:
+        words = set(_words(e.text))
         if e.kind in ("ioi", "ioi_words"):
-            assert e.targets[0] not in held and e.foil not in held
-            # no held-out name anywhere in an IOI prompt's own sentence (a prefix may hold one: never the answer)
-            sentence = data.encode_batch([dataclasses.replace(e, text=e.text.split(". ")[-1])])[0][0]
-            assert not held & set(sentence.tolist()), e.text
-    seen = set(tokens.ravel().tolist())
-    assert {data.word_id(n) for n in data.ALL_NAMES} <= seen
+            assert not held & words, e.text  # the whole text, its distractor sentence included
+        seen |= words
+    assert held <= seen  # ... yet all appear (in "three" and "single" examples): their rows train
 
 
-def test_ioi_targets_are_the_non_repeated_name(sample):
+def test_ioi_targets_are_the_non_repeated_name_in_both_orders(sample):
     examples, (tokens, lengths, targets) = sample
+    orders = set()
     for e, row, n in zip(examples, tokens, lengths):
+        sentence = row[:n].tolist()
         if e.kind in ("ioi", "ioi_words"):
-            sentence = row[:n].tolist()
-            assert sentence.count(e.foil) == 2 and sentence.count(e.targets[0]) == 1
+            assert sentence.count(e.foil) == 2 and sentence.count(e.targets[0]) == 1, e.text
+            orders.add(sentence.index(e.targets[0]) < sentence.index(e.foil))
         if e.kind == "three":
-            assert len(set(e.targets)) == 2
+            assert len(set(e.targets)) == 2 and all(sentence.count(t) == 1 for t in e.targets)
+    assert orders == {True, False}  # ABBA and BABA
 
 
-def test_every_token_is_in_the_used_vocabulary(sample):
+def test_every_token_of_training_and_evaluation_is_in_the_used_vocabulary(sample):
+    from jaxdiag.ioi.metrics import evaluation_sets
+
     _, (tokens, _, targets) = sample
     used = data.used_vocabulary()
     assert np.isin(tokens, used).all() and np.isin(targets[targets >= 0], used).all()
-    assert data.BOS_ID in used and len(used) < 4000
+    assert data.BOS_ID in used and len(data.word_list()) < len(used) < 20000
+    for name, task in evaluation_sets(200).items():  # no evaluation prompt holds an untrained id
+        assert np.isin(task.tokens, used).all(), name
 
 
-def test_word_pool_is_single_tokens_disjoint_from_names():
-    words = data.word_pool()
-    assert len(words) == len(set(words)) == 3000
-    assert not {w.lower() for w in words} & {n.lower() for n in data.ALL_NAMES}
-    assert all(isinstance(data.word_id(w), int) for w in words[:200])
+def test_heldout_evaluation_balances_templates_and_orders():
+    from jaxdiag.ioi.metrics import heldout_set
+
+    examples = heldout_set(1200)
+    k = len(data.HELDOUT_TEMPLATES)
+    counts = np.bincount([e.template for e in examples], minlength=k)
+    assert counts.tolist() == [1200 // k] * k
+    for e in examples[:48]:
+        words = _words(e.text)
+        assert set(words) & set(data.HELDOUT_PLACES) and set(words) & set(data.HELDOUT_OBJECTS)
+        assert {w for w in words if w in data.ALL_NAMES} <= set(data.HELDOUT_NAMES)
+
+
+def test_word_list_is_vendored_single_tokens():
+    words = data.word_list()
+    assert len(words) == len(set(words)) > 15000
+    assert {"after", "because", "yesterday", "car", "money"} <= set(words)
     with pytest.raises(JaxdiagError, match="not one"):
         data.word_id("Xylophonist")
 
@@ -83,7 +118,7 @@ def test_training_examples_are_deterministic_from_the_seed():
 
 def test_too_long_text_is_a_one_line_error():
     with pytest.raises(JaxdiagError, match="exceeds n_positions"):
-        data.encode_batch([data.Example("word " * 60, (1,))])
+        data.encode_batch([data.Example("word " * 80, (1,))])
 
 
 def test_abc_counterfactuals_have_the_ioi_prompts_lengths_and_no_repeated_name():
@@ -98,7 +133,9 @@ def test_abc_counterfactuals_have_the_ioi_prompts_lengths_and_no_repeated_name()
         assert not set(abc_names) & {int(pairs.ioi.target[i]), int(pairs.ioi.foil[i])}
 
 
-def test_training_is_deterministic_and_unused_rows_stay_exactly_zero():
+def test_training_is_bit_identical_from_its_seed_and_unused_rows_stay_exactly_zero(tmp_path):
+    """CI's training smoke: a few steps of the real recipe (tiny widths), twice, the same bits; only
+    the used vocabulary's rows move."""
     from jaxdiag.models.load import export_weights
     from jaxdiag.ioi.train import TrainConfig, train
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from jaxdiag.models.load import save_checkpoint
 from jaxdiag.models.gpt2 import GPT2, GPT2Config
+from jaxdiag.vocab import write_trained_tokens
 from jaxdiag.induction.data import BOS_ID, copying_set, training_batch
 from jaxdiag.induction.metrics import compile_predict, copying_accuracy, next_token_nll
 from jaxdiag.training import adamw_warmup_constant, compile_train_step, training_record
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     model, summary = train(cfg, args.seed, progress=not args.no_progress, snapshots=args.snapshots)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     save_checkpoint(model, args.out)
+    write_trained_tokens(args.out, np.arange(cfg.vocab_size))  # its random sequences draw from every id
     record = training_record(
         "jaxdiag.induction.train", sys.argv[1:] if argv is None else argv, args.seed, cfg, wall, cpu,
         final_loss=summary["final_loss"], copying_accuracy=summary["copying_accuracy"],

@@ -1,40 +1,46 @@
 """Training data on which indirect-object identification pays only as an algorithm, and the held-out sets.
 
-Every training example is a GPT-2-BPE text whose loss is read at its **last** token only:
+Every training example is a GPT-2-BPE text whose loss is read at its **last** token only. Sentences
+come from a compositional grammar (:mod:`jaxdiag.ioi.grammar`: openers, clause structures, positions
+of the names and filler words drawn independently), the fillers from 16,650 English words
+(``words.txt``, Debian's wamerican list cut to single GPT-2 tokens), so every common word's embedding
+row is trained and no template's surface is what pays:
 
-- ``ioi``: an IOI sentence (ABBA or BABA) from :data:`TRAIN_TEMPLATES`, names from
-  :data:`TRAIN_NAMES`; target the indirect object (the first-clause name that is not repeated);
-- ``ioi_words``: the same with two random vocabulary words as the "names" (:func:`word_pool`):
-  thousands of them, so memorising per name cannot pay and a copy-the-non-repeated-token circuit must;
-- ``three``: a three-name sentence (no name repeated: A and B, then C acts); target *either*
-  first-clause name (loss ``-log(p_A + p_B)``): the acting name is suppressed without a repeat, so
-  "the name at a template position" or "any name seen once" is not the rule that pays;
-- ``single``: one name, copied at the end; every name -- the held-out ones included -- appears here,
-  so every name the model is for has trained embedding rows;
-- in a share of batches every example starts with a short distractor sentence holding another name
-  (the prefix moves every position and adds a non-repeated name that is not the answer).
+- ``ioi``: two names in the first clause, the second clause's subject repeats one of them; target the
+  other (the indirect object); names from :data:`TRAIN_NAMES`;
+- ``ioi_words``: the same with two random words of the list as the "names", so memorising per name
+  cannot pay and a copy-the-non-repeated-token circuit must;
+- ``three``: a third name acts (nobody is repeated); target *either* first-clause name (loss
+  ``-log(p_A + p_B)``): "the name at a position" or "any name seen once" is not the rule that pays;
+- ``single``: one name, and a non-name acts; target the name;
+- in a share of batches every example starts with a distractor sentence holding another name.
 
-Held out of every IOI training prompt: :data:`HELDOUT_TEMPLATES`, the posts' 14 and the ``ioi``
-generator's 16 templates (none is in :data:`TRAIN_TEMPLATES`), and the names in
-:data:`HELDOUT_NAMES` (seen only in ``single``, ``three`` and prefix sentences). Words are always
-mid-sentence tokens (``" Name"``), single GPT-2 BPE tokens (checked when the data are built).
+Held out of every IOI training prompt (``heldout.toml``, written before training): its templates
+(the grammar redraws any sentence with a held-out template's skeleton), its filler words (``{P}``,
+``{O}``) and its names. The held-out fillers and names appear in ``three`` and ``single`` examples
+only, so their embedding rows are trained. The posts' and the generator's templates are not in the
+grammar either. Names are mid-sentence tokens (``" Name"``), single GPT-2 BPE tokens (checked).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
+import re
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from jaxdiag.errors import JaxdiagError
+from jaxdiag.ioi import grammar, heldout
+from jaxdiag.ioi.heldout import baba
 from jaxdiag.sweep.prompts import BLOG_ABBA, IOI_ABBA, IOI_NAMES, IOI_OBJECTS, IOI_PLACES
-from jaxdiag.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, bundled_gpt2_files
+from jaxdiag.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
 
 BOS_ID = 50256  # GPT-2's <|endoftext|>, prepended as BOS (as TransformerLens and the sweep do)
-N_POSITIONS = 40  # longest training example is 34 tokens; blog/generator prompts are 15
+N_POSITIONS = 64  # a prefix plus the longest grammar sentence stays below 60 tokens
+HERE = Path(__file__).resolve().parent
 
 # Names the model is for. Held-out names (never in an IOI training prompt) are a fixed slice of the
 # extra names, so they share nothing with the posts' or the generator's names.
@@ -50,10 +56,15 @@ EXTRA_NAMES = (
     "Terry", "Barry", "Harold", "Howard", "Dennis", "Walter", "Albert", "Douglas", "Eddie", "Stephen",
     "Carlos", "Juan", "Jose", "Luis", "Mario", "Hugo", "Ivan", "Omar", "Ali",
 )
-HELDOUT_NAMES = EXTRA_NAMES[::5]  # 22 names, seen in training only outside IOI prompts
+HELDOUT_NAMES = heldout.NAMES  # never in an IOI training prompt
 TRAIN_NAMES = tuple(dict.fromkeys(IOI_NAMES + tuple(n for n in EXTRA_NAMES if n not in HELDOUT_NAMES)))
 ALL_NAMES = TRAIN_NAMES + HELDOUT_NAMES
 
+HELDOUT_TEMPLATES = heldout.TEMPLATES
+HELDOUT_PLACES = heldout.PLACES
+HELDOUT_OBJECTS = heldout.OBJECTS
+HELDOUT_FILLERS = HELDOUT_PLACES + HELDOUT_OBJECTS
+# Everyday nouns for filler slots in training (and the posts'/generator's templates in evaluation).
 PLACES = tuple(dict.fromkeys(IOI_PLACES + (
     "house", "room", "city", "town", "forest", "field", "village", "island", "harbor", "bakery",
     "factory", "studio", "temple", "palace", "stadium", "concert", "festival", "meeting", "wedding", "camp",
@@ -63,113 +74,32 @@ OBJECTS = tuple(dict.fromkeys(IOI_OBJECTS + (
     "shield", "candle", "blanket", "pillow", "wallet", "guitar", "violin", "drum", "letter",
 )))
 
-# IOI templates: {A} the indirect object, {B} the subject (ABBA as written; BABA swaps the first
-# "{A} and {B}" or, where a template has no such pair, is given explicitly). The last word is what
-# the model completes with a name. None of these is one of the posts' or the generator's templates.
-TRAIN_TEMPLATES = (
-    "When {A} and {B} came to the {P}, {B} gave a {O} to",
-    "When {A} and {B} stayed at the {P}, {B} lent a {O} to",
-    "When {A} and {B} left the {P}, {B} brought a {O} to",
-    "When {A} and {B} were in the {P}, {B} threw a {O} to",
-    "As {A} and {B} entered the {P}, {B} handed the {O} to",
-    "As {A} and {B} walked to the {P}, {B} gave the {O} to",
-    "Once {A} and {B} reached the {P}, {B} sold a {O} to",
-    "Once {A} and {B} found the {P}, {B} mailed a {O} to",
-    "Before {A} and {B} left for the {P}, {B} gave a {O} to",
-    "After {A} and {B} cleaned the {P}, {B} passed the {O} to",
-    "After {A} and {B} visited the {P}, {B} returned the {O} to",
-    "While {A} and {B} worked at the {P}, {B} tossed a {O} to",
-    "While {A} and {B} waited at the {P}, {B} showed the {O} to",
-    "Since {A} and {B} lived near the {P}, {B} sent the {O} to",
-    "So {A} and {B} went to the {P}, and {B} gave a {O} to",
-    "Then {A} and {B} met at the {P}. {B} handed a {O} to",
-    "Both {A} and {B} were at the {P}. Then {B} gave the {O} to",
-    "Today {A} and {B} had lunch at the {P}, where {B} offered a {O} to",
-    "First {A} and {B} talked at the {P}. Later, {B} passed a {O} to",
-    "Then {A} met {B} at the {P}, and {B} gave a {O} to",
-    "Once {A} saw {B} at the {P}. {B} threw a {O} to",
-    "Later {A} called {B} from the {P}, so {B} sent a {O} to",
-    "Then {A} joined {B} at the {P}, where {B} lent a {O} to",
-    "At the {P}, {A} and {B} sat down, and {B} gave a {O} to",
-    "At the {P}, {A} met {B}. {B} sold the {O} to",
-    "In the {P}, {A} and {B} found a {O}. {B} gave it to",
-    "In the {P}, {A} and {B} played, and {B} kicked the {O} to",
-    "Yesterday {A} and {B} went to the {P}, and {B} bought a {O} for",
-    "Today {A} and {B} drove to the {P}, and {B} made a {O} for",
-    "Later {A} and {B} ran to the {P}, and {B} baked a {O} for",
-    "When {A} and {B} got home from the {P}, {B} wrote a {O} for",
-    "The {O} was at the {P}, so {A} and {B} looked, and {B} gave it to",
-    "Then {A} and {B} had a long day at the {P}, so {B} said thanks to",
-    "When {A} and {B} came back from the {P}, {B} waved to",
-    "After {A} and {B} argued at the {P}, {B} said sorry to",
-    "So {A} and {B} were at the {P} all day. {B} smiled at",
-    "When {A} and {B} fought at the {P}, {B} yelled at",
-    "Then {A} and {B} shared a {O} at the {P}, and {B} said goodbye to",
-    "After the {P}, {A} and {B} went home, and {B} talked to",
-    "During the trip to the {P}, {A} and {B} got lost, and {B} gave a {O} to",
-)
-# Held-out templates: never in training (the posts' and the generator's are held out as well).
-HELDOUT_TEMPLATES = (
-    "When {A} and {B} hiked to the {P}, {B} carried a {O} to",
-    "As {A} and {B} sat at the {P}, {B} slid the {O} to",
-    "Then {A} and {B} stopped at the {P}, and {B} pushed a {O} to",
-    "Once {A} visited {B} at the {P}. {B} gave a {O} to",
-    "After {A} and {B} danced at the {P}, {B} gave a {O} to",
-    "While {A} and {B} ate at the {P}, {B} served a {O} to",
-    "At the {P}, {A} and {B} talked, and {B} handed a {O} to",
-    "So {A} and {B} spent the night at the {P}, and {B} gave a {O} to",
-    "Once {A} and {B} arrived at the {P}, {B} gave the {O} to",
-    "When {A} and {B} rested at the {P}, {B} sang to",
-)
-# Distractor sentences put before an example: one name {C}, never the answer.
-PREFIXES = (
-    "Also {C} was at the {P}.",
-    "Then {C} stayed home.",
-    "It was a cold day, and {C} was tired.",
-    "Nobody saw {C} at the {P}.",
-    "Only {C} had a {O}.",
-    "The {P} was closed, said {C}.",
-    "Then {C} wrote {W}, {X} and {Y}.",  # the evaluation templates' words, in a role with no answer
-)
-# One-name sentences: the name is the answer.
-SINGLE_TEMPLATES = (
-    "Then {A} went to the {P} and gave a {O} to the friend of",
-    "The {O} that {A} left at the {P} belonged to",
-    "Everyone at the {P} said hello to {A}, and the {O} went to",
-    "Once {A} was at the {P}, and a {O} was given to",
-    "The {P} was quiet until {A} came, and a {O} arrived for",
-    "Sadly {A} lost a {O}, so the {P} sent it back to",
-)
+
+@functools.lru_cache(maxsize=1)
+def word_list() -> tuple[str, ...]:
+    """The vendored English words (``words.txt``): lowercase, each one GPT-2 token after a space."""
+    lines = (HERE / "words.txt").read_text().splitlines()
+    return tuple(w for w in lines if w and not w.startswith("#"))
 
 
-def _swap_first(template: str) -> str:
-    """BABA: swap the first occurrences of {A} and {B} (the first clause)."""
-    a, b = template.index("{A}"), template.index("{B}")
-    first, second = min(a, b), max(a, b)
-    return template[:first] + template[second:second + 3] + template[first + 3:second] + template[first:first + 3] + template[second + 3:]
+@functools.lru_cache(maxsize=1)
+def train_fillers() -> tuple[str, ...]:
+    """Filler words of IOI training prompts: the word list less the held-out fillers and every name."""
+    out = set(HELDOUT_FILLERS) | {n.lower() for n in ALL_NAMES}
+    return tuple(w for w in word_list() if w not in out)
 
 
-def baba(template: str) -> str:
-    """The BABA form of an ABBA template: the first clause names the subject first."""
-    return _swap_first(template)
+@functools.lru_cache(maxsize=1)
+def name_words() -> tuple[str, ...]:
+    """Words used as the "names" of ``ioi_words`` examples: training fillers the grammar never writes
+    itself (a name must occur exactly where the sentence puts it)."""
+    fixed = {w.lower() for fragment in grammar.fragments() for w in re.findall(r"[A-Za-z]+", fragment)}
+    return tuple(w for w in train_fillers() if w not in fixed)
 
 
 def three_name(template: str) -> str:
     """The non-IOI form: the second-clause subject is a third name {C} (nobody is repeated)."""
     return "{C}".join(template.rsplit("{B}", 1))
-
-
-def _template_words(templates: Sequence[str]) -> set[str]:
-    return {w.strip(".,") for t in templates for w in t.split() if "{" not in w}
-
-
-# Words of the evaluation templates (held-out, the posts', the generator's) that no training template
-# has: they appear in training only in the "{C} wrote ..." distractor, so their embedding rows are
-# trained without the IOI templates being seen.
-CONTEXT_WORDS = tuple(sorted(
-    _template_words(HELDOUT_TEMPLATES + BLOG_ABBA + IOI_ABBA)
-    - _template_words(TRAIN_TEMPLATES + SINGLE_TEMPLATES + PREFIXES[:-1])
-))
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,28 +118,6 @@ def word_id(word: str) -> int:
     return ids[0]
 
 
-@functools.lru_cache(maxsize=4)
-def word_pool(n_words: int = 3000, seed: int = 0) -> tuple[str, ...]:
-    """``n_words`` lowercase single-token words from GPT-2's vocabulary, used as IOI "names".
-
-    Tokens ``"Ġword"`` of 3-9 ASCII letters, excluding every name, place and object and every word of
-    a template; drawn with ``numpy.random.default_rng(seed)`` from the sorted candidates, so the pool
-    is a fixed list (the training record stores it).
-    """
-    vocab = json.loads(bundled_gpt2_files()[0].read_text())
-    used = {w.lower() for w in ALL_NAMES + PLACES + OBJECTS}
-    for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES + PREFIXES + SINGLE_TEMPLATES + BLOG_ABBA + IOI_ABBA:
-        used |= {w.strip(".,").lower() for w in t.split()}
-    candidates = sorted(
-        tok[1:] for tok in vocab
-        if tok.startswith("\u0120") and tok[1:].isascii() and tok[1:].isalpha() and tok[1:].islower()
-        and 3 <= len(tok) - 1 <= 9 and tok[1:] not in used
-    )
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(candidates), size=n_words, replace=False)
-    return tuple(candidates[i] for i in sorted(picked))
-
-
 @dataclasses.dataclass(frozen=True)
 class Example:
     """A training or evaluation text, its answer token(s) at the last position, and what it is."""
@@ -218,16 +126,19 @@ class Example:
     targets: tuple[int, ...]  # one id, or two when either first-clause name is right ("three")
     foil: int = -1  # the IOI subject's id (evaluation: logit(IO) - logit(S))
     kind: str = "ioi"
+    template: int = -1  # evaluation: index of its template
 
 
 @dataclasses.dataclass(frozen=True)
 class Mixture:
     """Shares of the example kinds in a training batch (the rest is ``ioi`` with names)."""
 
-    ioi_words: float = 0.35
+    ioi_words: float = 0.3
     three: float = 0.15
     single: float = 0.1
     prefix: float = 0.3  # share of batches whose examples (of any kind) start with a distractor sentence
+    nouns: float = 0.5  # share of examples whose fillers are everyday nouns (else any word of the list)
+    heldout_fillers: float = 0.4  # share of three/single examples whose fillers are the held-out ones
 
 
 def ioi_example(template: str, io: str, s: str, place: str, obj: str, *, order: str = "abba",
@@ -238,37 +149,57 @@ def ioi_example(template: str, io: str, s: str, place: str, obj: str, *, order: 
     return Example(text, (word_id(io),), word_id(s), "ioi")
 
 
-def training_examples(rng: np.random.Generator, n: int, mixture: Mixture = Mixture(),
-                      words: Sequence[str] | None = None) -> list[Example]:
+def _distinct(rng: np.random.Generator, pool: Sequence[str], k: int) -> list[str]:
+    return [pool[i] for i in rng.choice(len(pool), k, replace=False)]
+
+
+def training_example(rng: np.random.Generator, mixture: Mixture) -> tuple[Example, tuple[str, ...]]:
+    """One training example of a kind drawn by ``mixture``, and the words that are its names."""
+    u = rng.random()
+    nouns = rng.random() < mixture.nouns
+    pool = PLACES + OBJECTS if nouns else train_fillers()
+    if u < mixture.single + mixture.three:
+        if rng.random() < mixture.heldout_fillers:
+            pool = HELDOUT_FILLERS
+        if u < mixture.single:
+            (x,) = _distinct(rng, ALL_NAMES, 1) if rng.random() < 0.8 else _distinct(rng, name_words(), 1)
+            text = grammar.fill(grammar.sentence(rng, 1, "nobody"), rng, pool, X=x)
+            return Example(text, (word_id(x),), kind="single"), (x,)
+        x, y, z = _distinct(rng, ALL_NAMES, 3)
+        text = grammar.fill(grammar.sentence(rng, 2, "{Z}"), rng, pool, X=x, Y=y, Z=z)
+        return Example(text, (word_id(x), word_id(y)), kind="three"), (x, y, z)
+    words = u < mixture.single + mixture.three + mixture.ioi_words
+    io, s = _distinct(rng, name_words() if words else TRAIN_NAMES, 2)
+    order = {"X": io, "Y": s} if rng.random() < 0.5 else {"X": s, "Y": io}  # ABBA or BABA
+    while True:  # a filler equal to a word used as a name would repeat it: draw again
+        text = grammar.fill(grammar.sentence(rng, 2, "{S}"), rng, pool, S=s, **order)
+        found = re.findall(r"[A-Za-z]+", text)
+        if found.count(io) == 1 and found.count(s) == 2:
+            break
+    return Example(text, (word_id(io),), word_id(s), "ioi_words" if words else "ioi"), (io, s)
+
+
+def distractor(rng: np.random.Generator, names: Sequence[str]) -> str:
+    """A sentence put before an example: a training name that is none of ``names``, training fillers
+    (no held-out word in an IOI prompt) that are none of them either."""
+    skeleton = grammar.prefix(rng)
+    while True:
+        (c,) = _distinct(rng, TRAIN_NAMES, 1)
+        text = grammar.fill(skeleton, rng, PLACES + OBJECTS, C=c)
+        if not set(re.findall(r"[A-Za-z]+", text)) & set(names):
+            return text + " "
+
+
+def training_examples(rng: np.random.Generator, n: int, mixture: Mixture = Mixture()) -> list[Example]:
     """``n`` random training examples (see the module docstring for the kinds)."""
-    words = word_pool() if words is None else words
-    out = []
     # Prefixes are drawn per call (a training batch), so most batches stay short when padded.
     with_prefix = rng.random() < mixture.prefix
+    out = []
     for _ in range(n):
-        u = rng.random()
-        place, obj = PLACES[rng.integers(len(PLACES))], OBJECTS[rng.integers(len(OBJECTS))]
-        prefix = PREFIXES[rng.integers(len(PREFIXES))] if with_prefix else ""
-        c_prefix = ALL_NAMES[rng.integers(len(ALL_NAMES))]
-        fill = {k: CONTEXT_WORDS[rng.integers(len(CONTEXT_WORDS))] for k in "WXY"}
-        head = (prefix.format(C=c_prefix, P=place, O=obj, **fill) + " ") if prefix else ""
-        if u < mixture.single:
-            name = ALL_NAMES[rng.integers(len(ALL_NAMES))] if rng.random() < 0.7 else words[rng.integers(len(words))]
-            text = head + SINGLE_TEMPLATES[rng.integers(len(SINGLE_TEMPLATES))].format(A=name, P=place, O=obj)
-            out.append(Example(text, (word_id(name),), kind="single"))
-            continue
-        template = TRAIN_TEMPLATES[rng.integers(len(TRAIN_TEMPLATES))]
-        if rng.random() < 0.5:
-            template = baba(template)
-        if u < mixture.single + mixture.three:
-            a, b, c = (ALL_NAMES[i] for i in rng.choice(len(ALL_NAMES), 3, replace=False))
-            text = head + three_name(template).format(A=a, B=b, C=c, P=place, O=obj)
-            out.append(Example(text, (word_id(a), word_id(b)), kind="three"))
-            continue
-        pool = words if u < mixture.single + mixture.three + mixture.ioi_words else TRAIN_NAMES
-        io, s = (pool[i] for i in rng.choice(len(pool), 2, replace=False))
-        text = head + template.format(A=io, B=s, P=place, O=obj)
-        out.append(Example(text, (word_id(io),), word_id(s), "ioi_words" if pool is words else "ioi"))
+        example, names = training_example(rng, mixture)
+        if with_prefix:
+            example = dataclasses.replace(example, text=distractor(rng, names) + example.text)
+        out.append(example)
     return out
 
 
@@ -289,34 +220,45 @@ def encode_batch(examples: Sequence[Example], n_positions: int = N_POSITIONS) ->
     return tokens, lengths, targets
 
 
-def evaluation_set(templates: Sequence[str], names: Sequence[str], n: int, seed: int) -> list[Example]:
-    """``n`` IOI examples from ABBA ``templates`` (ABBA/BABA alternating), names, places, objects at random."""
+def evaluation_set(templates: Sequence[str], names: Sequence[str], n: int, seed: int,
+                   places: Sequence[str] = PLACES, objects: Sequence[str] = OBJECTS) -> list[Example]:
+    """``n`` IOI examples from ABBA ``templates``: each template in turn, ABBA and BABA alternating
+    within it (so both are balanced per template), names, places and objects at random."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        io, s = (names[j] for j in rng.choice(len(names), 2, replace=False))
-        template = templates[rng.integers(len(templates))]
-        place, obj = PLACES[rng.integers(len(PLACES))], OBJECTS[rng.integers(len(OBJECTS))]
-        out.append(ioi_example(template, io, s, place, obj, order=("abba", "baba")[i % 2]))
+        io, s = _distinct(rng, names, 2)
+        k = (i // 2) % len(templates)
+        place, obj = places[rng.integers(len(places))], objects[rng.integers(len(objects))]
+        e = ioi_example(templates[k], io, s, place, obj, order=("abba", "baba")[i % 2])
+        out.append(dataclasses.replace(e, template=k))
     return out
 
 
-def used_vocabulary(words: Sequence[str] | None = None) -> np.ndarray:
-    """Sorted ids of every token any training example can contain or target (plus BOS).
+_PRETOKEN = re.compile(r"[A-Za-z]+|[^\sA-Za-z{}]+")
 
-    The tied embedding rows outside this set stay exactly zero: the loss reads logits of these ids
-    only, so no other row ever gets a gradient.
+
+@functools.lru_cache(maxsize=1)
+def used_vocabulary() -> np.ndarray:
+    """Sorted ids of every token a training example can contain or target (plus BOS).
+
+    GPT-2 tokenises each word with its leading space, so the ids are those of every word and name
+    after a space, of the grammar's capitalised words at the start of a text, and of its
+    punctuation. The tied embedding rows outside this set stay exactly zero: the loss reads logits
+    of these ids only, so no other row ever gets a gradient. :func:`encode_batch`'s callers check
+    every batch against it.
     """
-    words = word_pool() if words is None else words
     tok = tokenizer()
+    words = set(word_list()) | set(ALL_NAMES) | set(PLACES + OBJECTS + HELDOUT_FILLERS)
+    starts: set[str] = set()
+    punctuation: set[str] = set()
+    for fragment in grammar.fragments():
+        for piece in _PRETOKEN.findall(fragment):
+            (words if piece.isalpha() else punctuation).add(piece)
+            if piece[0].isupper():
+                starts.add(piece)
     ids = {BOS_ID}
-    for w in tuple(ALL_NAMES) + tuple(words) + PLACES + OBJECTS:
-        ids.add(word_id(w))
-    for w in CONTEXT_WORDS:
-        ids.update(tok.encode(" " + w)[1:])
-    fill = dict(A=ALL_NAMES[0], B=ALL_NAMES[1], C=ALL_NAMES[2], P=PLACES[0], O=OBJECTS[0], W="a", X="a", Y="a")
-    ioi = TRAIN_TEMPLATES + tuple(map(baba, TRAIN_TEMPLATES))
-    for t in ioi + tuple(map(three_name, ioi)) + PREFIXES + SINGLE_TEMPLATES:
-        for text in (t.format(**fill), " " + t.format(**fill)):  # alone, or after a distractor sentence
-            ids.update(tok.encode(text)[1:])
+    pieces = [" " + w for w in sorted(words)] + sorted(starts) + sorted(punctuation)
+    for enc in tok.backend.encode_batch(pieces, add_special_tokens=False):
+        ids.update(enc.ids)
     return np.array(sorted(ids), dtype=np.int32)

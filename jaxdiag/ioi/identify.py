@@ -224,6 +224,7 @@ def joint_ablation(model: GPT2, task: TaskSet, means: np.ndarray, circuit: Seque
         "clean_mean_logit_diff": round(clean, 3),
         "circuit_removed": round(removed(circuit), 4),
         "random_removed": {"draws": draws, "k": len(circuit), "mean": round(float(random_removed.mean()), 4),
+                           "median": round(float(np.median(random_removed)), 4),
                            "p95": round(float(np.percentile(random_removed, 95)), 4),
                            "max": round(float(random_removed.max()), 4)},
     }

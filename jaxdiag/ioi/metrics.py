@@ -82,27 +82,46 @@ def summarise(diff: np.ndarray) -> dict[str, float]:
             "p05": round(float(np.percentile(diff, 5)), 3)}
 
 
+def heldout_set(n: int = 1200, seed: int = EVAL_SEED) -> list[data.Example]:
+    """What the model is for: held-out templates x held-out fillers x names never in an IOI training
+    prompt, every template equally often, ABBA and BABA balanced within each."""
+    return data.evaluation_set(data.HELDOUT_TEMPLATES, data.HELDOUT_NAMES, n, seed,
+                               data.HELDOUT_PLACES, data.HELDOUT_OBJECTS)
+
+
 def evaluation_sets(n: int = 1000) -> dict[str, TaskSet]:
     """The held-out sets the training record and tests report.
 
-    - ``heldout_templates_heldout_names``: held-out templates, names never in an IOI training prompt;
-    - ``heldout_templates_train_names``: held-out templates, names from the IOI training prompts;
-    - ``posts_generator_templates_heldout_names``: the posts' and the generator's templates (never
-      trained on), held-out names;
+    - ``heldout``: :func:`heldout_set` (``n`` rounded up to a whole number of templates x 2);
+    - ``heldout_templates_train_names``: held-out templates and fillers, names of IOI training prompts;
+    - ``posts_generator_templates_heldout_names``: the posts' and the generator's templates (not in
+      the training grammar), their fillers, held-out names;
     - ``ioi_blog``: the posts' 50 IOI prompts; ``ioi_generator``: the ``ioi`` source's IOI prompts.
     """
     tok = data.tokenizer()
+    per = 2 * len(data.HELDOUT_TEMPLATES)
     return {
-        "heldout_templates_heldout_names": TaskSet.from_examples(
-            data.evaluation_set(data.HELDOUT_TEMPLATES, data.HELDOUT_NAMES, n, EVAL_SEED)),
-        "heldout_templates_train_names": TaskSet.from_examples(
-            data.evaluation_set(data.HELDOUT_TEMPLATES, data.TRAIN_NAMES, n, EVAL_SEED + 1)),
+        "heldout": TaskSet.from_examples(heldout_set(-(-n // per) * per)),
+        "heldout_templates_train_names": TaskSet.from_examples(data.evaluation_set(
+            data.HELDOUT_TEMPLATES, data.TRAIN_NAMES, n, EVAL_SEED + 1, data.HELDOUT_PLACES, data.HELDOUT_OBJECTS)),
         "posts_generator_templates_heldout_names": TaskSet.from_examples(
             data.evaluation_set(BLOG_ABBA + IOI_ABBA, data.HELDOUT_NAMES, n, EVAL_SEED + 2)),
         "ioi_blog": TaskSet.from_prompts(list(ioi_blog_prompts(tok.encode))),
         "ioi_generator": TaskSet.from_prompts([p for p in ioi_prompts(tok.encode, n_prompts=n, n_tokens=15, seed=0)
                                                if p.condition == "ioi"]),
     }
+
+
+def per_template(model: GPT2, n: int = 1200, edit: HeadEdit | None = None) -> list[dict]:
+    """:func:`summarise` of :func:`heldout_set` per template (ABBA and BABA apart as well)."""
+    examples = heldout_set(n)
+    diff = compile_logit_diff(model)(TaskSet.from_examples(examples), edit)
+    template = np.array([e.template for e in examples])
+    abba = np.arange(len(examples)) % 2 == 0
+    return [{"template": t, **summarise(diff[template == k]),
+             "abba": summarise(diff[(template == k) & abba])["positive"],
+             "baba": summarise(diff[(template == k) & ~abba])["positive"]}
+            for k, t in enumerate(data.HELDOUT_TEMPLATES)]
 
 
 def evaluate(model: GPT2, n: int = 1000, edit: HeadEdit | None = None) -> dict[str, dict[str, float]]:

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +27,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.load import save_checkpoint
 from jaxdiag.models.gpt2 import GPT2, GPT2Config
 from jaxdiag.ioi import data
-from jaxdiag.ioi.metrics import evaluate
+from jaxdiag.ioi.metrics import evaluate, per_template
+from jaxdiag.vocab import write_trained_tokens
 from jaxdiag.training import adamw_warmup_constant, compile_train_step, training_record
 from jaxdiag.tokenizer import GPT2_VOCAB_SIZE
 
@@ -40,7 +43,7 @@ class TrainConfig:
     n_head: int = 8
     n_embd: int = 128
     n_positions: int = data.N_POSITIONS
-    steps: int = 5000
+    steps: int = 2000  # the shipped model (the 2,000-step snapshot of a 6,000-step run)
     batch_size: int = 64
     # At 1e-3 (batch 64) the model sat on a "copy the first name" plateau (right on ABBA, wrong on
     # BABA: held-out IOI at chance) through 2,000 steps in two runs; 2e-3 left it within 900 steps.
@@ -48,7 +51,6 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.1
     clip_norm: float = 1.0
-    n_words: int = 3000  # random vocabulary words used as IOI "names"
     mixture: data.Mixture = data.Mixture()
 
     def model_config(self) -> GPT2Config:
@@ -92,62 +94,97 @@ def _loss(model: GPT2, tokens: jax.Array, lengths: jax.Array, targets: jax.Array
     return -jnp.mean(jax.nn.logsumexp(picked, axis=-1))
 
 
-def training_batch(rng: np.random.Generator, cfg: TrainConfig, words, used: np.ndarray) -> tuple[np.ndarray, ...]:
+def training_batch(rng: np.random.Generator, cfg: TrainConfig, used: np.ndarray) -> tuple[np.ndarray, ...]:
     """One batch in compact ids, padded to the next multiple of 8 tokens (few compiled shapes)."""
-    examples = data.training_examples(rng, cfg.batch_size, cfg.mixture, words)
+    examples = data.training_examples(rng, cfg.batch_size, cfg.mixture)
     tokens, lengths, targets = data.encode_batch(examples, cfg.n_positions)
+    if not np.isin(tokens, used).all():  # searchsorted would silently map it onto a neighbouring id
+        bad = sorted(set(tokens[~np.isin(tokens, used)].tolist()))
+        raise JaxdiagError(f"training batch has token ids outside the used vocabulary: {bad[:5]}")
     width = min(cfg.n_positions, -(-int(lengths.max()) // 8) * 8)
     tokens = np.searchsorted(used, tokens[:, :width]).astype(np.int32)
     targets = np.where(targets >= 0, np.searchsorted(used, targets), -1).astype(np.int32)
     return tokens, lengths, targets
 
 
-def train(cfg: TrainConfig, seed: int, *, progress: bool = True, eval_every: int = 500,
-          snapshots: Path | None = None, eval_prompts: int = 1000) -> tuple[GPT2, dict]:
+def train(cfg: TrainConfig, seed: int, *, progress: bool = True, eval_every: int = 1000,
+          on_snapshot: Callable[[int, GPT2, dict], None] | None = None,
+          eval_prompts: int = 1000) -> tuple[GPT2, dict]:
     """Train from scratch; returns the full-vocabulary model and a summary (losses, evaluation).
 
-    ``snapshots``: also save the model every ``eval_every`` steps into ``snapshots/step_N`` (the
-    schedule is constant after warm-up, so ``--steps N`` retrains that very snapshot).
+    ``on_snapshot(step, model, summary)``: called every ``eval_every`` steps with the model so far
+    and the summary a run of that many steps would return (the schedule is constant after warm-up,
+    so ``--steps N`` retrains that very snapshot).
     """
     rng = np.random.default_rng(seed)
-    words = data.word_pool(cfg.n_words)
-    used = data.used_vocabulary(words)
+    used = data.used_vocabulary()
     model = GPT2(compact_config(cfg, used), precision="highest", rngs=nnx.Rngs(seed))
     tx = adamw_warmup_constant(cfg.learning_rate, cfg.warmup_steps, cfg.clip_norm, cfg.weight_decay)
     graphdef, params, step = compile_train_step(model, tx, _loss)
     opt_state = tx.init(params)
     history = []
+    summarised = lambda loss, full: {"final_loss": float(loss), "loss_history": list(history),
+                                     "evaluation": evaluate(full, eval_prompts)}
     bar = tqdm(total=cfg.steps, disable=not progress, desc="training", mininterval=5)
     for i in range(1, cfg.steps + 1):
-        params, opt_state, loss_value = step(params, opt_state, *training_batch(rng, cfg, words, used))
+        params, opt_state, loss_value = step(params, opt_state, *training_batch(rng, cfg, used))
         bar.update()
         if i % 100 == 0:
             history.append({"step": i, "loss": round(float(loss_value), 4)})
             bar.set_postfix(loss=f"{float(loss_value):.3f}")
-        if (progress or snapshots) and i % eval_every == 0 and i < cfg.steps:
+        if (progress or on_snapshot) and i % eval_every == 0 and i < cfg.steps:
             full = expand(nnx.merge(graphdef, params), cfg, used)
-            summary = evaluate(full, n=256)
+            summary = summarised(loss_value, full)
             bar.write(f"step {i}: loss {float(loss_value):.4f} " + json.dumps(
-                {k: (v["positive"], v["mean"], v["p05"]) for k, v in summary.items()}), file=sys.stdout)
+                {k: (v["positive"], v["mean"], v["p05"]) for k, v in summary["evaluation"].items()}), file=sys.stdout)
             sys.stdout.flush()
-            if snapshots is not None:
-                save_checkpoint(full, snapshots / f"step_{i}")
+            if on_snapshot is not None:
+                on_snapshot(i, full, summary)
     bar.close()
     model = expand(nnx.merge(graphdef, params), cfg, used)
-    return model, {"final_loss": float(loss_value), "loss_history": history, "evaluation": evaluate(model, eval_prompts)}
+    return model, summarised(loss_value, model)
+
+
+def write_run(out: Path, model: GPT2, cfg: TrainConfig, args: list[str], seed: int, summary: dict,
+              wall: float, cpu: float) -> dict:
+    """Save the checkpoint, the ids it was trained on and ``training_record.json`` into ``out``."""
+    save_checkpoint(model, out)
+    write_trained_tokens(out, data.used_vocabulary())
+    record = training_record("jaxdiag.ioi.train", args, seed, cfg, wall, cpu, **summary)
+    record["heldout_per_template"] = per_template(model)
+    record["data"] = {
+        "train_names": list(data.TRAIN_NAMES), "heldout_names": list(data.HELDOUT_NAMES),
+        "places": list(data.PLACES), "objects": list(data.OBJECTS),
+        "heldout_templates": list(data.HELDOUT_TEMPLATES), "heldout_places": list(data.HELDOUT_PLACES),
+        "heldout_objects": list(data.HELDOUT_OBJECTS),
+        "grammar": "jaxdiag/ioi/grammar.py", "word_list": "jaxdiag/ioi/words.txt",
+        "n_words": len(data.word_list()), "used_vocabulary_size": int(len(data.used_vocabulary())),
+    }
+    (out / "training_record.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _without(args: list[str], option: str) -> list[str]:
+    """``args`` less ``option VALUE`` and ``option=VALUE``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def _recorded_args(argv: list[str]) -> list[str]:
     """The arguments that determine the weights: ``--snapshots`` and ``--no-progress`` only add outputs."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--snapshots":
-            skip = True
-        elif arg != "--no-progress" and not arg.startswith("--snapshots="):
-            out.append(arg)
-    return out
+    return [arg for arg in _without(argv, "--snapshots") if arg != "--no-progress"]
+
+
+def _with_steps(args: list[str], steps: int) -> list[str]:
+    """``args`` with ``--steps`` set to ``steps``: the command that retrains a snapshot."""
+    return _without(args, "--steps") + ["--steps", str(steps)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="architecture (default: the recorded one)")
     parser.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {TrainConfig.weight_decay})")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--snapshots", type=Path, help="also save a snapshot every 500 steps here")
+    parser.add_argument("--snapshots", type=Path, help="also save a complete run (checkpoint + record) every 1000 steps here")
     args = parser.parse_args(argv)
 
     cfg = TrainConfig()
@@ -169,23 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, n_layer=args.arch[0], n_head=args.arch[1], n_embd=args.arch[2])
     if args.weight_decay is not None:
         cfg = dataclasses.replace(cfg, weight_decay=args.weight_decay)
+    recorded = _recorded_args(sys.argv[1:] if argv is None else argv)
     start, cpu_start = time.perf_counter(), time.process_time()
-    model, summary = train(cfg, args.seed, progress=not args.no_progress, snapshots=args.snapshots)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    save_checkpoint(model, args.out)
-    words = data.word_pool(cfg.n_words)
-    record = training_record(
-        "jaxdiag.ioi.train", _recorded_args(sys.argv[1:] if argv is None else argv), args.seed, cfg, wall, cpu,
-        final_loss=summary["final_loss"], evaluation=summary["evaluation"], loss_history=summary["loss_history"])
-    record["data"] = {
-        "train_names": list(data.TRAIN_NAMES), "heldout_names": list(data.HELDOUT_NAMES),
-        "places": list(data.PLACES), "objects": list(data.OBJECTS),
-        "train_templates": list(data.TRAIN_TEMPLATES), "heldout_templates": list(data.HELDOUT_TEMPLATES),
-        "prefixes": list(data.PREFIXES), "single_templates": list(data.SINGLE_TEMPLATES),
-        "context_words": list(data.CONTEXT_WORDS), "word_pool": list(words),
-        "used_vocabulary_size": int(len(data.used_vocabulary(words))),
-    }
-    (args.out / "training_record.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    def snapshot(step: int, model: GPT2, summary: dict) -> None:
+        write_run(args.snapshots / f"step_{step}", model, dataclasses.replace(cfg, steps=step),
+                  _with_steps(recorded, step), args.seed, summary,
+                  time.perf_counter() - start, time.process_time() - cpu_start)
+
+    model, summary = train(cfg, args.seed, progress=not args.no_progress,
+                           on_snapshot=snapshot if args.snapshots else None)
+    record = write_run(args.out, model, cfg, recorded, args.seed, summary,
+                       time.perf_counter() - start, time.process_time() - cpu_start)
     print(json.dumps({"final_loss": record["final_loss"], "wall_time_s": record["wall_time_s"],
                       "evaluation": {k: (v["positive"], v["mean"], v["p05"]) for k, v in record["evaluation"].items()}}))
     return 0

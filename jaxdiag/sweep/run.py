@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
+from jaxdiag import vocab
 from jaxdiag.probes import Probe, stored_variables
 from jaxdiag.sweep.steps import effect_heads_per_step, head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
@@ -341,10 +342,13 @@ def _wait_for_all(process_count: int, name: str) -> None:
 
 
 def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwrite: bool = False,
-              quiet: bool = False, log: Callable[[str], None] | None = None) -> SweepResult:
+              quiet: bool = False, log: Callable[[str], None] | None = None,
+              strict_vocab: bool = False) -> SweepResult:
     """Run ``config`` into the store ``out`` (a path or fsspec URL). Multi-process when ``jax.distributed``
     is initialised: every process writes its own chunks into the one store, which is why a store on
-    object storage (a URL every host reaches) serves a multi-host run."""
+    object storage (a URL every host reaches) serves a multi-host run. Prompts holding token ids the
+    model never trained are warned about and counted in the store's attributes (``strict_vocab``:
+    refused; :mod:`jaxdiag.vocab`)."""
     import jax
 
     from jaxdiag import __version__
@@ -377,6 +381,10 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
                          mask_id=getattr(model_config, "mask_token_id", -1))
     plan = plan_prompts(walk(), vocab_size=model_config.vocab_size, n_positions=model_config.n_positions,
                         effects=config.effects)
+    vocab_attrs, warning = vocab.check(checkpoint.directory, model_config.vocab_size, (p.tokens for p in walk()),
+                                       strict=strict_vocab, describe=None if tokenizer is None else (lambda i: tokenizer.decode([i])))
+    if warning and process == 0:
+        print(f"jaxdiag: warning: {warning}", file=sys.stderr)
     if config.conditions:
         missing = [c for c in config.conditions if c not in plan.conditions]
         if missing:
@@ -413,7 +421,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
             "n_layers": model_config.n_layer, "n_heads": model_config.n_head, "prepend_bos": config.prepend_bos,
             "query_positions": config.query, "precision": config.precision, "seed": config.seed,
             "created": utc_now(), "backend": jax.default_backend(), "jax_version": jax.__version__,
-            "complete": False, **identity, **weights_attrs(checkpoint, model),
+            "complete": False, **identity, **vocab_attrs, **weights_attrs(checkpoint, model),
         }
         if checkpoint.revision:
             attrs["model_revision"] = checkpoint.revision
