@@ -141,14 +141,14 @@ def _use_compile_cache(args: argparse.Namespace) -> None:
 def _prefetch_weights(model: str) -> None:
     """Hash and read a local checkpoint's weights on the second core while JAX imports."""
     from jaxdiag import prefetch
-    from jaxdiag.paths import local_model_dir, weights_file
+    from jaxdiag.paths import SHARD_INDEX, local_model_dir, weights_file
 
     try:
         directory = local_model_dir(model)
     except JaxdiagError:
         return  # the run reports a bad model name where it resolves it
     weights = weights_file(directory) if directory is not None else None
-    if weights is not None:
+    if weights is not None and weights.name != SHARD_INDEX:  # shards are mapped tensor by tensor instead
         prefetch.start(weights)
 
 

@@ -53,7 +53,10 @@ def builtin_model_dir(name: str) -> Path:
     return path
 
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a checkpoint directory holds, preferred first
+# What a checkpoint directory holds, preferred first: one safetensors file, the index of a sharded one
+# (save_pretrained(max_shard_size=...)), or a PyTorch pickle.
+SHARD_INDEX = "model.safetensors.index.json"
+WEIGHT_FILES = ("model.safetensors", SHARD_INDEX, "pytorch_model.bin")
 
 
 def weights_file(directory: Path) -> Path | None:

@@ -42,6 +42,19 @@ def _hash(path: Path) -> str:
             return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _hash_streamed(path: Path, chunk: int = 16 * 2**20) -> str:
+    """As :func:`_hash` through one reused 16 MiB buffer: for shards hashed while a model is being
+    built, whose mapped pages would otherwise count in the process's RSS next to the parameters
+    (16 MiB reads release the GIL for all but a few switches per shard)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while n := handle.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
@@ -66,6 +79,20 @@ def start(path: Path) -> None:
         threading.Thread(target=_fill, args=(future, _WORK[kind], path), name=f"jaxdiag-{kind}", daemon=True).start()
 
 
+def start_hash(path: Path) -> None:
+    """Begin hashing ``path`` (streamed, :func:`_hash_streamed`) in a daemon thread; :func:`sha256` takes the result."""
+    try:
+        key = _identity("sha256", path)
+    except OSError:
+        return
+    with _lock:
+        if key in _started:
+            return
+        future: Future = Future()
+        _started[key] = future
+    threading.Thread(target=_fill, args=(future, _hash_streamed, path), name="jaxdiag-sha256", daemon=True).start()
+
+
 def _fill(future: Future, work: Callable[[Path], object], path: Path) -> None:
     try:
         future.set_result(work(path))
@@ -87,3 +114,21 @@ def sha256(path: Path) -> str:
 def safetensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a ``.safetensors`` file, as stored (safetensors' own errors for a corrupt file)."""
     return _result("safetensors", path)
+
+
+def taken_safetensors(path: Path) -> dict[str, np.ndarray] | None:
+    """The tensors :func:`start` read in the background, or None when nobody did or the read failed
+    (a dtype numpy's safetensors reader does not know, bfloat16; or a corrupt file): the caller then
+    maps the file itself, tensor by tensor, and reports what is wrong with it."""
+    try:
+        key = _identity("safetensors", path)
+    except OSError:
+        return None
+    with _lock:
+        future = _started.pop(key, None)
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception:  # safetensors raises its own error types
+        return None

@@ -34,6 +34,10 @@ TAXONOMY_ATTRS: dict[str, tuple[str, str]] = {
     "log_z": ("log sum over visible keys of exp(z): the softmax normaliser", "score units"),
 }
 TAXONOMY: tuple[str, ...] = tuple(TAXONOMY_ATTRS)
+# What z and pi are in every per-head variable (its "scores" attr): the scores the softmax sees, so a
+# model that soft-caps them (Gemma 2) is diagnosed on the capped ones.
+SCORES_NOTE = ("z = the attention scores the softmax sees: q.k * scale, soft-capped as c tanh(z / c) where the "
+               "model caps them (Gemma 2's attn_logit_softcapping); pi = softmax of z over the keys the query sees")
 # Every per-head variable a sweep stores for each probed query row, in store order.
 HEAD_VARIABLE_ATTRS: dict[str, tuple[str, str]] = {**DIAGNOSTIC_ATTRS, **TAXONOMY_ATTRS}
 HEAD_VARIABLES: tuple[str, ...] = tuple(HEAD_VARIABLE_ATTRS)

@@ -23,8 +23,11 @@ from jaxdiag.causal.effects import attribution_effects, head_effects, head_outpu
 from jaxdiag.errors import JaxdiagError
 from tests.families import SMALL, build
 
-# Mistral's window (4) is shorter than the prompts; NeoX with both residual orders; GQA; Qwen2's biases.
-DECODERS = ["llama-gqa-tied", "llama-bias", "qwen2-gqa", "mistral-window", "neox-parallel", "neox-sequential"]
+# Mistral's window (4) is shorter than the prompts; NeoX with both residual orders; GQA; Qwen2's biases;
+# per-layer windows (Qwen2, Gemma); Qwen3's and Gemma 3's q/k norms; Gemma's normalised attention output
+# and Gemma 2's soft-capped scores and logits.
+DECODERS = ["llama-gqa-tied", "llama-bias", "qwen2-gqa", "mistral-window", "neox-parallel", "neox-sequential",
+            "qwen2-layer-windows", "qwen3", "gemma2", "gemma3"]
 # Padding stays shorter than the window (4): a padded query row that sees only padding is NaN in
 # float64 torch, and the NaN reaches the real rows of the next layer.
 LENGTHS = [10, 10, 8, 8, 7]

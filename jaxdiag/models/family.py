@@ -105,6 +105,16 @@ class Context:
     rows: jax.Array  # [b, r] probed query positions
     row_visible: jax.Array  # [b, 1, r, k] keys each probed row sees (none for padded rows)
     window: int | None = None  # sliding window of causal attention (None: every earlier key)
+    mask: MaskRule = "causal"
+
+    def with_window(self, window: int | None) -> "Context":
+        """This context for a layer with its own sliding window (Gemma's and Qwen's local layers, or
+        their global ones in a model whose default is local): the masks of that window."""
+        if window == self.window:
+            return self
+        visible, _, row_visible = attention_masks(self.lengths, self.tokens.shape[1], mask=self.mask, window=window,
+                                                  query=self.query)
+        return dataclasses.replace(self, visible=visible, row_visible=row_visible, window=window)
 
     def view(self, layer: int, head_out: jax.Array | None, *, scores=None, probs=None,
              row_stats=None) -> AttentionView:
@@ -142,6 +152,15 @@ def make_context(tokens: jax.Array, lengths: jax.Array, *, mask: MaskRule, windo
             raise JaxdiagError(f"probe {pattern_probes[0]!r} needs attention='direct': "
                                "the streaming path never forms the pattern")
         impl = "direct"
+    visible, rows, row_visible = attention_masks(lengths, seq, mask=mask, window=window, query=query)
+    return Context(impl, query, probes, edit, tokens, lengths, visible, rows, row_visible, window, mask)
+
+
+def attention_masks(lengths: jax.Array, seq: int, *, mask: MaskRule, window: int | None,
+                    query: QueryMode) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(visible ``[b, 1, q, k]``, probed rows ``[b, r]``, their visible keys ``[b, 1, r, k]``) of
+    right-padded prompts of ``lengths`` under a mask rule (:func:`make_context`)."""
+    batch = lengths.shape[0]
     positions = jnp.arange(seq)
     key_real = positions[None, :] < lengths[:, None]  # [b, k]
     q_pos, k_pos = positions[:, None], positions[None, :]
@@ -160,7 +179,7 @@ def make_context(tokens: jax.Array, lengths: jax.Array, *, mask: MaskRule, windo
     else:
         rows = jnp.broadcast_to(positions, (batch, seq))
         row_visible = visible & key_real[:, None, :, None]  # padded query rows see nothing
-    return Context(impl, query, probes, edit, tokens, lengths, visible, rows, row_visible, window)
+    return visible, rows, row_visible
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +224,7 @@ class Family(nnx.Module):
     """
 
     family: str = "?"
+    weights_dtype: str = "float32"  # the dtype the checkpoint stored its parameters in (set by the loader)
     mask: MaskRule = "causal"
     window: int | None = None
     causal_effects: str | None = None

@@ -4,13 +4,20 @@ Where a checkpoint is (hub, local, builtin, wheel; hashes; tensor reads) is
 :mod:`jaxdiag.checkpoint`'s question; this module answers how one becomes a model, by one rule for
 every family (:mod:`jaxdiag.models.registry`): the model's nnx parameter paths mirror the HF weight
 names once the family's prefix is stripped, with ``kernel``/``scale``/``embedding`` for HF's
-``weight``. Every parameter is checked name by name and shape by shape.
+``weight``. Every parameter is checked name by name, shape by shape and dtype by dtype.
+
+Parameters are read one at a time from the memory-mapped file and put on the device, so a model
+costs its own size once. Their dtype: ``precision="bf16"`` keeps a bfloat16 checkpoint's bfloat16
+(host and device); otherwise parameters are float32, upcast from whatever the file stores, and the
+model's ``weights_dtype`` says what that was (the store records it as ``weights_upcast``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxdiag.checkpoint import Checkpoint, read_tensors, tensor_slices
+from jaxdiag.checkpoint import FLOAT_DTYPES, Checkpoint, StoredTensor, Tensor, read_tensors, tensor_slices
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family, WeightNames
 from jaxdiag.models.registry import registered
@@ -101,7 +108,7 @@ def _vocab_id(directory: Path, token: str) -> int | None:
     return None
 
 
-def hf_names(weights: dict[str, np.ndarray], rule: WeightNames) -> dict[str, np.ndarray]:
+def hf_names(weights: dict[str, Tensor], rule: WeightNames) -> dict[str, Tensor]:
     """HF tensor names -> ours: the family's prefix stripped, buffers and heads dropped, and the old
     ``LayerNorm.gamma/beta`` spelling renamed."""
     out = {}
@@ -127,17 +134,28 @@ def _hf_name(path: tuple) -> str:
     return ".".join([*parents, suffix])
 
 
-def fill_model(abstract: nnx.Module, weights: dict[str, np.ndarray], *, source: str, what: str,
-               rule: WeightNames) -> nnx.Module:
+def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str, what: str,
+               rule: WeightNames, keep_bf16: bool = False) -> nnx.Module:
     """``abstract`` (an ``nnx.eval_shape`` model) with its parameters set from HF-named ``weights``
-    (names already mapped by :func:`hf_names`), checked name by name and shape by shape."""
+    (names already mapped by :func:`hf_names`), checked name by name, shape by shape and dtype by
+    dtype. Each is read (memory-mapped) and put on the device in turn; ``keep_bf16``: a bfloat16
+    tensor stays bfloat16, else every parameter takes the model's dtype (float32)."""
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     matched = match_weights(flat, weights, source=source, what=what, rule=rule)
-    for path, var in flat:
+
+    def on_device(path, var) -> jax.Array:
         name, transpose = matched[path]
-        value = weights[name].T if transpose else weights[name]
-        var.set_value(jnp.asarray(value, dtype=var.dtype))
+        value = weights[name]
+        value = value.read() if isinstance(value, StoredTensor) else value
+        dtype = value.dtype if keep_bf16 and value.dtype == jnp.bfloat16 else var.dtype
+        return jnp.asarray(value.T if transpose else value, dtype=dtype)  # the tensor's pages unmapped after
+
+    # a few tensors at a time (the copies release the GIL): the cores share the work, and the host holds
+    # at most that many tensors' pages besides the parameters already on the device
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for (path, var), array in zip(flat, pool.map(lambda item: on_device(*item), flat)):
+            var.set_value(array)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
@@ -163,15 +181,26 @@ def match_weights(flat, weights: Mapping[str, Any], *, source: str, what: str,
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise JaxdiagError(f"{source} does not match {what} with this config: {'; '.join(parts)}")
     matched = {}
-    for path, var in flat:
+    for path, var in flat:  # every check before the first read: a bad checkpoint costs no device memory
         name = lookup[_hf_name(path)]
+        value = weights[name]
+        # a read tensor is named as its file names it, in the file (the shard) that holds it
+        where, stored = (value.file, value.name) if isinstance(value, StoredTensor) else (source, name)
         transpose = rule.transpose_kernels and str(path[-1]) == "kernel"
-        shape = tuple(weights[name].shape)
+        shape = tuple(value.shape)
         if (shape[::-1] if transpose else shape) != tuple(var.shape):
-            raise JaxdiagError(f"{source}: weight {name} has shape {shape[::-1] if transpose else shape}, "
-                               f"config implies {var.shape}")
+            raise JaxdiagError(f"{where}: weight {stored} has shape {shape}, config implies "
+                               f"{tuple(var.shape)[::-1] if transpose else tuple(var.shape)}")
+        if np.dtype(value.dtype) not in FLOAT_DTYPES:
+            raise JaxdiagError(f"{where}: weight {stored} has dtype {np.dtype(value.dtype).name}, not a floating-point type")
         matched[path] = (name, transpose)
     return matched
+
+
+def stored_dtype(weights: dict[str, Tensor]) -> str:
+    """The checkpoint's floating-point dtype(s), e.g. ``bfloat16`` (``a+b`` when mixed)."""
+    names = {np.dtype(v.dtype).name for v in weights.values() if np.dtype(v.dtype) in FLOAT_DTYPES}
+    return "+".join(sorted(names))
 
 
 def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision = "highest",
@@ -181,7 +210,10 @@ def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision 
     weights = hf_names(weights, entry.weights)
     config = entry.model.configure(config, list(weights))  # e.g. an encoder's MLM head, when stored
     abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, weights, source=source, what=f"a {config.model_type} model", rule=entry.weights)
+    model = fill_model(abstract, weights, source=source, what=f"a {config.model_type} model", rule=entry.weights,
+                       keep_bf16=precision == "bf16")
+    model.weights_dtype = stored_dtype(weights)
+    return model
 
 
 def load_model(checkpoint: Checkpoint, *, precision: Precision = "highest",
@@ -216,6 +248,21 @@ def build_sharded_model(config, tensors: Mapping[str, SliceableTensor], mesh: Me
         return weights[name], transpose
 
     return place_parameters(abstract, tensor_of, mesh)
+
+
+def weights_attrs(checkpoint: Checkpoint, model: Family) -> dict[str, str]:
+    """What a store records of the weights beyond ``weights_sha256``: the shards' manifest (whose
+    sha256 ``weights_sha256`` is), and any upcast of stored half-precision parameters to float32."""
+    attrs = {}
+    if checkpoint.manifest:
+        attrs["weights_manifest"] = checkpoint.manifest_json()
+    stored = getattr(model, "weights_dtype", "float32")
+    held = {str(v.dtype) for v in jax.tree.leaves(nnx.state(model, nnx.Param))}
+    if stored not in ("float32", ""):
+        attrs["weights_dtype"] = stored
+        if held == {"float32"}:
+            attrs["weights_upcast"] = f"{stored} -> float32 (parameters stored in {stored} are held in float32)"
+    return attrs
 
 
 def export_weights(model: Family) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
                                    head_rows, linear_heads, tied_unembed)
-from jaxdiag.models.rope import rope_settings, rotary
+from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
 from jaxdiag.schema import Precision
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,7 @@ class NeoXConfig:
     d_mlp: int
     n_positions: int
     layer_norm_eps: float
-    rotary_dims: int
-    rope_theta: float
+    rope: Rope  # on the first rope.dims of each head (partial rotary)
     use_parallel_residual: bool
     attention_bias: bool
     tie_word_embeddings: bool
@@ -54,14 +53,14 @@ class NeoXConfig:
         act = raw.get("hidden_act", "gelu")
         if act not in ACTIVATIONS:
             raise JaxdiagError(f"{source}: hidden_act {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
-        theta, fraction = rope_settings(raw, source=source, default_fraction=0.25)
         d_head = raw["hidden_size"] // raw["num_attention_heads"]
+        rope = rope_settings(raw, source=source, head_dim=d_head, default_fraction=0.25)
         bos = raw.get("bos_token_id")
         return cls(
             vocab_size=raw["vocab_size"], n_embd=raw["hidden_size"], n_layer=raw["num_hidden_layers"],
             n_head=raw["num_attention_heads"], d_mlp=raw["intermediate_size"],
-            n_positions=raw.get("max_position_embeddings", 2048), layer_norm_eps=raw.get("layer_norm_eps", 1e-5),
-            rotary_dims=int(d_head * fraction), rope_theta=theta,
+            n_positions=context_length(rope, raw.get("max_position_embeddings", 2048)),
+            layer_norm_eps=raw.get("layer_norm_eps", 1e-5), rope=rope,
             use_parallel_residual=bool(raw.get("use_parallel_residual", True)),
             attention_bias=bool(raw.get("attention_bias", True)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)), hidden_act=act,
@@ -81,7 +80,7 @@ def _layer_norm(config: NeoXConfig, dtype, rngs) -> nnx.LayerNorm:
 class Attention(nnx.Module):
     def __init__(self, config: NeoXConfig, *, dtype, precision, rngs: nnx.Rngs):
         self.n_head, self.d_head = config.n_head, config.d_head
-        self.rotary_dims, self.theta = config.rotary_dims, config.rope_theta
+        self.rope = config.rope
         self.precision = precision
         self.query_key_value = _linear(config.n_embd, 3 * config.n_embd, config.attention_bias, dtype, precision, rngs)
         self.dense = _linear(config.n_embd, config.n_embd, config.attention_bias, dtype, precision, rngs)
@@ -90,8 +89,8 @@ class Attention(nnx.Module):
         batch, seq, _ = x.shape
         qkv = self.query_key_value(x).reshape(batch, seq, self.n_head, 3, self.d_head)
         positions = jnp.arange(seq)
-        q = rotary(qkv[..., 0, :], positions, dims=self.rotary_dims, theta=self.theta)
-        k = rotary(qkv[..., 1, :], positions, dims=self.rotary_dims, theta=self.theta)
+        q = rotary(qkv[..., 0, :], positions, self.rope, ctx.lengths)
+        k = rotary(qkv[..., 1, :], positions, self.rope, ctx.lengths)
         return attend(q, k, qkv[..., 2, :], ctx, layer, scale=1.0 / math.sqrt(self.d_head), precision=self.precision)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.models import bert, gpt2, llama, neox
+from jaxdiag.models import bert, gemma, gpt2, llama, neox
 from jaxdiag.models.family import Family, WeightNames, require_causal_effects
 
 
@@ -25,7 +25,11 @@ FAMILIES: dict[str, Registered] = {
     "gpt2": Registered(gpt2.GPT2Config, gpt2.GPT2, gpt2.WEIGHT_NAMES),
     "llama": Registered(llama.LlamaConfig, llama.Llama, llama.WEIGHT_NAMES),
     "qwen2": Registered(llama.LlamaConfig, llama.Llama, llama.WEIGHT_NAMES),
+    "qwen3": Registered(llama.LlamaConfig, llama.Llama, llama.WEIGHT_NAMES),
     "mistral": Registered(llama.LlamaConfig, llama.Llama, llama.WEIGHT_NAMES),
+    "gemma2": Registered(gemma.GemmaConfig, gemma.Gemma, gemma.WEIGHT_NAMES),
+    "gemma3_text": Registered(gemma.GemmaConfig, gemma.Gemma, gemma.WEIGHT_NAMES),
+    "gemma3": Registered(gemma.GemmaConfig, gemma.Gemma, gemma.WEIGHT_NAMES),
     "gpt_neox": Registered(neox.NeoXConfig, neox.NeoX, neox.WEIGHT_NAMES),
     "bert": Registered(bert.EncoderConfig, bert.Bert, bert.WEIGHT_NAMES),
     "albert": Registered(bert.EncoderConfig, bert.Albert, bert.WEIGHT_NAMES),

@@ -55,6 +55,13 @@ class RowStats(NamedTuple):
     bos_seen: jax.Array | None = None
 
 
+def soft_cap(scores: jax.Array, cap: float | None) -> jax.Array:
+    """``cap tanh(scores / cap)`` (Gemma 2's attention-logit and final-logit soft-capping); ``None``: as is."""
+    if cap is None:
+        return scores
+    return jnp.tanh(scores / jnp.float32(cap)) * jnp.float32(cap)
+
+
 def empty_stats(shape: tuple[int, ...]) -> RowStats:
     zeros = jnp.zeros(shape, jnp.float32)
     return RowStats(jnp.full(shape, -jnp.inf, jnp.float32), zeros, zeros, zeros, zeros, zeros)
@@ -133,6 +140,7 @@ def streaming_attention(
     row_stats: bool = False,
     tokens: jax.Array | None = None,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[jax.Array, RowStats | None]:
     """Causal, right-padded attention over key blocks, with every query row's diagnostics on request.
 
@@ -149,6 +157,8 @@ def streaming_attention(
         taxonomy's key-subset sums (:func:`stats_taxonomy`).
       window: a sliding window ``w`` (Mistral, Gemma's local layers): query ``i`` sees keys
         ``i - w < j <= i`` only, as the direct path's mask.
+      softcap: Gemma 2's ``c tanh(z / c)`` on every score (BOS's included) before anything else,
+        as the direct path.
 
     Returns:
       The attention output ``[batch, seq, head, d_head]`` in ``v``'s dtype, and the statistics
@@ -169,7 +179,11 @@ def streaming_attention(
     query_pos = jnp.arange(seq)
     # Key 0's score is each row's reference point: every query sees it (causal, lengths >= 1)
     # unless a sliding window has moved past it, where it is still a finite per-row constant.
-    z_bos = jnp.einsum("bqhd,bhd->bhq", q, k[:, 0], precision=precision, preferred_element_type=jnp.float32) * fscale
+    def scores(q_: jax.Array, k_: jax.Array, spec: str) -> jax.Array:
+        z = jnp.einsum(spec, q_, k_, precision=precision, preferred_element_type=jnp.float32) * fscale
+        return soft_cap(z, softcap)
+
+    z_bos = scores(q, k[:, 0], "bqhd,bhd->bhq")
 
     with_subsets = row_stats and tokens is not None
     if with_subsets:
@@ -188,7 +202,7 @@ def streaming_attention(
         if window is not None:
             visible = visible & (key_pos[None, None, :] > query_pos[None, :, None] - window)
         visible = visible[:, None]  # [b, 1, q, block]
-        z = jnp.einsum("bqhd,bkhd->bhqk", q, k_blk, precision=precision, preferred_element_type=jnp.float32) * fscale
+        z = scores(q, k_blk, "bqhd,bkhd->bhqk")
         new, weights = block_stats(z - z_bos[..., None], visible)
         m, alpha, beta = merge_scales(stats, new)
         block_out = jnp.einsum(

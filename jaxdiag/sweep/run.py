@@ -353,7 +353,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
 
     from jaxdiag import __version__
     from jaxdiag.checkpoint import resolve
-    from jaxdiag.models.load import load_model, model_type_of, read_config, tokenizer_for
+    from jaxdiag.models.load import load_model, model_type_of, read_config, tokenizer_for, weights_attrs
     from jaxdiag.models.registry import require_effects
     from jaxdiag.models.sharding import check_divides, make_mesh
 
@@ -423,7 +423,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
             "n_layers": model_config.n_layer, "n_heads": model_config.n_head, "prepend_bos": config.prepend_bos,
             "query_positions": config.query, "precision": config.precision, "seed": config.seed,
             "created": utc_now(), "backend": jax.default_backend(), "jax_version": jax.__version__,
-            "complete": False, **identity, **vocab_attrs,
+            "complete": False, **identity, **vocab_attrs, **weights_attrs(checkpoint, model),
         }
         if checkpoint.revision:
             attrs["model_revision"] = checkpoint.revision

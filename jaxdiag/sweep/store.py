@@ -60,8 +60,8 @@ import numpy as np
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.sweep.prompts import Prompt
-from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, TASK_ATTRS, TASK_COORDS,
-                            TAXONOMY, QueryMode)
+from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, SCORES_NOTE, TASK_ATTRS,
+                            TASK_COORDS, TAXONOMY, QueryMode)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -179,7 +179,9 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
     n = len(prompts)
     width = max(len(p.tokens) for p in prompts) if width is None else width
     dims = ("prompt", "layer", "head") + (("query",) if query == "all" else ())
-    columns = {name: Column(dims, values[name], {"long_name": long_name, "units": units}, True)
+    # the built-in head variables say which scores they read (soft-capped ones included); user probes say their own
+    scores = lambda name: {"scores": SCORES_NOTE} if name in HEAD_VARIABLE_ATTRS else {}
+    columns = {name: Column(dims, values[name], {"long_name": long_name, "units": units, **scores(name)}, True)
                for name, (long_name, units) in variables.items()}
     for name in values:
         if name in TASK_ATTRS:
@@ -535,7 +537,8 @@ def open_dataset(path: StoreLike) -> xr.Dataset:
         raise JaxdiagError(f"cannot open {path} as a Zarr store: {type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
-PROVENANCE_KEYS = ("jaxdiag_version", "model", "model_revision", "weights_sha256", "n_layers", "n_heads",
+PROVENANCE_KEYS = ("jaxdiag_version", "model", "model_revision", "weights_sha256", "weights_manifest", "weights_dtype",
+                   "weights_upcast", "n_layers", "n_heads",
                    "prepend_bos", "query_positions", "precision", "seed", "backend", "jax_version", "created",
                    "prompts_sha256")
 
