@@ -76,6 +76,7 @@ def test_a_probe_of_head_outputs_keeps_every_layer_whole(batch):
 _CACHED_RUN = """
 import sys, hashlib, numpy as np, jax, jax.numpy as jnp
 from flax import nnx
+from jaxdiag.models.gpt2 import GPT2, GPT2Config
 from jaxdiag.sweep.compile_cache import enable_compile_cache
 from jaxdiag.sweep.runner import diagnostics_step
 print(enable_compile_cache(sys.argv[1], min_compile_seconds=0))
@@ -120,7 +121,7 @@ def test_the_cache_directory_defaults_and_an_unusable_one_only_warns(tmp_path, m
 
 
 def test_run_flags_choose_the_cache(tiny_checkpoint, tmp_path, monkeypatch):
-    from jaxdiag import compile_cache
+    from jaxdiag.sweep import compile_cache
     from jaxdiag.cli import main
 
     from jaxdiag.cli import _parser, _use_compile_cache
