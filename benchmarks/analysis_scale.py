@@ -136,7 +136,9 @@ def write_store(path: Path, n: int, chunk: int, seed: int = 0, shape: str = "swe
             target, foil = (np.full((2, size), -1, dtype=np.int32) for _ in range(2))
             target[0], foil[0] = eff_rng.integers(0, 50257, size=(2, size), dtype=np.int32)
             coords.update(target=(("condition", "prompt"), target), foil=(("condition", "prompt"), foil),
-                          pair=(("condition", "prompt"), np.full((2, size), "", dtype=object)))
+                          pair=(("condition", "prompt"), np.full((2, size), "", dtype=object)),
+                          # the metric is read at each prompt's last token, as a decoder run stores it
+                          metric_position=(("condition", "prompt"), np.full((2, size), 14, dtype=np.int32)))
         dims = ("condition", "prompt", "layer", "head")
         ds = xr.Dataset({v: (dims, data[v].astype(np.float32)) for v in variables}, coords=coords, attrs=attrs)
         if shape == "effects":
@@ -146,8 +148,8 @@ def write_store(path: Path, n: int, chunk: int, seed: int = 0, shape: str = "swe
             ds[v].attrs.update(long_name=long_name, units=units)
         if start == 0:
             encoding = {v: {"chunks": (1, chunk, 12, 12)} for v in variables}
-            encoding.update({c: {"chunks": (1, chunk)} for c in ("n_tokens", "metric", "target", "foil", "pair")
-                             if c in ds.variables})
+            encoding.update({c: {"chunks": (1, chunk)} for c in ("n_tokens", "metric", "target", "foil", "pair",
+                                                                     "metric_position") if c in ds.variables})
             ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w-", encoding=encoding)
         else:
             ds.to_zarr(path, zarr_format=3, consolidated=True, append_dim="prompt")
