@@ -5,9 +5,6 @@ all on synthetic stores with planted effects (known truth)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from analysis.errors import AnalysisError
 from analysis.pipeline import run_analysis
 from analysis.report import main, write_report
 from analysis.synthetic import VARIABLES, make_dataset, write_store
+from tests.jaxfree import run_without_jax
 
 SHAPE = (4, 6)
 N_PROMPTS = (40, 30)
@@ -231,29 +229,6 @@ def test_default_rule_is_stated():
     rule = CircuitRule()
     assert (rule.level, rule.fraction) == (0.01, 0.2)
     assert "two-sided" in rule.text() and "0.01" in rule.text() and "0.2 x" in rule.text()
-
-
-def run_without_jax(script: str) -> None:
-    """Run script (Python, dedented) in a fresh interpreter where importing JAX, Flax, optax or jaxdiag
-    (beyond the jax-free jaxdiag.schema, paths, errors and circuits) fails; it must print "ok" and leave none of them imported."""
-    code = textwrap.dedent("""
-        import sys
-        BLOCKED = ("jax", "jaxlib", "flax", "optax", "jaxdiag")
-        # the JAX-free base analysis reads: names, store locations, errors, the circuit-file format
-        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors", "jaxdiag.circuits")
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED and name not in ALLOWED:
-                    raise ImportError(f"blocked {name}")
-
-        sys.meta_path.insert(0, Block())
-    """) + textwrap.dedent(script) + textwrap.dedent("""
-        assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED and m not in ALLOWED]
-        print("ok")
-    """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
 def test_effects_report_runs_without_jax(tmp_path):

@@ -19,7 +19,8 @@ from analysis.labels import per_head
 from analysis.pipeline import run_analysis
 from analysis.results import ConfidenceInterval, CorrelationResult
 from analysis.synthetic import VARIABLES, make_dataset
-from tests.test_analysis_causal import run_without_jax, stored_report
+from tests.jaxfree import run_without_jax
+from tests.test_analysis_causal import stored_report
 
 SHAPE = (4, 6)
 N_PROMPTS = (40, 30)

@@ -4,9 +4,6 @@ store with plain numpy/scipy, strict JSON, defaults, one-line errors, and no JAX
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from contextlib import nullcontext
 
 import numpy as np
@@ -17,6 +14,7 @@ from scipy import stats
 from analysis.errors import AnalysisError
 from analysis.report import main, write_report
 from analysis.synthetic import make_dataset, write_store
+from tests.jaxfree import run_without_jax
 
 SHAPE = (4, 6)
 PLANTED = {(3, 1): 0.06, (2, 4): -0.05}
@@ -177,8 +175,8 @@ def test_planted_heads_lead_and_survive_bh(report):
 def test_clustered_c_diff_draws_the_summary_order(report):
     """Fig. 8's matrix is C_diff permuted into summary.json's dendrogram order, tree leaves included."""
     from analysis.circuits import load_circuit
-    from analysis.sections.cross_head import clustered_c_diff
     from analysis.pipeline import run_analysis
+    from analysis.sections.cross_head import clustered_c_diff
 
     root, summary, _ = report
     with xr.open_zarr(root / "run.zarr") as ds:
@@ -258,19 +256,7 @@ def test_builtin_circuits():
 
 
 def test_imports_and_runs_without_jax(tmp_path):
-    code = textwrap.dedent(f"""
-        import sys
-        BLOCKED = ("jax", "jaxlib", "flax", "optax", "jaxdiag")
-        # the jax-free shared names (DIAGNOSTICS, ...) and store locations (a path or fsspec URL)
-        ALLOWED = ("jaxdiag", "jaxdiag.schema", "jaxdiag.paths", "jaxdiag.errors", "jaxdiag.circuits",
-               "jaxdiag.completeness")
-
-        class Block:  # any import of these raises ImportError (sys.modules[name] = None would trip scipy)
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED and name not in ALLOWED:
-                    raise ImportError(f"blocked {{name}}")
-
-        sys.meta_path.insert(0, Block())
+    run_without_jax(f"""
         from analysis.synthetic import make_dataset, write_store
         from analysis.report import write_report
         write_store(make_dataset(n_layers=2, n_heads=3, n_prompts=12, circuit="ioi23"), r"{tmp_path}/s.zarr")
@@ -281,11 +267,7 @@ def test_imports_and_runs_without_jax(tmp_path):
         (open(r"{tmp_path}/c.toml", "w")).write('[roles]\\n"X" = ["1.1"]\\n')
         s = write_report(r"{tmp_path}/s.zarr", r"{tmp_path}/out", circuit=r"{tmp_path}/c.toml", n_boot=20, n_perm=20)
         assert s["circuit"]["heads"] == [[1, 1]]
-        assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED and m not in ALLOWED]
-        print("ok")
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from analysis.report import write_report
 from analysis.synthetic import BACKGROUND_SCORE, ROLE_SCORE, make_dataset, write_store
 from analysis.taxonomy import (DEFAULT_THRESHOLDS, EPSILON, NO_ROLE, ROLE_SCORES, SCORES, TAXONOMY_VARIABLES,
                                classify, head_taxonomy)
-from tests.test_analysis_causal import run_without_jax
+from tests.jaxfree import run_without_jax
 
 SHAPE = (3, 4)
 CONDITIONS = ("repeated", "random")
