@@ -45,11 +45,17 @@ class HeadEdit:
         return self.keep[i], self.replacement[i], None if self.shift is None else self.shift[i]
 
 
+def shifted(x: jax.Array, shift: jax.Array | None) -> jax.Array:
+    """``x + shift`` in ``x``'s dtype, or ``x`` itself when there is no shift: how an edit's shift is added to a
+    head's output or to the stream ``Block.resume`` restarts from (no add at all keeps an unedited run bit-exact)."""
+    return x if shift is None else x + shift.astype(x.dtype)
+
+
 def apply_edit(heads: jax.Array, keep: jax.Array, replacement: jax.Array, shift: jax.Array | None = None) -> jax.Array:
     """``heads [b, s, h, d]`` with each head's output replaced (and shifted) as the edit says."""
     heads = heads * keep[..., None].astype(heads.dtype)
     heads = heads + ((1 - keep)[..., None] * replacement).astype(heads.dtype)
-    return heads if shift is None else heads + shift.astype(heads.dtype)
+    return shifted(heads, shift)
 
 
 def shift_heads(shift: jax.Array) -> HeadEdit:

@@ -26,6 +26,7 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend, row_attention
+from jaxdiag.models.edits import shifted
 from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
                                    head_rows, linear_heads, tied_unembed)
 from jaxdiag.probes import read_probes
@@ -202,7 +203,7 @@ class Block(BlockInterface):
         return head_rows(self.attn.c_proj, self.n_head)
 
     def resume(self, carry: jax.Array, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
-        x = carry if shift is None else carry + shift.astype(carry.dtype)
+        x = shifted(carry, shift)
         return x + graddrop(self.mlp(self.ln_2(x)), drop)
 
     def probe_rows(self, x: jax.Array, ctx: Context, layer: int) -> dict[str, jax.Array]:

@@ -25,6 +25,7 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
+from jaxdiag.models.edits import shifted
 from jaxdiag.models.family import (Block as BlockInterface, Context, Family, WeightNames, graddrop, head_rows,
                                    linear_heads, tied_unembed)
 from jaxdiag.models.family import ACTIVATIONS as ALL_ACTIVATIONS
@@ -235,7 +236,7 @@ class Block(BlockInterface):
         return head_rows(self.self_attn.o_proj, self.n_head)
 
     def resume(self, carry: jax.Array, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
-        x = carry if shift is None else carry + shift.astype(carry.dtype)
+        x = shifted(carry, shift)
         return x + graddrop(self.mlp(self.post_attention_layernorm(x)), drop)
 
 

@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
+from jaxdiag.models.edits import shifted
 from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
                                    head_rows, linear_heads, tied_unembed)
 from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
@@ -133,8 +134,8 @@ class Block(BlockInterface):
     def resume(self, carry, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
         if self.parallel:  # HF sums mlp + attn + x in that order
             mlp_out, attn_out, x = carry
-            return graddrop(mlp_out, drop) + (attn_out if shift is None else attn_out + shift.astype(attn_out.dtype)) + x
-        x = carry if shift is None else carry + shift.astype(carry.dtype)
+            return graddrop(mlp_out, drop) + shifted(attn_out, shift) + x
+        x = shifted(carry, shift)
         return graddrop(self.mlp(self.post_attention_layernorm(x)), drop) + x
 
 
