@@ -273,19 +273,14 @@ def test_lens_rank_and_metric_without_foil(tmp_path):
 def test_patching_matches_transformer_lens(tmp_path):
     """TransformerLens's get_act_patch_* on the same GPT-2 weights, one prompt per call (its metric is one
     scalar): patched metric minus the corrupted run's, against effect_patch_* within 1e-4."""
-    tl = pytest.importorskip("transformer_lens")
+    pytest.importorskip("transformer_lens")
     from transformer_lens import patching
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    from transformer_lens.model_bridge import TransformerBridge
 
     torch_model, directory = _build(tmp_path, "gpt2")
     config = torch_model.config
-    cfg = tl.HookedTransformerConfig(n_layers=config.n_layer, d_model=config.n_embd, n_ctx=config.n_positions,
-                                     d_head=config.n_embd // config.n_head, n_heads=config.n_head, d_mlp=config.n_inner,
-                                     d_vocab=config.vocab_size, act_fn="gelu_new", normalization_type="LN",
-                                     eps=config.layer_norm_epsilon, default_prepend_bos=False, dtype=torch.float32)
-    hooked = tl.HookedTransformer(cfg)
-    hooked.load_state_dict(convert_gpt2_weights(torch_model.float(), cfg), strict=False)
-    hooked.eval()
+    # TransformerLens 4's bridge runs the HF weights unprocessed (no folded norms, no centring)
+    hooked = TransformerBridge.boot_transformers(str(directory), hf_model=torch_model.float().eval())
     n = 8
     rng = np.random.default_rng(5)
     tokens = rng.integers(0, config.vocab_size, (2, n))
@@ -302,8 +297,8 @@ def test_patching_matches_transformer_lens(tmp_path):
     for b in range(2):
         corrupted, clean = torch.tensor(tokens[b:b + 1]), torch.tensor(tokens[1 - b:2 - b])
         _, cache = hooked.run_with_cache(clean)
-        metric = lambda logits: torch.as_tensor(task_metric(jnp.asarray(logits[:, -1].detach().numpy()),
-                                                            jnp.asarray(target[b:b + 1]), jnp.asarray(foil[b:b + 1]))[0])
+        metric = lambda logits, b=b: torch.as_tensor(np.asarray(task_metric(
+            jnp.asarray(logits[:, -1].detach().numpy()), jnp.asarray(target[b:b + 1]), jnp.asarray(foil[b:b + 1])))[0])
         base = metric(hooked(corrupted))
         for kind, function in functions.items():
             result = function(hooked, corrupted, cache, metric).detach().numpy() - base.item()  # [layer, pos(, head)]
