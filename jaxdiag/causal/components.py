@@ -33,8 +33,7 @@ import jax.numpy as jnp
 from jaxdiag.causal.effects import Readout, Trace, at_position, run_from, task_metric
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.family import Family, norm_gain
-
-POSITION_KINDS: tuple[str, ...] = ("patch_resid", "patch_attn_out", "patch_mlp_out", "patch_head_pos")
+from jaxdiag.schema import POSITION_KINDS
 
 
 def logit_direction(model: Family, target: jax.Array, foil: jax.Array) -> jax.Array:
