@@ -108,3 +108,21 @@ def test_unpaired_prompts_and_encoders_are_one_line_errors(tmp_path, capsys):
                  "--out", str(tmp_path / "y.zarr"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "decoders" in err and "\n" not in err
+
+
+def test_ioi_roles_name_the_positions():
+    """The ioi source's roles: IO, S1, S1+1, S2 (the third name in an ABC counterfactual), END."""
+    from jaxdiag.sweep.prompts import ioi_prompts
+
+    vocabulary: dict[str, int] = {}
+    encode = lambda text: [vocabulary.setdefault(w, len(vocabulary)) for w in text.replace(",", " ,").split()]
+    prompts = list(ioi_prompts(encode, n_prompts=4, n_tokens=15, seed=0, pairs=True))
+    words = {i: w for w, i in vocabulary.items()}
+    for p in prompts:
+        names = {"IO": p.metadata["io_name"], "S1": p.metadata["s_name"],
+                 "S2": p.metadata["s_name"] if p.condition == "ioi" else p.metadata["c_name"]}
+        assert list(p.roles) == ["IO", "S1", "S1+1", "S2", "END"]
+        for role, name in names.items():
+            assert words[p.tokens[p.roles[role]]] == name, (role, p.text)
+        assert p.roles["S1+1"] == p.roles["S1"] + 1 and p.roles["END"] == len(p.tokens) - 1
+        assert p.roles["S2"] > p.roles["S1"]
