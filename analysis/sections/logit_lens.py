@@ -80,6 +80,7 @@ def lens_curves(r: dict[str, CellMeans]):
             ax.fill_between(x, m.low[c], m.high[c], color=line.get_color(), alpha=0.2, lw=0)
         if v == "lens_metric":
             ax.axhline(0, c="k", lw=0.6)
+        ax.set_xticks(x)
         ax.set_xlabel("layer")
         ax.set_ylabel("mean metric read after the layer" if v == "lens_metric" else "mean target rank")
         ax.set_title(f"logit lens: {SHORT[v]} (band: 95% CI)", fontsize=9)

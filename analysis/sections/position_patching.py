@@ -121,7 +121,7 @@ def layer_maps(views: list[CellMeans], across: str):
             ax.set_xticklabels([str(x) for x in labels], fontsize=6, rotation=90 if across == "role" else 0)
             ax.set_yticks(range(len(m.coords["layer"])))
             ax.tick_params(labelsize=6, length=1.5, pad=1)
-            ax.set_title(f"{SHORT[m.variable]} @ {across}: `{c}`", fontsize=8)
+            ax.set_title(f"{SHORT[m.variable]} @ {across}: {c}", fontsize=8)
             ax.set_xlabel(across, fontsize=7)
             ax.set_ylabel("layer", fontsize=7)
             if col == len(names) - 1:
@@ -163,7 +163,7 @@ def head_patching(m: CellMeans, k: int = 16):
                            fontsize=6)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels([str(x) for x in labels], fontsize=6, rotation=90 if across == "role" else 0)
-        ax.set_title(f"head_pos @ {across}: `{c}` (top {len(rows)} heads by peak |mean|)", fontsize=8)
+        ax.set_title(f"head_pos @ {across}: {c} (top {len(rows)} heads by peak |mean|)", fontsize=8)
         ax.set_xlabel(across, fontsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     fig.suptitle("One head's output patched at one position: patched minus clean metric (dot: 95% CI excludes 0)",
