@@ -16,7 +16,8 @@ to that size, so both give the same numbers there. Both run `analyse`:
    nulls are products of [n_perm, units] label matrices with the units' sums; the C_diff null from the units'
    cross-product matrices.
 3. Every report section (analysis.sections: shifts, standardised shifts, circuit tests, ..., taxonomy, causal
-   effects, cheap vs exact, prompt-count curve) computes its result from the units, in the registry's order;
+   effects, cheap vs exact, prompt-count curve, patching by position, DLA, logit lens) computes its result from
+   the units, in the registry's order;
    the head taxonomy streams one (condition, score) at a time, the causal sections every effect kind per
    condition, with a's and b's units on the diagnostics' unit boundaries so the joint bootstraps move every
    effect unit with its diagnostics.

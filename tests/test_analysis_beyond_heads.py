@@ -83,7 +83,7 @@ def test_planted_resid_effect_at_s2_is_the_top_role_cell(planted):
     assert head["dims"] == ["layer", "head", "role"]
     hm = np.asarray(head["ioi"]["mean"], dtype=float)
     assert np.unravel_index(np.nanargmax(np.abs(hm)), hm.shape) == (2, 1, ROLES.index("S2"))
-    m, low, high, _ = _cell(head, "ioi", 2, 1, ROLES.index("S2"))
+    _, low, high, _ = _cell(head, "ioi", 2, 1, ROLES.index("S2"))
     assert low <= 0.8 <= high
 
 
@@ -126,7 +126,7 @@ def test_dla_heads_components_and_sum_rule(planted):
     order = np.argsort(-np.abs(mean), axis=None)[:2]
     assert {np.unravel_index(k, SHAPE) for k in order} == set(DLA)
     for (layer, head), value in DLA.items():
-        m, low, high, n = _cell(heads, "ioi", layer, head)
+        _, low, high, n = _cell(heads, "ioi", layer, head)
         assert low <= value <= high and n == N
     for name, value in (("attn_bias", DLA_ATTN_BIAS), ("mlp", DLA_MLP)):
         low, high = (np.asarray(d["components"][name]["ioi"][k], dtype=float) for k in ("low", "high"))

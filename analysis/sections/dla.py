@@ -101,7 +101,8 @@ def _cell(m: CellMeans, c: str, i: int) -> str:
 
 
 def figures(an: Analysis) -> tuple[str, ...]:
-    return ("fig15_dla",)
+    means = an.sections[NAME]["means"]
+    return ("fig15_dla",) if any(v in means for v in ("dla", "dla_attn_bias", "dla_mlp")) else ()
 
 
 def draw(name: str, an: Analysis):
