@@ -248,3 +248,19 @@ def test_beyond_heads_report_runs_without_jax(tmp_path):
         assert "## Activation patching by position" in text and "## Logit lens" in text
     """)
     assert (tmp_path / "out" / "fig13_patching_by_role.png").exists()
+
+
+def test_the_same_for_any_block_size(monkeypatch):
+    """Blocks of 7 prompts or all at once: the same cells, intervals and sum-rule check, bit for bit."""
+    from analysis import streaming
+
+    ds = planted_store()
+    circuit = from_mapping(CIRCUIT, name="toy", source="t")
+    run = {"n_boot": 50, "n_perm": 10, "seed": 4, "curve": False}
+    whole = to_jsonable(summary(pipeline.run_analysis(ds, circuit, "ioi", "non_ioi", **run)))
+    monkeypatch.setattr(streaming, "block_rows", lambda *a, **k: 7)
+    an = pipeline.run_analysis(ds, circuit, "ioi", "non_ioi", **run)
+    assert an.comparison.scale is None
+    small = to_jsonable(summary(an))
+    for key in NEW_KEYS:
+        assert small[key] == whole[key], key
