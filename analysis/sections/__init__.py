@@ -55,6 +55,9 @@ SECTIONS = (
     "causal",
     "cheap",
     "prompt_curve",
+    "position_patching",
+    "dla",
+    "logit_lens",
 )
 
 SKIP = object()  # what compute returns when its section does not apply to the store
