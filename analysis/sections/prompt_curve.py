@@ -18,7 +18,7 @@ MARKDOWN_AFTER = "cross_head"
 
 def compute(ctx) -> dict[str, list]:
     """{} when the curve is not asked for (summary.json then holds an empty `prompt_curve`)."""
-    if not ctx.curve:
+    if not ctx.curve or ctx.comparison.circuit.absent:  # the curve is of the circuit test's p-value
         return {}
     c = ctx.comparison
     return prompt_curve({v: c.values[v][0].values for v in TESTED}, {v: c.values[v][1].values for v in TESTED},

@@ -80,7 +80,7 @@ def markdown(an: Analysis) -> list[str]:
 
 
 def figures(an: Analysis) -> tuple[str, ...]:
-    return FIGURES
+    return FIGURES[2:] if an.comparison.circuit.absent else FIGURES  # without a circuit: every head in fig3
 
 
 def draw(name: str, an: Analysis):
@@ -122,4 +122,5 @@ def other_grid(an: Analysis):
     from analysis.figures import head_grid
 
     heads = [(int(l), int(h)) for l, h in zip(*np.nonzero(~an.comparison.mask.values))]
-    return head_grid(an, heads, [head_label(l, h) for l, h in heads], "non-circuit heads", arrow=True)
+    title = "every head (no circuit)" if an.comparison.circuit.absent else "non-circuit heads"
+    return head_grid(an, heads, [head_label(l, h) for l, h in heads], title, arrow=True)
