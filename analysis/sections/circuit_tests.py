@@ -15,6 +15,7 @@ from analysis.labels import like
 from analysis.resampling import rng_for
 from analysis.results import MinEffectResult
 from analysis.seeds import SEED_PERM, SEED_STRAT, SEED_STRAT_Z
+from analysis.palette import OKABE_ITO
 
 NAME = "circuit_tests"
 RAW = "|delta| (raw shift; the posts' test)"
@@ -280,7 +281,7 @@ def draw(name: str, an: Analysis):
         ax.boxplot([g[np.isfinite(g)] for g in groups], showfliers=False)
         for i, g in enumerate(groups):
             ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, g.size), g, s=10, alpha=0.6,
-                       c="tab:orange" if i == 0 else "tab:gray", zorder=3)
+                       c=OKABE_ITO["orange"] if i == 0 else OKABE_ITO["grey"], zorder=3)
         ax.set_xticks([1, 2], [f"circuit ({groups[0].size})", f"other ({groups[1].size})"])
         ax.set_ylabel(f"|delta {var}|")
         mw, pm = an.circuit_tests[var].mann_whitney, an.circuit_tests[var].permutation
@@ -288,5 +289,4 @@ def draw(name: str, an: Analysis):
         ax.set_title(f"raw |delta| (posts'): MW U={mw.statistic:.0f}, p={mw.pvalue:.2g} (one-sided)\n"
                      f"AUC={mw.auc:.2f}, permutation p={pm.pvalue:.2g}; lead |delta_z| permutation "
                      f"p={lead.pvalue:.2g}", fontsize=8)
-    fig.tight_layout()
     return fig

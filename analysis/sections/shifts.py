@@ -89,7 +89,7 @@ def draw(name: str, an: Analysis):
 
 def one_head(an: Analysis):
     """Fig. 1: the circuit head with the largest |delta kl_norm| in the (KL, chi) plane."""
-    from analysis.figures import head_panel, legend, plt
+    from analysis.figures import head_panel, legend, legend_outside, plt
 
     delta = np.where(an.comparison.mask.values, np.abs(np.nan_to_num(an.delta("kl_norm").values)), -1)
     layer, head = np.unravel_index(int(np.argmax(delta)), delta.shape)
@@ -99,7 +99,7 @@ def one_head(an: Analysis):
     ax.set_ylabel("chi")
     role = an.comparison.circuit.role_of(layer, head) or "non-circuit"
     ax.set_title(f"head {head_label(layer, head)} ({role}): delta KL = {float(an.delta('kl_norm')[layer, head]):+.3f}")
-    ax.legend(handles=legend(an), loc="best", fontsize=8)
+    legend_outside(ax, handles=legend(an), fontsize=8)
     return fig
 
 
