@@ -44,12 +44,14 @@ def store(tmp_path_factory):
     args = ["run", "--model", str(model), "--prompts", str(prompts), "--no-bos", "--batch-size", "2",
             "--effects", KINDS, "--out", str(out), "--quiet"]
     assert main(args) == 0
-    return model, prompts, xr.open_zarr(out, chunks=None)
+    return model, prompts, xr.open_zarr(out, chunks=None), out
 
 
 def test_store_has_the_contract_variables(store):
-    _, _, ds = store
+    _, _, ds, _ = store
     assert ds.attrs["schema_version"] == 3
+    text = jaxdiag.sweep.store.describe(store[3])
+    assert "effects: effect_patch_resid" in text and "logit attribution and lens: dla," in text
     dims = {"dla": ("layer", "head"), "dla_attn_bias": ("layer",), "dla_mlp": ("layer",), "dla_embed": (),
             "dla_norm_bias": (), "lens_metric": ("layer",), "lens_rank": ("layer",),
             "effect_patch_resid": ("layer", "position"), "effect_patch_attn_out": ("layer", "position"),
@@ -70,7 +72,7 @@ def test_store_has_the_contract_variables(store):
 
 
 def test_stored_components_equal_the_functions(store):
-    model_dir, _, ds = store
+    model_dir, _, ds, _ = store
     model = jaxdiag.load(str(model_dir), prepend_bos=False).model
     for condition, other in (("clean", "corrupt"), ("corrupt", "clean")):
         sub, partner = ds.sel(condition=condition), ds.sel(condition=other)

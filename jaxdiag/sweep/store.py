@@ -673,7 +673,10 @@ def describe(path: StoreLike) -> str:
     effects, reference = attrs.get("effects"), ""
     if effects:
         reference = f" (mean-ablation reference: {attrs['effects_reference']})" if attrs.get("effects_reference") else ""
-        groups["effects"] = [f"effect_{kind}" for kind in effects]
+        groups["effects"] = [f"effect_{kind}" for kind in effects if f"effect_{kind}" in variables]
+        groups["logit attribution and lens"] = list(dict.fromkeys(
+            name for kind in effects for name in COMPONENT_VARIABLES.get(kind, ())
+            if name in variables and not name.startswith("effect_")))
     shown = {n for names in groups.values() for n in names}
     groups["other variables"] = [n for n in variables if n not in shown]
     for title, names in groups.items():
