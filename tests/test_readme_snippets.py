@@ -27,7 +27,7 @@ def test_readme_install_line_is_the_test_scripts():
 
 
 def test_report_and_verify_folders_are_ignored():
-    for folder in ("report", "report10k", "verify", "docs/_build"):
+    for folder in ("report", "report10k", "verify", "minilm-report", "docs/_build"):
         out = subprocess.run(["git", "check-ignore", "--no-index", f"{folder}/summary.json"], cwd=ROOT,
                              capture_output=True, text=True)
         assert out.returncode == 0, folder

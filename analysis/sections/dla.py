@@ -112,7 +112,7 @@ def draw(name: str, an: Analysis):
 def dla_figure(means: dict[str, CellMeans]):
     """Fig. 15: per condition (columns), the heads' mean DLA as a layer x head map (dots: 95% CI excludes 0) and
     the per-layer attention-bias and MLP terms with their intervals."""
-    from analysis.figures import plt
+    from analysis.figures import legend_outside, plt
 
     heads = means.get(DLA_HEADS)
     per_layer = [v for v in ("dla_attn_bias", "dla_mlp") if v in means]
@@ -156,7 +156,6 @@ def dla_figure(means: dict[str, CellMeans]):
             ax.set_xlabel("layer", fontsize=7)
             ax.set_ylabel("mean DLA (metric units)", fontsize=7)
             ax.set_title(f"per-layer components: {c} (95% CI)", fontsize=8)
-            ax.legend(fontsize=6)
+            legend_outside(ax, fontsize=6)
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
     return fig

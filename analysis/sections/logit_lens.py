@@ -70,7 +70,7 @@ def draw(name: str, an: Analysis):
 def lens_curves(r: dict[str, CellMeans]):
     """Fig. 16: the mean lens metric per layer, one curve per condition with its 95% interval as a band (and the
     mean target rank beside it when the store has lens_rank)."""
-    from analysis.figures import plt
+    from analysis.figures import legend_outside, plt
 
     fig, axes = plt.subplots(1, len(r), squeeze=False, figsize=(5.2 * len(r), 3.8))
     for ax, (v, m) in zip(axes[0], r.items()):
@@ -84,6 +84,5 @@ def lens_curves(r: dict[str, CellMeans]):
         ax.set_xlabel("layer")
         ax.set_ylabel("mean metric read after the layer" if v == "lens_metric" else "mean target rank")
         ax.set_title(f"logit lens: {SHORT[v]} (band: 95% CI)", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        legend_outside(ax, fontsize=7)
     return fig

@@ -128,7 +128,6 @@ def layer_maps(views: list[CellMeans], across: str):
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     fig.suptitle(f"Patched minus clean metric, mean over prompts, by layer and {across} (dot: 95% CI excludes 0)",
                  fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -168,6 +167,5 @@ def head_patching(m: CellMeans, k: int = 16):
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     fig.suptitle("One head's output patched at one position: patched minus clean metric (dot: 95% CI excludes 0)",
                  fontsize=9)
-    fig.tight_layout()
     return fig
 
