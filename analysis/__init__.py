@@ -8,6 +8,9 @@ analysis.sections for the interface (a new section is one module there plus one 
 """
 
 
+__all__ = ["classify"]
+
+
 def __getattr__(name: str):
     # lazy, so `import analysis.<module>` stays as light as the module itself
     if name == "classify":

@@ -1,5 +1,6 @@
-"""The README's notebook snippet for the shipped models runs as written (token ids: they have no tokenizer; a layer
-they have), and the folders the README's report / verify commands write are ignored by git."""
+"""The README's Python runs offline on the shipped models (tests/test_docs_snippets.py runs it; here: it names no hub
+model), its test command installs what scripts/test.sh installs, and the folders the README's report / verify
+commands write are ignored by git."""
 
 from __future__ import annotations
 
@@ -8,25 +9,25 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
-def test_shipped_model_snippet_runs():
-    import jaxdiag
+def test_readme_python_uses_the_shipped_models():
+    code = "\n".join(re.findall(r"^```python\n(.*?)^```", README, re.M | re.S))
+    loaded = re.findall(r"jaxdiag\.load\(\"([^\"]+)\"", code)
+    assert loaded and all(name.startswith("builtin:") for name in loaded)
+    assert not re.search(r"^<!-- skip:.*-->\s*\n\s*```python", README, re.M)  # every README block runs
 
-    lines = [l for l in (ROOT / "README.md").read_text().splitlines() if "small" in l and "jaxdiag." in l]
-    assert any("builtin:induction-3l8h" in l for l in lines)
-    code = "\n".join(l.split("  #")[0] for l in lines).replace("jaxdiag.diagnose(small, ",
-                                                                 "result = jaxdiag.diagnose(small, ")
-    code = code.replace(").kl_norm", ", progress=False).kl_norm")
-    scope = {"jaxdiag": jaxdiag}
-    exec(code, scope)  # noqa: S102 -- the README's own lines
-    assert scope["result"].shape == (1, 8)
-    layers = [int(x) for x in re.findall(r"layer=(\d+)", "\n".join(lines))]
-    assert all(l < 3 for l in layers)  # induction-3l8h has 3 layers
+
+def test_readme_install_line_is_the_test_scripts():
+    extras = re.search(r'pip install -q -e "\.\[([a-z,]+)\]"', (ROOT / "scripts" / "test.sh").read_text())[1]
+    assert "docs" in extras.split(",")
+    assert f'-e ".[{extras}]"' in README
+    assert "bash scripts/test.sh" in README and "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_report_and_verify_folders_are_ignored():
-    for folder in ("report", "report10k", "verify", "minilm-report"):
+    for folder in ("report", "report10k", "verify", "minilm-report", "docs/_build"):
         out = subprocess.run(["git", "check-ignore", "--no-index", f"{folder}/summary.json"], cwd=ROOT,
                              capture_output=True, text=True)
         assert out.returncode == 0, folder

@@ -1,4 +1,4 @@
-"""The sweep's Zarr v3 store (CONTRACT.md schema_version 1): its schema, creation, chunk writes, resume, finalise.
+"""The sweep's Zarr v3 store (docs/CONTRACT.md; its version is jaxdiag.schema.SCHEMA_VERSION): its schema, creation, chunk writes, resume, finalise.
 
 The schema is written once, as columns: :func:`prompt_columns` turns prompts and their diagnostics
 into named per-prompt arrays with dims ``prompt, layer, head[, query]``. :func:`prompts_dataset`
