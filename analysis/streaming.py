@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from analysis.findings import Comparison
 
 DEFAULT_MEMORY = 2 * 2**30  # the --memory default: 2 GiB
-SAMPLE_MAX = 2048  # prompts per condition kept for the prompt-count curve and the figures (= G_MAX: below it, all)
-SEED_SAMPLE = 12
 BYTES_PER_VALUE = 8 * 8  # float64 working copies per streamed value in a block task (input, masks, centred, ...)
 
 
