@@ -11,4 +11,4 @@ if ! command -v chromium >/dev/null 2>&1; then
         export JAXDIAG_CHROMIUM_INSTALL="not root or no apt-get: install Debian's chromium by hand"
     fi
 fi
-python -m pytest -q -m "not slow" -n 2 "$@"
+python -m pytest -q -m "not slow" -n 2 --dist loadfile "$@"

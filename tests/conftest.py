@@ -33,6 +33,25 @@ def write_torch_checkpoint(directory: Path, seed: int = 0, qk_gain: float = 1.0,
     return directory
 
 
+# The files whose tests take minutes in all (benchmark smokes in subprocesses, module fixtures that write
+# stores), roughly longest first (`pytest --durations`, 2026-12-07). scripts/test.sh runs `-n 2 --dist loadfile`:
+# xdist hands whole files to the two workers in collection order, so each module fixture is built once (under
+# plain `load` both workers built e.g. test_effects_sweep's store), and starting the long files first leaves only
+# short ones for the end, when one worker would otherwise wait for the other.
+HEAVY_FIRST = (
+    "test_perf_benchmark_smoke.py", "test_effects_sweep.py", "test_mesh.py", "test_effects_encoders.py",
+    "test_perf_gpu_dry_run.py", "test_ioi_end_to_end.py", "test_effects_families.py", "test_core_parity.py",
+    "test_induction_end_to_end.py", "test_ioi_model.py", "test_sweep_parallel.py", "test_atp_parity.py",
+    "test_induction_model.py", "test_analysis_taxonomy.py", "test_notebook_api.py", "test_sweep_store.py",
+    "test_analysis_scale.py", "test_store_urls.py", "test_analysis_causal.py", "test_analysis_cheap.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_compile_cache(tmp_path_factory):
     """The commands' persistent compilation cache (jaxdiag.sweep.compile_cache) in this session's temp
