@@ -90,7 +90,7 @@ def c_diff_max_null(xa: CrossUnits, xb: CrossUnits, observed: float, n_perm: int
         if xa.m2 is not None:
             cut = min(max(g_a - lo, 0), hi - lo)  # rows of out that are a's units
             out[:cut] += xa.m2[lo:lo + cut]
-            out[cut:] += xb.m2[max(lo - g_a, 0):hi - g_a]
+            out[cut:] += xb.m2[max(lo - g_a, 0):max(hi - g_a, 0)]
         return out.reshape(-1, k * k)
 
     g = count.size

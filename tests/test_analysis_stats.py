@@ -208,3 +208,25 @@ def test_c_diff_null_calibrated_and_finds_planted_coupling():
     assert (1, 5) in corr.flagged_pairs(c_diff, sigma, 2.0)
     lo, hi = corr.bootstrap_c_diff(prompt_cross(xa), prompt_cross(xb), [(1, 5)], 500, rng)[0]
     assert lo <= c_diff[1, 5] <= hi and lo > 0.4
+
+
+@pytest.mark.parametrize("units_per_block", [1, 2, 3])
+def test_c_diff_null_is_the_same_in_blocks_as_cached(monkeypatch, units_per_block):
+    """c_diff_max_null builds the units' cross-products in blocks when the [units, k*k] matrix is large: blocks
+    that straddle the boundary between a's and b's units give the null of the cached matrix (to the rounding of
+    the blocked sums)."""
+    from analysis import correlation
+    from analysis.units import CrossUnits
+
+    rng = np.random.default_rng(0)
+
+    def units(g: int, k: int = 5) -> CrossUnits:
+        a = rng.normal(size=(g, k, k))
+        return CrossUnits(rng.integers(1, 5, g).astype(float), rng.normal(size=(g, k)), a @ a.transpose(0, 2, 1), 3)
+
+    xa, xb = units(7), units(6)
+    cached = correlation.c_diff_max_null(xa, xb, 0.5, 50, np.random.default_rng(1)).null_distribution
+    # blocks of units_per_block units (13 units x 25 x 8 B exceeds 4x the block, so the matrix is not cached)
+    monkeypatch.setattr(correlation, "CROSS_BLOCK_BYTES", 8 * 25 * units_per_block)
+    blocked = correlation.c_diff_max_null(xa, xb, 0.5, 50, np.random.default_rng(1)).null_distribution
+    np.testing.assert_allclose(blocked, cached, rtol=1e-12, atol=1e-15)
