@@ -147,7 +147,7 @@ def _hf_name(path: tuple) -> str:
 
 def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str, what: str,
                rule: WeightNames, keep_bf16: bool = False) -> nnx.Module:
-    """``abstract`` (an ``nnx.eval_shape`` model) with its parameters set from HF-named ``weights``
+    """``abstract`` (:meth:`Family.abstract`: shapes only) with its parameters set from HF-named ``weights``
     (names already mapped by :func:`hf_names`), checked name by name, shape by shape and dtype by
     dtype. Each is read (memory-mapped) and put on the device in turn; ``keep_bf16``: a bfloat16
     tensor stays bfloat16, else every parameter takes the model's dtype (float32)."""
@@ -220,7 +220,7 @@ def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision 
     entry = registered(config.model_type, source=source)
     weights = hf_names(weights, entry.weights)
     config = entry.model.configure(config, list(weights))  # e.g. an encoder's MLM head, when stored
-    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
+    abstract = entry.model.abstract(config, precision=precision)
     model = fill_model(abstract, weights, source=source, what=f"a {config.model_type} model", rule=entry.weights,
                        keep_bf16=precision == "bf16")
     model.weights_dtype = stored_dtype(weights)
@@ -250,7 +250,7 @@ def build_sharded_model(config, tensors: Mapping[str, SliceableTensor], mesh: Me
     entry = registered(config.model_type, source=source)
     weights = hf_names(tensors, entry.weights)
     config = entry.model.configure(config, list(weights))
-    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
+    abstract = entry.model.abstract(config, precision=precision)
     matched = match_weights(nnx.to_flat_state(nnx.state(abstract)), weights, source=source,
                             what=f"a {config.model_type} model", rule=entry.weights)
 
