@@ -116,6 +116,14 @@ ZEROS = initializer(nnx.initializers.zeros_init())
 ONES = initializer(nnx.initializers.ones_init())
 
 
+class _NoKeys:
+    """Stands for ``nnx.Rngs`` under :func:`shapes_only`, where the initialisers take no key: drawing
+    one (``rngs.params()``) would run threefry eagerly, and compile it first, for every parameter."""
+
+    def __getattr__(self, stream: str):
+        return lambda: None
+
+
 @contextlib.contextmanager
 def shapes_only() -> Iterator[None]:
     """Within: the initialisers above give shapes, not values (a model built so holds no arrays)."""
@@ -280,7 +288,7 @@ class Family(nnx.Module):
         nothing traced): the module tree a loader fills (:mod:`jaxdiag.models.load`), the same graph and
         parameter shapes and dtypes ``nnx.eval_shape`` of the constructor gives, at a fraction of its cost."""
         with shapes_only():
-            return cls(config, precision=precision, rngs=nnx.Rngs(0))
+            return cls(config, precision=precision, rngs=_NoKeys())
 
     @classmethod
     def configure(cls, config: Any, names: Sequence[str]) -> Any:
