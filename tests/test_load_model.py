@@ -1,13 +1,17 @@
-"""The shapes-only model a loader fills (``Family.abstract``) is the model ``nnx.eval_shape`` of its
-constructor gives, for every family and option the parity tests cover: the same graph (modules,
-static attributes, shared ALBERT layers) and the same parameter paths, shapes and dtypes, with no
-array allocated; and the initialisers still give a random model its values outside it."""
+"""How a checkpoint becomes a model (:mod:`jaxdiag.models.load`). The shapes-only model the loader
+fills (``Family.abstract``) is the model ``nnx.eval_shape`` of its constructor gives, for every family
+and option the parity tests cover: the same graph (modules, static attributes, shared ALBERT layers)
+and the same parameter paths, shapes and dtypes, with no array allocated; the initialisers still
+give a random model its values outside it. Every parameter the loader places is its stored tensor
+bit for bit (transposed, cast), whichever way it went to the device (the reused host buffer, or a
+large tensor's own), sharded or not, float32 or bfloat16."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from jaxdiag.models.family import ONES, ZEROS, normal, shapes_only
@@ -69,3 +73,26 @@ def test_initialisers_give_values_outside_shapes_only():
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(isinstance(v, jax.Array) for v in leaves)
     assert float(np.std(np.asarray(model.wte.embedding[...]))) > 0.01  # random, not shapes
+
+
+@pytest.mark.parametrize("stored, precision", [("float32", "highest"), ("bfloat16", "bf16"), ("bfloat16", "highest")])
+def test_every_parameter_is_its_stored_tensor_bit_for_bit(tmp_path, monkeypatch, stored, precision):
+    import jaxdiag
+    from jaxdiag.models import load
+
+    torch_model, _, _ = families.build(tmp_path, "llama-bias")  # q/k/v/o and MLP biases, norms, untied head
+    directory = tmp_path / "shards"
+    torch_model.to(getattr(torch, stored)).save_pretrained(directory, max_shard_size="20KB")
+    monkeypatch.setattr(load, "STAGING_BYTES", 3000)  # the larger tensors through their own buffer too
+    model = jaxdiag.load(str(directory), precision=precision).model
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    assert len(flat) == len(torch_model.state_dict())
+    for name, tensor in torch_model.state_dict().items():
+        *module, leaf = name.removeprefix("model.").split(".")
+        linear = leaf == "weight" and tensor.ndim == 2 and "embed" not in name
+        key = (*(int(p) if p.isdigit() else p for p in module),
+               "kernel" if linear else "embedding" if "embed" in name else "scale" if leaf == "weight" else "bias")
+        ours = np.asarray(flat[key].get_value())
+        expected = tensor.float().numpy()
+        assert str(ours.dtype) == ("bfloat16" if precision == "bf16" else "float32"), name
+        np.testing.assert_array_equal(ours.astype(np.float32), expected.T if linear else expected, err_msg=name)
