@@ -10,8 +10,8 @@ processes, alternating, ``--repeats`` times each:
 
 For each: the load call's wall time (imports excluded, measured separately: the package and its
 entry point, ``jaxdiag.load`` / ``transformers.AutoModelForCausalLM``, which both packages import
-lazily), the process's peak
-RSS (``ru_maxrss``) and its RSS after the imports, against the checkpoint's size on disk.
+lazily), the process's peak RSS (``VmHWM``, its own high-water mark) and its RSS after the imports,
+against the checkpoint's size on disk.
 Goal (issue 27): jaxdiag's peak RSS <= 1.2x the checkpoint, and no slower than transformers.
 Writes ``LOAD.md`` and ``load.json`` here (``--smoke``: a tiny checkpoint, ``LOAD_SMOKE.md`` /
 ``load_smoke.json``).
@@ -39,11 +39,14 @@ SMOKE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_k
              num_hidden_layers=2, vocab_size=1000, max_position_embeddings=128)
 
 CHILD = r"""
-import json, resource, sys, time
-def rss_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-def current_mb():
+import json, sys, time
+def status_mb(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"): return int(line.split()[1]) / 1024
+        if line.startswith(field + ":"): return int(line.split()[1]) / 1024
+# the peak is this process's own high-water mark (VmHWM): ru_maxrss survives fork + exec on Linux, so
+# every child reported at least the RSS of the parent that had just made the 2 GB checkpoint
+def rss_mb(): return status_mb("VmHWM")
+def current_mb(): return status_mb("VmRSS")
 which, directory = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 # each library's entry point resolved with the imports: both packages import their API lazily on first
