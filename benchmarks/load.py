@@ -156,7 +156,8 @@ def report(record: dict) -> str:
                      f"{s['peak_rss_over_checkpoint']:.2f} | {', '.join(s['param_dtypes'])} |")
     lines += ["", "Each run is a fresh process; the load call is timed after the imports (the package and its "
               "entry point, `jaxdiag.load` / `transformers.AutoModelForCausalLM`, both imported lazily; for "
-              "jaxdiag, also the backend's start). jaxdiag's load includes hashing every shard (the store's weights manifest). "
+              "jaxdiag, also the backend's start). jaxdiag's load includes hashing every shard (the store's "
+              "weights manifest). "
               f"Reproduce: `{shlex.quote(record['command'])}` from the repository root.", ""]
     return "\n".join(lines)
 

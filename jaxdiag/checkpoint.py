@@ -4,9 +4,9 @@ A checkpoint is a directory holding ``config.json`` and its weights: ``model.saf
 a ``model.safetensors.index.json`` names (``save_pretrained(max_shard_size=...)``), or, as a
 fallback, ``pytorch_model.bin`` (which needs torch to read). Safetensors are read one tensor at a
 time into a buffer the loader reuses (:class:`StoredTensor`; for a mesh, in parts, memory-mapped:
-:class:`MappedTensor`) and in the dtype they are stored in, so a model is built at its own size; a sharded checkpoint's provenance is the manifest of every shard's sha256. How a
-family's model is built from it is :mod:`jaxdiag.models.load`'s question; this module knows nothing
-of families.
+:class:`MappedTensor`) and in the dtype they are stored in, so a model is built at its own size; a
+sharded checkpoint's provenance is the manifest of every shard's sha256. How a family's model is
+built from it is :mod:`jaxdiag.models.load`'s question; this module knows nothing of families.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ class StoredTensor:
         buffer the caller reuses: nothing of the file is mapped, so the process holds the file's pages
         only while the kernel copies them."""
         if out.shape != self.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"{self.name}: cannot read {self.dtype}{list(self.shape)} into {out.dtype}{list(out.shape)}")
+            raise ValueError(f"{self.name}: cannot read {self.dtype}{list(self.shape)} into "
+                             f"{out.dtype}{list(out.shape)}")
         view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
         with open(self.file, "rb", buffering=0) as handle:
             while done < self.nbytes:

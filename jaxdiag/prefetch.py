@@ -83,9 +83,18 @@ def start(path: Path) -> None:
         threading.Thread(target=_fill, args=(future, _WORK[kind], path), name=f"jaxdiag-{kind}", daemon=True).start()
 
 
-# One daemon thread hashes the shards in turn: a thread per shard ran them all at once, on cores the
-# model's build needs too, and finished no sooner (benchmarks/LOAD.md).
+# One daemon thread hashes the shards in turn: a thread per shard ran them all at once on the cores the
+# model's build needs; one at a time, the build keeps a core and the hashes still finish before it on
+# a 2 GB checkpoint (benchmarks/LOAD.md).
 _shards: queue.SimpleQueue | None = None
+
+
+def _no_thread_in_child() -> None:
+    global _shards
+    _shards = None  # threads are not forked: a child queues its shards for a thread of its own
+
+
+os.register_at_fork(after_in_child=_no_thread_in_child)
 
 
 def start_hash(path: Path) -> None:

@@ -4,7 +4,7 @@ and option the parity tests cover: the same graph (modules, static attributes, s
 and the same parameter paths, shapes and dtypes, with no array allocated; the initialisers still
 give a random model its values outside it. Every parameter the loader places is its stored tensor
 bit for bit (transposed, cast), whichever way it went to the device (the reused host buffer, or a
-large tensor's own), sharded or not, float32 or bfloat16."""
+large tensor's own), read from shards, float32 or bfloat16."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from flax import nnx
 from jaxdiag.models.family import ONES, ZEROS, normal, shapes_only
 from jaxdiag.models.gpt2 import GPT2, GPT2Config
 from jaxdiag.models.registry import registered
-from tests import families, test_families_encoders as encoders
+from tests import families
+from tests import test_families_encoders as encoders
 
 
 def _hf_config(config_name: str, small: dict, extra: dict) -> dict:
@@ -27,7 +28,8 @@ def _hf_config(config_name: str, small: dict, extra: dict) -> dict:
 
 
 CONFIGS = {f"decoder-{case}": (families.SMALL, spec[0], spec[2]) for case, spec in families.CASES.items()} | {
-    f"encoder-{case}": (encoders.SMALL, spec[0], spec[2]) for case, spec in (encoders.CASES | encoders.EFFECT_CASES).items()}
+    f"encoder-{case}": (encoders.SMALL, spec[0], spec[2])
+    for case, spec in (encoders.CASES | encoders.EFFECT_CASES).items()}
 
 
 def _configs():
@@ -51,7 +53,8 @@ def test_abstract_model_is_eval_shape_of_the_constructor_without_tracing(precisi
             patch.setattr(jax._src.random, "normal", _untraced)
             patch.setattr(jax, "eval_shape", _untraced)
             abstract = model.abstract(config, precision=precision)
-        traced = nnx.eval_shape(lambda: model(config, precision=precision, rngs=nnx.Rngs(0)))
+        traced = nnx.eval_shape(lambda model=model, config=config: model(config, precision=precision,
+                                                                       rngs=nnx.Rngs(0)))
         (graph, state), (traced_graph, traced_state) = nnx.split(abstract), nnx.split(traced)
         assert graph == traced_graph, name
         flat, traced_flat = nnx.to_flat_state(state), nnx.to_flat_state(traced_state)

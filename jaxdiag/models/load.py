@@ -6,11 +6,12 @@ every family (:mod:`jaxdiag.models.registry`): the model's nnx parameter paths m
 names once the family's prefix is stripped, with ``kernel``/``scale``/``embedding`` for HF's
 ``weight``. Every parameter is checked name by name, shape by shape and dtype by dtype.
 
-The model is built as shapes only (:meth:`Family.abstract`: no initialiser is run or traced), then its
-parameters are read one at a time into a reused host buffer and put on the device, transposed and
-cast there (:func:`fill_model`), so a model costs its own size once plus one tensor. Their dtype: ``precision="bf16"`` keeps a bfloat16 checkpoint's bfloat16
-(host and device); otherwise parameters are float32, upcast from whatever the file stores, and the
-model's ``weights_dtype`` says what that was (the store records it as ``weights_upcast``).
+The model is built as shapes only (:meth:`Family.abstract`: no initialiser is run or traced), then
+its parameters are read one at a time into a reused host buffer and put on the device, transposed
+and cast there (:func:`fill_model`), so a model costs its own size once plus one tensor. Their
+dtype: ``precision="bf16"`` keeps a bfloat16 checkpoint's bfloat16 (host and device); otherwise
+parameters are float32, upcast from whatever the file stores, and the model's ``weights_dtype``
+says what that was (the store records it as ``weights_upcast``).
 """
 
 from __future__ import annotations
