@@ -8,8 +8,10 @@ processes, alternating, ``--repeats`` times each:
   building the model with bf16 parameters on the device);
 - ``transformers``: ``AutoModelForCausalLM.from_pretrained(DIR, dtype=torch.bfloat16)``.
 
-For each: the load call's wall time (imports excluded, measured separately), the process's peak
-RSS (``ru_maxrss``) and its RSS after the imports, against the checkpoint's size on disk.
+For each: the load call's wall time (imports excluded, measured separately: the package and its
+entry point, ``jaxdiag.load`` / ``transformers.AutoModelForCausalLM``, which both packages import
+lazily), the process's peak RSS (``VmHWM``, its own high-water mark) and its RSS after the imports,
+against the checkpoint's size on disk.
 Goal (issue 27): jaxdiag's peak RSS <= 1.2x the checkpoint, and no slower than transformers.
 Writes ``LOAD.md`` and ``load.json`` here (``--smoke``: a tiny checkpoint, ``LOAD_SMOKE.md`` /
 ``load_smoke.json``).
@@ -37,27 +39,34 @@ SMOKE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_k
              num_hidden_layers=2, vocab_size=1000, max_position_embeddings=128)
 
 CHILD = r"""
-import json, resource, sys, time
-def rss_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-def current_mb():
+import json, sys, time
+def status_mb(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"): return int(line.split()[1]) / 1024
+        if line.startswith(field + ":"): return int(line.split()[1]) / 1024
+# the peak is this process's own high-water mark (VmHWM): ru_maxrss survives fork + exec on Linux, so
+# every child reported at least the RSS of the parent that had just made the 2 GB checkpoint
+def rss_mb(): return status_mb("VmHWM")
+def current_mb(): return status_mb("VmRSS")
 which, directory = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
+# each library's entry point resolved with the imports: both packages import their API lazily on first
+# access (jaxdiag.api brings xarray and pandas, ~2 s on a loaded machine), which is import, not loading
 if which == "jaxdiag":
     import jax, jaxdiag
+    load = jaxdiag.load
     jax.numpy.zeros(1).block_until_ready()  # the backend up, as any run has it before loading
 else:
     import torch, transformers
+    auto = transformers.AutoModelForCausalLM
 imported = time.perf_counter()
 after_imports = current_mb()
 if which == "jaxdiag":
-    loaded = jaxdiag.load(directory, precision="bf16")
+    loaded = load(directory, precision="bf16")
     loaded.checkpoint.weights_sha256  # the shards are hashed in the background while the model is built: wait for them
     jax.block_until_ready(jax.tree.leaves(__import__("flax").nnx.state(loaded.model)))
     dtypes = sorted({str(v.dtype) for v in jax.tree.leaves(__import__("flax").nnx.state(loaded.model))})
 else:
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    model = auto.from_pretrained(directory, dtype=torch.bfloat16)
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
 done = time.perf_counter()
 print(json.dumps({"import_s": imported - t0, "load_s": done - imported, "rss_after_imports_mb": after_imports,
@@ -145,8 +154,10 @@ def report(record: dict) -> str:
         lines.append(f"| {call} | {s['load_s_median']:.2f} | {s['import_s_median']:.2f} | "
                      f"{s['rss_after_imports_mb']:.0f} | {s['peak_rss_mb_max']:.0f} | "
                      f"{s['peak_rss_over_checkpoint']:.2f} | {', '.join(s['param_dtypes'])} |")
-    lines += ["", "Each run is a fresh process; the load call is timed after the imports (and, for jaxdiag, the "
-              "backend's start). jaxdiag's load includes hashing every shard (the store's weights manifest). "
+    lines += ["", "Each run is a fresh process; the load call is timed after the imports (the package and its "
+              "entry point, `jaxdiag.load` / `transformers.AutoModelForCausalLM`, both imported lazily; for "
+              "jaxdiag, also the backend's start). jaxdiag's load includes hashing every shard (the store's "
+              "weights manifest). "
               f"Reproduce: `{shlex.quote(record['command'])}` from the repository root.", ""]
     return "\n".join(lines)
 

@@ -2,7 +2,7 @@
 
 For Llama-3.1-70B and Qwen2.5-32B (their HF ``config.json`` values) on 8 devices, each parameter's
 shard shape under jaxdiag's sharding rules (``jaxdiag.models.sharding``) from the abstract model
-(``nnx.eval_shape``: nothing is allocated), for ``model`` = 1, 2, 4, 8, in float32 (how jaxdiag
+(``Family.abstract``: nothing is allocated), for ``model`` = 1, 2, 4, 8, in float32 (how jaxdiag
 holds parameters) and bfloat16. Then the check on virtual devices: a GPT-2-shaped model of ~110 MB
 and a Llama-shaped one (grouped-query attention) really loaded onto ``model=4`` and ``data=2,
 model=4``, their bytes per device summed over the arrays' shards, against the same abstract count.
@@ -53,7 +53,7 @@ CHECKED = {
 def abstract_model(raw: dict):
     entry = registered(raw["model_type"])
     config = entry.config.from_dict(raw)
-    return config, nnx.eval_shape(lambda: entry.model(config, rngs=nnx.Rngs(0)))
+    return config, entry.model.abstract(config)
 
 
 def abstract_bytes_per_device(model, mesh, itemsize: int = 4) -> int:

@@ -2,11 +2,11 @@
 
 A checkpoint is a directory holding ``config.json`` and its weights: ``model.safetensors``, the shards
 a ``model.safetensors.index.json`` names (``save_pretrained(max_shard_size=...)``), or, as a
-fallback, ``pytorch_model.bin`` (which needs torch to read). Safetensors are read memory-mapped, one
-tensor at a time and in the dtype they are stored in (:class:`StoredTensor`), so a model is built
-at its own size; a sharded checkpoint's provenance is the manifest of every shard's sha256. How a
-family's model is built from it is :mod:`jaxdiag.models.load`'s question; this module knows nothing
-of families.
+fallback, ``pytorch_model.bin`` (which needs torch to read). Safetensors are read one tensor at a
+time into a buffer the loader reuses (:class:`StoredTensor`; for a mesh, in parts, memory-mapped:
+:class:`MappedTensor`) and in the dtype they are stored in, so a model is built at its own size; a
+sharded checkpoint's provenance is the manifest of every shard's sha256. How a family's model is
+built from it is :mod:`jaxdiag.models.load`'s question; this module knows nothing of families.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -171,12 +172,25 @@ class StoredTensor:
     shape: tuple[int, ...]
     offset: int  # of its first byte in the file
 
-    def read(self) -> np.ndarray:
-        """The tensor, memory-mapped read-only: pages are read as they are used and belong to the
-        page cache, so a model built tensor by tensor never holds a second copy of the file."""
-        if 0 in self.shape:
-            return np.zeros(self.shape, self.dtype)
-        return np.memmap(self.file, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.shape))
+
+    def read_into(self, out: np.ndarray) -> np.ndarray:
+        """The tensor's bytes read (``pread``) into ``out`` (C-contiguous, of its shape and dtype), a
+        buffer the caller reuses: nothing of the file is mapped, so the process holds the file's pages
+        only while the kernel copies them."""
+        if out.shape != self.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{self.name}: cannot read {self.dtype}{list(self.shape)} into "
+                             f"{out.dtype}{list(out.shape)}")
+        view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+        with open(self.file, "rb", buffering=0) as handle:
+            while done < self.nbytes:
+                got = os.preadv(handle.fileno(), [view[done:]], self.offset + done)
+                if got == 0:
+                    raise JaxdiagError(f"cannot read weights {self.file}: the file ends inside tensor {self.name}")
+                done += got
+        return out
 
 
 Tensor = np.ndarray | StoredTensor
@@ -211,7 +225,7 @@ def safetensors_index(path: Path) -> dict[str, StoredTensor]:
 def read_tensors(path: Path) -> dict[str, Tensor]:
     """Every tensor of a ``model.safetensors``, of every shard a ``model.safetensors.index.json``
     names, or of a ``pytorch_model.bin``, names as stored, dtypes as stored: safetensors as
-    :class:`StoredTensor` (read memory-mapped when used), a pickle as numpy arrays."""
+    :class:`StoredTensor` (read when used), a pickle as numpy arrays."""
     if path.name == SHARD_INDEX:
         listed = shard_map(path)
         tensors: dict[str, Tensor] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import queue
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -43,15 +44,18 @@ def _hash(path: Path) -> str:
 
 
 def _hash_streamed(path: Path, chunk: int = 16 * 2**20) -> str:
-    """As :func:`_hash` through one reused 16 MiB buffer: for shards hashed while a model is being
-    built, whose mapped pages would otherwise count in the process's RSS next to the parameters
-    (16 MiB reads release the GIL for all but a few switches per shard)."""
+    """As :func:`_hash`, mapping the file 16 MiB at a time: for shards hashed while a model is being
+    built, whose mapped pages would otherwise count in the process's RSS next to the parameters. A
+    window, unlike a read into a buffer, costs no copy out of the page cache (that copy's system time
+    was a fifth to a third of a shard's hashing CPU time), and each update releases the GIL for the
+    whole window (offsets are multiples of 16 MiB, as mmap needs)."""
     digest = hashlib.sha256()
-    buffer = bytearray(chunk)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while n := handle.readinto(buffer):
-            digest.update(view[:n])
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for start in range(0, size, chunk):
+            with mmap.mmap(handle.fileno(), min(chunk, size - start), access=mmap.ACCESS_READ,
+                           offset=start) as window:
+                digest.update(window)
     return digest.hexdigest()
 
 
@@ -79,8 +83,24 @@ def start(path: Path) -> None:
         threading.Thread(target=_fill, args=(future, _WORK[kind], path), name=f"jaxdiag-{kind}", daemon=True).start()
 
 
+# One daemon thread hashes the shards in turn: a thread per shard ran them all at once on the cores the
+# model's build needs; one at a time, the build keeps a core and the hashes still finish before it on
+# a 2 GB checkpoint (benchmarks/LOAD.md).
+_shards: queue.SimpleQueue | None = None
+
+
+def _no_thread_in_child() -> None:
+    global _shards
+    _shards = None  # threads are not forked: a child queues its shards for a thread of its own
+
+
+os.register_at_fork(after_in_child=_no_thread_in_child)
+
+
 def start_hash(path: Path) -> None:
-    """Begin hashing ``path`` (streamed, :func:`_hash_streamed`) in a daemon thread; :func:`sha256` takes the result."""
+    """Queue ``path`` for hashing (streamed, :func:`_hash_streamed`) by the shard-hashing daemon thread;
+    :func:`sha256` takes the result."""
+    global _shards
     try:
         key = _identity("sha256", path)
     except OSError:
@@ -90,7 +110,16 @@ def start_hash(path: Path) -> None:
             return
         future: Future = Future()
         _started[key] = future
-    threading.Thread(target=_fill, args=(future, _hash_streamed, path), name="jaxdiag-sha256", daemon=True).start()
+        if _shards is None:
+            _shards = queue.SimpleQueue()
+            threading.Thread(target=_hash_queued, args=(_shards,), name="jaxdiag-sha256", daemon=True).start()
+    _shards.put((future, path))
+
+
+def _hash_queued(shards: queue.SimpleQueue) -> None:
+    while True:
+        future, path = shards.get()
+        _fill(future, _hash_streamed, path)
 
 
 def _fill(future: Future, work: Callable[[Path], object], path: Path) -> None:

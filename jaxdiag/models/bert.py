@@ -39,8 +39,8 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
-from jaxdiag.models.family import (ACTIVATIONS, Block, Context, Family, WeightNames, graddrop, head_rows, linear_heads,
-                                   tied_unembed)
+from jaxdiag.models.family import (ACTIVATIONS, ONES, ZEROS, Block, Context, Family, WeightNames, graddrop, head_rows,
+                                   linear_heads, normal, tied_unembed)
 from jaxdiag.schema import Precision
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +101,12 @@ class EncoderConfig:
 
 def _linear(n_in, n_out, dtype, precision, rngs) -> nnx.Linear:
     return nnx.Linear(n_in, n_out, dtype=dtype, precision=precision, rngs=rngs,
-                      kernel_init=nnx.initializers.normal(0.02))
+                      kernel_init=normal(0.02), bias_init=ZEROS)
 
 
 def _layer_norm(dim: int, config: EncoderConfig, dtype, rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(dim, epsilon=config.layer_norm_eps, dtype=dtype, use_fast_variance=False, rngs=rngs)
+    return nnx.LayerNorm(dim, epsilon=config.layer_norm_eps, dtype=dtype, use_fast_variance=False, rngs=rngs,
+                         scale_init=ONES, bias_init=ZEROS)
 
 
 class QKV(nnx.Module):
@@ -187,7 +188,7 @@ class Embeddings(nnx.Module):
 
     def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
         width = config.embedding_size
-        init = nnx.initializers.normal(0.02)
+        init = normal(0.02)
         self.word_embeddings = nnx.Embed(config.vocab_size, width, dtype=dtype, rngs=rngs, embedding_init=init)
         self.position_embeddings = nnx.Embed(config.n_positions, width, dtype=dtype, rngs=rngs, embedding_init=init)
         self.token_type_embeddings = nnx.Embed(config.type_vocab_size, width, dtype=dtype, rngs=rngs,
@@ -230,7 +231,7 @@ class MLMPredictions(nnx.Module):
         else:
             self.dense, self.LayerNorm = transform.dense, transform.LayerNorm
         if config.tie_word_embeddings:  # decoder.weight is the word embeddings, decoder.bias is tied to bias
-            self.bias = nnx.Param(jnp.zeros((config.vocab_size,), dtype))
+            self.bias = nnx.Param(ZEROS(None, (config.vocab_size,), dtype))
         else:  # an untied decoder adds its own bias (HF's forward never reads predictions.bias then)
             self.decoder = _linear(width, config.vocab_size, dtype, precision, rngs)
 

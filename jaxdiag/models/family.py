@@ -38,8 +38,10 @@ to raw logits (Gemma 2's soft cap).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +88,50 @@ def precision_settings(precision: Precision) -> tuple[jnp.dtype, jax.lax.Precisi
     if precision == "bf16":
         return jnp.bfloat16, jax.lax.Precision.DEFAULT
     raise JaxdiagError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+
+
+# Every family makes its parameters through these initialisers, so that a model can be built as shapes
+# only (:meth:`Family.abstract`): a loader needs each parameter's path, shape and dtype, never the values
+# it overwrites, and tracing every layer's random initialisers to learn them (``nnx.eval_shape``) cost
+# more than reading a 2 GB checkpoint (benchmarks/LOAD.md). Outside ``shapes_only`` they are Flax's own,
+# called with the same keys, so a randomly initialised model is the same as ever.
+_SHAPES_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxdiag_shapes_only", default=False)
+
+
+def initializer(init: nnx.Initializer) -> nnx.Initializer:
+    """``init``, or under :func:`shapes_only` a ``jax.ShapeDtypeStruct`` of the shape and dtype asked for."""
+    def make(key: jax.Array | None, shape: Sequence[int], dtype: Any = jnp.float32) -> Any:
+        if _SHAPES_ONLY.get():
+            return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+        return init(key, shape, dtype)
+
+    return make
+
+
+def normal(stddev: float) -> nnx.Initializer:
+    return initializer(nnx.initializers.normal(stddev))
+
+
+ZEROS = initializer(nnx.initializers.zeros_init())
+ONES = initializer(nnx.initializers.ones_init())
+
+
+class _NoKeys:
+    """Stands for ``nnx.Rngs`` under :func:`shapes_only`, where the initialisers take no key: drawing
+    one (``rngs.params()``) would run threefry eagerly, and compile it first, for every parameter."""
+
+    def __getattr__(self, stream: str):
+        return lambda: None
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Within: the initialisers above give shapes, not values (a model built so holds no arrays)."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
 
 
 def choose_attention(impl: AttentionImpl, *, batch: int, n_head: int, seq: int) -> Literal["direct", "streaming"]:
@@ -235,6 +281,14 @@ class Family(nnx.Module):
     mask: MaskRule = "causal"
     window: int | None = None
     causal_effects: str | None = None
+
+    @classmethod
+    def abstract(cls, config: Any, *, precision: Precision = "highest") -> "Family":
+        """The model of ``config`` with every parameter a ``jax.ShapeDtypeStruct`` (nothing allocated,
+        nothing traced): the module tree a loader fills (:mod:`jaxdiag.models.load`), the same graph and
+        parameter shapes and dtypes ``nnx.eval_shape`` of the constructor gives, at a fraction of its cost."""
+        with shapes_only():
+            return cls(config, precision=precision, rngs=_NoKeys())
 
     @classmethod
     def configure(cls, config: Any, names: Sequence[str]) -> Any:

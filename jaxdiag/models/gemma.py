@@ -31,7 +31,7 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import soft_cap
-from jaxdiag.models.family import ACTIVATIONS, WeightNames, graddrop, norm_gain
+from jaxdiag.models.family import ACTIVATIONS, WeightNames, graddrop, norm_gain, normal
 from jaxdiag.models import llama
 from jaxdiag.models.llama import MLP, Attention, AttentionSettings, DecoderShape, RMSNorm, _linear, layer_windows
 from jaxdiag.models.rope import Rope, rope_parameters, rope_settings
@@ -168,7 +168,7 @@ class Gemma(llama.Llama):
         self.family = config.model_type
         self.dtype = dtype
         self.embed_tokens = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
-                                      embedding_init=nnx.initializers.normal(0.02))
+                                      embedding_init=normal(0.02))
         self.layers = nnx.List([Block(config, i, dtype=dtype, precision=matmul_precision, rngs=rngs)
                                 for i in range(config.n_layer)])
         self.norm = RMSNorm(config.n_embd, config.rms_norm_eps, dtype=dtype, rngs=rngs, unit_offset=True)

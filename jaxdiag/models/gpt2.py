@@ -27,8 +27,8 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend, row_attention
 from jaxdiag.models.edits import shifted
-from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
-                                   head_rows, linear_heads, tied_unembed)
+from jaxdiag.models.family import (ACTIVATIONS, ONES, ZEROS, Block as BlockInterface, Context, Family, WeightNames,
+                                   graddrop, head_rows, linear_heads, normal, tied_unembed)
 from jaxdiag.probes import read_probes
 from jaxdiag.schema import Precision
 
@@ -102,14 +102,15 @@ class GPT2Config:
 def _linear(n_in: int, n_out: int, dtype, precision, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(
         n_in, n_out, dtype=dtype, precision=precision, rngs=rngs,
-        kernel_init=nnx.initializers.normal(0.02),
+        kernel_init=normal(0.02), bias_init=ZEROS,
     )
 
 
 def _layer_norm(config: GPT2Config, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # use_fast_variance=False: E[(x - mean)^2], as torch computes it, not E[x^2] - mean^2.
     return nnx.LayerNorm(
-        config.n_embd, epsilon=config.layer_norm_epsilon, dtype=dtype, use_fast_variance=False, rngs=rngs
+        config.n_embd, epsilon=config.layer_norm_epsilon, dtype=dtype, use_fast_variance=False, rngs=rngs,
+        scale_init=ONES, bias_init=ZEROS,
     )
 
 
@@ -219,9 +220,9 @@ class GPT2(Family):
     def __init__(self, config: GPT2Config, *, precision: Precision = "highest", rngs: nnx.Rngs):
         dtype, matmul_precision = self._precision(config, precision)
         self.wte = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
-                             embedding_init=nnx.initializers.normal(0.02))
+                             embedding_init=normal(0.02))
         self.wpe = nnx.Embed(config.n_positions, config.n_embd, dtype=dtype, rngs=rngs,
-                             embedding_init=nnx.initializers.normal(0.01))
+                             embedding_init=normal(0.01))
         self.h = nnx.List(
             [Block(config, i, dtype=dtype, precision=matmul_precision, rngs=rngs) for i in range(config.n_layer)]
         )

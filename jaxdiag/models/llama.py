@@ -26,8 +26,8 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.edits import shifted
-from jaxdiag.models.family import (Block as BlockInterface, Context, Family, WeightNames, graddrop, head_rows,
-                                   linear_heads, tied_unembed)
+from jaxdiag.models.family import (ONES, ZEROS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
+                                   head_rows, linear_heads, normal, tied_unembed)
 from jaxdiag.models.family import ACTIVATIONS as ALL_ACTIVATIONS
 from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
 from jaxdiag.schema import Precision
@@ -149,7 +149,7 @@ class LlamaConfig(DecoderShape):
 
 def _linear(n_in, n_out, bias, dtype, precision, rngs) -> nnx.Linear:
     return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, precision=precision, rngs=rngs,
-                      kernel_init=nnx.initializers.normal(0.02))
+                      kernel_init=normal(0.02), bias_init=ZEROS)
 
 
 class RMSNorm(nnx.Module):
@@ -158,7 +158,7 @@ class RMSNorm(nnx.Module):
     by ``1 + weight`` in float32 and casts after (transformers#29402)."""
 
     def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, unit_offset: bool = False):
-        self.scale = nnx.Param(jnp.zeros((dim,), jnp.float32) if unit_offset else jnp.ones((dim,), jnp.float32))
+        self.scale = nnx.Param((ZEROS if unit_offset else ONES)(None, (dim,), jnp.float32))
         self.eps = eps
         self.dtype = dtype
         self.unit_offset = unit_offset
@@ -250,7 +250,7 @@ class Llama(Family):
         self.family = config.model_type
         self.window = config.sliding_window
         self.embed_tokens = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
-                                      embedding_init=nnx.initializers.normal(0.02))
+                                      embedding_init=normal(0.02))
         self.layers = nnx.List([Block(config, i, dtype=dtype, precision=matmul_precision, rngs=rngs)
                                 for i in range(config.n_layer)])
         self.norm = RMSNorm(config.n_embd, config.rms_norm_eps, dtype=dtype, rngs=rngs)

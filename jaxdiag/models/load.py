@@ -6,19 +6,21 @@ every family (:mod:`jaxdiag.models.registry`): the model's nnx parameter paths m
 names once the family's prefix is stripped, with ``kernel``/``scale``/``embedding`` for HF's
 ``weight``. Every parameter is checked name by name, shape by shape and dtype by dtype.
 
-Parameters are read one at a time from the memory-mapped file and put on the device, so a model
-costs its own size once. Their dtype: ``precision="bf16"`` keeps a bfloat16 checkpoint's bfloat16
-(host and device); otherwise parameters are float32, upcast from whatever the file stores, and the
-model's ``weights_dtype`` says what that was (the store records it as ``weights_upcast``).
+The model is built as shapes only (:meth:`Family.abstract`: no initialiser is run or traced), then
+its parameters are read one at a time into a reused host buffer and put on the device, transposed
+and cast there (:func:`fill_model`), so a model costs its own size once plus one tensor. Their
+dtype: ``precision="bf16"`` keeps a bfloat16 checkpoint's bfloat16 (host and device); otherwise
+parameters are float32, upcast from whatever the file stores, and the model's ``weights_dtype``
+says what that was (the store records it as ``weights_upcast``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -145,28 +147,100 @@ def _hf_name(path: tuple) -> str:
     return ".".join([*parents, suffix])
 
 
+# Every tensor is read into one aligned host buffer (64 bytes: ``jax.device_put`` on CPU then takes it
+# without a copy) and transposed and cast on the device from there; the buffer is reused while it
+# fits. Tensors come largest first, so it is allocated twice: for the largest, then, once those are
+# placed, at the largest tensor up to this size: a per-tensor buffer would cost its page faults each
+# time (the slowest part of a load on a VM), and freed buffers of a few MiB stay in glibc's heap between
+# parameters (~300 MB of a 2 GB load's RSS).
+STAGING_BYTES = 32 * 2**20
+ALIGN = 64
+
+
+@functools.partial(jax.jit, static_argnames=("transpose", "dtype"))
+def _as_parameter(value: jax.Array, *, transpose: bool, dtype: np.dtype) -> jax.Array:
+    """A checkpoint tensor on the device as its parameter: transposed and cast there (XLA's tiled
+    transpose beats numpy's strided copy on CPU, and is free on an accelerator), always into a buffer
+    of its own: ``value`` may be the reused host buffer (``jax.device_put`` is zero-copy on CPU)."""
+    return jnp.copy((value.T if transpose else value).astype(dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _program(shape: tuple[int, ...], stored: np.dtype, transpose: bool, dtype: np.dtype, backend: str,
+             device: Any) -> Any:
+    """:func:`_as_parameter` compiled for one kind of tensor (on the default device of ``backend``)."""
+    return _as_parameter.lower(jax.ShapeDtypeStruct(shape, stored), transpose=transpose, dtype=dtype).compile()
+
+
+def _programs(kinds: list[tuple]) -> dict[tuple, Future]:
+    """Every kind's :func:`_program`, compiled in background threads (XLA compiles without the GIL):
+    a 2 GB Llama needs 7, ~0.2 s each, while the first tensors are read and placed."""
+    where = (jax.default_backend(), jax.config.jax_default_device)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxdiag-compile")
+    programs = {kind: pool.submit(_program, *kind, *where) for kind in kinds}
+    pool.shutdown(wait=False)  # its threads end once the queue is compiled
+    return programs
+
+
+class _Staging:
+    """The host buffer tensors are read into on their way to the device (:data:`STAGING_BYTES`)."""
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+        self.reader: jax.Array | None = None  # the parameter last made from the buffer
+
+    def to_parameter(self, tensor: Tensor, program: Any) -> jax.Array:
+        """``tensor`` read and made a parameter on the device by ``program`` (its :func:`_program`)."""
+        shape, stored = tuple(tensor.shape), np.dtype(tensor.dtype)
+        nbytes = stored.itemsize * math.prod(shape)
+        if self.reader is not None:
+            self.reader.block_until_ready()  # the device is done with the buffer
+        if self.buffer is None or self.buffer.nbytes < nbytes or (
+                self.buffer.nbytes > STAGING_BYTES >= nbytes):
+            self.buffer = None  # freed before its successor is allocated
+            self.buffer = _aligned(nbytes)
+        host = self.buffer[:nbytes].view(stored).reshape(shape)
+        if isinstance(tensor, StoredTensor):
+            tensor.read_into(host)
+        else:  # a numpy array (pytorch_model.bin)
+            np.copyto(host, tensor)
+        self.reader = program(jax.device_put(host))
+        return self.reader
+
+
+def _aligned(nbytes: int) -> np.ndarray:
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start: start + nbytes]
+
+
 def fill_model(abstract: nnx.Module, weights: dict[str, Tensor], *, source: str, what: str,
                rule: WeightNames, keep_bf16: bool = False) -> nnx.Module:
-    """``abstract`` (an ``nnx.eval_shape`` model) with its parameters set from HF-named ``weights``
+    """``abstract`` (:meth:`Family.abstract`: shapes only) with its parameters set from HF-named ``weights``
     (names already mapped by :func:`hf_names`), checked name by name, shape by shape and dtype by
-    dtype. Each is read (memory-mapped) and put on the device in turn; ``keep_bf16``: a bfloat16
-    tensor stays bfloat16, else every parameter takes the model's dtype (float32)."""
+    dtype. Each is read into a host buffer, put on the device and transposed and cast there
+    (:class:`_Staging`); ``keep_bf16``: a bfloat16 tensor stays bfloat16, else every parameter takes
+    the model's dtype (float32)."""
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     matched = match_weights(flat, weights, source=source, what=what, rule=rule)
-
-    def on_device(path, var) -> jax.Array:
-        name, transpose = matched[path]
-        value = weights[name]
-        value = value.read() if isinstance(value, StoredTensor) else value
-        dtype = value.dtype if keep_bf16 and value.dtype == jnp.bfloat16 else var.dtype
-        return jnp.asarray(value.T if transpose else value, dtype=dtype)  # the tensor's pages unmapped after
-
-    # a few tensors at a time (the copies release the GIL): the cores share the work, and the host holds
-    # at most that many tensors' pages besides the parameters already on the device
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for (path, var), array in zip(flat, pool.map(lambda item: on_device(*item), flat)):
-            var.set_value(array)
+    tensors = {path: weights[matched[path][0]] for path, _ in flat}
+    nbytes = {path: np.dtype(t.dtype).itemsize * math.prod(t.shape) for path, t in tensors.items()}
+    # the largest first: the peak (parameters placed + the buffer) then comes early, while few
+    # parameters are placed, and the buffer is allocated twice (:data:`STAGING_BYTES`)
+    order = sorted(flat, key=lambda item: -nbytes[item[0]])
+    kinds = {}
+    for path, var in order:
+        stored = np.dtype(tensors[path].dtype)
+        dtype = stored if keep_bf16 and stored == jnp.bfloat16 else np.dtype(var.dtype)
+        # as the device holds it (float64 is float32 there unless jax_enable_x64)
+        on_device = np.dtype(jax.dtypes.canonicalize_dtype(stored))
+        kinds[path] = (tuple(tensors[path].shape), on_device, matched[path][1], dtype)
+    programs = _programs(list(dict.fromkeys(kinds.values())))
+    staging = _Staging()
+    for path, var in order:
+        var.set_value(staging.to_parameter(tensors[path], programs[kinds[path]].result()))
+    jax.block_until_ready([var.get_value() for _, var in flat])
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
@@ -220,7 +294,7 @@ def build_model(config, weights: dict[str, np.ndarray], *, precision: Precision 
     entry = registered(config.model_type, source=source)
     weights = hf_names(weights, entry.weights)
     config = entry.model.configure(config, list(weights))  # e.g. an encoder's MLM head, when stored
-    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
+    abstract = entry.model.abstract(config, precision=precision)
     model = fill_model(abstract, weights, source=source, what=f"a {config.model_type} model", rule=entry.weights,
                        keep_bf16=precision == "bf16")
     model.weights_dtype = stored_dtype(weights)
@@ -250,7 +324,7 @@ def build_sharded_model(config, tensors: Mapping[str, SliceableTensor], mesh: Me
     entry = registered(config.model_type, source=source)
     weights = hf_names(tensors, entry.weights)
     config = entry.model.configure(config, list(weights))
-    abstract = nnx.eval_shape(lambda: entry.model(config, precision=precision, rngs=nnx.Rngs(0)))
+    abstract = entry.model.abstract(config, precision=precision)
     matched = match_weights(nnx.to_flat_state(nnx.state(abstract)), weights, source=source,
                             what=f"a {config.model_type} model", rule=entry.weights)
 

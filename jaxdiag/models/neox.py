@@ -21,8 +21,8 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.edits import shifted
-from jaxdiag.models.family import (ACTIVATIONS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
-                                   head_rows, linear_heads, tied_unembed)
+from jaxdiag.models.family import (ACTIVATIONS, ONES, ZEROS, Block as BlockInterface, Context, Family, WeightNames,
+                                   graddrop, head_rows, linear_heads, normal, tied_unembed)
 from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
 from jaxdiag.schema import Precision
 
@@ -71,11 +71,12 @@ class NeoXConfig:
 
 def _linear(n_in, n_out, bias, dtype, precision, rngs) -> nnx.Linear:
     return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, precision=precision, rngs=rngs,
-                      kernel_init=nnx.initializers.normal(0.02))
+                      kernel_init=normal(0.02), bias_init=ZEROS)
 
 
 def _layer_norm(config: NeoXConfig, dtype, rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, dtype=dtype, use_fast_variance=False, rngs=rngs)
+    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_eps, dtype=dtype, use_fast_variance=False, rngs=rngs,
+                         scale_init=ONES, bias_init=ZEROS)
 
 
 class Attention(nnx.Module):
@@ -149,7 +150,7 @@ class NeoX(Family):
     def __init__(self, config: NeoXConfig, *, precision: Precision = "highest", rngs: nnx.Rngs):
         dtype, matmul_precision = self._precision(config, precision)
         self.embed_in = nnx.Embed(config.vocab_size, config.n_embd, dtype=dtype, rngs=rngs,
-                                  embedding_init=nnx.initializers.normal(0.02))
+                                  embedding_init=normal(0.02))
         self.layers = nnx.List([Block(config, dtype=dtype, precision=matmul_precision, rngs=rngs)
                                 for _ in range(config.n_layer)])
         self.final_layer_norm = _layer_norm(config, dtype, rngs)

@@ -227,9 +227,10 @@ def replicated_remainder(model: nnx.Module) -> dict[str, int]:
 
 def place_parameters(abstract: nnx.Module, tensor_of: Callable[[tuple], tuple[SliceableTensor, bool]],
                      mesh: Mesh) -> nnx.Module:
-    """``abstract`` (an ``nnx.eval_shape`` model) with every parameter streamed into its shards on
-    ``mesh``: ``tensor_of(path)`` gives the checkpoint tensor of a parameter and whether it is stored
-    transposed. Fused q/k/v are made head-major and read in that order."""
+    """``abstract`` (a shapes-only model, :meth:`jaxdiag.models.family.Family.abstract`) with every
+    parameter streamed into its shards on ``mesh``: ``tensor_of(path)`` gives the checkpoint tensor
+    of a parameter and whether it is stored transposed. Fused q/k/v are made head-major and read in
+    that order."""
     permutations = head_major_layouts(abstract)
     shardings = parameter_shardings(abstract, mesh)
     graphdef, state = nnx.split(abstract)
