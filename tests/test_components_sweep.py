@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 import jaxdiag
-from jaxdiag.causal.components import direct_logit_attribution, logit_lens, position_patches
+from jaxdiag.causal.components import metric_components, position_patches
 from jaxdiag.causal.effects import clean_trace, task_readout
 from jaxdiag.cli import main
 from tests.sweep_helpers import TOKEN_MODEL, save_tiny_model
@@ -85,8 +85,8 @@ def test_stored_components_equal_the_functions(store):
         trace = clean_trace(model, t, lengths)
         readout = task_readout(model, lengths, target, foil)
         clean = readout(trace.hidden)
-        ours = direct_logit_attribution(model, trace, target, foil, lengths - 1)
-        ours |= logit_lens(model, trace, target, foil, lengths - 1, rank=True)
+        kept = model(t, lengths, hidden=False, keep=lengths - 1).kept
+        ours = metric_components(model, kept, target, foil, ("dla", "lens_rank"))
         ours |= position_patches(model, t, lengths, trace, clean_trace(model, s, lengths), readout, clean,
                                  ("patch_resid", "patch_head_pos"))
         for name, value in ours.items():

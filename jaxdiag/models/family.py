@@ -206,14 +206,37 @@ class WeightNames:
     aliases: tuple[tuple[str, str], ...] = ()
 
 
+def at_position(values: jax.Array, position: jax.Array) -> jax.Array:
+    """``values [b, seq, ...]`` at each prompt's ``position [b]``: ``[b, ...]``."""
+    index = position.reshape((-1,) + (1,) * (values.ndim - 1))
+    return jnp.take_along_axis(values, index, axis=1)[:, 0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """The unedited pass at one position per prompt (``Family.__call__(keep=...)``): per layer its input
+    ``residual[l] [b, d]`` (``residual[n_layer]``: the last block's output, before the final norm), its
+    attention output ``attn_out[l] [b, d]`` and its heads' outputs ``heads[l] [b, h, d_head]`` (before the
+    output projection), and the final norm's output ``hidden [b, d]``: what direct logit attribution and
+    the logit lens read (:mod:`jaxdiag.causal.components`)."""
+
+    residual: list
+    attn_out: list
+    heads: list
+    hidden: jax.Array
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Forward:
-    """What a forward pass returns: ``hidden`` and ``logits`` if asked; each probe's arrays."""
+    """What a forward pass returns: ``hidden`` and ``logits`` if asked; each probe's arrays; with ``keep``,
+    the pass at those positions (:class:`Kept`)."""
 
     hidden: jax.Array | None
     logits: jax.Array | None
     probes: dict[str, jax.Array]
+    kept: Kept | None = None
 
 
 class Family(nnx.Module):
@@ -248,7 +271,7 @@ class Family(nnx.Module):
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, probes: Sequence[Probe] = (),
                  query: QueryMode = "last", edit: HeadEdit | None = None, logits: bool = False,
-                 hidden: bool = True, attention: AttentionImpl = "auto") -> Forward:
+                 hidden: bool = True, attention: AttentionImpl = "auto", keep: jax.Array | None = None) -> Forward:
         """Run the model on right-padded ``tokens [batch, seq]`` with true ``lengths [batch]``.
 
         Args:
@@ -265,26 +288,38 @@ class Family(nnx.Module):
             visits keys in blocks with O(b h q) memory (:mod:`jaxdiag.probes.streaming`);
             ``"auto"`` (default) picks streaming for long prompts or large score tensors unless a
             probe needs the pattern. Both give the same values to float32 rounding.
+          keep: positions ``[b]`` (a token index per prompt): also return the pass there
+            (:class:`Kept`). In a probes-only pass the last block's output projection and MLP then
+            run at those positions alone, since nothing else reads them.
         """
         ctx = self.context(tokens, lengths, probes=probes, query=query, edit=edit, attention=attention)
         probes_only = not (hidden or logits)
         blocks = self.blocks()
         # The last layer's output feeds only the final norm: a probes-only pass of the last rows
         # reads its attention alone.
-        rows_only = (probes_only and query == "last" and not any(p.reads_outputs for p in ctx.probes)
+        rows_only = (probes_only and keep is None and query == "last" and not any(p.reads_outputs for p in ctx.probes)
                      and hasattr(blocks[-1], "probe_rows"))
         x = self.embed(tokens)
         per_layer = []
+        kept = None if keep is None else Kept([], [], [], None)
         for i, block in enumerate(blocks):
             if rows_only and i == len(blocks) - 1:
                 per_layer.append(block.probe_rows(x, ctx, i))
                 break
-            x, probed = block(x, ctx, i)
+            if kept is None:
+                x, probed = block(x, ctx, i)
+            else:
+                x, probed = _keeping(block, x, ctx, i, keep, kept, alone=probes_only and i == len(blocks) - 1)
             per_layer.append(probed)
+        if kept is not None:
+            last = x[:, 0] if probes_only else at_position(x, keep)
+            kept.residual.append(last)
+            kept = dataclasses.replace(kept, hidden=self.final(last))
         if probes_only:
-            return Forward(None, None, stack_layers(per_layer))
+            return Forward(None, None, stack_layers(per_layer), kept)
         final = self.final(x)
-        return Forward(final if hidden else None, self.unembed(final) if logits else None, stack_layers(per_layer))
+        return Forward(final if hidden else None, self.unembed(final) if logits else None, stack_layers(per_layer),
+                       kept)
 
     def final_norm(self) -> nnx.Module:
         """The norm :meth:`final` applies (an ``nnx.LayerNorm`` or an RMSNorm with ``eps`` / ``unit_offset``)."""
@@ -313,6 +348,22 @@ class Family(nnx.Module):
         return make_context(tokens, lengths, mask=self.mask, window=self.window, n_positions=self.config.n_positions,
                             n_head=self.config.n_head, probes=probes, query=query, edit=edit, attention=attention,
                             family=self.family)
+
+
+def _keeping(block: "Block", x: jax.Array, ctx: Context, layer: int, keep: jax.Array, kept: Kept, *,
+             alone: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``block(x, ctx, layer)`` (the same parts in the same order) that also appends its input, heads' outputs
+    and attention output at ``keep`` to ``kept``; ``alone``: only the output at ``keep`` is wanted, so the
+    projection and the rest of the block run there alone (``[b, 1, d]``)."""
+    heads, probed = block.attention_heads(x, ctx, layer)
+    x_at, heads_at = at_position(x, keep), at_position(heads, keep)
+    if alone:
+        x, heads = x_at[:, None], heads_at[:, None]
+    attn_out = block.project(heads)
+    kept.residual.append(x_at)
+    kept.heads.append(heads_at)
+    kept.attn_out.append(attn_out[:, 0] if alone else at_position(attn_out, keep))
+    return block.resume(block.carry(x, attn_out)), probed
 
 
 def graddrop(update: jax.Array, drop: jax.Array | None) -> jax.Array:
