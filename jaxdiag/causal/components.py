@@ -83,7 +83,7 @@ def direct_logit_attribution(model: Family, kept: Kept, target: jax.Array, foil:
     at the position ``kept`` holds (the metric position); they sum to it exactly. NaN without a target.
 
     Only ``[b, d]`` vectors at that position are read: each head's term folds its rows of the output
-    projection with the direction, ``heads[b, h, k] . (W_O[h, k, :] . w[b, :])``."""
+    projection with the direction, ``sum_k heads[b, h, k] (W_O[h, k, :] . w[b, :])``."""
     u = logit_direction(model, target, foil)
     gain, beta, centred = norm_gain(model.final_norm(), kept.residual[-1])
     w = gain * u
@@ -93,11 +93,15 @@ def direct_logit_attribution(model: Family, kept: Kept, target: jax.Array, foil:
     heads, biases = [], []
     for block, acts, g in zip(model.blocks(), kept.heads, _gains(model, kept.attn_out)):
         wl = w * g  # the direction before a normalised attention output
-        w_out = block.out_weights().astype(jnp.float32)  # [h, d_head, d]
-        heads.append(jnp.einsum("bhk,hkd,bd->bh", acts.astype(jnp.float32), w_out, wl,
-                                precision=model.matmul_precision))
-        bias = block.project(jnp.zeros((1, 1) + acts.shape[1:], acts.dtype))[0, 0]  # the projection of nothing
-        biases.append(jnp.einsum("d,bd->b", bias.astype(jnp.float32), wl))
+        w_out = block.out_weights()  # [h, d_head, d]
+        # W_O folded with the direction first, as one [b, d] x [d, h d_head] product: a three-operand einsum
+        # compiled to a product XLA:CPU ran ~10x slower (benchmarks/BEYOND_HEADS.md)
+        folded = jnp.matmul(wl, w_out.reshape(-1, w_out.shape[-1]).T.astype(jnp.float32),
+                            precision=model.matmul_precision).reshape(acts.shape)
+        heads.append(jnp.sum(acts.astype(jnp.float32) * folded, axis=-1))
+        bias = block.out_bias()
+        biases.append(jnp.zeros_like(target, jnp.float32) if bias is None
+                      else jnp.einsum("d,bd->b", bias.astype(jnp.float32), wl))
     mlps = [read(m) for m in mlp_contributions(model, kept.residual, kept.attn_out)]
     defined = (target >= 0)
     nan = lambda v: jnp.where(defined.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.nan)

@@ -39,8 +39,8 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
-from jaxdiag.models.family import (ACTIVATIONS, Block, Context, Family, WeightNames, graddrop, head_rows, linear_heads,
-                                   tied_unembed)
+from jaxdiag.models.family import (ACTIVATIONS, Block, Context, Family, WeightNames, graddrop, head_rows, linear_bias,
+                                   linear_heads, tied_unembed)
 from jaxdiag.schema import Precision
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +170,9 @@ class BertLayer(Block):
 
     def out_weights(self) -> jax.Array:
         return head_rows(self.attention.output.dense, self.n_head)
+
+    def out_bias(self) -> jax.Array | None:
+        return linear_bias(self.attention.output.dense)
 
     def carry(self, x: jax.Array, attn_out: jax.Array) -> tuple[jax.Array, jax.Array]:
         return x, attn_out
@@ -331,6 +334,9 @@ class AlbertLayer(Block):
 
     def out_weights(self) -> jax.Array:
         return head_rows(self.attention.dense, self.n_head)
+
+    def out_bias(self) -> jax.Array | None:
+        return linear_bias(self.attention.dense)
 
     def carry(self, x: jax.Array, attn_out: jax.Array) -> tuple[jax.Array, jax.Array]:
         return x, attn_out

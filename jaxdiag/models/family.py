@@ -297,20 +297,26 @@ class Family(nnx.Module):
         blocks = self.blocks()
         # The last layer's output feeds only the final norm: a probes-only pass of the last rows
         # reads its attention alone.
-        rows_only = (probes_only and keep is None and query == "last" and not any(p.reads_outputs for p in ctx.probes)
+        rows_only = (probes_only and query == "last" and not any(p.reads_outputs for p in ctx.probes)
                      and hasattr(blocks[-1], "probe_rows"))
         x = self.embed(tokens)
         per_layer = []
         kept = None if keep is None else Kept([], [], [], None)
         for i, block in enumerate(blocks):
-            if rows_only and i == len(blocks) - 1:
+            alone = probes_only and i == len(blocks) - 1  # only what is kept reads the last block's output
+            if rows_only and alone:
                 per_layer.append(block.probe_rows(x, ctx, i))
-                break
-            if kept is None:
+                if kept is None:
+                    break
+                # the probes as a pass without `keep` reads them, so they are the same bit for bit;
+                # the heads at `keep` from an attention without probes
+                x, _ = _keeping(block, x, dataclasses.replace(ctx, probes=()), i, keep, kept, alone=True)
+            elif kept is None:
                 x, probed = block(x, ctx, i)
+                per_layer.append(probed)
             else:
-                x, probed = _keeping(block, x, ctx, i, keep, kept, alone=probes_only and i == len(blocks) - 1)
-            per_layer.append(probed)
+                x, probed = _keeping(block, x, ctx, i, keep, kept, alone=alone)
+                per_layer.append(probed)
         if kept is not None:
             last = x[:, 0] if probes_only else at_position(x, keep)
             kept.residual.append(last)
@@ -399,6 +405,12 @@ class Block(nnx.Module):
     def out_weights(self) -> jax.Array:
         raise NotImplementedError
 
+    def out_bias(self) -> jax.Array | None:
+        """The output projection's bias ``[d_model]`` (``None``: it has none), what :meth:`project` adds
+        whatever the heads; by default the projection of nothing (families read their module's bias)."""
+        w = self.out_weights()
+        return self.project(jnp.zeros((1, 1) + w.shape[:2], w.dtype))[0, 0]
+
     def carry(self, x: jax.Array, attn_out: jax.Array) -> Any:
         """Sequential residual: the stream after the attention part, ``x + attn_out``."""
         return x + attn_out
@@ -422,6 +434,11 @@ def linear_heads(linear: nnx.Linear, heads: jax.Array) -> jax.Array:
     """An output projection of ``heads [b, s, h, d]`` (flattened to ``[b, s, h d]``)."""
     batch, seq = heads.shape[:2]
     return linear(heads.reshape(batch, seq, -1))
+
+
+def linear_bias(linear: nnx.Linear) -> jax.Array | None:
+    """An output projection's bias ``[d_model]``, ``None`` without one (:meth:`Block.out_bias`)."""
+    return None if linear.bias is None else linear.bias[...]
 
 
 def head_rows(linear: nnx.Linear, n_head: int) -> jax.Array:

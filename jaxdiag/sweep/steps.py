@@ -37,8 +37,10 @@ def diagnostics_at_metric_step(graphdef, query: QueryMode, kinds: Sequence[str],
     """The diagnostics step that also reads the clean ``metric`` and ``kinds`` (of :data:`METRIC_KINDS`: DLA,
     the logit lens) at each prompt's metric position, from the same forward pass: a jitted
     ``(state, tokens, lengths, target, foil, position) -> {name: [b, ...]}`` (``position`` ``None``: the
-    last real one). The pass keeps only ``[b, d]`` vectors at that position (:class:`Kept`); its last
-    block runs in full for the keys and values but projects and runs its MLP at that position alone."""
+    last real one). The pass keeps only ``[b, d]`` vectors at that position
+    (:class:`jaxdiag.models.family.Kept`); its last block attends from every row (no probes there: those
+    come from the probed rows as in :func:`diagnostics_step`) but projects and runs its MLP at that position
+    alone."""
     @jax.jit
     def step(state, tokens, lengths, target, foil, position):
         model = nnx.merge(graphdef, state)
@@ -58,10 +60,11 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     ``partner`` (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for
     ``mean``; ``position [b]`` is where each metric is read (default: the last real position).
     The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
-    run with whole-head effects or patching by position stores the same diagnostics, bit for bit, as
-    one without. DLA and the logit lens (:data:`METRIC_KINDS`) are read in the diagnostics' own pass
-    instead (:func:`diagnostics_at_metric_step`; what that saves: benchmarks/BEYOND_HEADS.md), whose diagnostics equal the plain step's to float32 rounding. The
-    stored ``metric`` is the effects' program's where it runs, else that pass's.
+    run with effects stores the same diagnostics, bit for bit, as one without. DLA and the logit lens
+    (:data:`METRIC_KINDS`) are read in the diagnostics' own pass instead
+    (:func:`diagnostics_at_metric_step`; what that saves: benchmarks/BEYOND_HEADS.md), whose probes
+    are computed as the plain step computes them, so its diagnostics are the same bit for bit too.
+    The stored ``metric`` is the effects' program's where that runs, else the diagnostics pass's.
     """
     components = [kind for kind in kinds if kind not in head_effect_kinds(kinds)]
     kinds = head_effect_kinds(kinds)
@@ -86,8 +89,9 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
         if patching:  # one clean trace for every kind (a run of whole-head kinds alone computes what it did)
             trace = clean_trace(model, tokens, lengths)
             metric = readout(trace.hidden)
-            out |= {"metric": metric} | position_patches(model, tokens, lengths, trace, clean_trace(model, partner, lengths),
-                                                         readout, metric, patching, per_step=patches_per_step)
+            partner_trace = clean_trace(model, partner, lengths)
+            out |= {"metric": metric} | position_patches(model, tokens, lengths, trace, partner_trace, readout, metric,
+                                                         patching, per_step=patches_per_step)
         if not kinds:
             return out
         metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
