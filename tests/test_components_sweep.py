@@ -94,6 +94,26 @@ def test_stored_components_equal_the_functions(store):
             np.testing.assert_allclose(stored, np.asarray(value), rtol=1e-4, atol=1e-5, err_msg=f"{condition} {name}")
 
 
+def test_notebook_effects_equal_the_store_bit_for_bit(store):
+    """jaxdiag.effects with the component kinds: the store's variables, dims and bits (the CLI's step builder and
+    the store's variable shapes), the position coordinate included."""
+    from tests.test_notebook_api import assert_bits_equal
+
+    model_dir, prompts, ds, _ = store
+    rows = [json.loads(line) for line in prompts.read_text().splitlines()]
+    both = [r for r in rows if r["condition"] == "clean"] + [r for r in rows if r["condition"] == "corrupt"]
+    model = jaxdiag.load(str(model_dir), prepend_bos=False)
+    fx = jaxdiag.effects(model, [r["tokens"] for r in both], target=[r["target"] for r in both],
+                         foil=[r.get("foil") for r in both], pairs=[r["pair"] for r in both], kinds=KINDS.split(","),
+                         batch_size=2, progress=False)
+    np.testing.assert_array_equal(fx["position"].values, ds["position"].values)
+    half = len(both) // 2
+    for condition, part in (("clean", slice(0, half)), ("corrupt", slice(half, None))):
+        stored = ds.sel(condition=condition)
+        api = fx.isel(prompt=part).assign_coords(prompt=stored["prompt"].values)
+        assert_bits_equal(api, stored)
+
+
 def test_unpaired_prompts_and_encoders_are_one_line_errors(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "model", seed=4, **TOKEN_MODEL)
     prompts = tmp_path / "unpaired.jsonl"

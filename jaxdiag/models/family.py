@@ -28,12 +28,14 @@ code (:mod:`jaxdiag.causal.effects`) is written against them alone:
 ``block(x, ctx, layer)`` is that composition, so the clean forward and the edited restarts are the
 same code.
 
-Direct logit attribution (:mod:`jaxdiag.causal.components`) asks two more questions, with defaults
+Direct logit attribution (:mod:`jaxdiag.causal.components`) asks three more questions, with defaults
 for the usual case: ``block.attention_gain(attn_out)`` is the factor by which the attention output
 joins the residual with a normalising norm's scale frozen (``None``: it joins as is; Gemma's
-post-attention norm), and a model's ``final_norm()`` / ``unembed_rows(ids)`` / ``cap_logits`` are the
-last norm module, the unembedding's rows of some token ids ``[..., d_model]``, and what the model does
-to raw logits (Gemma 2's soft cap).
+post-attention norm), ``block.out_bias()`` the output projection's bias (default: the projection of
+nothing), and a model's ``final_norm()`` / ``unembed_rows(ids)`` / ``cap_logits`` are the last norm
+module, the unembedding's rows of some token ids ``[..., d_model]``, and what the model does to raw
+logits (Gemma 2's soft cap). It reads the forward pass at the metric position alone
+(``model(..., keep=position)``: :class:`Kept`).
 """
 
 from __future__ import annotations

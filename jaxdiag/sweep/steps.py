@@ -113,6 +113,16 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     return step
 
 
+def sweep_step_builder(query: QueryMode, kinds: Sequence[str], *, batch_size: int, max_len: int, config,
+                       head_mean: np.ndarray | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES):
+    """``graphdef -> sweep_step(...)`` for batches of ``batch_size`` prompts of at most ``max_len`` tokens,
+    with the heads and position patches per step a sweep takes (the CLI's run and :func:`jaxdiag.effects`)."""
+    heads_per_step = effect_heads_per_step(batch_size, max_len, config)
+    patches_per_step = edits_per_step(batch_size, max_len, config)
+    return lambda graphdef: sweep_step(graphdef, query, kinds, head_mean=head_mean, heads_per_step=heads_per_step,
+                                       probes=probes, patches_per_step=patches_per_step)
+
+
 def head_sums_step(graphdef):
     """A jitted ``(state, tokens, lengths) -> {"head_sum": [b, layer, head, d], "n_real": [b]}`` per prompt."""
     @jax.jit
