@@ -310,3 +310,26 @@ def test_patching_matches_transformer_lens(tmp_path):
             if kind == "patch_head_pos":
                 result = np.swapaxes(result, 1, 2)  # TL: [layer, pos, head]; ours: [layer, head, pos]
             np.testing.assert_allclose(ours[f"effect_{kind}"][b], result, atol=1e-4, err_msg=kind)
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama-gqa-tied"])
+def test_diagnostics_with_dla_and_lens_are_the_plain_steps_bit_for_bit(tmp_path, case):
+    """DLA and the lens are read in the diagnostics' own pass (Family.__call__(keep=...)); the diagnostics it
+    gives are the plain diagnostics step's, bit for bit (GPT-2's last block still probes its rows alone)."""
+    from flax import nnx
+
+    from jaxdiag.sweep.runner import diagnostics_step
+    from jaxdiag.sweep.steps import sweep_step
+
+    _, directory = _build(tmp_path, case)
+    tokens, lengths, target, foil = _batch()
+    model = jaxdiag.load(str(directory)).model
+    graphdef, state = nnx.split(model)
+    t, n = jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    plain = diagnostics_step(graphdef, "last")(state, t, n)
+    fused = sweep_step(graphdef, "last", ("dla", "lens"))(state, t, n, jnp.asarray(target, jnp.int32),
+                                                          jnp.asarray(foil, jnp.int32))
+    assert {"dla", "lens_metric", "metric"} <= set(fused)
+    for name, value in plain.items():
+        np.testing.assert_array_equal(np.asarray(fused[name]).view(np.uint32), np.asarray(value).view(np.uint32),
+                                      err_msg=name)

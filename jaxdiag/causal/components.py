@@ -94,8 +94,9 @@ def direct_logit_attribution(model: Family, kept: Kept, target: jax.Array, foil:
     for block, acts, g in zip(model.blocks(), kept.heads, _gains(model, kept.attn_out)):
         wl = w * g  # the direction before a normalised attention output
         w_out = block.out_weights()  # [h, d_head, d]
-        # W_O folded with the direction first, as one [b, d] x [d, h d_head] product: a three-operand einsum
-        # compiled to a product XLA:CPU ran ~10x slower (benchmarks/BEYOND_HEADS.md)
+        # W_O folded with the direction first, as one [b, d] x [d, h d_head] product: the three-operand einsum
+        # "bhk,hkd,bd->bh" compiled to a product XLA:CPU ran 4x slower alone and that cost +50% of the
+        # diagnostics inside the step (benchmarks/BEYOND_HEADS.md)
         folded = jnp.matmul(wl, w_out.reshape(-1, w_out.shape[-1]).T.astype(jnp.float32),
                             precision=model.matmul_precision).reshape(acts.shape)
         heads.append(jnp.sum(acts.astype(jnp.float32) * folded, axis=-1))
