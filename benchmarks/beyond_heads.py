@@ -1,4 +1,4 @@
-"""What patching by position, DLA and the logit lens cost: ``python -m benchmarks.beyond_heads [--smoke] [--out-dir DIR]``.
+"""What patching by position, DLA and the logit lens cost: ``python -m benchmarks.beyond_heads [--smoke] [--overhead-only] [--out-dir DIR]``.
 
 Measures, in one run on this machine, on a GPT-2-small-shaped random model (``--smoke``: a tiny one)
 and pairs of equal-length prompts:
@@ -8,10 +8,14 @@ and pairs of equal-length prompts:
   layer, edits batched in one compiled step) against TransformerLens 4's ``patching.get_act_patch_resid_pre``
   and ``get_act_patch_attn_head_out_by_pos`` on the same weights (a ``TransformerBridge`` booted from the
   same checkpoint), in patches per second (prompt x edit);
-- the cost of ``dla`` and of ``lens`` over the diagnostics alone (the sweep's step with and without them).
+- the cost of ``dla`` and of ``lens`` over the diagnostics alone (the sweep's step with and without them:
+  one forward pass either way, the diagnostics' own), the three steps called in alternation for many
+  rounds so that they see the same load, with the load average before and after.
 
 Results: ``BEYOND_HEADS.md`` and ``beyond_heads.json`` in ``--out-dir`` (default: this folder), with
-the machine, its CPU flags, the date and the command.
+the machine, its CPU flags, the date and the command; ``--overhead-only`` measures the second part
+alone (TransformerLens's head-by-position patching takes an hour on two loaded cores) into
+``BEYOND_HEADS_overhead.md`` / ``beyond_heads_overhead.json``.
 """
 
 from __future__ import annotations
@@ -29,20 +33,22 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import best_of, random_prompts
+from benchmarks.measure import best_of, load_average, random_prompts
 from benchmarks.run import GPT2_SMALL, machine_info
 from benchmarks.workers import make_checkpoint
 
 HERE = Path(__file__).resolve().parent
 PROFILES = {
-    "full": dict(model=GPT2_SMALL, seq=12, n_pairs=2, repeats=1),
+    "full": dict(model=GPT2_SMALL, seq=12, n_pairs=2, repeats=1, rounds=100),
     "smoke": dict(model=dict(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4), seq=6, n_pairs=2,
-                  repeats=1),
+                  repeats=1, rounds=2),
 }
+# The steps whose cost is compared with the diagnostics alone; timed in alternation, round after round.
+OVERHEAD = ("diagnostics", "dla", "lens")
 
 
 def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, target: np.ndarray, foil: np.ndarray,
-                  repeats: int) -> dict[str, Any]:
+                  repeats: int, rounds: int, patching: bool = True) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -60,22 +66,35 @@ def bench_jaxdiag(checkpoint: str, clean: np.ndarray, corrupt: np.ndarray, targe
     per_step = edits_per_step(len(clean), clean.shape[1], cfg)
     diagnose = diagnostics_step(graphdef, "last")
     runs = {"diagnostics": lambda: diagnose(state, tokens, lengths)}
-    for kind in ("dla", "lens", "patch_resid", "patch_head_pos"):
+    for kind in ("dla", "lens", *(("patch_resid", "patch_head_pos") if patching else ())):
         step = sweep_step(graphdef, "last", (kind,), patches_per_step=per_step)
         runs[kind] = lambda step=step: step(state, tokens, lengths, target, foil, partner)
     edits = {"patch_resid": cfg.n_layer * clean.shape[1], "patch_head_pos": cfg.n_layer * cfg.n_head * clean.shape[1]}
-    out: dict[str, Any] = {"jax_version": jax.__version__, "backend": jax.default_backend(), "patches_per_step": per_step}
+    out: dict[str, Any] = {"jax_version": jax.__version__, "backend": jax.default_backend(), "patches_per_step": per_step,
+                           "rounds": rounds}
     for name, run in runs.items():
         t0 = time.perf_counter()
         jax.block_until_ready(run())
-        compile_s = time.perf_counter() - t0
-        seconds = min(best_of(lambda: jax.block_until_ready(run()), repeats))
-        out[name] = {"seconds": seconds, "compile_and_first_s": round(compile_s, 2)}
-        if name in edits:
-            out[name]["patches_per_s"] = len(clean) * edits[name] / seconds
-    base = out["diagnostics"]["seconds"]
-    for name in ("dla", "lens"):
-        out[name]["overhead_vs_diagnostics"] = (out[name]["seconds"] - base) / base
+        out[name] = {"compile_and_first_s": round(time.perf_counter() - t0, 2)}
+    # the compared steps alternate, one call each per round, so that all of them see the same load
+    times: dict[str, list[float]] = {name: [] for name in OVERHEAD}
+    out["overhead_load_before"] = load_average()
+    for _ in range(rounds):
+        for name in OVERHEAD:
+            t0 = time.perf_counter()
+            jax.block_until_ready(runs[name]())
+            times[name].append(time.perf_counter() - t0)
+    out["overhead_load_after"] = load_average()
+    base = np.asarray(times["diagnostics"])
+    for name in OVERHEAD:
+        t = np.asarray(times[name])
+        out[name] |= {"seconds": float(t.min()), "median_s": float(np.median(t))}
+        if name != "diagnostics":  # min over min, and the median of each round's own ratio (robust to load swings)
+            out[name]["overhead_vs_diagnostics"] = float(t.min() / base.min() - 1)
+            out[name]["paired_median_overhead"] = float(np.median(t / base) - 1)
+    for name in (edits if patching else ()):
+        seconds = min(best_of(lambda run=runs[name]: jax.block_until_ready(run()), repeats))
+        out[name] |= {"seconds": seconds, "patches_per_s": len(clean) * edits[name] / seconds}
     return out
 
 
@@ -110,6 +129,9 @@ def bench_transformerlens(checkpoint: str, clean: np.ndarray, corrupt: np.ndarra
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.beyond_heads", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny model, seconds: checks the script runs")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only dla and lens against the diagnostics (minutes; no patching, no TransformerLens): "
+                             "BEYOND_HEADS_overhead.md")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args(argv)
     p = PROFILES["smoke" if args.smoke else "full"]
@@ -125,13 +147,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "command": "python -m benchmarks.beyond_heads " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "machine": machine_info(), "python": platform.python_version(), "model": cfg,
             "prompts": {"pairs": p["n_pairs"], "tokens": p["seq"]},
-            "jaxdiag": bench_jaxdiag(checkpoint, clean, corrupt, target, foil, p["repeats"]),
-            "transformer_lens": bench_transformerlens(checkpoint, clean, corrupt, target, foil, p["repeats"]),
+            "load_before": load_average(),
+            "jaxdiag": bench_jaxdiag(checkpoint, clean, corrupt, target, foil, p["repeats"], p["rounds"],
+                                     patching=not args.overhead_only),
         }
-    for kind in ("patch_resid", "patch_head_pos"):
-        results[f"{kind}_speedup"] = (results["jaxdiag"][kind]["patches_per_s"]
-                                      / results["transformer_lens"][kind]["patches_per_s"])
-    name = "BEYOND_HEADS_smoke" if args.smoke else "BEYOND_HEADS"
+        if not args.overhead_only:
+            results["transformer_lens"] = bench_transformerlens(checkpoint, clean, corrupt, target, foil, p["repeats"])
+        results["load_after"] = load_average()
+    if not args.overhead_only:
+        for kind in ("patch_resid", "patch_head_pos"):
+            results[f"{kind}_speedup"] = (results["jaxdiag"][kind]["patches_per_s"]
+                                          / results["transformer_lens"][kind]["patches_per_s"])
+    name = "BEYOND_HEADS" + ("_smoke" if args.smoke else "") + ("_overhead" if args.overhead_only else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{name.lower()}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (args.out_dir / f"{name}.md").write_text(report(results))
@@ -139,22 +166,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> str:
-    j, t = r["jaxdiag"], r["transformer_lens"]
+    j, t = r["jaxdiag"], r.get("transformer_lens")
     m = r["machine"]
     lines = [f"# Patching by position, DLA and the logit lens: cost", "",
              f"- date: {r['date']}", f"- command: `{r['command']}`",
              f"- machine: {json.dumps(m, default=str)}",
              f"- model: {json.dumps(r['model'])}; {r['prompts']['pairs']} pairs of {r['prompts']['tokens']} tokens",
-             f"- jax {j['jax_version']} ({j['backend']}), {j['patches_per_step']} edits per step; torch threads "
-             f"{t['torch_threads']}", "",
-             "| what | jaxdiag patches/s | TransformerLens patches/s | speed-up |", "|---|---|---|---|"]
-    for kind in ("patch_resid", "patch_head_pos"):
-        lines.append(f"| {kind} | {j[kind]['patches_per_s']:.1f} | {t[kind]['patches_per_s']:.1f} | "
-                     f"{r[f'{kind}_speedup']:.2f}x |")
-    lines += ["", "| step | seconds | over the diagnostics alone |", "|---|---|---|",
-              f"| diagnostics | {j['diagnostics']['seconds']:.4f} | |"]
+             f"- jax {j['jax_version']} ({j['backend']}), {j['patches_per_step']} edits per step"
+             + (f"; torch threads {t['torch_threads']}" if t else ""),
+             f"- load average (1, 5, 15 min): {r['load_before']} at the start, {r['load_after']} at the end"]
+    if t:
+        lines += ["", "| what | jaxdiag patches/s | TransformerLens patches/s | speed-up |", "|---|---|---|---|"]
+        for kind in ("patch_resid", "patch_head_pos"):
+            lines.append(f"| {kind} | {j[kind]['patches_per_s']:.1f} | {t[kind]['patches_per_s']:.1f} | "
+                         f"{r[f'{kind}_speedup']:.2f}x |")
+    lines += ["", f"DLA and the lens against the diagnostics alone: the three steps alternate, one call each per round, "
+              f"{j['rounds']} rounds (load average {j['overhead_load_before']} before, {j['overhead_load_after']} after); "
+              "fastest and median call, the fastest over the diagnostics' fastest, and the median of each round's own "
+              "ratio.", "",
+              "| step | fastest s | median s | fastest over the diagnostics' | median of the rounds' ratios |",
+              "|---|---|---|---|---|",
+              f"| diagnostics | {j['diagnostics']['seconds']:.4f} | {j['diagnostics']['median_s']:.4f} | | |"]
     for name in ("dla", "lens"):
-        lines.append(f"| diagnostics + {name} | {j[name]['seconds']:.4f} | {100 * j[name]['overhead_vs_diagnostics']:+.0f}% |")
+        lines.append(f"| diagnostics + {name} | {j[name]['seconds']:.4f} | {j[name]['median_s']:.4f} | "
+                     f"{100 * j[name]['overhead_vs_diagnostics']:+.1f}% | {100 * j[name]['paired_median_overhead']:+.1f}% |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,8 @@
     model = jaxdiag.load("gpt2")                      # hub id or local directory
     ds = jaxdiag.diagnose(model, ["When Alice and Bob went to the store, Bob gave a drink to"])
     fx = jaxdiag.effects(model, prompts, target=[" Alice", ...], foil=[" Bob", ...], kinds=["zero"])
+    parts = jaxdiag.effects(model, prompts, target=[" Alice", ...], foil=[" Bob", ...], pairs=[0, 1, ...],
+                            kinds=["dla", "lens", "patch_resid"])  # DLA, the logit lens, patching by position
     pattern = jaxdiag.attention(model, prompts[0], layers=[9], heads=[6, 9])
 
 Every result is labelled xarray with the store's names, dims and coordinates, computed by the
@@ -32,13 +34,13 @@ from jaxdiag.probes import Probe, stored_variables
 from jaxdiag.probes.custom import resolve_probe
 from jaxdiag.models.patterns import layer_patterns
 from jaxdiag.models.sharding import make_mesh
-from jaxdiag.schema import EFFECT_KINDS, MeshShape, Precision, QueryMode, edit_of
+from jaxdiag.schema import RUN_KINDS, MeshShape, Precision, QueryMode, edit_of, needs_partner
 from jaxdiag.sweep.prompts import Prompt, single_token
 from jaxdiag.sweep.run import task_inputs
 from jaxdiag.sweep.runner import (SWEEP_PROBES, DeviceRunner, check_tokens, chunked_units, make_units,
                                   run_diagnostics, scatter)
-from jaxdiag.sweep.steps import effect_heads_per_step, head_sums_step, reference_means, sweep_step
-from jaxdiag.sweep.store import HEAD_MEAN_ATTRS, default_chunk_size, prompts_dataset
+from jaxdiag.sweep.steps import head_sums_step, reference_means, sweep_step_builder
+from jaxdiag.sweep.store import HEAD_MEAN_ATTRS, Layout, default_chunk_size, prompts_dataset
 from jaxdiag.tokenizer import Tokenizer
 
 # jaxdiag.attention refuses results above this size (float32 values) with one line: patterns grow
@@ -130,16 +132,28 @@ def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=N
       target, foil: per prompt a token id or a one-token string (e.g. ``" Mary"``), or None for
         none; one value serves every prompt. The metric is ``logit(target) - logit(foil)`` at the
         last position, ``log p(target)`` without a foil.
-      kinds: effect kinds (``schema.EFFECT_KINDS``: zero, mean, patch, atp_*, atpstar_*).
+      kinds: every kind of ``--effects`` (``schema.RUN_KINDS``): whole-head effects (zero, mean,
+        patch, atp_*, atpstar_*), direct logit attribution (``dla``), the logit lens (``lens``,
+        ``lens_rank``) and patching by position (``patch_resid``, ``patch_attn_out``,
+        ``patch_mlp_out``, ``patch_head_pos``; decoders only).
       pairs: one id per prompt; the two prompts sharing an id are patched from each other (patch
-        kinds need it; the two must have the same number of tokens).
+        kinds and patching by position need it; the two must have the same number of tokens).
       reference: the prompts whose mean head outputs ``mean`` puts in place of a head's output.
 
     Returns the store's variables for these prompts: the diagnostics, ``metric``, ``effect_<kind>``
-    (dims ``prompt, layer, head``), ``head_mean`` for mean kinds, and the coordinates ``target``,
-    ``foil``, ``pair``. Prompts are batched as a sweep batches a condition, each pair's first
-    prompts together and its second prompts together (a sweep's two conditions), so the values
-    equal those of a store made from the same prompts bit for bit.
+    (dims ``prompt, layer, head``), the component variables with the store's dims (``dla``
+    ``prompt, layer, head``; ``lens_metric`` ``prompt, layer``; ``effect_patch_resid``
+    ``prompt, layer, position``, NaN past a prompt's end; ...), ``head_mean`` for mean kinds, and
+    the coordinates ``target``, ``foil``, ``pair``. Prompts are batched as a sweep batches a
+    condition, each pair's first prompts together and its second prompts together (a sweep's two
+    conditions), so the values equal those of a store made from the same prompts bit for bit.
+
+    Example (patching the residual stream by position, DLA and the lens of IOI pairs)::
+
+        parts = jaxdiag.effects(model, ioi + abc, target=[" Mary", ...], foil=[" John", ...],
+                                pairs=[0, 1, ..., 0, 1, ...], kinds=["patch_resid", "dla", "lens"])
+        parts.effect_patch_resid.mean("prompt")  # [layer, position]
+        parts.dla.mean("prompt")                 # [layer, head]: each head's direct logit attribution
     """
     prompts = _prompt_list(prompts)
     kinds = _check_kinds(kinds)
@@ -153,7 +167,7 @@ def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=N
     foils = _task_ids(model, foil, n, "foil")
     if all(t < 0 for t in targets):
         raise JaxdiagError("effects(): no prompt has a target; give target= (a token id or one-token string per prompt)")
-    patching = any(edit_of(kind) == "patch" for kind in kinds)
+    patching = needs_partner(kinds)
     pair_ids = _check_pairs(pairs, token_lists, patching)
     swept = [dataclasses.replace(p, target=t, foil=f, pair=pair)
              for p, t, f, pair in zip(_sweep_prompts(prompts, token_lists), targets, foils, pair_ids)]
@@ -162,9 +176,8 @@ def effects(model: LoadedModel, prompts: Sequence[PromptLike], *, target, foil=N
     with _bar(n + n_reference * any(edit_of(k) == "mean" for k in kinds), progress, "jaxdiag.effects") as bar:
         head_mean = _reference_means(model, reference, kinds, batch_size, bar)
         max_len = max(len(t) for t in token_lists)
-        heads_per_step = effect_heads_per_step(batch_size, max_len, config)
-        step = lambda graphdef: sweep_step(graphdef, query, kinds, head_mean=head_mean,
-                                           heads_per_step=heads_per_step, probes=chosen)
+        step = sweep_step_builder(query, kinds, batch_size=batch_size, max_len=max_len, config=config,
+                                  head_mean=head_mean, probes=chosen)
         values = _effect_values(model, swept, kinds, chosen, query, max_len, batch_size, patching, step, bar)
     ds = prompts_dataset(swept, values, query=query, variables=stored_variables(chosen), paired=pairs is not None)
     if head_mean is not None:
@@ -254,11 +267,11 @@ def _sweep_prompts(prompts: Sequence[PromptLike], token_lists: Sequence[Sequence
 def _check_kinds(kinds: Sequence[str] | str) -> tuple[str, ...]:
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     if not kinds:
-        raise JaxdiagError(f"effects(): kinds is empty (choose from {', '.join(EFFECT_KINDS)})")
+        raise JaxdiagError(f"effects(): kinds is empty (choose from {', '.join(RUN_KINDS)})")
     for kind in kinds:
-        if kind not in EFFECT_KINDS:
-            raise JaxdiagError(f"effects(): unknown kind {kind!r} (choose from {', '.join(EFFECT_KINDS)})")
-    return tuple(kind for kind in EFFECT_KINDS if kind in kinds)  # the store's order
+        if kind not in RUN_KINDS:
+            raise JaxdiagError(f"effects(): unknown kind {kind!r} (choose from {', '.join(RUN_KINDS)})")
+    return tuple(kind for kind in RUN_KINDS if kind in kinds)  # the store's order
 
 
 def _per_prompt(values, n: int, name: str) -> list:
@@ -367,11 +380,11 @@ def _effect_values(model: LoadedModel, prompts: list[Prompt], kinds, probes, que
     # the other member's tokens (a pair of two equal prompts patches itself either way)
     partner = (lambda p: next((t for t in members[p.pair] if t != p.tokens), p.tokens)) if patching else None
     chunk_size = default_chunk_size(config.n_layer, config.n_head, max_len, query, batch_size)
-    shape = (config.n_layer, config.n_head) + ((max_len,) if query == "all" else ())
     n = len(prompts)
-    values = {name: np.full((n, *shape), np.nan, np.float32) for name in stored_variables(probes)}
-    values["metric"] = np.full((n,), np.nan, np.float32)
-    values.update({f"effect_{kind}": np.full((n, config.n_layer, config.n_head), np.nan, np.float32) for kind in kinds})
+    # every variable the store of these kinds holds, with its shape there
+    layout = Layout(("",), (n,), config.n_layer, config.n_head, max_len, query, chunk_size, {}, tuple(kinds),
+                    variables=stored_variables(probes))
+    values = {name: np.full((n, *shape), np.nan, np.float32) for name, shape in layout.value_shapes().items()}
     units = []
     for which in (0, 1):
         rows = [(row, prompts[row].tokens) for row in range(n) if side[row] == which]

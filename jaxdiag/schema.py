@@ -85,7 +85,9 @@ TASK_ATTRS: dict[str, tuple[str, str]] = {
 # Beyond whole-head effects (docs/CONTRACT.md, schema 3), asked for beside the effects (`--effects dla,lens`):
 # direct logit attribution, the logit lens (with the target's rank on request) and patching by position.
 POSITION_KINDS: tuple[str, ...] = ("patch_resid", "patch_attn_out", "patch_mlp_out", "patch_head_pos")
-COMPONENT_KINDS: tuple[str, ...] = ("dla", "lens", "lens_rank", *POSITION_KINDS)
+# read at the metric position from the diagnostics' own forward pass (jaxdiag.causal.components.metric_components)
+METRIC_KINDS: tuple[str, ...] = ("dla", "lens", "lens_rank")
+COMPONENT_KINDS: tuple[str, ...] = (*METRIC_KINDS, *POSITION_KINDS)
 RUN_KINDS: tuple[str, ...] = (*EFFECT_KINDS, *COMPONENT_KINDS)  # every kind a run config's `effects` may name
 
 

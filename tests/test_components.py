@@ -21,8 +21,9 @@ import pytest
 import torch
 
 import jaxdiag
-from jaxdiag.causal.components import POSITION_KINDS, direct_logit_attribution, logit_lens, position_patches
+from jaxdiag.causal.components import POSITION_KINDS, metric_components, position_patches
 from jaxdiag.causal.effects import clean_trace, task_metric, task_readout
+from jaxdiag.sweep.runner import SWEEP_PROBES
 from tests.families import SMALL, build, randomise
 from tests.test_effects_families import _assert_close
 
@@ -64,11 +65,13 @@ def _ours(directory, tokens, lengths, target, foil, kinds=POSITION_KINDS):
 
     @jax.jit
     def run():
+        # DLA, the lens and the metric from the diagnostics' pass at the metric position, as a sweep reads them
+        kept = model(t, n, probes=SWEEP_PROBES, hidden=False, keep=position).kept
+        out = metric_components(model, kept, a, f, ("dla", "lens_rank"))
         trace = clean_trace(model, t, n)
         readout = task_readout(model, n, a, f, position)
         clean = readout(trace.hidden)
-        out = {"metric": clean} | direct_logit_attribution(model, trace, a, f, position)
-        out |= logit_lens(model, trace, a, f, position, rank=True)
+        out["trace_metric"] = clean  # the effects' clean metric, from the full unembedding of the whole pass
         if kinds:
             partner = clean_trace(model, t[jnp.asarray(PARTNER)], n)
             out |= position_patches(model, t, n, trace, partner, readout, clean, kinds, per_step=3)
@@ -251,6 +254,7 @@ def test_dla_sum_rule_and_lens_on_every_family(tmp_path, case):
         np.testing.assert_allclose(ours["metric"][foil >= 0], (ours["raw_logits"][:, 0] - ours["raw_logits"][:, 1])[foil >= 0],
                                    rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours["lens_metric"][:, -1], ours["metric"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours["metric"], ours["trace_metric"], rtol=1e-5, atol=1e-5)
     assert np.all(ours["lens_rank"] >= 0)
     # patching the residual entering layer 0 at every position is patching the whole prompt... at the last
     # position, the residual entering layer 0 is all the metric sees of that position's token
@@ -264,6 +268,7 @@ def test_lens_rank_and_metric_without_foil(tmp_path):
     model, ours = _ours(directory, tokens, lengths, target, foil, kinds=())
     _sum_rule(ours, foil)
     np.testing.assert_allclose(ours["lens_metric"][:, -1], ours["metric"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours["metric"], ours["trace_metric"], rtol=1e-5, atol=1e-5)
     logits = np.asarray(model.unembed(jnp.asarray(model(jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32)).hidden)))
     last = logits[np.arange(len(lengths)), lengths - 1]
     expected = (last > last[np.arange(len(lengths)), target][:, None]).sum(-1)
@@ -305,3 +310,26 @@ def test_patching_matches_transformer_lens(tmp_path):
             if kind == "patch_head_pos":
                 result = np.swapaxes(result, 1, 2)  # TL: [layer, pos, head]; ours: [layer, head, pos]
             np.testing.assert_allclose(ours[f"effect_{kind}"][b], result, atol=1e-4, err_msg=kind)
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama-gqa-tied"])
+def test_diagnostics_with_dla_and_lens_are_the_plain_steps_bit_for_bit(tmp_path, case):
+    """DLA and the lens are read in the diagnostics' own pass (Family.__call__(keep=...)); the diagnostics it
+    gives are the plain diagnostics step's, bit for bit (GPT-2's last block still probes its rows alone)."""
+    from flax import nnx
+
+    from jaxdiag.sweep.runner import diagnostics_step
+    from jaxdiag.sweep.steps import sweep_step
+
+    _, directory = _build(tmp_path, case)
+    tokens, lengths, target, foil = _batch()
+    model = jaxdiag.load(str(directory)).model
+    graphdef, state = nnx.split(model)
+    t, n = jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    plain = diagnostics_step(graphdef, "last")(state, t, n)
+    fused = sweep_step(graphdef, "last", ("dla", "lens"))(state, t, n, jnp.asarray(target, jnp.int32),
+                                                          jnp.asarray(foil, jnp.int32))
+    assert {"dla", "lens_metric", "metric"} <= set(fused)
+    for name, value in plain.items():
+        np.testing.assert_array_equal(np.asarray(fused[name]).view(np.uint32), np.asarray(value).view(np.uint32),
+                                      err_msg=name)

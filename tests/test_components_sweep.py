@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 import jaxdiag
-from jaxdiag.causal.components import direct_logit_attribution, logit_lens, position_patches
+from jaxdiag.causal.components import metric_components, position_patches
 from jaxdiag.causal.effects import clean_trace, task_readout
 from jaxdiag.cli import main
 from tests.sweep_helpers import TOKEN_MODEL, save_tiny_model
@@ -85,13 +85,33 @@ def test_stored_components_equal_the_functions(store):
         trace = clean_trace(model, t, lengths)
         readout = task_readout(model, lengths, target, foil)
         clean = readout(trace.hidden)
-        ours = direct_logit_attribution(model, trace, target, foil, lengths - 1)
-        ours |= logit_lens(model, trace, target, foil, lengths - 1, rank=True)
+        kept = model(t, lengths, hidden=False, keep=lengths - 1).kept
+        ours = metric_components(model, kept, target, foil, ("dla", "lens_rank"))
         ours |= position_patches(model, t, lengths, trace, clean_trace(model, s, lengths), readout, clean,
                                  ("patch_resid", "patch_head_pos"))
         for name, value in ours.items():
             stored = sub[name].values[..., :width] if "position" in sub[name].dims else sub[name].values
             np.testing.assert_allclose(stored, np.asarray(value), rtol=1e-4, atol=1e-5, err_msg=f"{condition} {name}")
+
+
+def test_notebook_effects_equal_the_store_bit_for_bit(store):
+    """jaxdiag.effects with the component kinds: the store's variables, dims and bits (the CLI's step builder and
+    the store's variable shapes), the position coordinate included."""
+    from tests.test_notebook_api import assert_bits_equal
+
+    model_dir, prompts, ds, _ = store
+    rows = [json.loads(line) for line in prompts.read_text().splitlines()]
+    both = [r for r in rows if r["condition"] == "clean"] + [r for r in rows if r["condition"] == "corrupt"]
+    model = jaxdiag.load(str(model_dir), prepend_bos=False)
+    fx = jaxdiag.effects(model, [r["tokens"] for r in both], target=[r["target"] for r in both],
+                         foil=[r.get("foil") for r in both], pairs=[r["pair"] for r in both], kinds=KINDS.split(","),
+                         batch_size=2, progress=False)
+    np.testing.assert_array_equal(fx["position"].values, ds["position"].values)
+    half = len(both) // 2
+    for condition, part in (("clean", slice(0, half)), ("corrupt", slice(half, None))):
+        stored = ds.sel(condition=condition)
+        api = fx.isel(prompt=part).assign_coords(prompt=stored["prompt"].values)
+        assert_bits_equal(api, stored)
 
 
 def test_unpaired_prompts_and_encoders_are_one_line_errors(tmp_path, capsys):

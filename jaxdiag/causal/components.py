@@ -1,5 +1,7 @@
-"""Beyond whole-head effects: direct logit attribution, the logit lens, and patching the residual stream,
-attention and MLP outputs and heads position by position, all from one clean run (:func:`clean_trace`).
+"""Beyond whole-head effects: direct logit attribution and the logit lens, read at the metric position from
+the diagnostics' own forward pass (``Family.__call__(keep=position)``, :class:`jaxdiag.models.family.Kept`), and
+patching the residual stream, attention and MLP outputs and heads position by position from one clean run
+(:func:`clean_trace`).
 
 **Direct logit attribution.** At a prompt's metric position p the final residual is the sum of its
 components: the embeddings, and per layer each head's output through its rows of the output projection,
@@ -9,8 +11,10 @@ the projection's bias and the MLP's output. With the final norm's scale frozen a
 ``sum_c c . w + bias . u`` with ``w = P(gain * u)`` (``P``: the centring, symmetric, so it moves onto
 ``u``). A normalised attention output (Gemma) has its norm's scale frozen too
 (:meth:`jaxdiag.models.family.Block.attention_gain`); the logits are the raw ones, before a soft cap.
+Everything is read at p alone: ``[b, d]`` vectors, each head's ``[b, d_head]`` output folded with its
+rows of ``W_O`` and ``w``; no per-head ``[b, d]`` contribution at every position is ever formed.
 
-**Logit lens.** The metric read from each block's output through the final norm (recomputed there)
+**Logit lens.** The metric read from each block's output at p through the final norm (recomputed there)
 and the unembedding's rows of the target and foil; without a foil (log p(target)) or for the rank, a
 full unembedding per layer.
 
@@ -30,10 +34,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxdiag.causal.effects import Readout, Trace, at_position, run_from, task_metric
+from jaxdiag.causal.effects import Readout, Trace, run_from, task_metric
 from jaxdiag.errors import JaxdiagError
-from jaxdiag.models.family import Family, norm_gain
-from jaxdiag.schema import POSITION_KINDS
+from jaxdiag.models.family import Family, Kept, norm_gain
+from jaxdiag.schema import METRIC_KINDS, POSITION_KINDS
 
 
 def logit_direction(model: Family, target: jax.Array, foil: jax.Array) -> jax.Array:
@@ -42,56 +46,27 @@ def logit_direction(model: Family, target: jax.Array, foil: jax.Array) -> jax.Ar
     return rows - jnp.where((foil >= 0)[:, None], model.unembed_rows(jnp.maximum(foil, 0)), 0.0)
 
 
-def _gains(model: Family, trace: Trace) -> list[jax.Array]:
-    """Per layer, the factor ``[b, s, d]`` (or 1) by which its attention output joins the residual."""
-    gains = [block.attention_gain(out) for block, out in zip(model.blocks(), trace.attn_out)]
+def _gains(model: Family, attn_out: Sequence[jax.Array]) -> list[jax.Array]:
+    """Per layer, the factor (``attn_out``'s shape, or 1) by which its attention output joins the residual."""
+    gains = [block.attention_gain(out) for block, out in zip(model.blocks(), attn_out)]
     return [jnp.float32(1.0) if g is None else g for g in gains]
 
 
-def mlp_contributions(model: Family, trace: Trace) -> list[jax.Array]:
-    """Each layer's MLP contribution to the residual ``[b, s, d]``: the block's update less its attention part."""
+def mlp_contributions(model: Family, residual: Sequence[jax.Array], attn_out: Sequence[jax.Array]) -> list[jax.Array]:
+    """Each layer's MLP contribution to the residual (``[b, s, d]``, or ``[b, d]`` at one position): the block's
+    update less its attention part (``residual``: the blocks' inputs and the last one's output)."""
     return [(after - before - gain * out).astype(jnp.float32) for before, after, out, gain
-            in zip(trace.residual[:-1], trace.residual[1:], trace.attn_out, _gains(model, trace))]
+            in zip(residual[:-1], residual[1:], attn_out, _gains(model, attn_out))]
 
 
-def direct_logit_attribution(model: Family, trace: Trace, target: jax.Array, foil: jax.Array,
-                             position: jax.Array) -> dict[str, jax.Array]:
-    """``dla [b, layer, head]``, ``dla_attn_bias`` / ``dla_mlp [b, layer]``, ``dla_embed`` / ``dla_norm_bias [b]``:
-    each component's direct contribution to the raw logit difference (the target's logit without a foil)
-    at ``position [b]``; they sum to it exactly. NaN without a target."""
-    u = logit_direction(model, target, foil)
-    gain, beta, centred = norm_gain(model.final_norm(), at_position(trace.residual[-1], position))
-    w = gain * u
-    if centred:  # (P c) . (gain u) = c . P(gain u): the centring moves onto the direction
-        w = w - jnp.mean(w, axis=-1, keepdims=True)
-    read = lambda values: jnp.einsum("bd,bd->b", at_position(values, position).astype(jnp.float32), w)
-    heads, biases = [], []
-    for block, out, acts, g in zip(model.blocks(), trace.attn_out, trace.heads, _gains(model, trace)):
-        wl = w * (at_position(g, position) if jnp.ndim(g) else g)  # the direction before a normalised attention output
-        w_out = block.out_weights().astype(jnp.float32)  # [h, d_head, d]
-        heads.append(jnp.einsum("bhk,hkd,bd->bh", at_position(acts, position).astype(jnp.float32), w_out, wl))
-        bias = block.project(jnp.zeros((1, 1) + acts.shape[2:], acts.dtype))[0, 0]  # the projection of nothing
-        biases.append(jnp.einsum("d,bd->b", bias.astype(jnp.float32), wl))
-    mlps = [read(m) for m in mlp_contributions(model, trace)]
-    defined = (target >= 0)
-    nan = lambda v: jnp.where(defined.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.nan)
-    norm_bias = jnp.zeros_like(target, jnp.float32) if beta is None else u @ beta
-    return {"dla": nan(jnp.stack(heads, 1)), "dla_attn_bias": nan(jnp.stack(biases, 1)),
-            "dla_mlp": nan(jnp.stack(mlps, 1)), "dla_embed": nan(read(trace.residual[0])),
-            "dla_norm_bias": nan(norm_bias)}
-
-
-def logit_lens(model: Family, trace: Trace, target: jax.Array, foil: jax.Array, position: jax.Array,
-               *, rank: bool = False) -> dict[str, jax.Array]:
-    """``lens_metric [b, layer]``: the task metric read from each block's output at ``position [b]``
-    through the final norm; with ``rank``, also ``lens_rank [b, layer]``, the target's rank among all
-    tokens (0: the top logit). The last layer's lens_metric is the metric."""
-    streams = jnp.stack([at_position(x, position) for x in trace.residual[1:]])  # [layer, b, d]
-    hidden = model.final(streams)
-
-    def rows() -> jax.Array:  # every prompt has a foil: the logit difference needs two rows
+def read_metric(model: Family, hidden: jax.Array, target: jax.Array, foil: jax.Array) -> jax.Array:
+    """The task metric (:func:`task_metric`) of final hidden states at the metric position, ``[n, b, d]`` ->
+    ``[n, b]``. When every prompt has a foil it is a logit difference, so only the target's and the foil's
+    unembedding rows are read, never the whole unembedding."""
+    def rows() -> jax.Array:
         ids = jnp.stack([jnp.maximum(target, 0), jnp.maximum(foil, 0)], -1)  # [b, 2]
-        logits = model.cap_logits(jnp.einsum("lbd,bkd->lbk", hidden.astype(jnp.float32), model.unembed_rows(ids)))
+        logits = model.cap_logits(jnp.einsum("nbd,bkd->nbk", hidden.astype(jnp.float32), model.unembed_rows(ids),
+                                             precision=model.matmul_precision))
         pick = jnp.where(target >= 0, 0, -1)
         return jax.vmap(lambda z: task_metric(z, pick, jnp.ones_like(pick)))(logits)
 
@@ -99,12 +74,75 @@ def logit_lens(model: Family, trace: Trace, target: jax.Array, foil: jax.Array, 
         return jax.vmap(lambda h: task_metric(model.unembed(h), target, foil))(hidden)
 
     # a traced predicate: only the taken branch runs, so a foil everywhere never unembeds every token
-    out = {"lens_metric": jax.lax.cond(jnp.all(foil >= 0), rows, full).T}
+    return jax.lax.cond(jnp.all(foil >= 0), rows, full)
+
+
+def direct_logit_attribution(model: Family, kept: Kept, target: jax.Array, foil: jax.Array) -> dict[str, jax.Array]:
+    """``dla [b, layer, head]``, ``dla_attn_bias`` / ``dla_mlp [b, layer]``, ``dla_embed`` / ``dla_norm_bias [b]``:
+    each component's direct contribution to the raw logit difference (the target's logit without a foil)
+    at the position ``kept`` holds (the metric position); they sum to it exactly. NaN without a target.
+
+    Only ``[b, d]`` vectors at that position are read: each head's term folds its rows of the output
+    projection with the direction, ``sum_k heads[b, h, k] (W_O[h, k, :] . w[b, :])``."""
+    u = logit_direction(model, target, foil)
+    gain, beta, centred = norm_gain(model.final_norm(), kept.residual[-1])
+    w = gain * u
+    if centred:  # (P c) . (gain u) = c . P(gain u): the centring moves onto the direction
+        w = w - jnp.mean(w, axis=-1, keepdims=True)
+    read = lambda values: jnp.einsum("bd,bd->b", values.astype(jnp.float32), w)
+    heads, biases = [], []
+    for block, acts, g in zip(model.blocks(), kept.heads, _gains(model, kept.attn_out)):
+        wl = w * g  # the direction before a normalised attention output
+        w_out = block.out_weights()  # [h, d_head, d]
+        # W_O folded with the direction first, as one [b, d] x [d, h d_head] product: the three-operand einsum
+        # "bhk,hkd,bd->bh" compiled to a product XLA:CPU ran 4x slower alone and that cost +50% of the
+        # diagnostics inside the step (benchmarks/BEYOND_HEADS.md)
+        folded = jnp.matmul(wl, w_out.reshape(-1, w_out.shape[-1]).T.astype(jnp.float32),
+                            precision=model.matmul_precision).reshape(acts.shape)
+        heads.append(jnp.sum(acts.astype(jnp.float32) * folded, axis=-1))
+        bias = block.out_bias()
+        biases.append(jnp.zeros_like(target, jnp.float32) if bias is None
+                      else jnp.einsum("d,bd->b", bias.astype(jnp.float32), wl))
+    mlps = [read(m) for m in mlp_contributions(model, kept.residual, kept.attn_out)]
+    defined = (target >= 0)
+    nan = lambda v: jnp.where(defined.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.nan)
+    norm_bias = jnp.zeros_like(target, jnp.float32) if beta is None else u @ beta
+    return {"dla": nan(jnp.stack(heads, 1)), "dla_attn_bias": nan(jnp.stack(biases, 1)),
+            "dla_mlp": nan(jnp.stack(mlps, 1)), "dla_embed": nan(read(kept.residual[0])),
+            "dla_norm_bias": nan(norm_bias)}
+
+
+def logit_lens(model: Family, kept: Kept, target: jax.Array, foil: jax.Array, *, rank: bool = False,
+               ) -> dict[str, jax.Array]:
+    """``metric [b]`` and ``lens_metric [b, layer]``: the task metric read from each block's output at the
+    position ``kept`` holds through the final norm (the last layer's is the final hidden state there, so
+    it is the metric, bit for bit); with ``rank``, also ``lens_rank [b, layer]``, the target's rank among
+    all tokens (0: the top logit)."""
+    hidden = jnp.concatenate([model.final(jnp.stack(kept.residual[1:-1])), kept.hidden[None]])  # [layer, b, d]
+    values = read_metric(model, hidden, target, foil)
+    out = {"metric": values[-1], "lens_metric": values.T}
     if rank:
         logits = jax.vmap(model.unembed)(hidden)  # [layer, b, vocab]
         own = jnp.take_along_axis(logits, jnp.maximum(target, 0)[None, :, None], axis=-1)
         ranks = jnp.sum(logits > own, axis=-1).astype(jnp.float32)
         out["lens_rank"] = jnp.where(target >= 0, ranks, jnp.nan).T
+    return out
+
+
+def metric_components(model: Family, kept: Kept, target: jax.Array, foil: jax.Array,
+                      kinds: Sequence[str]) -> dict[str, jax.Array]:
+    """What a sweep step reads at the metric position for ``kinds`` (of :data:`METRIC_KINDS`): the clean
+    ``metric [b]`` (:func:`read_metric` of the final hidden state there), DLA for ``dla`` and the logit lens
+    for ``lens`` / ``lens_rank``."""
+    unknown = [k for k in kinds if k not in METRIC_KINDS]
+    if unknown:
+        raise JaxdiagError(f"unknown metric-position kind {unknown[0]!r} (choose from {', '.join(METRIC_KINDS)})")
+    if "lens" in kinds or "lens_rank" in kinds:
+        out = logit_lens(model, kept, target, foil, rank="lens_rank" in kinds)
+    else:
+        out = {"metric": read_metric(model, kept.hidden[None], target, foil)[0]}
+    if "dla" in kinds:
+        out |= direct_logit_attribution(model, kept, target, foil)
     return out
 
 
@@ -131,8 +169,8 @@ def position_patches(model: Family, tokens: jax.Array, lengths: jax.Array, trace
         step = min(per_step or count, count)
         return jax.lax.map(edited, jnp.arange(count), batch_size=step).T - clean[:, None]
 
-    mlps = mlp_contributions(model, trace) if "patch_mlp_out" in kinds else None
-    partner_mlps = mlp_contributions(model, partner) if "patch_mlp_out" in kinds else None
+    mlps = mlp_contributions(model, trace.residual, trace.attn_out) if "patch_mlp_out" in kinds else None
+    partner_mlps = mlp_contributions(model, partner.residual, partner.attn_out) if "patch_mlp_out" in kinds else None
     out = {}
     for kind in kinds:
         per_layer = []

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiag.models.edits import shift_heads
-from jaxdiag.models.family import Context, Family, graddrop, require_causal_effects
+from jaxdiag.models.family import Context, Family, at_position, graddrop, require_causal_effects
 from jaxdiag.probes import HEAD_OUTPUT_PROBE
 
 
@@ -44,13 +44,6 @@ def task_metric(logits: jax.Array, target: jax.Array, foil: jax.Array) -> jax.Ar
     log_prob = pick(jax.nn.log_softmax(logits, axis=-1), target)
     value = jnp.where(foil >= 0, difference, log_prob)
     return jnp.where(target >= 0, value, jnp.float32(jnp.nan))
-
-
-def at_position(values: jax.Array, position: jax.Array) -> jax.Array:
-    """``values [b, seq, ...]`` at each prompt's ``position [b]``: ``[b, ...]``."""
-    index = position.reshape((-1,) + (1,) * (values.ndim - 1))
-    return jnp.take_along_axis(values, index, axis=1)[:, 0]
-
 
 
 @jax.tree_util.register_dataclass

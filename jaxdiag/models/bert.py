@@ -40,7 +40,7 @@ from flax import nnx
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.family import (ACTIVATIONS, ONES, ZEROS, Block, Context, Family, WeightNames, graddrop, head_rows,
-                                   linear_heads, normal, tied_unembed)
+                                   linear_bias, linear_heads, normal, tied_unembed)
 from jaxdiag.schema import Precision
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +171,9 @@ class BertLayer(Block):
 
     def out_weights(self) -> jax.Array:
         return head_rows(self.attention.output.dense, self.n_head)
+
+    def out_bias(self) -> jax.Array | None:
+        return linear_bias(self.attention.output.dense)
 
     def carry(self, x: jax.Array, attn_out: jax.Array) -> tuple[jax.Array, jax.Array]:
         return x, attn_out
@@ -332,6 +335,9 @@ class AlbertLayer(Block):
 
     def out_weights(self) -> jax.Array:
         return head_rows(self.attention.dense, self.n_head)
+
+    def out_bias(self) -> jax.Array | None:
+        return linear_bias(self.attention.dense)
 
     def carry(self, x: jax.Array, attn_out: jax.Array) -> tuple[jax.Array, jax.Array]:
         return x, attn_out

@@ -28,12 +28,14 @@ code (:mod:`jaxdiag.causal.effects`) is written against them alone:
 ``block(x, ctx, layer)`` is that composition, so the clean forward and the edited restarts are the
 same code.
 
-Direct logit attribution (:mod:`jaxdiag.causal.components`) asks two more questions, with defaults
+Direct logit attribution (:mod:`jaxdiag.causal.components`) asks three more questions, with defaults
 for the usual case: ``block.attention_gain(attn_out)`` is the factor by which the attention output
 joins the residual with a normalising norm's scale frozen (``None``: it joins as is; Gemma's
-post-attention norm), and a model's ``final_norm()`` / ``unembed_rows(ids)`` / ``cap_logits`` are the
-last norm module, the unembedding's rows of some token ids ``[..., d_model]``, and what the model does
-to raw logits (Gemma 2's soft cap).
+post-attention norm), ``block.out_bias()`` the output projection's bias (default: the projection of
+nothing), and a model's ``final_norm()`` / ``unembed_rows(ids)`` / ``cap_logits`` are the last norm
+module, the unembedding's rows of some token ids ``[..., d_model]``, and what the model does to raw
+logits (Gemma 2's soft cap). It reads the forward pass at the metric position alone
+(``model(..., keep=position)``: :class:`Kept`).
 """
 
 from __future__ import annotations
@@ -252,14 +254,37 @@ class WeightNames:
     aliases: tuple[tuple[str, str], ...] = ()
 
 
+def at_position(values: jax.Array, position: jax.Array) -> jax.Array:
+    """``values [b, seq, ...]`` at each prompt's ``position [b]``: ``[b, ...]``."""
+    index = position.reshape((-1,) + (1,) * (values.ndim - 1))
+    return jnp.take_along_axis(values, index, axis=1)[:, 0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """The unedited pass at one position per prompt (``Family.__call__(keep=...)``): per layer its input
+    ``residual[l] [b, d]`` (``residual[n_layer]``: the last block's output, before the final norm), its
+    attention output ``attn_out[l] [b, d]`` and its heads' outputs ``heads[l] [b, h, d_head]`` (before the
+    output projection), and the final norm's output ``hidden [b, d]``: what direct logit attribution and
+    the logit lens read (:mod:`jaxdiag.causal.components`)."""
+
+    residual: list
+    attn_out: list
+    heads: list
+    hidden: jax.Array
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Forward:
-    """What a forward pass returns: ``hidden`` and ``logits`` if asked; each probe's arrays."""
+    """What a forward pass returns: ``hidden`` and ``logits`` if asked; each probe's arrays; with ``keep``,
+    the pass at those positions (:class:`Kept`)."""
 
     hidden: jax.Array | None
     logits: jax.Array | None
     probes: dict[str, jax.Array]
+    kept: Kept | None = None
 
 
 class Family(nnx.Module):
@@ -302,7 +327,7 @@ class Family(nnx.Module):
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, probes: Sequence[Probe] = (),
                  query: QueryMode = "last", edit: HeadEdit | None = None, logits: bool = False,
-                 hidden: bool = True, attention: AttentionImpl = "auto") -> Forward:
+                 hidden: bool = True, attention: AttentionImpl = "auto", keep: jax.Array | None = None) -> Forward:
         """Run the model on right-padded ``tokens [batch, seq]`` with true ``lengths [batch]``.
 
         Args:
@@ -319,6 +344,9 @@ class Family(nnx.Module):
             visits keys in blocks with O(b h q) memory (:mod:`jaxdiag.probes.streaming`);
             ``"auto"`` (default) picks streaming for long prompts or large score tensors unless a
             probe needs the pattern. Both give the same values to float32 rounding.
+          keep: positions ``[b]`` (a token index per prompt): also return the pass there
+            (:class:`Kept`). In a probes-only pass the last block's output projection and MLP then
+            run at those positions alone, since nothing else reads them.
         """
         ctx = self.context(tokens, lengths, probes=probes, query=query, edit=edit, attention=attention)
         probes_only = not (hidden or logits)
@@ -329,16 +357,31 @@ class Family(nnx.Module):
                      and hasattr(blocks[-1], "probe_rows"))
         x = self.embed(tokens)
         per_layer = []
+        kept = None if keep is None else Kept([], [], [], None)
         for i, block in enumerate(blocks):
-            if rows_only and i == len(blocks) - 1:
+            alone = probes_only and i == len(blocks) - 1  # only what is kept reads the last block's output
+            if rows_only and alone:
                 per_layer.append(block.probe_rows(x, ctx, i))
-                break
-            x, probed = block(x, ctx, i)
-            per_layer.append(probed)
+                if kept is None:
+                    break
+                # the probes as a pass without `keep` reads them, so they are the same bit for bit;
+                # the heads at `keep` from an attention without probes
+                x, _ = _keeping(block, x, dataclasses.replace(ctx, probes=()), i, keep, kept, alone=True)
+            elif kept is None:
+                x, probed = block(x, ctx, i)
+                per_layer.append(probed)
+            else:
+                x, probed = _keeping(block, x, ctx, i, keep, kept, alone=alone)
+                per_layer.append(probed)
+        if kept is not None:
+            last = x[:, 0] if probes_only else at_position(x, keep)
+            kept.residual.append(last)
+            kept = dataclasses.replace(kept, hidden=self.final(last))
         if probes_only:
-            return Forward(None, None, stack_layers(per_layer))
+            return Forward(None, None, stack_layers(per_layer), kept)
         final = self.final(x)
-        return Forward(final if hidden else None, self.unembed(final) if logits else None, stack_layers(per_layer))
+        return Forward(final if hidden else None, self.unembed(final) if logits else None, stack_layers(per_layer),
+                       kept)
 
     def final_norm(self) -> nnx.Module:
         """The norm :meth:`final` applies (an ``nnx.LayerNorm`` or an RMSNorm with ``eps`` / ``unit_offset``)."""
@@ -367,6 +410,22 @@ class Family(nnx.Module):
         return make_context(tokens, lengths, mask=self.mask, window=self.window, n_positions=self.config.n_positions,
                             n_head=self.config.n_head, probes=probes, query=query, edit=edit, attention=attention,
                             family=self.family)
+
+
+def _keeping(block: "Block", x: jax.Array, ctx: Context, layer: int, keep: jax.Array, kept: Kept, *,
+             alone: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``block(x, ctx, layer)`` (the same parts in the same order) that also appends its input, heads' outputs
+    and attention output at ``keep`` to ``kept``; ``alone``: only the output at ``keep`` is wanted, so the
+    projection and the rest of the block run there alone (``[b, 1, d]``)."""
+    heads, probed = block.attention_heads(x, ctx, layer)
+    x_at, heads_at = at_position(x, keep), at_position(heads, keep)
+    if alone:
+        x, heads = x_at[:, None], heads_at[:, None]
+    attn_out = block.project(heads)
+    kept.residual.append(x_at)
+    kept.heads.append(heads_at)
+    kept.attn_out.append(attn_out[:, 0] if alone else at_position(attn_out, keep))
+    return block.resume(block.carry(x, attn_out)), probed
 
 
 def graddrop(update: jax.Array, drop: jax.Array | None) -> jax.Array:
@@ -402,6 +461,12 @@ class Block(nnx.Module):
     def out_weights(self) -> jax.Array:
         raise NotImplementedError
 
+    def out_bias(self) -> jax.Array | None:
+        """The output projection's bias ``[d_model]`` (``None``: it has none), what :meth:`project` adds
+        whatever the heads; by default the projection of nothing (families read their module's bias)."""
+        w = self.out_weights()
+        return self.project(jnp.zeros((1, 1) + w.shape[:2], w.dtype))[0, 0]
+
     def carry(self, x: jax.Array, attn_out: jax.Array) -> Any:
         """Sequential residual: the stream after the attention part, ``x + attn_out``."""
         return x + attn_out
@@ -425,6 +490,11 @@ def linear_heads(linear: nnx.Linear, heads: jax.Array) -> jax.Array:
     """An output projection of ``heads [b, s, h, d]`` (flattened to ``[b, s, h d]``)."""
     batch, seq = heads.shape[:2]
     return linear(heads.reshape(batch, seq, -1))
+
+
+def linear_bias(linear: nnx.Linear) -> jax.Array | None:
+    """An output projection's bias ``[d_model]``, ``None`` without one (:meth:`Block.out_bias`)."""
+    return None if linear.bias is None else linear.bias[...]
 
 
 def head_rows(linear: nnx.Linear, n_head: int) -> jax.Array:

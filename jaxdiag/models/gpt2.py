@@ -28,7 +28,7 @@ from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend, row_attention
 from jaxdiag.models.edits import shifted
 from jaxdiag.models.family import (ACTIVATIONS, ONES, ZEROS, Block as BlockInterface, Context, Family, WeightNames,
-                                   graddrop, head_rows, linear_heads, normal, tied_unembed)
+                                   graddrop, head_rows, linear_bias, linear_heads, normal, tied_unembed)
 from jaxdiag.probes import read_probes
 from jaxdiag.schema import Precision
 
@@ -202,6 +202,9 @@ class Block(BlockInterface):
 
     def out_weights(self) -> jax.Array:
         return head_rows(self.attn.c_proj, self.n_head)
+
+    def out_bias(self) -> jax.Array | None:
+        return linear_bias(self.attn.c_proj)
 
     def resume(self, carry: jax.Array, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
         x = shifted(carry, shift)

@@ -27,7 +27,7 @@ from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.edits import shifted
 from jaxdiag.models.family import (ONES, ZEROS, Block as BlockInterface, Context, Family, WeightNames, graddrop,
-                                   head_rows, linear_heads, normal, tied_unembed)
+                                   head_rows, linear_bias, linear_heads, normal, tied_unembed)
 from jaxdiag.models.family import ACTIVATIONS as ALL_ACTIVATIONS
 from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
 from jaxdiag.schema import Precision
@@ -234,6 +234,9 @@ class Block(BlockInterface):
 
     def out_weights(self) -> jax.Array:
         return head_rows(self.self_attn.o_proj, self.n_head)
+
+    def out_bias(self) -> jax.Array | None:
+        return linear_bias(self.self_attn.o_proj)
 
     def resume(self, carry: jax.Array, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
         x = shifted(carry, shift)

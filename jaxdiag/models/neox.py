@@ -22,7 +22,7 @@ from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import attend
 from jaxdiag.models.edits import shifted
 from jaxdiag.models.family import (ACTIVATIONS, ONES, ZEROS, Block as BlockInterface, Context, Family, WeightNames,
-                                   graddrop, head_rows, linear_heads, normal, tied_unembed)
+                                   graddrop, head_rows, linear_bias, linear_heads, normal, tied_unembed)
 from jaxdiag.models.rope import Rope, context_length, rope_settings, rotary
 from jaxdiag.schema import Precision
 
@@ -126,6 +126,9 @@ class Block(BlockInterface):
 
     def out_weights(self) -> jax.Array:
         return head_rows(self.attention.dense, self.n_head)
+
+    def out_bias(self) -> jax.Array | None:
+        return linear_bias(self.attention.dense)
 
     def carry(self, x: jax.Array, attn_out: jax.Array):
         if self.parallel:

@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxdiag import vocab
 from jaxdiag.probes import Probe, stored_variables
-from jaxdiag.sweep.steps import edits_per_step, effect_heads_per_step, head_sums_step, reference_means, sweep_step
+from jaxdiag.sweep.steps import head_sums_step, reference_means, sweep_step_builder
 from jaxdiag.errors import Interrupted, JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.sweep.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
@@ -321,10 +321,8 @@ def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.nda
     """The step builder of a run with effects (None: the runner's diagnostics step)."""
     if not config.effects:
         return None
-    heads_per_step = effect_heads_per_step(config.batch_size, plan.max_len, model_config)
-    patches_per_step = edits_per_step(config.batch_size, plan.max_len, model_config)
-    return lambda graphdef: sweep_step(graphdef, config.query, config.effects, head_mean=head_mean,
-                                       heads_per_step=heads_per_step, probes=probes, patches_per_step=patches_per_step)
+    return sweep_step_builder(config.query, config.effects, batch_size=config.batch_size, max_len=plan.max_len,
+                              config=model_config, head_mean=head_mean, probes=probes)
 
 
 def sweep_probes(config: RunConfig) -> tuple[Probe, ...]:

@@ -112,7 +112,12 @@ def chunked_units(items: Sequence[tuple[Hashable, Sequence[int]]], *, batch_size
 def probe_values(model: Family, tokens: jax.Array, lengths: jax.Array, query: QueryMode,
                  probes: tuple[Probe, ...] = SWEEP_PROBES, attention: AttentionImpl = "auto") -> dict[str, jax.Array]:
     """``probes``' values ``{name: [b, layer, head(, seq)]}``; for ``query="last"`` the one row is squeezed away."""
-    values = model(tokens, lengths, probes=probes, query=query, hidden=False, attention=attention).probes
+    forward = model(tokens, lengths, probes=probes, query=query, hidden=False, attention=attention)
+    return query_rows(forward.probes, query)
+
+
+def query_rows(values: dict[str, jax.Array], query: QueryMode) -> dict[str, jax.Array]:
+    """A forward's stacked probe values as a sweep stores them: for ``query="last"`` the one row squeezed away."""
     return {name: value[..., 0] for name, value in values.items()} if query == "last" else values
 
 

@@ -9,12 +9,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxdiag.causal.components import direct_logit_attribution, logit_lens, position_patches
+from jaxdiag.causal.components import metric_components, position_patches
 from jaxdiag.causal.effects import (attribution_effects, clean_trace, edit_replacement, head_effects, head_output_sums,
                                     task_readout)
-from jaxdiag.schema import EXACT_KINDS, POSITION_KINDS, QueryMode, edit_of, head_effect_kinds
+from jaxdiag.schema import EXACT_KINDS, METRIC_KINDS, POSITION_KINDS, QueryMode, edit_of, head_effect_kinds
 from jaxdiag.probes import Probe
-from jaxdiag.sweep.runner import SWEEP_PROBES, Unit, diagnostics_step
+from jaxdiag.sweep.runner import SWEEP_PROBES, Unit, diagnostics_step, query_rows
 
 
 # Heads of a layer run together, as many as keep one edited run's activations near this many bytes.
@@ -32,6 +32,25 @@ def edits_per_step(batch_size: int, max_len: int, config) -> int:
     return max(1, EFFECT_STEP_BYTES // (8 * 4 * batch_size * max_len * config.n_embd))
 
 
+def diagnostics_at_metric_step(graphdef, query: QueryMode, kinds: Sequence[str],
+                               probes: tuple[Probe, ...] = SWEEP_PROBES):
+    """The diagnostics step that also reads the clean ``metric`` and ``kinds`` (of :data:`METRIC_KINDS`: DLA,
+    the logit lens) at each prompt's metric position, from the same forward pass: a jitted
+    ``(state, tokens, lengths, target, foil, position) -> {name: [b, ...]}`` (``position`` ``None``: the
+    last real one). The pass keeps only ``[b, d]`` vectors at that position
+    (:class:`jaxdiag.models.family.Kept`); its last block attends from every row (no probes there: those
+    come from the probed rows as in :func:`diagnostics_step`) but projects and runs its MLP at that position
+    alone."""
+    @jax.jit
+    def step(state, tokens, lengths, target, foil, position):
+        model = nnx.merge(graphdef, state)
+        where = lengths - 1 if position is None else position
+        forward = model(tokens, lengths, probes=probes, query=query, hidden=False, keep=where)
+        return query_rows(forward.probes, query) | metric_components(model, forward.kept, target, foil, kinds)
+
+    return step
+
+
 def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
                heads_per_step: int | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES,
                patches_per_step: int | None = None):
@@ -41,32 +60,24 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     ``partner`` (the pair partners' tokens, same shape) is needed for ``patch``, ``head_mean`` for
     ``mean``; ``position [b]`` is where each metric is read (default: the last real position).
     The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
-    run with effects stores the same diagnostics, bit for bit, as one without.
+    run with effects stores the same diagnostics, bit for bit, as one without. DLA and the logit lens
+    (:data:`METRIC_KINDS`) are read in the diagnostics' own pass instead
+    (:func:`diagnostics_at_metric_step`; what that saves: benchmarks/BEYOND_HEADS.md), whose probes
+    are computed as the plain step computes them, so its diagnostics are the same bit for bit too.
+    The stored ``metric`` is the effects' program's where that runs, else the diagnostics pass's.
     """
     components = [kind for kind in kinds if kind not in head_effect_kinds(kinds)]
     kinds = head_effect_kinds(kinds)
+    measured = [kind for kind in components if kind in METRIC_KINDS]
+    patching = [kind for kind in components if kind in POSITION_KINDS]
     edits = sorted({edit_of(kind) for kind in kinds}, key=EXACT_KINDS.index)
     if "mean" in edits and head_mean is None:
         raise ValueError("mean-ablation effects need the reference condition's head_mean")
     exact = [kind for kind in kinds if kind in EXACT_KINDS]
     attribution = [kind for kind in kinds if kind not in EXACT_KINDS]
 
-    diagnose = diagnostics_step(graphdef, query, probes)
-
-    def _components(model, tokens, lengths, target, foil, partner, position, readout):
-        where = lengths - 1 if position is None else position
-        trace = clean_trace(model, tokens, lengths)
-        metric = readout(trace.hidden)
-        out = {"metric": metric}
-        if "dla" in components:
-            out |= direct_logit_attribution(model, trace, target, foil, where)
-        if "lens" in components or "lens_rank" in components:
-            out |= logit_lens(model, trace, target, foil, where, rank="lens_rank" in components)
-        patching = [kind for kind in components if kind in POSITION_KINDS]
-        if patching:
-            out |= position_patches(model, tokens, lengths, trace, clean_trace(model, partner, lengths), readout,
-                                    metric, patching, per_step=patches_per_step)
-        return out
+    diagnose = (diagnostics_at_metric_step(graphdef, query, measured, probes) if measured
+                else diagnostics_step(graphdef, query, probes))
 
     @jax.jit
     def effects(state, tokens, lengths, target, foil, partner, position):
@@ -75,12 +86,15 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
                         for edit in edits}
         readout = task_readout(model, lengths, target, foil, position)
         out = {}
-        if components:  # one clean trace for all of them (a run of whole-head kinds alone computes what it did)
-            out |= _components(model, tokens, lengths, target, foil, partner, position, readout)
+        if patching:  # one clean trace for every kind (a run of whole-head kinds alone computes what it did)
+            trace = clean_trace(model, tokens, lengths)
+            metric = readout(trace.hidden)
+            partner_trace = clean_trace(model, partner, lengths)
+            out |= {"metric": metric} | position_patches(model, tokens, lengths, trace, partner_trace, readout, metric,
+                                                         patching, per_step=patches_per_step)
         if not kinds:
             return out
-        metric, per_kind = head_effects(
-model, tokens, lengths, readout, {k: replacements[k] for k in exact},
+        metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
                                         heads_per_step=heads_per_step)
         if attribution:
             needed = {edit_of(kind) for kind in attribution}
@@ -90,9 +104,23 @@ model, tokens, lengths, readout, {k: replacements[k] for k in exact},
         return out | {"metric": metric} | {f"effect_{kind}": per_kind[kind] for kind in kinds}
 
     def step(state, tokens, lengths, target, foil, partner=None, position=None):
-        return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner, position)
+        out = (diagnose(state, tokens, lengths, target, foil, position) if measured
+               else diagnose(state, tokens, lengths))
+        if kinds or patching:
+            out |= effects(state, tokens, lengths, target, foil, partner, position)
+        return out
 
     return step
+
+
+def sweep_step_builder(query: QueryMode, kinds: Sequence[str], *, batch_size: int, max_len: int, config,
+                       head_mean: np.ndarray | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES):
+    """``graphdef -> sweep_step(...)`` for batches of ``batch_size`` prompts of at most ``max_len`` tokens,
+    with the heads and position patches per step a sweep takes (the CLI's run and :func:`jaxdiag.effects`)."""
+    heads_per_step = effect_heads_per_step(batch_size, max_len, config)
+    patches_per_step = edits_per_step(batch_size, max_len, config)
+    return lambda graphdef: sweep_step(graphdef, query, kinds, head_mean=head_mean, heads_per_step=heads_per_step,
+                                       probes=probes, patches_per_step=patches_per_step)
 
 
 def head_sums_step(graphdef):

@@ -252,6 +252,8 @@ def prompts_dataset(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray],
                              variables=variables)
     first = next(iter(values.values()))
     coords: dict[str, Any] = index_coordinates(first.shape[1:], query, start, len(prompts))
+    if any("position" in c.dims for c in columns.values() if c.data):  # as a store with such variables has it
+        coords["position"] = np.arange(columns["tokens"].values.shape[1])
     coords.update({name: (c.dims, c.values) for name, c in columns.items() if not c.data})
     data = {name: xr.Variable(c.dims, c.values, attrs=c.attrs) for name, c in columns.items() if c.data}
     return xr.Dataset(data, coords=coords)
