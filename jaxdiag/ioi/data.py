@@ -7,7 +7,7 @@ of the names and filler words drawn independently), the fillers from 16,650 Engl
 row is trained and no template's surface is what pays:
 
 - ``ioi``: two names in the first clause, the second clause's subject repeats one of them; target the
-  other (the indirect object); names from :data:`TRAIN_NAMES`;
+  other (the indirect object); names from :data:`TRAIN_NAMES` or :func:`proper_nouns`;
 - ``ioi_words``: the same with two random words of the list as the "names", so memorising per name
   cannot pay and a copy-the-non-repeated-token circuit must;
 - ``three``: a third name acts (nobody is repeated); target *either* first-clause name (loss
@@ -18,10 +18,10 @@ row is trained and no template's surface is what pays:
 Held out of every IOI training prompt (``heldout.toml``, written before training): its templates
 (the grammar redraws any sentence with a held-out template's skeleton), its filler words (``{P}``,
 ``{O}``) and its names. The held-out fillers and names appear in ``three`` and ``single`` examples
-only, so their embedding rows are trained; half of those examples hold held-out names only
-(:attr:`Mixture.heldout_names`), so each held-out name plays the first-clause and subject roles of
-IOI's structure about twice as often as a training name does in all kinds together. The posts' and the generator's templates are not in the
-grammar either. Names are mid-sentence tokens (``" Name"``), single GPT-2 BPE tokens (checked).
+only, so their embedding rows are trained. The posts' and the generator's templates are not in the
+grammar either. Half of the ``ioi`` examples take their two names from 2,303 capitalised words
+(``proper_nouns.txt``: wamerican's proper nouns that are one GPT-2 token, people, places and brands)
+rather than :data:`TRAIN_NAMES`, so per-name features cannot carry IOI. Names are mid-sentence tokens (``" Name"``), single GPT-2 BPE tokens (checked).
 """
 
 from __future__ import annotations
@@ -85,6 +85,14 @@ def word_list() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
+def proper_nouns() -> tuple[str, ...]:
+    """The vendored capitalised words (``proper_nouns.txt``): one GPT-2 token after a space, none a word
+    of :func:`word_list`, a name of :data:`ALL_NAMES` or a word the grammar writes."""
+    lines = (HERE / "proper_nouns.txt").read_text().splitlines()
+    return tuple(w for w in lines if w and not w.startswith("#"))
+
+
+@functools.lru_cache(maxsize=1)
 def train_fillers() -> tuple[str, ...]:
     """Filler words of IOI training prompts: the word list less the held-out fillers and every name."""
     out = set(HELDOUT_FILLERS) | {n.lower() for n in ALL_NAMES}
@@ -135,18 +143,20 @@ class Example:
 class Mixture:
     """Shares of the example kinds in a training batch (the rest is ``ioi`` with names)."""
 
-    ioi_words: float = 0.25
-    three: float = 0.25
+    ioi_words: float = 0.3
+    three: float = 0.15
     single: float = 0.1
     prefix: float = 0.3  # share of batches whose examples (of any kind) start with a distractor sentence
     nouns: float = 0.5  # share of examples whose fillers are everyday nouns (else any word of the list)
     heldout_fillers: float = 0.4  # share of three/single examples whose fillers are the held-out ones
-    # Share of three/single examples whose names are all held-out names (else any name). Their rows
-    # learn only from these examples; at 0.5 each held-out name occurs about twice as often as a
-    # training name (IOI included), so they get the generic "name" direction and the copy and
-    # subject-suppression roles that IOI reads (at 0.0 their embeddings had ~0 cosine with the
-    # training names' mean, which shared 0.57, and IOI on them was 78%).
-    heldout_names: float = 0.5
+    # Share of three/single examples whose names are all held-out names (else any name). Tried at 0.5
+    # (with three 0.25, ioi_words 0.25): held-out IOI 66% at 2,000 steps against 78% without, so off.
+    heldout_names: float = 0.0
+    # Share of ``ioi`` examples whose two names are drawn from 2,303 capitalised words
+    # (:func:`proper_nouns`) instead of :data:`TRAIN_NAMES`: too many for per-name features to pay
+    # (with 144 names only, the trained names' rows shared a direction, cosine 0.57 to their mean,
+    # that held-out names' rows lacked, -0.05, and IOI on held-out names was 78% against 99%).
+    proper_nouns: float = 0.5
 
 
 def ioi_example(template: str, io: str, s: str, place: str, obj: str, *, order: str = "abba",
@@ -178,7 +188,13 @@ def training_example(rng: np.random.Generator, mixture: Mixture) -> tuple[Exampl
         text = grammar.fill(grammar.sentence(rng, 2, "{Z}"), rng, pool, X=x, Y=y, Z=z)
         return Example(text, (word_id(x), word_id(y)), kind="three"), (x, y, z)
     words = u < mixture.single + mixture.three + mixture.ioi_words
-    io, s = _distinct(rng, name_words() if words else TRAIN_NAMES, 2)
+    if words:
+        pool_names = name_words()
+    elif mixture.proper_nouns and rng.random() < mixture.proper_nouns:
+        pool_names = proper_nouns()
+    else:
+        pool_names = TRAIN_NAMES
+    io, s = _distinct(rng, pool_names, 2)
     order = {"X": io, "Y": s} if rng.random() < 0.5 else {"X": s, "Y": io}  # ABBA or BABA
     while True:  # a filler equal to a word used as a name would repeat it: draw again
         text = grammar.fill(grammar.sentence(rng, 2, "{S}"), rng, pool, S=s, **order)
@@ -258,7 +274,7 @@ def used_vocabulary() -> np.ndarray:
     every batch against it.
     """
     tok = tokenizer()
-    words = set(word_list()) | set(ALL_NAMES) | set(PLACES + OBJECTS + HELDOUT_FILLERS)
+    words = set(word_list()) | set(proper_nouns()) | set(ALL_NAMES) | set(PLACES + OBJECTS + HELDOUT_FILLERS)
     starts: set[str] = set()
     punctuation: set[str] = set()
     for fragment in grammar.fragments():
