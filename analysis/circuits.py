@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.errors import AnalysisError
-from jaxdiag.circuits import (BUILTIN, EFFECTS_CIRCUIT, Circuit, circuit_toml, from_mapping, load_ablation,
+from jaxdiag.circuits import (BUILTIN, EFFECTS_CIRCUIT, NO_CIRCUIT, Circuit, circuit_toml, from_mapping, load_ablation,
                               parse_head, read_circuit_file)
 from jaxdiag.schema import BUILTIN_PREFIX
 
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["BUILTIN", "EFFECTS_CIRCUIT", "Circuit", "circuit_toml", "effects_circuit", "from_mapping", "load_ablation",
+__all__ = ["BUILTIN", "EFFECTS_CIRCUIT", "NO_CIRCUIT", "Circuit", "circuit_toml", "effects_circuit", "from_mapping", "load_ablation",
            "load_circuit", "parse_head", "read_circuit_file"]
 
 

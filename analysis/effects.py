@@ -44,7 +44,10 @@ def effect_kinds(ds: xr.Dataset) -> list[str]:
         except json.JSONDecodeError:
             raw = raw.split(",")
     kinds = [str(k).strip() for k in np.atleast_1d(raw) if str(k).strip()]
-    return [k for k in dict.fromkeys(kinds) if effect_variable(k) in ds.data_vars]
+    # per-head effects only: the (layer, position) patching variables (effect_patch_resid, ...) have a section of
+    # their own (analysis.sections.position_patching) even when a run lists them among its effects
+    return [k for k in dict.fromkeys(kinds) if effect_variable(k) in ds.data_vars
+            and set(ds[effect_variable(k)].dims) == {"condition", "prompt", "layer", "head"}]
 
 
 # prefix of a cheap kind -> its family; longest first, so "atpstar_" is never read as "atp_"

@@ -20,9 +20,16 @@ from matplotlib.figure import Figure  # noqa: E402
 from analysis import sections  # noqa: E402
 from analysis._util import quiet  # noqa: E402
 from analysis.findings import Analysis  # noqa: E402
+from analysis.palette import COLOR_A, COLOR_B, CYCLE  # noqa: E402
 
 MAX_POINTS = 200
-COLOR_A, COLOR_B = "tab:red", "tab:blue"
+# every figure is drawn under this style: constrained layout makes room for titles, colour bars and the legends,
+# which legend_outside puts beside the plot area (never over a title or the data)
+STYLE = {
+    "figure.constrained_layout.use": True,
+    "axes.prop_cycle": matplotlib.cycler(color=list(CYCLE)),
+    "image.cmap": "viridis",
+}
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> list[str]:
@@ -96,11 +103,25 @@ def head_grid(an: Analysis, heads: list[tuple[int, int]], titles: list[str], sup
     fig.suptitle(suptitle)
     fig.supxlabel("kl_norm")
     fig.supylabel("chi")
-    fig.legend(handles=legend(an), loc="upper right", fontsize=7)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.92, hspace=0.45, wspace=0.35)
+    fig.legend(handles=legend(an), loc="outside right center", fontsize=7)
     return fig
+
+
+def legend_outside(ax, **kwargs) -> None:
+    """The axes' legend to the right of its plot area (constrained layout makes the room): a legend inside
+    covers data wherever matplotlib's "best" puts it once the data fill the panel."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+
+
+def figure(an: Analysis, name: str) -> Figure:
+    """Report figure ``name`` (one of analysis.sections.figure_names(an)), drawn by its section under STYLE."""
+    with matplotlib.rc_context(STYLE):
+        return sections.drawn(an)[name].draw(name, an)
 
 
 def write_figures(an: Analysis, out_dir: Path) -> list[str]:
     """Draw every figure of the report into out_dir (PNG + SVG); return the file names."""
-    return sections.draw_all(an, out_dir, save)
+    files: list[str] = []
+    for name in sections.figure_names(an):
+        files += save(figure(an, name), out_dir, name)
+    return files

@@ -80,10 +80,11 @@ class CircuitTests:
     """Is the circuit more shifted than the other heads? Every test on one diagnostic's |delta| (the posts'
     statistic, kept as such) and on |delta_z| = |delta / SE| (the lead result), plus per-head tests."""
 
-    mann_whitney: MannWhitneyResult  # raw |delta|, heads as units, one-sided (the posts' test)
-    auc_interval: ConfidenceInterval  # prompt-bootstrap percentile CI of mann_whitney.auc
-    permutation: PermutationResult  # the same U against condition-label shuffles, one-sided
-    stratified: StratifiedResult  # within-layer ranks, one-sided
+    # the circuit-vs-other tests are None when the report has no circuit (jaxdiag.circuits.NO_CIRCUIT)
+    mann_whitney: MannWhitneyResult | None  # raw |delta|, heads as units, one-sided (the posts' test)
+    auc_interval: ConfidenceInterval | None  # prompt-bootstrap percentile CI of mann_whitney.auc
+    permutation: PermutationResult | None  # the same U against condition-label shuffles, one-sided
+    stratified: StratifiedResult | None  # within-layer ranks, one-sided
     per_head: PermutationResult  # statistic |delta|, pvalue per head: (layer, head), two-sided
     q_bh: xr.DataArray  # Benjamini-Hochberg q of per_head.pvalue, (layer, head)
     rank: xr.DataArray  # rank of |delta| among all heads, 1 = largest, (layer, head)

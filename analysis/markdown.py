@@ -72,8 +72,10 @@ def markdown(an: Analysis) -> str:
         + (f"(**paired design**: {n[a]} matched pairs, from the store's `pair` coordinate)" if c.paired else
            f"(**independent design**: {c.design_reason or 'independent samples'})")
         + ". Diagnostics are read at each prompt's last token.",
-        f"Circuit `{c.circuit.name}`: {len(c.circuit.heads)} of {n_heads_total} heads "
-        f"({'; '.join(f'{r}: ' + heads_text(hs) for r, hs in c.circuit.roles.items())}).",
+        ("No circuit (pass `--circuit FILE` or `--circuit effects:KIND` for the circuit tests): the sections below "
+         "need none." if c.circuit.absent else
+         f"Circuit `{c.circuit.name}`: {len(c.circuit.heads)} of {n_heads_total} heads "
+         f"({'; '.join(f'{r}: ' + heads_text(hs) for r, hs in c.circuit.roles.items())})."),
         f"Bootstrap: {c.n_boot} resamples ({BOOTSTRAP[c.design]}); permutations: {c.n_perm} "
         f"({PERMUTATION[c.design]}); seed {c.seed}.",
         *scale_lines(c),

@@ -16,7 +16,8 @@ to that size, so both give the same numbers there. Both run `analyse`:
    nulls are products of [n_perm, units] label matrices with the units' sums; the C_diff null from the units'
    cross-product matrices.
 3. Every report section (analysis.sections: shifts, standardised shifts, circuit tests, ..., taxonomy, causal
-   effects, cheap vs exact, prompt-count curve) computes its result from the units, in the registry's order;
+   effects, cheap vs exact, prompt-count curve, patching by position, DLA, logit lens) computes its result from
+   the units, in the registry's order;
    the head taxonomy streams one (condition, score) at a time, the causal sections every effect kind per
    condition, with a's and b's units on the diagnostics' unit boundaries so the joint bootstraps move every
    effect unit with its diagnostics.
@@ -37,6 +38,7 @@ import xarray as xr
 from analysis import causal as ca
 from analysis import sections
 from analysis import standardised as st
+from analysis.beyond_heads import BEYOND_VARIABLES
 from analysis.circuits import Circuit
 from analysis.effects import exact_kinds, is_effect_variable
 from analysis.errors import AnalysisError
@@ -175,10 +177,12 @@ def compare(ds: xr.Dataset, circuit: Circuit, a: str, b: str, *, n_boot: int, n_
     shape = (ds.sizes["layer"], ds.sizes["head"])
     circuit.check_fits(*shape)
     mask = per_head(circuit.mask(*shape), ds, name="circuit")
-    # the taxonomy scores have their own section (and NaN wherever a token has no earlier copy): the
-    # comparison's shifts stay those of the diagnostics, as on stores written before them
+    # the taxonomy scores and the direct logit attribution have their own sections (and the taxonomy NaN wherever
+    # a token has no earlier copy): the comparison's shifts stay those of the diagnostics, as on stores written
+    # before them
     variables = variables or tuple(v for v in ds.data_vars if HEAD_VARIABLE_DIMS <= set(ds[v].dims)
-                                   and not is_effect_variable(v) and v not in TAXONOMY_VARIABLES)
+                                   and not is_effect_variable(v) and v not in TAXONOMY_VARIABLES
+                                   and v not in BEYOND_VARIABLES)
     variables = tuple(dict.fromkeys(TESTED + tuple(variables)))
     if design not in (None, st.PAIRED, st.INDEPENDENT):
         raise AnalysisError(f"unknown design {design!r}: use 'paired' or 'independent'")

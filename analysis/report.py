@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 
 from analysis._util import to_jsonable
-from analysis.circuits import Circuit, load_ablation, load_circuit
+from analysis.circuits import NO_CIRCUIT, Circuit, load_ablation, load_circuit
 from analysis.errors import AnalysisError
 from analysis.html import report_page
 from analysis.markdown import markdown
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], store: Path | None,
                     ds: xr.Dataset | None = None, condition: str | None = None) -> Circuit:
-    """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 GPT-2. ds and condition serve
+    """--circuit, else the run config's circuit, else ioi23 for a 12 x 12 GPT-2, else NO_CIRCUIT (the report's
+    circuit-free sections only). ds and condition serve
     'effects:K' (the causal circuit of the store's effects, averaged over condition's prompts). A circuit
     file is looked for beside the store (a local path; None for a URL) and in the working directory."""
     spec = spec or config.get("circuit")
@@ -44,14 +45,9 @@ def resolve_circuit(spec: str | None, config: dict, shape: tuple[int, int], stor
     if spec is None:
         # Stores written before the model_type attribute existed were all GPT-2.
         model_type = str(ds.attrs.get("model_type", "gpt2")) if ds is not None else "gpt2"
-        if shape == (12, 12) and model_type == "gpt2":
-            spec = "ioi23"
-        else:
-            model = f"{shape[0]}x{shape[1]} {model_type}" if model_type != "gpt2" else f"{shape[0]}x{shape[1]}"
-            raise AnalysisError(
-                f"no default circuit for a {model} model (ioi23 is GPT-2 small's): pass --circuit FILE "
-                "or effects:KIND (or name one in the run config)"
-            )
+        if shape != (12, 12) or model_type != "gpt2":
+            return NO_CIRCUIT  # the circuit-free report; it says the circuit tests need --circuit
+        spec = "ioi23"
     beside = () if store is None else (store.parent,)
     return load_circuit(spec, search_dirs=(*beside, Path.cwd()), store=ds, condition=condition)
 
@@ -187,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if result["circuit_test"] is None:
+        print(f"wrote {args.out}/report.md, summary.json and figures ({result['design']} design); no circuit, so no "
+              "circuit tests: pass --circuit FILE or effects:KIND for them")
+        return 0
     mw, lead = result["mannwhitney"]["kl_norm"], result["circuit_test"]["kl_norm"]
     print(f"wrote {args.out}/report.md, summary.json and figures ({result['design']} design); lead test "
           f"|delta_z kl_norm| permutation p={lead['pvalue']:.3g}; posts' Mann-Whitney |delta kl_norm| "

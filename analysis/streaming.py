@@ -130,11 +130,36 @@ def _block_stats(blocks: dict[str, np.ndarray], ops: tuple, size: int, csize: in
             out[name] = unit_moments(np.where(keep[:, None], x[op[2]], np.nan), size)
         elif kind == "targets":  # prompts with a task target: any finite effect
             out[name] = np.array([np.isfinite(x[op[2]]).any(axis=1).sum()], dtype=np.int64)
+        elif kind == "at":  # values at each prompt's role positions (analysis.beyond_heads.at_roles); op[3] the
+            out[name] = unit_moments(at_roles(x[op[2]], x[op[3]], op[4]), size)  # positions, op[4] positions per row
+        elif kind == "residual":  # max |sum of the inputs op[2] - op[3]| over the block's prompts, and how many
+            out[name] = sum_residual([x[v] for v in op[2]], x[op[3]])
         elif kind == "rows":  # the subsample's rows that fall in this block (op[3]: sorted row indices)
             picks = op[3]
             lo, hi = np.searchsorted(picks, [start, start + x[op[2]].shape[0]])
             out[name] = x[op[2]][picks[lo:hi] - start]
     return out
+
+
+def at_roles(values: np.ndarray, positions: np.ndarray, n_positions: int) -> np.ndarray:
+    """[r, A x n_positions] values (position innermost) at each row's role positions [r, R] (float; -1 where the
+    role is absent) -> [r, A x R] (role innermost), NaN where the role is absent or past the row."""
+    r = values.shape[0]
+    v = values.reshape(r, -1, n_positions)
+    with quiet():
+        valid = np.isfinite(positions) & (positions >= 0) & (positions < n_positions)
+    index = np.where(valid, positions, 0).astype(np.int64)
+    picked = np.take_along_axis(v, np.broadcast_to(index[:, None, :], (r, v.shape[1], index.shape[1])), axis=2)
+    return np.where(valid[:, None, :], picked, np.nan).reshape(r, -1)
+
+
+def sum_residual(parts: list[np.ndarray], target: np.ndarray) -> np.ndarray:
+    """[[max |sum over every column of parts - target|, prompts checked]] over the rows where both are finite
+    (NaN max when none is): a sum rule checked block by block (e.g. the DLA components against the metric)."""
+    total = sum(p.sum(axis=1) for p in parts)
+    gap = np.abs(total - target[:, 0])
+    finite = np.isfinite(gap)
+    return np.array([[gap[finite].max() if finite.any() else np.nan, float(finite.sum())]])
 
 
 def _combine(parts: list[Any]) -> Any:

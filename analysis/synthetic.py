@@ -47,7 +47,10 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
                  effect_kinds: Sequence[str] = EXACT_KINDS, effect_noise: float = 0.05,
                  cheap_kinds: Sequence[str] = (), cheap_noise: float = 0.05,
                  roles: Mapping[str, Sequence[tuple[int, int]]] | None = None,
-                 repeats: Sequence[str] | None = None, pair_corr: float | None = None) -> xr.Dataset:
+                 repeats: Sequence[str] | None = None, pair_corr: float | None = None,
+                 dla: HeadShifts | None = None, lens: Sequence[float] | None = None,
+                 patching: Mapping[str, Mapping[tuple, float]] | None = None, role_positions: bool = True
+                 ) -> xr.Dataset:
     """A store-shaped Dataset with dims (condition, prompt, layer, head).
 
     shifts: {"kl_norm" | "chi": {(layer, head): delta}} added to the first condition only, so
@@ -73,6 +76,12 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
       the first condition and prompt i of the second are a pair (`pair` coordinate "p<i>" on both; the two
       conditions need equal counts), and their per-prompt noise correlates with r on every head and variable
       (as matched IOI/ABC prompts share template and names). Shifts keep their exact expectation.
+    dla, lens, patching, role_positions: issue 29's variables beyond per-head scores (see `plant_beyond`): dla
+      {(layer, head): mean DLA on the first condition}; lens: the per-layer fraction of the metric the logit lens
+      reads before the last layer; patching {"resid" | "attn_out" | "mlp_out": {(layer, ROLE | position): mean},
+      "head_pos": {(layer, head, ROLE | position): mean}} on the first condition; role_positions: write
+      `role_position` with the patching variables. None (the default) writes a store without them, exactly as
+      before (they draw from their own random stream).
     """
     rng = np.random.default_rng(seed)
     conditions = [str(c) for c in conditions]
@@ -155,12 +164,127 @@ def make_dataset(*, n_layers: int = 3, n_heads: int = 4, n_prompts: int | Sequen
     if roles is not None:
         ds = plant_taxonomy(ds, counts, roles, conditions[:1] if repeats is None else repeats,
                             np.random.default_rng([seed, 3]))
-    if effects is None:
+    if effects is None and cheap_kinds:
+        raise AnalysisError("cheap_kinds estimate planted effects: pass effects too")
+    if effects is not None:
+        ds = plant_effects(ds, counts, effects, effect_kinds, effect_noise, np.random.default_rng([seed, 1]))
         if cheap_kinds:
-            raise AnalysisError("cheap_kinds estimate planted effects: pass effects too")
-        return ds
-    ds = plant_effects(ds, counts, effects, effect_kinds, effect_noise, np.random.default_rng([seed, 1]))
-    return plant_cheap(ds, cheap_kinds, cheap_noise, np.random.default_rng([seed, 2])) if cheap_kinds else ds
+            ds = plant_cheap(ds, cheap_kinds, cheap_noise, np.random.default_rng([seed, 2]))
+    if dla is not None or lens is not None or patching is not None:
+        ds = plant_beyond(ds, counts, dla=dla, lens=lens, patching=patching, role_positions=role_positions,
+                          rng=np.random.default_rng([seed, 4]))
+    return ds
+
+
+METRIC_MEAN = 2.0  # planted mean metric of a condition with a target (plant_effects' too)
+DLA_NOISE, PATCH_NOISE, LENS_NOISE = 0.1, 0.05, 0.05  # per-prompt SDs around the planted means
+DLA_ATTN_BIAS, DLA_MLP, DLA_EMBED = 0.05, 0.2, 0.1  # planted mean DLA of each layer's attention bias, MLP; embedding
+ROLES = ("IO", "S1", "S1+1", "S2", "END")
+
+
+def synthetic_roles(length: int, prompt: int) -> list[int]:
+    """Role positions of a synthetic prompt of `length` tokens: IO 1, S1 3, S1+1 4 (absent, -1, on every fifth
+    prompt), S2 length - 4, END length - 1."""
+    return [1, 3, -1 if prompt % 5 == 4 else 4, length - 4, length - 1]
+
+
+def plant_beyond(ds: xr.Dataset, counts: Sequence[int], *, dla: HeadShifts | None, lens: Sequence[float] | None,
+                 patching: Mapping[str, Mapping[tuple, float]] | None, role_positions: bool,
+                 rng: np.random.Generator) -> xr.Dataset:
+    """Add analysis.beyond_heads' variables. Where the store has no `metric`, every condition gets one
+    (METRIC_MEAN + 0.5 N(0, 1)); prompts without a metric get NaN everywhere below.
+
+    dla: dla = planted (first condition; 0 elsewhere) + DLA_NOISE N; dla_attn_bias, dla_mlp, dla_embed around
+      DLA_ATTN_BIAS, DLA_MLP, DLA_EMBED; dla_norm_bias = metric minus the rest, so the sum rule holds to float32
+      rounding.
+    lens: lens_metric[l] = lens[l] x metric + LENS_NOISE N for l < n_layers - 1 (true mean lens[l] x METRIC_MEAN),
+      the last layer's = metric; lens_rank = 100 (1 - lens[l]) + N, 0 at the last layer.
+    patching: prompts get lengths n_tokens - (prompt % 3) (n_tokens, tokens rewritten: -1 past the end) and ROLES
+      at synthetic_roles; effect_patch_<kind>[l, position] = planted (first condition, at the prompt's role
+      position or at the absolute position) + PATCH_NOISE N, NaN past the prompt's end and on prompts without a
+      pair id where the store has a `pair` coordinate. role_positions: write `role_position` and coordinate `role`.
+    """
+    n_c, n_max = ds.sizes["condition"], ds.sizes["prompt"]
+    n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
+    out = ds.copy()
+    if "metric" in ds:
+        metric = ds["metric"].values.astype(np.float64)
+    else:
+        metric = np.full((n_c, n_max), np.nan)
+        for c, n in enumerate(counts):
+            metric[c, :n] = METRIC_MEAN + 0.5 * rng.standard_normal(n)
+        out["metric"] = (("condition", "prompt"), metric.astype(np.float32))
+        metric = out["metric"].values.astype(np.float64)
+    has = np.isfinite(metric)
+    nan_off = lambda x: np.where(has.reshape(has.shape + (1,) * (x.ndim - 2)), x, np.nan)  # noqa: E731
+    if dla is not None:
+        planted = np.zeros((n_layers, n_heads))
+        for (layer, head), value in dla.items():
+            planted[layer, head] = value
+        heads = DLA_NOISE * rng.standard_normal((n_c, n_max, n_layers, n_heads))
+        heads[0] += planted
+        bias = DLA_ATTN_BIAS + 0.02 * rng.standard_normal((n_c, n_max, n_layers))
+        mlp = DLA_MLP + DLA_NOISE * rng.standard_normal((n_c, n_max, n_layers))
+        embed = DLA_EMBED + 0.05 * rng.standard_normal((n_c, n_max))
+        heads, bias, mlp, embed = (nan_off(x).astype(np.float32) for x in (heads, bias, mlp, embed))
+        rest = (heads.astype(np.float64).sum(axis=(2, 3)) + bias.astype(np.float64).sum(axis=2)
+                + mlp.astype(np.float64).sum(axis=2) + embed)
+        out["dla"] = (("condition", "prompt", "layer", "head"), heads)
+        out["dla_attn_bias"] = (("condition", "prompt", "layer"), bias)
+        out["dla_mlp"] = (("condition", "prompt", "layer"), mlp)
+        out["dla_embed"] = (("condition", "prompt"), embed)
+        out["dla_norm_bias"] = (("condition", "prompt"), (metric - rest).astype(np.float32))
+    if lens is not None:
+        frac = np.asarray(list(lens)[:n_layers - 1] + [1.0], dtype=np.float64)
+        if frac.size != n_layers:
+            raise AnalysisError(f"lens needs {n_layers - 1} fractions (one per layer but the last)")
+        read = frac * metric[..., None] + LENS_NOISE * rng.standard_normal((n_c, n_max, n_layers))
+        read[..., -1] = metric
+        rank = 100.0 * (1.0 - frac) + rng.standard_normal((n_c, n_max, n_layers))
+        rank[..., -1] = 0.0
+        out["lens_metric"] = (("condition", "prompt", "layer"), nan_off(read).astype(np.float32))
+        out["lens_rank"] = (("condition", "prompt", "layer"), nan_off(rank).astype(np.float32))
+    if patching is not None:
+        unknown = set(patching) - {"resid", "attn_out", "mlp_out", "head_pos"}
+        if unknown:
+            raise AnalysisError(f"unknown patching variable(s) {', '.join(sorted(unknown))}: resid, attn_out, "
+                                "mlp_out, head_pos")
+        width = ds.sizes["position"]
+        lengths = np.zeros((n_c, n_max), dtype=np.int32)
+        roles = np.full((n_c, n_max, len(ROLES)), -1, dtype=np.int32)
+        tokens = ds["tokens"].values.copy()
+        for c, n in enumerate(counts):
+            for p in range(n):
+                lengths[c, p] = width - p % 3
+                roles[c, p] = synthetic_roles(int(lengths[c, p]), p)
+                tokens[c, p, lengths[c, p]:] = -1
+        out = out.assign_coords(n_tokens=(("condition", "prompt"), lengths),
+                                tokens=(("condition", "prompt", "position"), tokens))
+        inside = np.arange(width)[None, None, :] < lengths[..., None]  # (condition, prompt, position)
+        paired = has.copy()
+        if "pair" in ds.coords:
+            paired &= np.asarray(ds["pair"].values).astype(str) != ""
+        for kind in ("resid", "attn_out", "mlp_out", "head_pos"):
+            if kind not in patching:
+                continue
+            shape = (n_c, n_max, n_layers, *((n_heads,) if kind == "head_pos" else ()), width)
+            values = PATCH_NOISE * rng.standard_normal(shape)
+            for key, value in patching[kind].items():
+                *cell, where = key
+                for p in range(counts[0]):
+                    at = where if isinstance(where, (int, np.integer)) else int(roles[0, p, ROLES.index(where)])
+                    if at >= 0:
+                        values[(0, p, *cell, at)] += value
+            keep = (inside & paired[..., None])
+            keep = keep[:, :, None, None, :] if kind == "head_pos" else keep[:, :, None, :]
+            values = np.where(keep, values, np.nan).astype(np.float32)
+            dims = ("condition", "prompt", "layer", *(("head",) if kind == "head_pos" else ()), "position")
+            out[f"effect_patch_{kind}"] = (dims, values)
+        if role_positions:
+            out = out.assign_coords(role=np.asarray(ROLES, dtype=str))
+            out["role_position"] = (("condition", "prompt", "role"), np.where(has[..., None], roles, -1).astype(np.int32))
+    out.attrs["schema_version"] = 2
+    return out
 
 
 ROLE_SCORE, BACKGROUND_SCORE = 0.7, 0.05  # planted mean score of a head with / without the role

@@ -56,6 +56,11 @@ class Circuit:
         """Circuit heads sorted by (layer, head), each once."""
         return sorted({h for heads in self.roles.values() for h in heads})
 
+    @property
+    def absent(self) -> bool:
+        """True for :data:`NO_CIRCUIT`: the report then runs its circuit-free sections only."""
+        return self.source == NO_CIRCUIT_SOURCE and not self.roles
+
     def role_of(self, layer: int, head: int) -> str | None:
         for role, heads in self.roles.items():
             if (layer, head) in heads:
@@ -81,10 +86,17 @@ class Circuit:
                 f"circuit {self.name!r}: ablation effects have shape {self.ablation.shape}, "
                 f"the model has {n_layers}x{n_heads} heads"
             )
-        if not self.heads:
+        if not self.heads and not self.absent:
             raise AnalysisError(f"circuit {self.name!r} lists no heads")
         if len(self.heads) == n_layers * n_heads:
             raise AnalysisError(f"circuit {self.name!r} contains every head; nothing to compare it with")
+
+
+NO_CIRCUIT_SOURCE = "none: no --circuit given and no default for this model"
+# The circuit of a store with none (no --circuit, none in the run config, no default for the model): the report
+# runs the sections that need no circuit (shifts, standardised shifts, flagged heads, taxonomy, correlations,
+# cross-head structure, effects) and says that the circuit tests need --circuit.
+NO_CIRCUIT = Circuit(name="none", roles={}, description="no circuit given", source=NO_CIRCUIT_SOURCE)
 
 
 def parse_head(item: Any, where: str) -> tuple[int, int]:

@@ -219,8 +219,6 @@ def small_store(tmp_path_factory):
     (["ok.zarr", "--circuit", "ok.toml", "--a", "nope"], "unknown condition 'nope'"),
     (["ok.zarr", "--circuit", "big.toml"], "names heads 9.6 that a 2x3 model lacks"),
     (["ok.zarr", "--circuit", "nope.toml"], "unknown circuit"),
-    (["ok.zarr"], "no default circuit for a 2x3 model"),
-    (["neox.zarr"], "no default circuit for a 12x12 gpt_neox model"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(small_store, capsys, args, message, monkeypatch):
     monkeypatch.chdir(small_store)
@@ -232,6 +230,32 @@ def test_bad_input_is_one_line_exit_2_nothing_written(small_store, capsys, args,
     with pytest.raises(AnalysisError):
         write_report(args[0], str(out), circuit=args[args.index("--circuit") + 1] if "--circuit" in args else None,
                      a=args[args.index("--a") + 1] if "--a" in args else None, n_boot=20, n_perm=20)
+
+
+@pytest.mark.parametrize("store", ["ok.zarr", "neox.zarr"])
+def test_a_store_without_a_circuit_gets_the_circuit_free_report(small_store, capsys, store, monkeypatch):
+    """No --circuit and no default for the model (a 2x3 GPT-2, a 12x12 NeoX): the circuit-free sections run
+    (shifts, standardised shifts, flagged heads, correlations, cross-head structure), the circuit tests are
+    absent, and the report says they need --circuit."""
+    monkeypatch.chdir(small_store)
+    out = small_store / f"free-{store}"
+    assert main([store, "--out", str(out), "--n-boot", "30", "--n-perm", "30"]) == 0, capsys.readouterr().err
+    assert "no circuit, so no circuit tests" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["circuit"]["name"] == "none" and summary["circuit"]["heads"] == []
+    assert summary["circuit_test"] is None and summary["mannwhitney"] is None and summary["prompt_curve"] == {}
+    for key in ("delta", "delta_z", "effect_size", "per_head", "min_effect_tests", "correlations", "c_diff"):
+        assert summary.get(key) is not None, key
+    n_heads = 2 * 3 if store == "ok.zarr" else 144
+    assert np.shape(summary["per_head"]["kl_norm"]["p"]) == ((2, 3) if store == "ok.zarr" else (12, 12))
+    assert len(summary["min_effect_tests"]["kl_norm"]["q_bh"]) * len(summary["min_effect_tests"]["kl_norm"]["q_bh"][0]) == n_heads
+    page = (out / "report.md").read_text()
+    assert "## Circuit tests" in page and "pass `--circuit FILE`" in page and "## Head shifts" in page
+    figures = sorted(p.name for p in out.glob("fig*.png"))
+    assert "fig3_noncircuit_heads.png" in figures and not any(f.startswith(("fig1_", "fig2_", "fig4_")) for f in figures)
+    # the in-memory report is the same numbers (units of one prompt)
+    again = write_report(store, str(small_store / f"mem-{store}"), n_boot=30, n_perm=30, in_memory=True)
+    assert again["delta"] == summary["delta"] and again["per_head"] == summary["per_head"]
 
 
 def test_inline_circuit_table_in_run_config(tmp_path):

@@ -174,3 +174,21 @@ def test_atpstar_graddrop_on_post_ln_matches_detached_torch_gradients(tmp_path):
     assert np.abs(expected).max() > 1e-2
     # dropping a layer changes the estimate: GradDrop is not plain |AtP| here
     assert np.abs(expected - np.abs(np.asarray(ours["atp_patch"]))).max() > 1e-4
+
+
+def test_verify_on_a_headless_encoder_store_says_why_instead_of_suggesting_refused_effects(tmp_path, capsys):
+    """A store of an encoder without its masked-LM head (as `--preset minilm_shuffled` makes) has no effects to
+    verify; verify's hint must not send the user to `--effects`, which `run` refuses for that model."""
+    from jaxdiag.cli import main
+
+    _, directory = build(tmp_path, "bert")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"condition": c, "tokens": [2, 7, 8 + i, 9, 3]}) + "\n"
+                               for i in range(2) for c in ("a", "b")))
+    store = tmp_path / "s.zarr"
+    assert main(["run", "--model", str(directory), "--prompts", str(prompts), "--out", str(store), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(store), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert "no masked-LM head" in err and "--effects" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "v").exists()

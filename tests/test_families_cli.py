@@ -99,6 +99,12 @@ def test_real_weight_presets_run(tmp_path, preset, n_layer, n_head):
     assert (ds.sizes["layer"], ds.sizes["head"]) == (n_layer, n_head)
     assert list(ds.condition.values) == ["real", "shuffled"]
     assert np.isfinite(ds["kl"].values).any()
+    # the README's next command: an encoder store has no circuit, so it gets the circuit-free report
+    report = tmp_path / "report"
+    assert main(["report", str(out), "--out", str(report), "--n-boot", "50", "--n-perm", "50"]) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["circuit"]["name"] == "none" and summary["circuit_test"] is None and summary["design"] == "paired"
+    assert "pass `--circuit FILE`" in (report / "report.md").read_text()
     if preset == "rxn_shuffled":  # every reaction tokenises without [UNK]
         loaded = jaxdiag.load("wheel:rxnmapper")
         unk = loaded.tokenizer.backend.token_to_id("[UNK]")

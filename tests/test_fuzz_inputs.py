@@ -1,7 +1,7 @@
 """Property-based fuzzing of the two readers of user files: any input either loads or fails with a
 one-line JaxdiagError (the CLI's ``jaxdiag: error: ...``), never another exception (a traceback).
 
-Each test draws 2,000 examples; an example is one small file written and read (no model loads).
+Each test draws 2,000 examples (model configs: 400); an example is one small file written and read (no model loads).
 """
 
 from __future__ import annotations
@@ -261,3 +261,92 @@ def test_config_loader_regressions(tmp_path, content, overrides, message):
     path.write_bytes(content)
     with pytest.raises(JaxdiagError, match=message):
         load_config(str(path), overrides=overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model config.json files: every family's, mutated. read_config is what `run`, `diagnose`, `effects`
+# and `jaxdiag.load` call first, before any weight is read or any step compiled: what it accepts must
+# then be a model jaxdiag can build (positive sizes, finite numbers); what it refuses, one line.
+
+def _base_configs() -> dict[str, dict]:
+    """One valid config.json body per registered model_type, made by transformers at test size."""
+    import transformers
+
+    from jaxdiag.models.registry import FAMILIES
+    from tests.families import CASES, SMALL
+
+    bodies = {case: getattr(transformers, name)(**(SMALL | extra)).to_dict() for case, (name, _, extra, _) in CASES.items()}
+    bodies["gpt2"] = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=97, n_positions=64).to_dict()
+    bodies["bert"] = transformers.BertConfig(**SMALL).to_dict()
+    bodies["albert"] = transformers.AlbertConfig(**SMALL, embedding_size=16).to_dict()
+    text = transformers.Gemma3TextConfig(**(SMALL | CASES["gemma3"][2]))
+    bodies["gemma3-multimodal"] = transformers.Gemma3Config(text_config=text.to_dict()).to_dict()
+    assert {body["model_type"] for body in bodies.values()} == set(FAMILIES), "a family without a fuzzed config"
+    return bodies
+
+
+BASE_CONFIGS = _base_configs()
+numbers = (st.integers(min_value=-3, max_value=3) | st.integers(min_value=-(2 ** 70), max_value=2 ** 70)
+           | st.floats() | st.sampled_from([0, 1, 2, 0.5, 1e300]))
+config_values = numbers | json_values | st.sampled_from(["gpt2", "llama", "silu", "gelu", "three", "", "default",
+                                                        "llama3", "yarn", "linear", "dynamic", "sliding_attention"])
+
+
+@st.composite
+def model_config_files(draw) -> bytes:
+    """A family's config.json with up to four keys (nested ones included) replaced, removed or added, then
+    serialised as JSON, maybe truncated or in another encoding; or any bytes at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=40) | json_values.map(lambda v: json.dumps(v).encode()))
+    body = json.loads(json.dumps(BASE_CONFIGS[draw(st.sampled_from(sorted(BASE_CONFIGS)))]))
+    for _ in range(draw(st.integers(1, 4))):
+        holder = body
+        nested = [k for k, v in holder.items() if isinstance(v, dict)]
+        while nested and draw(st.integers(0, 3)) == 0:  # into rope_parameters, text_config, ...
+            holder = holder[draw(st.sampled_from(sorted(nested)))]
+            nested = [k for k, v in holder.items() if isinstance(v, dict)]
+        key = draw(st.sampled_from(sorted(holder)) if holder and draw(st.integers(0, 4)) else metadata_keys)
+        if draw(st.integers(0, 4)) == 0:
+            holder.pop(key, None)
+        else:
+            holder[key] = draw(config_values)
+    text = json.dumps(body, allow_nan=True)
+    form = draw(st.integers(0, 9))
+    if form == 0:
+        return text.encode()[:draw(st.integers(0, len(text)))]
+    if form == 1:
+        return text.encode(draw(st.sampled_from(["utf-16", "utf-32", "latin-1"])), "replace")
+    return text.encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(document=model_config_files())
+def test_model_config_reads_or_fails_with_one_line(tmp_path_factory, document):
+    import dataclasses
+
+    from jaxdiag.models.load import read_config
+
+    folder = tmp_path_factory.mktemp("config", numbered=True)
+    (folder / "config.json").write_bytes(document)
+    try:
+        config = read_config(folder)
+    except JaxdiagError as exc:
+        assert_one_line(exc)
+        event(str(exc).partition(": ")[2][:24])
+        return
+    event(f"read {config.model_type}")
+
+    def buildable(value, name: str) -> None:  # what building the model assumes of what was read
+        if dataclasses.is_dataclass(value):
+            for field in dataclasses.fields(value):
+                buildable(getattr(value, field.name), field.name)
+        elif isinstance(value, tuple):
+            for item in value:
+                buildable(item, name)
+        elif isinstance(value, float):
+            assert math.isfinite(value), (name, value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not name.endswith("_id"):
+            assert value >= 0, (name, value)
+
+    buildable(config, "config")

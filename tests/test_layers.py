@@ -31,3 +31,14 @@ def test_a_broken_contract_is_reported(tmp_path):
                       "    jaxdiag.models.family\n")
     result = _lint_imports(str(config))
     assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout[-2000:]
+
+
+def test_a_clone_folder_named_jaxdiag_does_not_shadow_the_installed_package(tmp_path):
+    """A script run from the parent of a clone named ``jaxdiag`` (``git clone ... jaxdiag``) must import the
+    package, not the clone folder as a namespace package (pyproject's ``package-dir`` note)."""
+    (tmp_path / "jaxdiag").mkdir()  # the clone's root: no __init__.py
+    (tmp_path / "analysis").mkdir()
+    res = subprocess.run([sys.executable, "-c", "import jaxdiag, analysis; print(callable(jaxdiag.load), analysis.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("True "), res.stderr[-1500:]
+    assert not res.stdout.split()[1].startswith(str(tmp_path)), res.stdout

@@ -26,7 +26,7 @@ def test_shipped_model_snippet_runs():
 
 
 def test_report_and_verify_folders_are_ignored():
-    for folder in ("report", "report10k", "verify"):
+    for folder in ("report", "report10k", "verify", "minilm-report"):
         out = subprocess.run(["git", "check-ignore", "--no-index", f"{folder}/summary.json"], cwd=ROOT,
                              capture_output=True, text=True)
         assert out.returncode == 0, folder

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -55,6 +54,9 @@ SECTIONS = (
     "causal",
     "cheap",
     "prompt_curve",
+    "position_patching",
+    "dla",
+    "logit_lens",
 )
 
 SKIP = object()  # what compute returns when its section does not apply to the store
@@ -141,12 +143,3 @@ def markdown_lines(an: Analysis) -> list[str]:
 def figure_names(an: Analysis) -> list[str]:
     """The figures drawn for this report, in their number order ("fig7_..." before "fig10_...")."""
     return sorted(drawn(an), key=lambda name: int(name[3:].split("_")[0]))
-
-
-def draw_all(an: Analysis, out_dir: Path, save) -> list[str]:
-    """Draw every section's figures into out_dir with save(fig, out_dir, name); return the file names."""
-    owner = drawn(an)
-    files: list[str] = []
-    for name in figure_names(an):
-        files += save(owner[name].draw(name, an), out_dir, name)
-    return files

@@ -180,6 +180,7 @@ def causal_effects(an: Analysis):
     """Fig. 9: per head, |delta kl_norm| against |mean effect|, one panel per effect kind. Colours: the
     report's circuit roles (grey: other heads); black outline: the kind's causal circuit."""
     from analysis.figures import plt
+    from analysis.palette import CYCLE
 
     c = an.comparison
     kinds = list(an.causal)
@@ -191,7 +192,7 @@ def causal_effects(an: Analysis):
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.6 * rows + legend_height), squeeze=False)
     for ax in axes.ravel()[len(kinds):]:
         ax.axis("off")
-    colours = {role: plt.get_cmap("tab10")(i % 10) for i, role in enumerate(roles)}
+    colours = {role: CYCLE[i % len(CYCLE)] for i, role in enumerate(roles)}
     abs_delta = np.abs(an.delta("kl_norm").values)
     # label the causal circuit and the five most shifted heads; labelling every circuit head would pile
     # names on the unshifted, non-causal corner
@@ -220,6 +221,5 @@ def causal_effects(an: Analysis):
     handles = [Line2D([], [], ls="", marker="o", c=colours[r], label=r) for r in roles]
     handles += [Line2D([], [], ls="", marker="o", c="0.6", label="other heads"),
                 Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="causal circuit")]
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7)
-    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=7)
     return fig

@@ -15,10 +15,11 @@ from analysis.labels import head_label
 from analysis.resampling import rng_for
 from analysis.sections import SKIP
 from analysis.seeds import SEED_JOINT
+from analysis.palette import OKABE_ITO
 
 NAME = "cheap"
 CHEAP_MARKERS = {"atp": "o", "atpstar": "^", "diagnostic": "s"}  # one marker style per method family
-CHEAP_COLOURS = {"atp": "tab:blue", "atpstar": "tab:orange", "diagnostic": "tab:green"}
+CHEAP_COLOURS = {"atp": OKABE_ITO["blue"], "atpstar": OKABE_ITO["orange"], "diagnostic": OKABE_ITO["green"]}
 RANKED_DIAGNOSTIC = "delta_kl_norm"  # the diagnostic drawn against the effect estimates (all are in the table)
 
 
@@ -147,7 +148,7 @@ def cheap_vs_exact(an: Analysis):
     from matplotlib.lines import Line2D
 
     from analysis.circuit_tests import descending_ranks
-    from analysis.figures import plt
+    from analysis.figures import legend_outside, plt
 
     kinds = list(an.cheap)
     fig, axes = plt.subplots(len(kinds), 2, figsize=(10.4, 4.4 * len(kinds) + 0.4), squeeze=False)
@@ -170,7 +171,7 @@ def cheap_vs_exact(an: Analysis):
             signed_ax.axvline(0, c="0.7", lw=0.5)
             signed_ax.set_xlabel(f"mean effect_{kind} (exact, signed)")
             signed_ax.set_ylabel("mean AtP estimate (signed)")
-            signed_ax.legend(fontsize=7, loc="best")
+            legend_outside(signed_ax, fontsize=7)
             signed_ax.set_title(f"effect_{kind}: AtP against exact", fontsize=9)
         else:
             signed_ax.axis("off")
@@ -188,6 +189,5 @@ def cheap_vs_exact(an: Analysis):
         rank_ax.set_title(f"effect_{kind}: ranks; causal circuit ({len(e.circuit)} heads) outlined", fontsize=9)
         handles, _ = rank_ax.get_legend_handles_labels()
         handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="causal circuit"))
-        rank_ax.legend(handles=handles, fontsize=7, loc="best")
-    fig.tight_layout()
+        legend_outside(rank_ax, handles=handles, fontsize=7)
     return fig

@@ -15,6 +15,7 @@ from analysis.labels import like
 from analysis.resampling import rng_for
 from analysis.results import MinEffectResult
 from analysis.seeds import SEED_PERM, SEED_STRAT, SEED_STRAT_Z
+from analysis.palette import OKABE_ITO
 
 NAME = "circuit_tests"
 RAW = "|delta| (raw shift; the posts' test)"
@@ -41,6 +42,11 @@ def compute(ctx) -> dict[str, CircuitTests]:
         p_x, p_0 = (st.min_effect_pvalue(delta.values, se, df, value) for value in (x, 0.0))
         min_eff = MinEffectResult(x, like(delta, p_x), ct.benjamini_hochberg(like(delta, p_x)), like(delta, p_0),
                                   ct.benjamini_hochberg(like(delta, p_0)), standard.df)
+        if c.circuit.absent:  # no circuit to test: the per-head tests only
+            tests[v] = CircuitTests(None, None, None, None, per_head=per_head_test,
+                                    q_bh=ct.benjamini_hochberg(per_head_test.pvalue), rank=ct.descending_ranks(np.abs(delta)),
+                                    rank_z=ct.descending_ranks(np.abs(z)), min_effect=min_eff)
+            continue
         tests[v] = CircuitTests(
             mann_whitney=ct.mann_whitney(np.abs(delta).values, mask),
             auc_interval=ct.auc_interval(shifted.bootstrap_distribution.values, mask),
@@ -58,6 +64,11 @@ def compute(ctx) -> dict[str, CircuitTests]:
 
 def summary(an: Analysis) -> dict[str, Any]:
     c = an.comparison
+    if c.circuit.absent:  # the per-head tests; the circuit tests' keys say there are none (CONTRACT.md)
+        return {"circuit_test": None, "standardised_tests": None, "min_effect": dict(c.min_effect),
+                "min_effect_tests": {v: min_effect_entry(an.circuit_tests[v]) for v in TESTED},
+                "mannwhitney": None, "permutation": None,
+                "per_head": {v: per_head_entry(an.circuit_tests[v], c.n_perm) for v in TESTED}, "layer_stratified": None}
     out: dict[str, Any] = {
         "circuit_test": {v: circuit_test_entry(an.circuit_tests[v], c.design) for v in TESTED},
         "standardised_tests": {v: standardised_entry(an.circuit_tests[v]) for v in TESTED},
@@ -71,14 +82,16 @@ def summary(an: Analysis) -> dict[str, Any]:
         out["permutation"][v] = {"p": t.permutation.pvalue, "U": t.permutation.statistic,
                                  "n_perm": t.permutation.n_resamples, "alternative": t.permutation.alternative,
                                  "statistic": RAW}
-        out["per_head"][v] = {
-            "p": t.per_head.pvalue.values, "q_bh": t.q_bh.values, "n_perm": c.n_perm,
-            "min_attainable_p": 1.0 / (c.n_perm + 1), "alternative": t.per_head.alternative,
-            "rank_abs_delta": t.rank.values,
-            "bh_0.05": [list(h) for h in t.bh_heads(0.05)], "bh_0.01": [list(h) for h in t.bh_heads(0.01)],
-        }
+        out["per_head"][v] = per_head_entry(t, c.n_perm)
         out["layer_stratified"][v] = {**stratified_entry(t.stratified), "statistic": RAW}
     return out
+
+
+def per_head_entry(t: CircuitTests, n_perm: int) -> dict[str, Any]:
+    return {"p": t.per_head.pvalue.values, "q_bh": t.q_bh.values, "n_perm": n_perm,
+            "min_attainable_p": 1.0 / (n_perm + 1), "alternative": t.per_head.alternative,
+            "rank_abs_delta": t.rank.values,
+            "bh_0.05": [list(h) for h in t.bh_heads(0.05)], "bh_0.01": [list(h) for h in t.bh_heads(0.01)]}
 
 
 def mann_whitney_entry(t: CircuitTests, standardised: bool = False) -> dict[str, Any]:
@@ -136,6 +149,18 @@ def markdown(an: Analysis) -> list[str]:
 
     c = an.comparison
     n_heads_total = c.mask.size
+    if c.circuit.absent:
+        lines = ["", "## Circuit tests", "",
+                 "No circuit was given (no `--circuit`, none in the run config, and no default for this model), so "
+                 "this report has no test of \"the circuit shifts more than the other heads\": pass `--circuit FILE` "
+                 "(a TOML/JSON circuit) or `--circuit effects:KIND` (the causal circuit of the store's effects) for "
+                 "them. Every other section is circuit-free.", ""]
+        for var in TESTED:
+            bh05, bh01 = an.circuit_tests[var].bh_heads(0.05), an.circuit_tests[var].bh_heads(0.01)
+            lines.append(f"- **Per-head permutation tests (two-sided, |delta {var}|)** with Benjamini-Hochberg FDR "
+                         f"over all {n_heads_total} heads: {len(bh05)} head(s) at q <= 0.05 "
+                         f"({heads_text(bh05) or 'none'}), {len(bh01)} at q <= 0.01.")
+        return lines + [""] + min_effect_lines(an)
     lines = ["", "## Is the circuit more shifted than the other heads?", "",
              "The lead result ranks heads by |delta_z| = |delta / SE|, each head's shift in units of its own noise: "
              "with no shift every head's delta_z has (nearly) the same t distribution however noisy the head is, "
@@ -240,7 +265,7 @@ def min_effect_lines(an: Analysis) -> list[str]:
 
 
 def figures(an: Analysis) -> tuple[str, ...]:
-    return ("fig4_delta_distributions",)
+    return () if an.comparison.circuit.absent else ("fig4_delta_distributions",)
 
 
 def draw(name: str, an: Analysis):
@@ -256,7 +281,7 @@ def draw(name: str, an: Analysis):
         ax.boxplot([g[np.isfinite(g)] for g in groups], showfliers=False)
         for i, g in enumerate(groups):
             ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, g.size), g, s=10, alpha=0.6,
-                       c="tab:orange" if i == 0 else "tab:gray", zorder=3)
+                       c=OKABE_ITO["orange"] if i == 0 else OKABE_ITO["grey"], zorder=3)
         ax.set_xticks([1, 2], [f"circuit ({groups[0].size})", f"other ({groups[1].size})"])
         ax.set_ylabel(f"|delta {var}|")
         mw, pm = an.circuit_tests[var].mann_whitney, an.circuit_tests[var].permutation
@@ -264,5 +289,4 @@ def draw(name: str, an: Analysis):
         ax.set_title(f"raw |delta| (posts'): MW U={mw.statistic:.0f}, p={mw.pvalue:.2g} (one-sided)\n"
                      f"AUC={mw.auc:.2f}, permutation p={pm.pvalue:.2g}; lead |delta_z| permutation "
                      f"p={lead.pvalue:.2g}", fontsize=8)
-    fig.tight_layout()
     return fig

@@ -14,6 +14,7 @@ from analysis.labels import head_matrix, pair_label, units_of
 from analysis.resampling import rng_for
 from analysis.results import ConfidenceInterval
 from analysis.seeds import SEED_CBOOT, SEED_CNULL
+from analysis.palette import OKABE_ITO
 
 NAME = "cross_head"
 FIGURES = ("fig5_correlation_matrices", "fig6_ca_vs_cb", "fig8_c_diff_clustered")
@@ -139,33 +140,32 @@ def correlation_matrices(an: Analysis):
             ax.axhline(boundary - 0.5, c="k", lw=0.2)
             ax.axvline(boundary - 0.5, c="k", lw=0.2)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
     return fig
 
 
 def band_scatter(an: Analysis):
     """Fig. 6: C_a vs C_b over head pairs with the posts' 5-sigma band around the diagonal."""
-    from analysis.figures import plt
+    from analysis.figures import legend_outside, plt
 
     c, x = an.comparison, an.cross_head
     c_a, c_b = x.c_a.values, x.c_b.values
     i, j = np.triu_indices(c_a.shape[0], 1)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.scatter(c_a[i, j], c_b[i, j], s=3, alpha=0.3, c="tab:gray", lw=0, rasterized=True)
+    ax.scatter(c_a[i, j], c_b[i, j], s=3, alpha=0.3, c=OKABE_ITO["grey"], lw=0, rasterized=True)
     grid = np.linspace(-1, 1, 3)
     width = N_SIGMA * x.sigma
     ax.plot(grid, grid, c="k", lw=0.8)
-    ax.plot(grid, grid - width, c="tab:red", ls="--", lw=0.8, label=f"|C_diff| = {N_SIGMA:g} sigma ({width:.3f})")
-    ax.plot(grid, grid + width, c="tab:red", ls="--", lw=0.8)
+    ax.plot(grid, grid - width, c=OKABE_ITO["vermillion"], ls="--", lw=0.8, label=f"|C_diff| = {N_SIGMA:g} sigma ({width:.3f})")
+    ax.plot(grid, grid + width, c=OKABE_ITO["vermillion"], ls="--", lw=0.8)
     for p, q in x.flagged:
-        ax.scatter(c_a[p, q], c_b[p, q], s=25, c="tab:red", zorder=3)
+        ax.scatter(c_a[p, q], c_b[p, q], s=25, c=OKABE_ITO["vermillion"], zorder=3)
         ax.annotate(pair_label(x.head(p), x.head(q)), (c_a[p, q], c_b[p, q]), fontsize=7)
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel(f"C_{c.a}")
     ax.set_ylabel(f"C_{c.b}")
     ax.set_title(f"{len(x.flagged)} pair(s) outside the band; max-|C_diff| null p = {x.max_null.pvalue:.2g}")
-    ax.legend(fontsize=8)
+    legend_outside(ax, fontsize=8)
     return fig
 
 
@@ -192,6 +192,8 @@ def clustered_c_diff(an: Analysis):
     extent = (0, 10 * k, 10 * k, 0)
     im = ax.imshow(x.c_diff.values[np.ix_(order, order)], cmap="RdBu_r", vmin=-2, vmax=2, interpolation="nearest",
                    extent=extent, aspect="auto")
+    ax.set_title("C_diff in the dendrogram's leaf order" + ("" if c.circuit.absent else " (circuit heads bold)"),
+                 fontsize=9)
     circuit = c.mask.values.ravel()
     if k <= 48:  # above that, head labels are unreadable; circuit heads still get ticks
         shown = np.arange(k)

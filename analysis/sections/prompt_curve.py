@@ -11,6 +11,7 @@ from analysis.findings import CURVE_N_PERM, TESTED, Analysis
 from analysis.prompt_curve import prompt_curve
 from analysis.resampling import rng_for
 from analysis.seeds import SEED_CURVE, SEED_CURVE_PERM
+from analysis.palette import OKABE_ITO
 
 NAME = "prompt_curve"
 MARKDOWN_AFTER = "cross_head"
@@ -18,7 +19,7 @@ MARKDOWN_AFTER = "cross_head"
 
 def compute(ctx) -> dict[str, list]:
     """{} when the curve is not asked for (summary.json then holds an empty `prompt_curve`)."""
-    if not ctx.curve:
+    if not ctx.curve or ctx.comparison.circuit.absent:  # the curve is of the circuit test's p-value
         return {}
     c = ctx.comparison
     return prompt_curve({v: c.values[v][0].values for v in TESTED}, {v: c.values[v][1].values for v in TESTED},
@@ -66,11 +67,11 @@ def draw(name: str, an: Analysis):
 def prompt_count_curve(an: Analysis):
     """Fig. 7: the lead test's permutation p and the posts' Mann-Whitney p, AUC and CI width against prompts
     per condition (subsampling)."""
-    from analysis.figures import plt
+    from analysis.figures import legend_outside, plt
 
     t = an.curve
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for var, c in zip(TESTED, ("tab:purple", "tab:green")):
+    for var, c in zip(TESTED, (OKABE_ITO["purple"], OKABE_ITO["green"])):
         axes[0].plot(t["n"], t[f"mw_p_{var}"], marker="o", c=c, ls="--", label=f"{var}: posts' MW, raw |delta|")
         if any(p is not None for p in t[f"perm_p_{var}"]):
             axes[0].plot(t["n"], [np.nan if p is None else p for p in t[f"perm_p_{var}"]], marker="s", c=c,
@@ -86,9 +87,12 @@ def prompt_count_curve(an: Analysis):
     axes[1].axhline(0.5, c="k", ls=":", lw=0.8)
     axes[1].set_ylabel("ROC-AUC (median, IQR)")
     axes[2].set_ylabel("mean 95% CI width of delta")
+    axes[0].set_title("significance: circuit vs other heads", fontsize=9)
+    axes[1].set_title("separation of circuit from other heads", fontsize=9)
+    axes[2].set_title("precision of each head's delta", fontsize=9)
+    fig.suptitle("What more prompts buy: medians over random subsamples of n prompts per condition")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("prompts per condition")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        legend_outside(ax, fontsize=8)
     return fig

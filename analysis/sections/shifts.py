@@ -80,7 +80,7 @@ def markdown(an: Analysis) -> list[str]:
 
 
 def figures(an: Analysis) -> tuple[str, ...]:
-    return FIGURES
+    return FIGURES[2:] if an.comparison.circuit.absent else FIGURES  # without a circuit: every head in fig3
 
 
 def draw(name: str, an: Analysis):
@@ -89,7 +89,7 @@ def draw(name: str, an: Analysis):
 
 def one_head(an: Analysis):
     """Fig. 1: the circuit head with the largest |delta kl_norm| in the (KL, chi) plane."""
-    from analysis.figures import head_panel, legend, plt
+    from analysis.figures import head_panel, legend, legend_outside, plt
 
     delta = np.where(an.comparison.mask.values, np.abs(np.nan_to_num(an.delta("kl_norm").values)), -1)
     layer, head = np.unravel_index(int(np.argmax(delta)), delta.shape)
@@ -99,7 +99,7 @@ def one_head(an: Analysis):
     ax.set_ylabel("chi")
     role = an.comparison.circuit.role_of(layer, head) or "non-circuit"
     ax.set_title(f"head {head_label(layer, head)} ({role}): delta KL = {float(an.delta('kl_norm')[layer, head]):+.3f}")
-    ax.legend(handles=legend(an), loc="best", fontsize=8)
+    legend_outside(ax, handles=legend(an), fontsize=8)
     return fig
 
 
@@ -122,4 +122,5 @@ def other_grid(an: Analysis):
     from analysis.figures import head_grid
 
     heads = [(int(l), int(h)) for l, h in zip(*np.nonzero(~an.comparison.mask.values))]
-    return head_grid(an, heads, [head_label(l, h) for l, h in heads], "non-circuit heads", arrow=True)
+    title = "every head (no circuit)" if an.comparison.circuit.absent else "non-circuit heads"
+    return head_grid(an, heads, [head_label(l, h) for l, h in heads], title, arrow=True)

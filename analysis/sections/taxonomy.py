@@ -190,5 +190,4 @@ def head_taxonomy(an: Analysis):
     rates = ", ".join(f"{c} {float(t.sink_rate.statistic.sel(condition=c)):.2f}" for c in names)
     fig.suptitle(f"Head taxonomy: mean scores per condition (red outline: the column's role); "
                  f"sink rate (bos_attn > {t.sink_rate.epsilon:g}): {rates}", fontsize=8)
-    fig.tight_layout()
     return fig

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,7 +61,7 @@ def read_config(directory: Path):
         config = entry.config.from_dict(raw, source=str(path))
     except KeyError as exc:
         raise JaxdiagError(f"{path}: a {model_type} config needs {exc.args[0]!r}, which this one lacks") from None
-    except (TypeError, ValueError, ZeroDivisionError) as exc:  # a wrong-typed value the family's reader computed with
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:  # a wrong-typed value its reader computed with
         raise JaxdiagError(f"{path}: a {model_type} config with a value of the wrong type ({exc})") from None
     check_field_types(config, str(path))
     if model_type in ("bert", "albert"):
@@ -71,8 +72,10 @@ def read_config(directory: Path):
 
 
 def check_field_types(config: Any, source: str) -> None:
-    """Every field of a family's config dataclass holds a value of its declared type (read from the dataclass, not
-    listed per field): config.json is user input, and a string where a count belongs would fail deep in JAX."""
+    """Every field of a family's config dataclass (and of the dataclasses it holds, e.g. its ``Rope``) holds a
+    value of its declared type, every float is finite and every int that is not an ``*_id`` is a size, >= 0
+    (read from the dataclass, not listed per field): config.json is user input, and a string where a count
+    belongs, a negative width or a NaN theta would fail deep in JAX or compute garbage."""
     import typing
 
     hints = typing.get_type_hints(type(config))
@@ -84,6 +87,14 @@ def check_field_types(config: Any, source: str) -> None:
         if not ok:
             names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
             raise JaxdiagError(f"{source}: {field.name} must be {names}, not {json.dumps(value, default=repr)}")
+        for item in value if isinstance(value, tuple) else (value,):
+            if dataclasses.is_dataclass(item):
+                check_field_types(item, source)
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise JaxdiagError(f"{source}: {field.name} must be a finite number, not {item}")
+            elif (isinstance(item, int) and not isinstance(item, bool) and item < 0
+                  and not field.name.endswith("_id")):
+                raise JaxdiagError(f"{source}: {field.name} must be a size (>= 0), not {item}")
 
 
 def _is_a(value: Any, kind: Any) -> bool:

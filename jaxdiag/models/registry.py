@@ -39,7 +39,7 @@ SUPPORTED: tuple[str, ...] = tuple(FAMILIES)
 
 def registered(model_type: str | None, *, source: str = "config") -> Registered:
     """The registry entry of ``model_type``, or a one-line error listing the supported ones."""
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:  # config.json may hold any JSON there
         raise JaxdiagError(f"{source}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
     return FAMILIES[model_type]
 

@@ -76,7 +76,7 @@ def verify(store: str | Path, *, method: str | None = None, top: int = 10, sampl
     method = method or next((k for k in cheap if k.startswith("atpstar_")), cheap[0] if cheap else None)
     if method is None or method not in cheap:
         raise JaxdiagError(f"{store} has no attribution-patching estimates to rank by{f' ({method!r})' if method else ''}: "
-                           "run with --effects atpstar_patch (or atp_K)")
+                           f"{_effects_hint(ds)}")
     if top < 1 or sample < 0 or not 0 < fraction <= 1:
         raise JaxdiagError("--top must be >= 1, --sample >= 0, and --fraction in (0, 1]")
     estimate = ds[f"effect_{method}"].load()
@@ -115,6 +115,25 @@ def verify(store: str | Path, *, method: str | None = None, top: int = 10, sampl
     share = float(stats.beta.ppf(CONFIDENCE, k + 1, m - k)) if m else 1.0
     return Verification(method, edit_of(method), int(n), n_layer * n_head, float(threshold),
                         [check(h) for h in order[:top]], checked, share, share * len(rest), incomplete)
+
+
+def _effects_hint(ds) -> str:
+    """How to make a store verify can read, or why this store's model cannot give one (an encoder without its
+    masked-LM head has no task metric, so ``--effects`` is refused for it: suggesting it would send the user
+    into a second error)."""
+    from jaxdiag.checkpoint import resolve
+    from jaxdiag.models.load import read_config
+    from jaxdiag.models.registry import registered
+
+    hint = "run with --effects atpstar_patch (or atp_K)"
+    try:
+        config = json.loads(ds.attrs["config"])
+        checkpoint = resolve(config["model"], config.get("revision"))
+        family = read_config(checkpoint.directory)
+        reason = registered(family.model_type).model.effects_reason(family)
+    except (KeyError, TypeError, ValueError, JaxdiagError):  # the model is gone or unreadable: the plain hint
+        return hint
+    return hint if reason is None else f"its model {config['model']!r} has none to give ({reason})"
 
 
 def _exact_effects(ds, kind: str, finite: np.ndarray, heads: list[tuple[int, int]], batch_size: int) -> np.ndarray:
