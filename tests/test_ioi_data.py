@@ -148,3 +148,33 @@ def test_training_is_bit_identical_from_its_seed_and_unused_rows_stay_exactly_ze
     unused = np.setdiff1d(np.arange(first["wte.weight"].shape[0]), used)
     assert np.all(first["wte.weight"][unused] == 0.0)
     assert np.all(np.any(first["wte.weight"][used] != 0.0, axis=1))
+
+
+def test_the_experimental_shares_draw_nothing_at_zero_and_stay_in_their_vocabulary():
+    """The issue-32 re-mixes (off in the shipped recipe): at 0 the data stream is the shipped one; the
+    proper-noun mixture's names are proper nouns, never held-out names, inside used_vocabulary(True)."""
+    import dataclasses
+
+    base = data.training_examples(np.random.default_rng(3), 64)
+    off = data.training_examples(np.random.default_rng(3), 64,
+                                 dataclasses.replace(data.Mixture(), proper_nouns=0.0, heldout_names=0.0))
+    assert [e.text for e in base] == [e.text for e in off]
+    mixture = dataclasses.replace(data.Mixture(), proper_nouns=1.0)
+    examples = data.training_examples(np.random.default_rng(4), 256, mixture)
+    proper = set(data.proper_nouns())
+    ioi = [e for e in examples if e.kind == "ioi"]
+    assert ioi and all(set(_words(e.text)) & proper for e in ioi)
+    assert proper.isdisjoint(data.ALL_NAMES) and proper.isdisjoint(data.word_list())
+    tokens, _, targets = data.encode_batch(examples)
+    used = data.used_vocabulary(True)
+    assert np.isin(tokens, used).all() and np.isin(targets[targets >= 0], used).all()
+    assert len(used) > len(data.used_vocabulary())
+
+
+def test_trainer_mixture_option_is_recorded_and_checked():
+    from jaxdiag.ioi import train
+
+    assert train._recorded_args(["--out", "d", "--mixture", "proper_nouns=0.5", "--snapshots", "s"]) == [
+        "--out", "d", "--mixture", "proper_nouns=0.5"]
+    with pytest.raises(SystemExit):
+        train.main(["--out", "/nonexistent/x", "--mixture", "nope=1"])

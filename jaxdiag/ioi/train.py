@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, seed: int, *, progress: bool = True, eval_every: int
     so ``--steps N`` retrains that very snapshot).
     """
     rng = np.random.default_rng(seed)
-    used = data.used_vocabulary()
+    used = data.used_vocabulary(cfg.mixture.proper_nouns > 0)
     model = GPT2(compact_config(cfg, used), precision="highest", rngs=nnx.Rngs(seed))
     tx = adamw_warmup_constant(cfg.learning_rate, cfg.warmup_steps, cfg.clip_norm, cfg.weight_decay)
     graphdef, params, step = compile_train_step(model, tx, _loss)
@@ -149,7 +149,8 @@ def write_run(out: Path, model: GPT2, cfg: TrainConfig, args: list[str], seed: i
               wall: float, cpu: float) -> dict:
     """Save the checkpoint, the ids it was trained on and ``training_record.json`` into ``out``."""
     save_checkpoint(model, out)
-    write_trained_tokens(out, data.used_vocabulary())
+    used = data.used_vocabulary(cfg.mixture.proper_nouns > 0)
+    write_trained_tokens(out, used)
     record = training_record("jaxdiag.ioi.train", args, seed, cfg, wall, cpu, **summary)
     record["heldout_per_template"] = per_template(model)
     record["data"] = {
@@ -158,7 +159,7 @@ def write_run(out: Path, model: GPT2, cfg: TrainConfig, args: list[str], seed: i
         "heldout_templates": list(data.HELDOUT_TEMPLATES), "heldout_places": list(data.HELDOUT_PLACES),
         "heldout_objects": list(data.HELDOUT_OBJECTS),
         "grammar": "jaxdiag/ioi/grammar.py", "word_list": "jaxdiag/ioi/words.txt",
-        "n_words": len(data.word_list()), "used_vocabulary_size": int(len(data.used_vocabulary())),
+        "n_words": len(data.word_list()), "used_vocabulary_size": int(len(used)),
     }
     (out / "training_record.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, nargs=3, metavar=("LAYERS", "HEADS", "D_MODEL"),
                         help="architecture (default: the recorded one)")
     parser.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {TrainConfig.weight_decay})")
+    parser.add_argument("--mixture", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a share of data.Mixture (repeatable), e.g. proper_nouns=0.5")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--snapshots", type=Path, help="also save a complete run (checkpoint + record) every 1000 steps here")
     args = parser.parse_args(argv)
@@ -206,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, n_layer=args.arch[0], n_head=args.arch[1], n_embd=args.arch[2])
     if args.weight_decay is not None:
         cfg = dataclasses.replace(cfg, weight_decay=args.weight_decay)
+    if args.mixture:
+        fields = {f.name for f in dataclasses.fields(data.Mixture)}
+        shares = dict(kv.split("=", 1) for kv in args.mixture)
+        if not set(shares) <= fields:
+            parser.error(f"--mixture: unknown share(s) {sorted(set(shares) - fields)}; known: {sorted(fields)}")
+        cfg = dataclasses.replace(cfg, mixture=dataclasses.replace(cfg.mixture, **{k: float(v) for k, v in shares.items()}))
     recorded = _recorded_args(sys.argv[1:] if argv is None else argv)
     start, cpu_start = time.perf_counter(), time.process_time()
 
