@@ -139,6 +139,8 @@ def stream_condition(ds: xr.Dataset, condition: str, chosen: list[View], size: i
     [max |sum(parts) - target|, prompts checked]. Returns (view name -> units, residual or None, blocks)."""
     variables = list(dict.fromkeys([w.variable for w in chosen] + (list(residual[0]) + [residual[1]] if residual
                                                                   else [])))
+    if residual and "foil" in ds.variables:  # without a foil the DLA terms sum to the target's logit, not the metric
+        ds = ds.assign({residual[1]: ds[residual[1]].where(ds["foil"] >= 0)})  # (a log-probability): not checked
     inputs = {v: rows(ds, condition, v) for v in variables}
     if any(w.by_role for w in chosen):
         inputs[ROLE_POSITION] = rows(ds, condition, ROLE_POSITION)

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from jaxdiag.errors import AnalysisError, Interrupted, JaxdiagError
-from jaxdiag.schema import EFFECT_KINDS, PRECISIONS, QUERIES
+from jaxdiag.schema import RUN_KINDS, PRECISIONS, QUERIES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, metavar="S")
     run.add_argument("--mesh", metavar="data=D,model=M", help="device mesh: parameters sharded over M devices "
                      "(Megatron-style), batches over D rows of them (default: every local device on data)")
-    run.add_argument("--effects", metavar="KINDS", help=f"causal effects to compute per head, comma-separated: {', '.join(EFFECT_KINDS)}")
+    run.add_argument("--effects", metavar="KINDS", help=f"causal effects per head, direct logit attribution, the logit lens and patching by position, comma-separated: {', '.join(RUN_KINDS)}")
     run.add_argument("--out", required=True, metavar="STORE.zarr", help="the Zarr store to write: a path or an fsspec "
                      "URL (file://, s3://, gs://, memory:// within one process)")
     mode = run.add_mutually_exclusive_group()

@@ -12,7 +12,8 @@ from typing import Literal
 from jaxdiag.errors import JaxdiagError
 
 # 2: docs/CONTRACT.md's schema 2 -- the head-taxonomy variables (always) and causal effects (on request).
-SCHEMA_VERSION = 2
+# 3: schema 3 -- direct logit attribution, the logit lens, patching by position and role_position (on request).
+SCHEMA_VERSION = 3
 
 # Per-head diagnostics, in store order: name -> (long_name, units). docs/CONTRACT.md, schema 1.
 DIAGNOSTIC_ATTRS: dict[str, tuple[str, str]] = {
@@ -81,6 +82,59 @@ TASK_ATTRS: dict[str, tuple[str, str]] = {
        for kind in _EDITS},
 }
 
+# Beyond whole-head effects (docs/CONTRACT.md, schema 3), asked for beside the effects (`--effects dla,lens`):
+# direct logit attribution, the logit lens (with the target's rank on request) and patching by position.
+POSITION_KINDS: tuple[str, ...] = ("patch_resid", "patch_attn_out", "patch_mlp_out", "patch_head_pos")
+COMPONENT_KINDS: tuple[str, ...] = ("dla", "lens", "lens_rank", *POSITION_KINDS)
+RUN_KINDS: tuple[str, ...] = (*EFFECT_KINDS, *COMPONENT_KINDS)  # every kind a run config's `effects` may name
+
+
+def head_effect_kinds(kinds) -> tuple[str, ...]:
+    """The whole-head effect kinds among a run's ``kinds`` (what ``effect_<kind> [layer, head]`` and the
+    zero / mean / patch machinery are for)."""
+    return tuple(kind for kind in kinds if kind in EFFECT_KINDS)
+
+
+def needs_partner(kinds) -> bool:
+    """Whether some kind replaces activations by the pair partner's (every prompt then needs its pair)."""
+    return any(kind in POSITION_KINDS or (kind in EFFECT_KINDS and edit_of(kind) == "patch") for kind in kinds)
+
+
+_DLA_NOTE = ("the direct contribution to the raw logit difference logit(target) - logit(foil) (the target's raw "
+             "logit without a foil; logits before any soft cap) at metric_position, through the final norm with its "
+             "scale frozen at the clean run (and a normalised attention output's norm frozen too, Gemma): "
+             "gain * (c - mean(c)) . u for LayerNorm, gain * c . u for RMSNorm, u = W_U[target] - W_U[foil]; "
+             "dla + dla_attn_bias + dla_mlp + dla_embed + dla_norm_bias summed = that logit difference")
+_PATCH_NOTE = ("metric with {what} at one position replaced by its value on the prompt's pair partner (the partner's "
+               "clean run), minus metric; NaN at positions past the prompt's end")
+# name -> (long_name, units, dims after prompt). Schema 3.
+COMPONENT_ATTRS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "dla": (f"head (layer, head)'s output through its rows of the output projection: {_DLA_NOTE}", "logit",
+            ("layer", "head")),
+    "dla_attn_bias": (f"the attention output projection's bias of the layer: {_DLA_NOTE}", "logit", ("layer",)),
+    "dla_mlp": (f"the layer's MLP output (its contribution to the residual): {_DLA_NOTE}", "logit", ("layer",)),
+    "dla_embed": (f"the embeddings (token + position): {_DLA_NOTE}", "logit", ()),
+    "dla_norm_bias": (f"the final norm's bias, beta . u (0 for RMSNorm): {_DLA_NOTE}", "logit", ()),
+    "lens_metric": ("logit lens: the metric read from the residual after the layer's block at metric_position, through "
+                    "the final norm (recomputed) and the unembedding; the last layer's equals metric", _METRIC_UNITS,
+                    ("layer",)),
+    "lens_rank": ("logit lens: the target's rank among all tokens (0 = the top logit) read from the residual after "
+                  "the layer's block at metric_position", "rank", ("layer",)),
+    "effect_patch_resid": (_PATCH_NOTE.format(what="the residual stream entering the layer"), _METRIC_UNITS,
+                           ("layer", "position")),
+    "effect_patch_attn_out": (_PATCH_NOTE.format(what="the layer's attention output"), _METRIC_UNITS,
+                              ("layer", "position")),
+    "effect_patch_mlp_out": (_PATCH_NOTE.format(what="the layer's MLP output"), _METRIC_UNITS, ("layer", "position")),
+    "effect_patch_head_pos": (_PATCH_NOTE.format(what="the head's output (its d_head slice before the output "
+                                                      "projection)"), _METRIC_UNITS, ("layer", "head", "position")),
+}
+# The variables each component kind adds.
+COMPONENT_VARIABLES: dict[str, tuple[str, ...]] = {
+    "dla": ("dla", "dla_attn_bias", "dla_mlp", "dla_embed", "dla_norm_bias"), "lens": ("lens_metric",),
+    "lens_rank": ("lens_metric", "lens_rank"), **{kind: (f"effect_{kind}",) for kind in POSITION_KINDS}}
+ROLE_ATTRS = {"long_name": "the token index of each named role of the prompt (BOS counted as 0; ioi: IO, S1, S1+1, "
+                           "S2, END); -1 where the prompt has no such role", "units": "position"}
+
 QueryMode = Literal["last", "all"]
 QUERIES: tuple[str, ...] = ("last", "all")
 Precision = Literal["highest", "default", "bf16"]
@@ -88,7 +142,8 @@ PRECISIONS: tuple[str, ...] = ("highest", "default", "bf16")
 
 # Names a prompt's metadata key may not take: they are the store's own variables and coordinates.
 RESERVED_KEYS: frozenset[str] = frozenset({*DIMENSIONS, *PROMPT_COORDS, *HEAD_VARIABLES, *TASK_COORDS, "metric",
-                                          *(f"effect_{kind}" for kind in EFFECT_KINDS), "head_mean"})
+                                          *(f"effect_{kind}" for kind in EFFECT_KINDS), "head_mean",
+                                          *COMPONENT_ATTRS, "role_position", "role"})
 
 # `builtin:NAME` names a model or file shipped in jaxdiag/data/.
 BUILTIN_PREFIX = "builtin:"

@@ -6,15 +6,13 @@ exact and cheap effects, the taxonomy, DLA, the logit lens, patching by position
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
-from analysis import sections
 from analysis.circuits import NO_CIRCUIT, from_mapping
 from analysis.pipeline import run_analysis
 from analysis.synthetic import make_dataset
+from tests.figure_checks import assert_figures_readable
 
 CIRCUIT = {"name": "toy", "roles": {"Induction": ["1.2", "2.1"], "Previous Token": ["0.1"]}}
 TAXONOMY = {"previous_token": [(0, 1)], "induction": [(1, 2), (2, 1)], "duplicate_token": [(0, 3)]}
@@ -34,47 +32,8 @@ def analysis(request):
     return run_analysis(ds, circuit, "repeated", "random", n_boot=50, n_perm=20, seed=0)
 
 
-def _boxes(fig, renderer):
-    """(legend boxes, [(what, box)] of every title, axis label and plot area the legends must stay off)."""
-    legends = [leg for leg in fig.legends] + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
-    keep_off = []
-    for text, what in ((fig._suptitle, "suptitle"), (fig._supxlabel, "supxlabel"), (fig._supylabel, "supylabel")):
-        if text is not None and text.get_text():
-            keep_off.append((what, text.get_window_extent(renderer)))
-    for i, ax in enumerate(fig.axes):
-        if not ax.get_visible() or not ax.axison:
-            continue
-        keep_off.append((f"axes {i} plot area", ax.get_window_extent(renderer)))
-        for text, what in ((ax.title, "title"), (ax.xaxis.label, "xlabel"), (ax.yaxis.label, "ylabel")):
-            if text.get_text():
-                keep_off.append((f"axes {i} {what} {text.get_text()[:30]!r}", text.get_window_extent(renderer)))
-    return [leg.get_window_extent(renderer) for leg in legends], keep_off
-
-
 def test_every_figure_is_titled_and_no_legend_covers_a_title_a_label_or_data(analysis):
-    from analysis.figures import figure, plt
-
-    names = sections.figure_names(analysis)
-    assert len(names) >= (6 if analysis.comparison.circuit.absent else 12), names
-    for name in names:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a layout engine that gave up, a tight_layout over constrained...
-            fig = figure(analysis, name)
-            fig.canvas.draw()
-        assert fig.get_layout_engine().__class__.__name__ == "ConstrainedLayoutEngine", name
-        renderer = fig.canvas.get_renderer()
-        panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison and ax.get_label() != "<colorbar>"]
-        assert panels, name
-        for ax in panels:
-            assert ax.get_title(), f"{name}: a panel without a title"
-        legends, keep_off = _boxes(fig, renderer)
-        for box in legends:
-            for what, other in keep_off:
-                overlap = min(box.x1, other.x1) - max(box.x0, other.x0), min(box.y1, other.y1) - max(box.y0, other.y0)
-                assert min(overlap) <= 1.0, f"{name}: a legend covers the {what}"
-            assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.bbox.y1 + 1, \
-                f"{name}: a legend outside the figure"
-        plt.close(fig)
+    assert_figures_readable(analysis, at_least=6 if analysis.comparison.circuit.absent else 12)
 
 
 def test_conditions_and_series_take_colour_blind_safe_colours(analysis):

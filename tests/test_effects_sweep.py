@@ -57,7 +57,7 @@ def effect_store(models, tmp_path_factory):
 
 def test_store_holds_metric_effects_and_the_task(effect_store):
     _, out, ds, _ = effect_store
-    assert ds.attrs["schema_version"] == 2 and ds.attrs["effects"] == ["zero", "mean", "patch"]
+    assert ds.attrs["schema_version"] == 3 and ds.attrs["effects"] == ["zero", "mean", "patch"]
     assert ds.attrs["effects_reference"] == "corrupt"  # the second condition unless configured
     assert ds["metric"].dims == ("condition", "prompt") and ds["metric"].dtype == np.float32
     for kind in ("zero", "mean", "patch"):

@@ -155,3 +155,18 @@ def test_taxonomy_names_the_circuit_from_a_store_alone(tmp_path_factory):
 
     assert heads("induction") == set(roles["Induction"])
     assert heads("previous_token") == set(roles["Previous Token"])
+
+
+def test_every_figure_of_the_report_is_readable(report_outputs):
+    """The report's figures of the shipped model's store, as `jaxdiag report` draws them (tests/figure_checks.py)."""
+    from analysis.pipeline import run_analysis
+    from analysis.report import resolve_circuit
+    from analysis.store import default_conditions, open_store, run_config
+    from jaxdiag.paths import StoreLocation
+    from tests.figure_checks import assert_figures_readable
+
+    ds = open_store(StoreLocation.of(str(report_outputs["store"]))).load()
+    config = run_config(ds)
+    a, b = default_conditions(ds, config)
+    circuit = resolve_circuit(None, config, (ds.sizes["layer"], ds.sizes["head"]), report_outputs["store"], ds, a)
+    assert_figures_readable(run_analysis(ds, circuit, a, b, n_boot=50, n_perm=50), at_least=10)

@@ -74,3 +74,10 @@ def test_ioi_model_presets_name_the_shipped_model_and_circuit():
     assert (blog.prompts.source, blog.prompts.n_prompts) == ("ioi-blog", 50)
     assert (big.prompts.source, big.prompts.n_prompts, big.prompts.n_tokens, big.prompts.pairs) == ("ioi", 5000, 15, True)
     assert {"patch", "atp_patch", "atpstar_patch"} <= set(big.effects)
+
+
+def test_every_figure_of_the_report_is_readable(outputs):
+    """The report's figures of the shipped IOI model's store (tests/figure_checks.py)."""
+    from tests.test_induction_end_to_end import test_every_figure_of_the_report_is_readable as check
+
+    check(outputs)

@@ -45,7 +45,7 @@ def test_store_layout_matches_the_contract(blog_store, models):
     for name in ("text", "tokens", "n_tokens", "template", "io_name", "s_name", "c_name"):
         assert name in ds.coords
     attrs = ds.attrs
-    assert attrs["schema_version"] == 2 and attrs["complete"] is True
+    assert attrs["schema_version"] == 3 and attrs["complete"] is True
     assert attrs["jaxdiag_version"] == jaxdiag.__version__ and attrs["model"] == str(models["text"])
     assert len(attrs["weights_sha256"]) == 64
     assert (attrs["n_layers"], attrs["n_heads"], attrs["prepend_bos"], attrs["model_type"]) == (2, 4, True, "gpt2")

@@ -43,7 +43,8 @@ def summary(an: Analysis) -> dict[str, Any]:
     out["sum_rule"] = (r["sum_rule"] if r["sum_rule"] is not None else
                        {"checked": False, "missing": r["missing"]})
     out["sum_rule_meaning"] = ("max over prompts of |sum of dla over heads + dla_attn_bias + dla_mlp over layers + "
-                               "dla_embed + dla_norm_bias - metric| (float32 rounding: ~1e-6 x |metric|)")
+                               "dla_embed + dla_norm_bias - metric| over the prompts with a foil (float32 rounding: ~1e-6 x |metric|); "
+                               "without a foil the terms sum to the target's logit, not to the log-probability metric")
     out["ci_method"] = "BCa, prompts resampled with replacement within each condition; cells of a condition share draws"
     return {"dla": out}
 
@@ -56,7 +57,7 @@ def markdown(an: Analysis) -> list[str]:
     parts = []
     if r["sum_rule"] is not None:
         parts.append(["- **Sum rule** (the heads, attention biases, MLPs, embedding and final-norm bias add up to the "
-                      "metric), max |sum - metric| over prompts: "
+                      "metric; checked on the prompts with a foil), max |sum - metric|: "
                       + ("; ".join(f"`{c}` {fmt(x['max_abs_residual'])} ({x['n_prompts']} prompts)"
                                    for c, x in r["sum_rule"].items()) or "no prompt with a metric") + "."])
     else:

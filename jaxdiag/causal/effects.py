@@ -24,6 +24,7 @@ on every family whose blocks implement it; no family module is imported.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -52,28 +53,55 @@ def at_position(values: jax.Array, position: jax.Array) -> jax.Array:
 
 
 
-def clean_run(model: Family, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, list, Context]:
-    """The unedited pass: final hidden states, per layer ``(the block's carry, head outputs [b, s, h, d])``, context."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """The unedited pass, kept for the edits that restart inside it: per layer its input ``residual[l]``
+    (``residual[n_layer]``: the last block's output, before the final norm), its attention output, the
+    block's carry and the heads' outputs ``[b, s, h, d]``; and the final hidden states."""
+
+    residual: list
+    attn_out: list
+    carries: list
+    heads: list
+    hidden: jax.Array
+
+
+def clean_trace(model: Family, tokens: jax.Array, lengths: jax.Array) -> Trace:
+    """The unedited pass with everything a restart needs (:class:`Trace`)."""
     require_causal_effects(model)
     ctx = model.context(tokens, lengths, probes=(HEAD_OUTPUT_PROBE,))
     x = model.embed(tokens)
-    layers = []
+    residual, attn_out, carries, heads = [x], [], [], []
     for i, block in enumerate(model.blocks()):
-        heads, probed = block.attention_heads(x, ctx, i)
-        carry = block.carry(x, block.project(heads))
-        layers.append((carry, probed["head_out"]))
-        x = block.resume(carry)
-    return model.final(x), layers, ctx
+        attended, probed = block.attention_heads(x, ctx, i)
+        attn_out.append(block.project(attended))
+        carries.append(block.carry(x, attn_out[-1]))
+        heads.append(probed["head_out"])
+        x = block.resume(carries[-1])
+        residual.append(x)
+    return Trace(residual, attn_out, carries, heads, model.final(x))
+
+
+def clean_run(model: Family, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, list, Context]:
+    """The unedited pass: final hidden states, per layer ``(the block's carry, head outputs [b, s, h, d])``, context."""
+    trace = clean_trace(model, tokens, lengths)
+    ctx = model.context(tokens, lengths, probes=(HEAD_OUTPUT_PROBE,))
+    return trace.hidden, list(zip(trace.carries, trace.heads)), ctx
+
+
+def run_from(model: Family, layer: int, x: jax.Array, ctx: Context) -> jax.Array:
+    """Final hidden states of a run whose residual stream enters layer ``layer`` as ``x``."""
+    blocks = model.blocks()
+    for i in range(layer, len(blocks)):
+        x, _ = blocks[i](x, ctx, i)
+    return model.final(x)
 
 
 def _finish_from(model: Family, layer: int, carry, shift: jax.Array, ctx: Context) -> jax.Array:
     """Final hidden states of a run that resumes layer ``layer`` from its clean ``carry`` with its
     attention output moved by ``shift``."""
-    blocks = model.blocks()
-    x = blocks[layer].resume(carry, shift)
-    for i in range(layer + 1, len(blocks)):
-        x, _ = blocks[i](x, ctx, i)
-    return model.final(x)
+    return run_from(model, layer + 1, model.blocks()[layer].resume(carry, shift), ctx)
 
 
 Readout = Callable[[jax.Array], jax.Array]  # final hidden states [b, seq, n_embd] -> a value per prompt [b]

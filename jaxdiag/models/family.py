@@ -27,6 +27,13 @@ code (:mod:`jaxdiag.causal.effects`) is written against them alone:
 
 ``block(x, ctx, layer)`` is that composition, so the clean forward and the edited restarts are the
 same code.
+
+Direct logit attribution (:mod:`jaxdiag.causal.components`) asks two more questions, with defaults
+for the usual case: ``block.attention_gain(attn_out)`` is the factor by which the attention output
+joins the residual with a normalising norm's scale frozen (``None``: it joins as is; Gemma's
+post-attention norm), and a model's ``final_norm()`` / ``unembed_rows(ids)`` / ``cap_logits`` are the
+last norm module, the unembedding's rows of some token ids ``[..., d_model]``, and what the model does
+to raw logits (Gemma 2's soft cap).
 """
 
 from __future__ import annotations
@@ -279,6 +286,18 @@ class Family(nnx.Module):
         final = self.final(x)
         return Forward(final if hidden else None, self.unembed(final) if logits else None, stack_layers(per_layer))
 
+    def final_norm(self) -> nnx.Module:
+        """The norm :meth:`final` applies (an ``nnx.LayerNorm`` or an RMSNorm with ``eps`` / ``unit_offset``)."""
+        raise NotImplementedError
+
+    def unembed_rows(self, ids: jax.Array) -> jax.Array:
+        """The unembedding's rows of token ``ids`` ``[...]``: ``[..., d_model]`` float32 (no logit bias in any family)."""
+        raise NotImplementedError
+
+    def cap_logits(self, logits: jax.Array) -> jax.Array:
+        """What the model does to raw logits after the unembedding (identity; Gemma 2 soft-caps them)."""
+        return logits
+
     def _precision(self, config, precision: Precision) -> tuple[jnp.dtype, jax.lax.Precision]:
         """Record ``config`` and the precision on the model; the compute dtype and matmul precision."""
         dtype, matmul_precision = precision_settings(precision)
@@ -336,6 +355,11 @@ class Block(nnx.Module):
     def resume(self, carry: Any, shift: jax.Array | None = None, drop: jax.Array | None = None) -> jax.Array:
         raise NotImplementedError
 
+    def attention_gain(self, attn_out: jax.Array) -> jax.Array | None:
+        """The attention output joins the residual as ``gain * attn_out`` with a normalising norm's scale
+        frozen at ``attn_out`` (``[b, s, d_model]``); ``None``: it joins unnormalised."""
+        return None
+
 
 def tied_unembed(hidden: jax.Array, embed: nnx.Embed) -> jax.Array:
     """Float32 logits of ``hidden [..., d_model]`` through an LM head tied to ``embed``."""
@@ -353,3 +377,18 @@ def head_rows(linear: nnx.Linear, n_head: int) -> jax.Array:
     """Each head's rows of an output projection's ``[h d, d_model]`` kernel: ``[h, d, d_model]``."""
     kernel = linear.kernel[...]
     return kernel.reshape(n_head, kernel.shape[0] // n_head, kernel.shape[1])
+
+
+def norm_gain(norm: nnx.Module, x: jax.Array) -> tuple[jax.Array, jax.Array | None, bool]:
+    """A norm at ``x [..., d]`` with its scale frozen, as an affine map: ``(gain [..., d], bias [d] or None,
+    centred)`` with ``norm(y) ~ gain * (y - centred * mean(y)) + bias`` for ``y`` near ``x`` (exact at ``x``):
+    LayerNorm's ``gamma / sigma(x)``, RMSNorm's ``gamma / rms(x)`` (Gemma's ``1 + gamma``), in float32."""
+    x32 = x.astype(jnp.float32)
+    if isinstance(norm, nnx.LayerNorm):
+        variance = jnp.mean(jnp.square(x32 - jnp.mean(x32, axis=-1, keepdims=True)), axis=-1, keepdims=True)
+        scale = 1.0 if norm.scale is None else norm.scale[...].astype(jnp.float32)
+        bias = None if norm.bias is None else norm.bias[...].astype(jnp.float32)
+        return scale * jax.lax.rsqrt(variance + norm.epsilon), bias, True
+    weight = norm.scale[...].astype(jnp.float32)
+    weight = 1.0 + weight if norm.unit_offset else weight
+    return weight * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + norm.eps), None, False

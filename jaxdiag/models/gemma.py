@@ -31,7 +31,7 @@ from flax import nnx
 
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.models.attention import soft_cap
-from jaxdiag.models.family import ACTIVATIONS, WeightNames, graddrop
+from jaxdiag.models.family import ACTIVATIONS, WeightNames, graddrop, norm_gain
 from jaxdiag.models import llama
 from jaxdiag.models.llama import MLP, Attention, AttentionSettings, DecoderShape, RMSNorm, _linear, layer_windows
 from jaxdiag.models.rope import Rope, rope_parameters, rope_settings
@@ -144,6 +144,9 @@ class Block(llama.Block):
     def carry(self, x: jax.Array, attn_out: jax.Array) -> tuple[jax.Array, jax.Array]:
         return x, attn_out
 
+    def attention_gain(self, attn_out: jax.Array) -> jax.Array:
+        return norm_gain(self.post_attention_layernorm, attn_out)[0]
+
     def resume(self, carry: tuple[jax.Array, jax.Array], shift: jax.Array | None = None,
                drop: jax.Array | None = None) -> jax.Array:
         x, attn_out = carry
@@ -178,7 +181,10 @@ class Gemma(llama.Llama):
         return self.embed_tokens(tokens) * normalizer
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
-        return soft_cap(super().unembed(hidden), self.config.final_softcap)
+        return self.cap_logits(super().unembed(hidden))
+
+    def cap_logits(self, logits: jax.Array) -> jax.Array:
+        return soft_cap(logits, self.config.final_softcap)
 
 
 # HF names: Gemma2/3ForCausalLM's ``model.*``; the multimodal Gemma3ForConditionalGeneration's text part

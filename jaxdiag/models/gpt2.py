@@ -237,6 +237,12 @@ class GPT2(Family):
     def final(self, x: jax.Array) -> jax.Array:
         return self.ln_f(x)
 
+    def final_norm(self) -> nnx.LayerNorm:
+        return self.ln_f
+
+    def unembed_rows(self, ids: jax.Array) -> jax.Array:
+        return self.wte.embedding[...][ids].astype(jnp.float32)
+
     def unembed(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits ``[..., vocab]`` of final hidden states ``[..., n_embd]`` (LM head tied to ``wte``)."""
         return tied_unembed(hidden, self.wte)

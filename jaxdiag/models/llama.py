@@ -266,6 +266,14 @@ class Llama(Family):
     def final(self, x: jax.Array) -> jax.Array:
         return self.norm(x)
 
+    def final_norm(self) -> RMSNorm:
+        return self.norm
+
+    def unembed_rows(self, ids: jax.Array) -> jax.Array:
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.embedding[...][ids].astype(jnp.float32)
+        return jnp.moveaxis(self.lm_head.kernel[...][:, ids], 0, -1).astype(jnp.float32)
+
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
             return tied_unembed(hidden, self.embed_tokens)

@@ -165,6 +165,14 @@ class NeoX(Family):
     def final(self, x: jax.Array) -> jax.Array:
         return self.final_layer_norm(x)
 
+    def final_norm(self) -> nnx.LayerNorm:
+        return self.final_layer_norm
+
+    def unembed_rows(self, ids: jax.Array) -> jax.Array:
+        if self.config.tie_word_embeddings:
+            return self.embed_in.embedding[...][ids].astype(jnp.float32)
+        return jnp.moveaxis(self.embed_out.kernel[...][:, ids], 0, -1).astype(jnp.float32)
+
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
             return tied_unembed(hidden, self.embed_in)

@@ -14,7 +14,8 @@ Sources (``source`` in a run config's ``[prompts]`` table):
 - ``jsonl``: one JSON object per line: ``condition`` + ``text`` or ``tokens`` + any metadata keys;
   for the task, ``target``, ``foil``, ``pair``, ``metric_position`` (where the metric is read) and,
   for encoders, ``mask`` (that token becomes ``[MASK]``, the original is the default target and
-  the position the metric position).
+  the position the metric position); ``roles``, an object {name: token index} (BOS counted as 0)
+  naming positions, stored as ``role_position`` when a run patches by position.
 - ``induction``: ``repeated`` (BOS + a random segment + the same segment again) vs ``random``
   (BOS + as many distinct random tokens, no repetition).
 """
@@ -42,7 +43,8 @@ class Prompt:
     """One prompt: its condition, token ids (BOS included when the run prepends it), text, metadata,
     and what the causal effects need: the task's ``target`` and ``foil`` token ids (-1: none), the
     ``pair`` that names its counterpart in the other condition (None: unpaired), and the
-    ``position`` the metric is read at (a token index, BOS / [CLS] counted as 0; -1: the last)."""
+    ``position`` the metric is read at (a token index, BOS / [CLS] counted as 0; -1: the last);
+    ``roles``: named token positions (the ioi source's IO, S1, S1+1, S2, END; JSONL ``roles``)."""
 
     condition: str
     tokens: tuple[int, ...]
@@ -52,6 +54,7 @@ class Prompt:
     foil: int = -1
     pair: str | None = None
     position: int = -1
+    roles: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def metric_position(self) -> int:
@@ -167,6 +170,23 @@ IOI_BABA = tuple(t.replace("{A} and {B}", "{B} and {A}", 1) for t in IOI_ABBA)
 IOI_NON_IOI = tuple("{C}".join(t.rsplit("{B}", 1)) for t in IOI_ABBA)
 
 
+IOI_ROLES: tuple[str, ...] = ("IO", "S1", "S1+1", "S2", "END")
+
+
+def ioi_roles(tokens: Sequence[int], encode: Encoder, io_name: str, s_name: str, c_name: str = "") -> dict[str, int]:
+    """The IOI roles' token positions: the indirect object, the subject's first occurrence and the token after it,
+    its second occurrence (the third name's position in a non-IOI prompt, where it stands in for S2), the end."""
+    token = lambda name: encode(" " + name)[-1]  # single-token names, mid-sentence
+    tokens = list(tokens)
+    io, s = token(io_name), token(s_name)
+    s1 = tokens.index(s)
+    second = [i for i, t in enumerate(tokens) if i > s1 and (t == s or (c_name and t == token(c_name)))]
+    roles = {"IO": tokens.index(io), "S1": s1, "S1+1": s1 + 1, "END": len(tokens) - 1}
+    if second:
+        roles["S2"] = second[0]
+    return {name: roles[name] for name in IOI_ROLES if name in roles}
+
+
 def _single_token_words(words: Sequence[str], encode: Encoder, bos: list[int]) -> list[str]:
     """The words that are one token after a space (as they appear mid-sentence)."""
     return [w for w in words if len(encode(" " + w)) == len(bos) + 1]
@@ -229,10 +249,12 @@ def ioi_prompts(encode: Encoder, *, n_prompts: int, n_tokens: int, seed: int,
                 continue
             seen.add(key)
             label = {"ioi": ("abba", "baba")[order], "non_ioi": "non_ioi"}[condition]
+            c_name = picked[2] if n_names == 3 else ""
             yield Prompt(condition, tuple(tokens), text, {
                 "template": f"{label}-{index + 1}", "io_name": picked[0], "s_name": picked[1],
-                "c_name": picked[2] if n_names == 3 else "", "place": place, "object": obj,
-            }, **ioi_task(encode, condition, picked[0], picked[1]))
+                "c_name": c_name, "place": place, "object": obj,
+            }, **ioi_task(encode, condition, picked[0], picked[1]),
+                roles=ioi_roles(tokens, encode, picked[0], picked[1], c_name))
 
     if not pairs:
         yield from draw("ioi", [abba, baba], 2, random.Random(f"jaxdiag-ioi-{seed}"))
@@ -254,7 +276,8 @@ def ioi_prompts(encode: Encoder, *, n_prompts: int, n_tokens: int, seed: int,
         if len(tokens) != len(p.tokens):  # single-token names make this impossible; guard the invariant
             raise JaxdiagError(f"the ABC counterfactual of {p.text!r} has {len(tokens)} tokens, not {len(p.tokens)}")
         yield Prompt("non_ioi", tuple(tokens), text, {**p.metadata, "c_name": c_name},
-                     **ioi_task(encode, "non_ioi", io_name, s_name), pair=p.pair)
+                     **ioi_task(encode, "non_ioi", io_name, s_name), pair=p.pair,
+                     roles=ioi_roles(tokens, encode, io_name, s_name, c_name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,9 +412,11 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str, mask_id: 
         if not isinstance(pair, (str, int)) or isinstance(pair, bool):
             raise JaxdiagError(f"{where}: 'pair' must be a string or an integer")
         task["pair"] = _check_string(str(pair), where, "'pair'")
+    if record.get("roles") is not None:
+        task["roles"] = _roles(record["roles"], len(tokens), where)
     metadata: dict[str, MetadataValue] = {}
     for key, value in record.items():
-        if key in ("condition", "text", "tokens", "target", "foil", "pair", "metric_position", "mask"):
+        if key in ("condition", "text", "tokens", "target", "foil", "pair", "metric_position", "mask", "roles"):
             continue
         if key in RESERVED_KEYS or not key.isidentifier():
             raise JaxdiagError(f"{where}: metadata key {key!r} is reserved or not an identifier")
@@ -404,6 +429,17 @@ def _record_to_prompt(record: Any, encode: Encoder | None, where: str, mask_id: 
         # nested values are kept as their JSON text (ASCII: escapes for anything else): a coordinate holds scalars only
         metadata[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, sort_keys=True)
     return Prompt(condition, tuple(int(t) for t in tokens), text, metadata, **task)
+
+
+def _roles(value: Any, n_tokens: int, where: str) -> dict[str, int]:
+    """JSONL ``roles``: {name: token index in [0, n_tokens)} (BOS counted as 0)."""
+    if not isinstance(value, dict):
+        raise JaxdiagError(f"{where}: 'roles' must be an object {{name: token index}}")
+    for name, index in value.items():
+        _check_string(name, where, "a role name")
+        if not name or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n_tokens:
+            raise JaxdiagError(f"{where}: role {name!r} must be a token index in [0, {n_tokens}), not {index!r}")
+    return dict(value)
 
 
 def _metric_position(record: dict, n_tokens: int, where: str) -> dict[str, int]:

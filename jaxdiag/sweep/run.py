@@ -38,13 +38,13 @@ import numpy as np
 
 from jaxdiag import vocab
 from jaxdiag.probes import Probe, stored_variables
-from jaxdiag.sweep.steps import effect_heads_per_step, head_sums_step, reference_means, sweep_step
+from jaxdiag.sweep.steps import edits_per_step, effect_heads_per_step, head_sums_step, reference_means, sweep_step
 from jaxdiag.errors import Interrupted, JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.sweep.prompts import Prompt, induction_prompts, ioi_blog_prompts, ioi_prompts, jsonl_prompts
 from jaxdiag.sweep.runconfig import RunConfig
 from jaxdiag.sweep.runner import DeviceRunner, Progress, Unit, make_units, scatter
-from jaxdiag.schema import edit_of
+from jaxdiag.schema import COMPONENT_KINDS, POSITION_KINDS, edit_of, needs_partner
 from jaxdiag.sweep.store import (
     SCHEMA_VERSION, Layout, StoreLike, already_exists, check_resumable, check_store_target, create_store, default_chunk_size, done_chunks, finalise,
     Column, prompt_columns, read_attrs, utc_now, write_chunk,
@@ -69,6 +69,7 @@ class Plan:
     # pair id -> its prompts' (condition, tokens), kept when patch effects are asked for
     pairs: dict[str, list[tuple[str, tuple[int, ...]]]] | None = None
     paired: bool = False  # some prompt names a pair partner
+    roles: tuple[str, ...] = ()  # the prompts' named token roles (runs with component kinds): role_position
 
     def partner_tokens(self, prompt: Prompt) -> tuple[int, ...]:
         """The tokens of ``prompt``'s pair partner (the member of its pair in the other condition)."""
@@ -133,7 +134,8 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
     kinds: dict[str, set[str]] = {}
     max_len = n_targets = 0
     pairs: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
-    patching = any(edit_of(kind) == "patch" for kind in effects)
+    patching = needs_partner(effects)
+    roles: dict[str, None] = {}  # in first-seen order (the ioi source's IO, S1, S1+1, S2, END)
     digest = hashlib.sha256()
     for prompt in prompts:
         index = counts.get(prompt.condition, 0)
@@ -148,8 +150,12 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
             n_targets += _check_task(prompt, vocab_size, label)
             # the position enters the digest only where it is not the default (older stores still resume)
             record.append([prompt.target, prompt.foil, prompt.pair, *([prompt.position] if prompt.position >= 0 else [])])
+            if prompt.roles and any(kind in COMPONENT_KINDS for kind in effects):  # older runs keep their digest
+                record.append(sorted(prompt.roles.items()))
+                roles.update(dict.fromkeys(prompt.roles))
         if patching and prompt.pair is None:
-            raise JaxdiagError(f"{label} has no 'pair': patch effects need every prompt's pair partner")
+            raise JaxdiagError(f"{label} has no 'pair': patch effects (and patching by position) need every prompt's "
+                               "pair partner")
         if prompt.pair is not None:
             # only patching needs the partners' tokens; the pairing itself is checked for every run
             pairs.setdefault(prompt.pair, []).append((prompt.condition, prompt.tokens if patching else ()))
@@ -163,7 +169,7 @@ def plan_prompts(prompts: Iterable[Prompt], *, vocab_size: int, n_positions: int
         _check_pair(pair, members)
     metadata = {key: "float" if kind == {"float"} else "str" for key, kind in kinds.items()}
     return Plan(tuple(counts), tuple(counts.values()), max_len, metadata, digest.hexdigest(), n_targets,
-                pairs if patching else None, paired=bool(pairs))
+                pairs if patching else None, paired=bool(pairs), roles=tuple(roles))
 
 
 def _check_task(prompt: Prompt, vocab_size: int, label: str) -> int:
@@ -229,7 +235,8 @@ class Chunk:
     def columns(self, layout: Layout) -> dict[str, Column]:
         """The chunk's region of the store: the store's schema for these prompts."""
         return prompt_columns(self.prompts, self.values, query=layout.query, width=layout.max_len,
-                              metadata=layout.metadata, paired=layout.paired, variables=layout.variables)
+                              metadata=layout.metadata, paired=layout.paired, variables=layout.variables,
+                              roles=layout.roles)
 
 
 def task_inputs(unit: Unit, prompts: list[Prompt],
@@ -315,8 +322,9 @@ def _effects_step(config: RunConfig, model_config, plan: Plan, head_mean: np.nda
     if not config.effects:
         return None
     heads_per_step = effect_heads_per_step(config.batch_size, plan.max_len, model_config)
+    patches_per_step = edits_per_step(config.batch_size, plan.max_len, model_config)
     return lambda graphdef: sweep_step(graphdef, config.query, config.effects, head_mean=head_mean,
-                                       heads_per_step=heads_per_step, probes=probes)
+                                       heads_per_step=heads_per_step, probes=probes, patches_per_step=patches_per_step)
 
 
 def sweep_probes(config: RunConfig) -> tuple[Probe, ...]:
@@ -354,7 +362,7 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     from jaxdiag import __version__
     from jaxdiag.checkpoint import resolve
     from jaxdiag.models.load import load_model, model_type_of, read_config, tokenizer_for, weights_attrs
-    from jaxdiag.models.registry import require_effects
+    from jaxdiag.models.registry import registered, require_effects
     from jaxdiag.models.sharding import check_divides, make_mesh
 
     started = time.perf_counter()
@@ -377,6 +385,10 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     check_divides(model_config, config.mesh.model)
     if config.effects:
         require_effects(model_config, "causal effects (effects = [...])")
+    position_kinds = [kind for kind in config.effects if kind in POSITION_KINDS]
+    if position_kinds and registered(model_config.model_type).model.mask != "causal":
+        raise JaxdiagError(f"effect {position_kinds[0]!r}: patching by position is for decoders; "
+                           f"{model_config.model_type!r} is an encoder")
     tokenizer = tokenizer_for(checkpoint.directory, model_config, prepend_bos=config.prepend_bos)
     encode = tokenizer.encode if tokenizer is not None else None  # None: token-id prompts only
     walk = prompt_stream(config, encode, vocab_size=model_config.vocab_size, bos_id=model_config.bos_token_id,
@@ -402,7 +414,8 @@ def run_sweep(config: RunConfig, out: StoreLike, *, resume: bool = False, overwr
     config = dataclasses.replace(config, chunk_size=chunk_size)
     probes = sweep_probes(config)
     layout = Layout(plan.conditions, plan.counts, model_config.n_layer, model_config.n_head, plan.max_len,
-                    config.query, chunk_size, plan.metadata, config.effects, plan.paired, stored_variables(probes))
+                    config.query, chunk_size, plan.metadata, config.effects, plan.paired, stored_variables(probes),
+                    plan.roles)
     identity = {"config": config.to_json(), "weights_sha256": checkpoint.weights_sha256,
                 "prompts_sha256": plan.digest}
 

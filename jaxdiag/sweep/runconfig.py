@@ -36,7 +36,7 @@ from jaxdiag.circuits import BUILTIN as BUILTIN_CIRCUITS, EFFECTS_CIRCUIT, from_
 from jaxdiag.errors import AnalysisError, JaxdiagError
 from jaxdiag.paths import builtin_models, package_data, presets_dir, resolve_path, user_path
 from jaxdiag.sweep.prompts import SOURCES
-from jaxdiag.schema import BUILTIN_PREFIX, EFFECT_KINDS, PRECISIONS, QUERIES, MeshShape
+from jaxdiag.schema import BUILTIN_PREFIX, RUN_KINDS, PRECISIONS, QUERIES, MeshShape
 
 BUILTIN = BUILTIN_PREFIX
 DEFAULT_PRESET = "default"
@@ -83,7 +83,7 @@ class RunConfig:
     seed: int = 0
     circuit: str | dict | None = None
     conditions: tuple[str, ...] | None = None
-    effects: tuple[str, ...] = ()  # causal-effect kinds (EFFECT_KINDS) to compute beside the diagnostics
+    effects: tuple[str, ...] = ()  # causal-effect kinds (RUN_KINDS) to compute beside the diagnostics
     effects_reference: str | None = None  # condition whose mean head outputs "mean" uses; None: the second
     probes: tuple[str, ...] = ()  # user probes, "module:function" (jaxdiag.probes.custom), stored beside the built-ins
     mesh: MeshShape = MeshShape()  # devices on the data and model axes (jaxdiag.models.sharding)
@@ -201,9 +201,9 @@ def _check_flags(overrides: dict[str, Any]) -> None:
         overrides["mesh"] = MeshShape.parse(overrides["mesh"], source="--mesh")
     effects = overrides.get("effects")
     if isinstance(effects, str):
-        unknown = [kind for kind in (k.strip() for k in effects.split(",")) if kind and kind not in EFFECT_KINDS]
+        unknown = [kind for kind in (k.strip() for k in effects.split(",")) if kind and kind not in RUN_KINDS]
         if unknown:
-            raise JaxdiagError(f"--effects: unknown effect {unknown[0]!r} (choose from {', '.join(EFFECT_KINDS)})")
+            raise JaxdiagError(f"--effects: unknown effect {unknown[0]!r} (choose from {', '.join(RUN_KINDS)})")
 
 
 def _check_type(source: str, key: str, value: Any, kind: type | tuple[type, ...]) -> None:
@@ -252,10 +252,10 @@ def _validate(raw: dict[str, Any], prompts: dict[str, Any], *, source: str, base
         effects = [kind.strip() for kind in effects.split(",") if kind.strip()]
     if not isinstance(effects, list) or not all(isinstance(kind, str) for kind in effects):
         raise JaxdiagError(f"{source}: effects must be a list of names, e.g. [\"zero\", \"patch\"]")
-    unknown_effects = [kind for kind in effects if kind not in EFFECT_KINDS]
+    unknown_effects = [kind for kind in effects if kind not in RUN_KINDS]
     if unknown_effects:
-        raise JaxdiagError(f"{source}: unknown effect {unknown_effects[0]!r} (choose from {', '.join(EFFECT_KINDS)})")
-    effects = tuple(kind for kind in EFFECT_KINDS if kind in effects)  # one order, however given
+        raise JaxdiagError(f"{source}: unknown effect {unknown_effects[0]!r} (choose from {', '.join(RUN_KINDS)})")
+    effects = tuple(kind for kind in RUN_KINDS if kind in effects)  # one order, however given
     if "effects_reference" in raw:
         _check_type(source, "effects_reference", raw["effects_reference"], str)
     model = raw["model"]

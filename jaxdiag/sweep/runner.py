@@ -219,10 +219,11 @@ class Progress(Protocol):
 
 def scatter(out: dict[str, np.ndarray], rows: Sequence[int], result: dict[str, np.ndarray]) -> None:
     """Copy a unit's real rows into ``out[name][rows]`` for every name of ``out``; query positions
-    (``query="all"``) are cut or NaN-padded to fit."""
+    (``query="all"``) and the positions of patching by position are cut or NaN-padded to fit."""
     for name in out:
         values = result[name][: len(rows)]
-        if values.ndim == 4:  # query = "all": the bucket may be longer or shorter than the output
+        if values.ndim == 4 or (values.ndim == 3 and values.shape[-1] != out[name].shape[-1]):
+            # the last axis is positions: the bucket may be longer or shorter than the output
             width = min(values.shape[-1], out[name].shape[-1])
             out[name][rows, ..., :width] = values[..., :width]
         else:

@@ -9,8 +9,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxdiag.causal.effects import attribution_effects, edit_replacement, head_effects, head_output_sums, task_readout
-from jaxdiag.schema import EXACT_KINDS, QueryMode, edit_of
+from jaxdiag.causal.components import direct_logit_attribution, logit_lens, position_patches
+from jaxdiag.causal.effects import (attribution_effects, clean_trace, edit_replacement, head_effects, head_output_sums,
+                                    task_readout)
+from jaxdiag.schema import EXACT_KINDS, POSITION_KINDS, QueryMode, edit_of, head_effect_kinds
 from jaxdiag.probes import Probe
 from jaxdiag.sweep.runner import SWEEP_PROBES, Unit, diagnostics_step
 
@@ -25,8 +27,14 @@ def effect_heads_per_step(batch_size: int, max_len: int, config) -> int:
     return max(1, min(config.n_head, EFFECT_STEP_BYTES // per_head))
 
 
+def edits_per_step(batch_size: int, max_len: int, config) -> int:
+    """How many position patches (each one edited run of the batch) one step takes at once."""
+    return max(1, EFFECT_STEP_BYTES // (8 * 4 * batch_size * max_len * config.n_embd))
+
+
 def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: np.ndarray | None = None,
-               heads_per_step: int | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES):
+               heads_per_step: int | None = None, probes: tuple[Probe, ...] = SWEEP_PROBES,
+               patches_per_step: int | None = None):
     """A sweep step: the diagnostics, the clean ``metric`` and ``effect_<kind>`` for ``kinds``.
 
     ``step(state, tokens, lengths, target, foil[, partner][, position])`` -> ``{name: [b, ...]}``;
@@ -35,6 +43,8 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
     The diagnostics are the runner's own compiled step, not fused into the effects' program, so a
     run with effects stores the same diagnostics, bit for bit, as one without.
     """
+    components = [kind for kind in kinds if kind not in head_effect_kinds(kinds)]
+    kinds = head_effect_kinds(kinds)
     edits = sorted({edit_of(kind) for kind in kinds}, key=EXACT_KINDS.index)
     if "mean" in edits and head_mean is None:
         raise ValueError("mean-ablation effects need the reference condition's head_mean")
@@ -43,20 +53,41 @@ def sweep_step(graphdef, query: QueryMode, kinds: Sequence[str], *, head_mean: n
 
     diagnose = diagnostics_step(graphdef, query, probes)
 
+    def _components(model, tokens, lengths, target, foil, partner, position, readout):
+        where = lengths - 1 if position is None else position
+        trace = clean_trace(model, tokens, lengths)
+        metric = readout(trace.hidden)
+        out = {"metric": metric}
+        if "dla" in components:
+            out |= direct_logit_attribution(model, trace, target, foil, where)
+        if "lens" in components or "lens_rank" in components:
+            out |= logit_lens(model, trace, target, foil, where, rank="lens_rank" in components)
+        patching = [kind for kind in components if kind in POSITION_KINDS]
+        if patching:
+            out |= position_patches(model, tokens, lengths, trace, clean_trace(model, partner, lengths), readout,
+                                    metric, patching, per_step=patches_per_step)
+        return out
+
     @jax.jit
     def effects(state, tokens, lengths, target, foil, partner, position):
         model = nnx.merge(graphdef, state)
         replacements = {edit: edit_replacement(model, edit, lengths, head_mean=head_mean, partner=partner)
                         for edit in edits}
         readout = task_readout(model, lengths, target, foil, position)
-        metric, per_kind = head_effects(model, tokens, lengths, readout, {k: replacements[k] for k in exact},
+        out = {}
+        if components:  # one clean trace for all of them (a run of whole-head kinds alone computes what it did)
+            out |= _components(model, tokens, lengths, target, foil, partner, position, readout)
+        if not kinds:
+            return out
+        metric, per_kind = head_effects(
+model, tokens, lengths, readout, {k: replacements[k] for k in exact},
                                         heads_per_step=heads_per_step)
         if attribution:
             needed = {edit_of(kind) for kind in attribution}
             estimates = attribution_effects(model, tokens, lengths, readout, {k: replacements[k] for k in needed},
                                             graddrop=any(kind.startswith("atpstar_") for kind in attribution))
             per_kind |= {kind: estimates[kind] for kind in attribution}
-        return {"metric": metric} | {f"effect_{kind}": per_kind[kind] for kind in kinds}
+        return out | {"metric": metric} | {f"effect_{kind}": per_kind[kind] for kind in kinds}
 
     def step(state, tokens, lengths, target, foil, partner=None, position=None):
         return diagnose(state, tokens, lengths) | effects(state, tokens, lengths, target, foil, partner, position)

@@ -60,8 +60,9 @@ import numpy as np
 from jaxdiag.errors import JaxdiagError
 from jaxdiag.paths import StoreLocation
 from jaxdiag.sweep.prompts import Prompt
-from jaxdiag.schema import (DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS, SCHEMA_VERSION, SCORES_NOTE, TASK_ATTRS,
-                            TASK_COORDS, TAXONOMY, QueryMode)
+from jaxdiag.schema import (COMPONENT_ATTRS, COMPONENT_VARIABLES, DIAGNOSTICS, HEAD_VARIABLE_ATTRS, PROMPT_COORDS,
+                            ROLE_ATTRS, SCHEMA_VERSION, SCORES_NOTE, TASK_ATTRS, TASK_COORDS, TAXONOMY, QueryMode,
+                            head_effect_kinds)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -91,6 +92,7 @@ class Layout:
     # the per-head variables, name -> (long_name, units): the sweep's probes' attrs
     # (jaxdiag.probes.stored_variables); the built-in probes give schema.HEAD_VARIABLE_ATTRS
     variables: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=lambda: dict(HEAD_VARIABLE_ATTRS))
+    roles: tuple[str, ...] = ()  # named token roles: the role_position coordinate (runs with component kinds)
 
     @property
     def n_prompts(self) -> int:
@@ -112,13 +114,23 @@ class Layout:
         shapes = dict.fromkeys(self.variables, self.diagnostic_shape())
         if self.effects:
             shapes["metric"] = ()
-            shapes.update({f"effect_{kind}": (self.n_layers, self.n_heads) for kind in self.effects})
+            shapes.update({f"effect_{kind}": (self.n_layers, self.n_heads) for kind in head_effect_kinds(self.effects)})
+            sizes = {"layer": self.n_layers, "head": self.n_heads, "position": self.max_len}
+            for kind in self.effects:
+                for name in COMPONENT_VARIABLES.get(kind, ()):
+                    shapes[name] = tuple(sizes[d] for d in COMPONENT_ATTRS[name][2])
         return shapes
+
+    @property
+    def by_position(self) -> bool:
+        """Whether some variable has the position dimension (then it has its index coordinate)."""
+        return any("position" in COMPONENT_ATTRS[name][2] for kind in self.effects
+                   for name in COMPONENT_VARIABLES.get(kind, ()))
 
     def coordinates(self) -> str:
         """Every per-prompt coordinate's name (a data variable's ``coordinates`` attribute)."""
         task = TASK_COORDS if self.effects else ("pair",) if self.paired else ()
-        return " ".join([*PROMPT_COORDS, *task, *self.metadata])
+        return " ".join([*PROMPT_COORDS, *task, *(("role_position",) if self.roles else ()), *self.metadata])
 
 
 def default_chunk_size(n_layers: int, n_heads: int, max_len: int, query: str, batch_size: int = 1) -> int:
@@ -164,7 +176,7 @@ class Column:
 def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], *, query: QueryMode,
                    width: int | None = None, metadata: Mapping[str, str] | None = None,
                    paired: bool = False, variables: Mapping[str, tuple[str, str]] = HEAD_VARIABLE_ATTRS,
-                   ) -> dict[str, Column]:
+                   roles: Sequence[str] = ()) -> dict[str, Column]:
     """The per-prompt arrays of ``prompts``: data variables in store order, then coordinates.
 
     ``values`` maps every per-head variable of ``variables`` (name -> (long_name, units): the
@@ -174,6 +186,8 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
     alone with ``paired``, for the report's paired statistics);
     ``tokens`` is -1-padded to ``width`` (default: the longest prompt); ``metadata`` names the
     per-prompt metadata coordinates and their kinds ("str" | "float"), missing values being "" and NaN.
+    The component variables (schema 3: dla*, lens_*, effect_patch_<activation>) have their dims from
+    ``schema.COMPONENT_ATTRS``; ``roles`` names the columns of ``role_position [n, role]`` (-1: absent).
     """
     metadata = metadata or {}
     n = len(prompts)
@@ -188,6 +202,9 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
             long_name, units = TASK_ATTRS[name]
             columns[name] = Column(("prompt",) if name == "metric" else ("prompt", "layer", "head"), values[name],
                                    {"long_name": long_name, "units": units}, True)
+        elif name in COMPONENT_ATTRS:
+            long_name, units, dims = COMPONENT_ATTRS[name]
+            columns[name] = Column(("prompt", *dims), values[name], {"long_name": long_name, "units": units}, True)
     tokens = np.full((n, width), -1, dtype=np.int32)
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt.tokens)] = prompt.tokens
@@ -205,6 +222,9 @@ def prompt_columns(prompts: Sequence[Prompt], values: Mapping[str, np.ndarray], 
         coordinate("metric_position", ("prompt",), np.asarray([p.metric_position for p in prompts], dtype=np.int32))
     if task or paired:
         coordinate("pair", ("prompt",), np.asarray([p.pair or "" for p in prompts], dtype=str))
+    if roles:
+        table = np.asarray([[p.roles.get(role, -1) for role in roles] for p in prompts], dtype=np.int32)
+        columns["role_position"] = Column(("prompt", "role"), table.reshape(n, len(roles)), dict(ROLE_ATTRS), False)
     for key, kind in metadata.items():
         coordinate(key, ("prompt",), _metadata_column(prompts, key, kind))
     return columns
@@ -283,12 +303,17 @@ def store_template(layout: Layout, attrs: Mapping[str, Any], *,
     """
     values = {name: np.full((1, *shape), np.nan, np.float32) for name, shape in layout.value_shapes().items()}
     empty = prompt_columns([Prompt("", ())], values, query=layout.query, width=layout.max_len,
-                           metadata=layout.metadata, paired=layout.paired, variables=layout.variables)
+                           metadata=layout.metadata, paired=layout.paired, variables=layout.variables,
+                           roles=layout.roles)
     coordinates = layout.coordinates()
     n_conditions, n = len(layout.conditions), layout.n_prompts
     arrays: dict[str, ArraySpec] = {}
     index = {"condition": np.asarray(layout.conditions, dtype=str),
              **index_coordinates(layout.diagnostic_shape(), layout.query, 0, n)}
+    if layout.by_position:
+        index["position"] = np.arange(layout.max_len)
+    if layout.roles:
+        index["role"] = np.asarray(layout.roles, dtype=str)
     for name, column in empty.items():
         rest = column.values.shape[1:]
         arrays[name] = ArraySpec(
@@ -648,7 +673,10 @@ def describe(path: StoreLike) -> str:
     effects, reference = attrs.get("effects"), ""
     if effects:
         reference = f" (mean-ablation reference: {attrs['effects_reference']})" if attrs.get("effects_reference") else ""
-        groups["effects"] = [f"effect_{kind}" for kind in effects]
+        groups["effects"] = [f"effect_{kind}" for kind in effects if f"effect_{kind}" in variables]
+        groups["logit attribution and lens"] = list(dict.fromkeys(
+            name for kind in effects for name in COMPONENT_VARIABLES.get(kind, ())
+            if name in variables and not name.startswith("effect_")))
     shown = {n for names in groups.values() for n in names}
     groups["other variables"] = [n for n in variables if n not in shown]
     for title, names in groups.items():
