@@ -158,7 +158,8 @@ class Mixture:
     # Share of ``ioi`` examples whose two names are drawn from 2,303 capitalised words
     # (:func:`proper_nouns`) instead of :data:`TRAIN_NAMES`, so per-name features cannot pay (with
     # 144 names, the trained names' rows share a direction, cosine 0.57 to their mean, that held-out
-    # names' rows lack, -0.05). Tried at 0.5: it closes the held-out/trained-name gap but learns slowly.
+    # names' rows lack, -0.05). Tried at 0.5: it closes the held-out/trained-name gap but learns slowly;
+    # at 0.3 the gap is back unless train.TrainConfig.three_loss is "both" (README's by-step table).
     proper_nouns: float = 0.0
 
 
