@@ -148,3 +148,60 @@ def test_training_is_bit_identical_from_its_seed_and_unused_rows_stay_exactly_ze
     unused = np.setdiff1d(np.arange(first["wte.weight"].shape[0]), used)
     assert np.all(first["wte.weight"][unused] == 0.0)
     assert np.all(np.any(first["wte.weight"][used] != 0.0, axis=1))
+
+
+def test_the_experimental_shares_draw_nothing_at_zero_and_stay_in_their_vocabulary():
+    """The issue-32 re-mixes (off in the shipped recipe): at 0 the data stream is the shipped one; the
+    proper-noun mixture's names are proper nouns, never held-out names, inside used_vocabulary(True)."""
+    import dataclasses
+
+    base = data.training_examples(np.random.default_rng(3), 64)
+    off = data.training_examples(np.random.default_rng(3), 64,
+                                 dataclasses.replace(data.Mixture(), proper_nouns=0.0, heldout_names=0.0))
+    assert [e.text for e in base] == [e.text for e in off]
+    mixture = dataclasses.replace(data.Mixture(), proper_nouns=1.0)
+    examples = data.training_examples(np.random.default_rng(4), 256, mixture)
+    proper = set(data.proper_nouns())
+    ioi = [e for e in examples if e.kind == "ioi"]
+    assert ioi and all(set(_words(e.text)) & proper for e in ioi)
+    assert proper.isdisjoint(data.ALL_NAMES) and proper.isdisjoint(data.word_list())
+    tokens, _, targets = data.encode_batch(examples)
+    used = data.used_vocabulary(True)
+    assert np.isin(tokens, used).all() and np.isin(targets[targets >= 0], used).all()
+    assert len(used) > len(data.used_vocabulary())
+
+
+def test_trainer_mixture_option_is_recorded_and_checked():
+    from jaxdiag.ioi import train
+
+    assert train._recorded_args(["--out", "d", "--mixture", "proper_nouns=0.5", "--snapshots", "s"]) == [
+        "--out", "d", "--mixture", "proper_nouns=0.5"]
+    with pytest.raises(SystemExit):
+        train.main(["--out", "/nonexistent/x", "--mixture", "nope=1"])
+
+
+def test_three_name_losses_against_their_definitions():
+    """``three_loss``: "either" is -log(p_A + p_B), "both" -(log p_A + log p_B) / 2, computed here from
+    the model's own logits in float64; one-target texts read -log p(t) under both; an unknown one is an error."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxdiag.models.gpt2 import GPT2, GPT2Config
+    from jaxdiag.ioi.train import TrainConfig, _loss, train
+
+    model = GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2, bos_token_id=0),
+                 precision="highest", rngs=nnx.Rngs(1))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (3, 8)), jnp.int32)
+    lengths = jnp.asarray([8, 5, 6], jnp.int32)
+    targets = np.array([[3, 7], [5, -1], [9, 2]], np.int32)
+    hidden = model(tokens, lengths).hidden
+    last = np.asarray(hidden)[np.arange(3), np.asarray(lengths) - 1]
+    logits = np.asarray(model.unembed(jnp.asarray(last)), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    either = -np.mean([np.log(np.exp(logp[0, 3]) + np.exp(logp[0, 7])), logp[1, 5], np.log(np.exp(logp[2, 9]) + np.exp(logp[2, 2]))])
+    both = -np.mean([(logp[0, 3] + logp[0, 7]) / 2, logp[1, 5], (logp[2, 9] + logp[2, 2]) / 2])
+    np.testing.assert_allclose(float(_loss(model, tokens, lengths, jnp.asarray(targets))), either, rtol=1e-5)
+    np.testing.assert_allclose(float(_loss(model, tokens, lengths, jnp.asarray(targets), three_loss="both")), both, rtol=1e-5)
+    cfg = dataclasses.replace(TrainConfig(), n_layer=1, n_head=2, n_embd=16, steps=1, batch_size=4, three_loss="all")
+    with pytest.raises(JaxdiagError, match="three_loss"):
+        train(cfg, 0, progress=False, eval_prompts=8)

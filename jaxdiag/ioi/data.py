@@ -7,7 +7,7 @@ of the names and filler words drawn independently), the fillers from 16,650 Engl
 row is trained and no template's surface is what pays:
 
 - ``ioi``: two names in the first clause, the second clause's subject repeats one of them; target the
-  other (the indirect object); names from :data:`TRAIN_NAMES`;
+  other (the indirect object); names from :data:`TRAIN_NAMES` or :func:`proper_nouns`;
 - ``ioi_words``: the same with two random words of the list as the "names", so memorising per name
   cannot pay and a copy-the-non-repeated-token circuit must;
 - ``three``: a third name acts (nobody is repeated); target *either* first-clause name (loss
@@ -19,7 +19,10 @@ Held out of every IOI training prompt (``heldout.toml``, written before training
 (the grammar redraws any sentence with a held-out template's skeleton), its filler words (``{P}``,
 ``{O}``) and its names. The held-out fillers and names appear in ``three`` and ``single`` examples
 only, so their embedding rows are trained. The posts' and the generator's templates are not in the
-grammar either. Names are mid-sentence tokens (``" Name"``), single GPT-2 BPE tokens (checked).
+grammar either. Optionally (``Mixture.proper_nouns``, 0 in the shipped recipe) a share of the ``ioi``
+examples take their two names from 2,303 capitalised words (``proper_nouns.txt``: wamerican's proper
+nouns that are one GPT-2 token, people, places and brands) rather than :data:`TRAIN_NAMES`, so
+per-name features cannot carry IOI. Names are mid-sentence tokens (``" Name"``), single GPT-2 BPE tokens (checked).
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ def word_list() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
+def proper_nouns() -> tuple[str, ...]:
+    """The vendored capitalised words (``proper_nouns.txt``): one GPT-2 token after a space, none a word
+    of :func:`word_list`, a name of :data:`ALL_NAMES` or a word the grammar writes."""
+    lines = (HERE / "proper_nouns.txt").read_text().splitlines()
+    return tuple(w for w in lines if w and not w.startswith("#"))
+
+
+@functools.lru_cache(maxsize=1)
 def train_fillers() -> tuple[str, ...]:
     """Filler words of IOI training prompts: the word list less the held-out fillers and every name."""
     out = set(HELDOUT_FILLERS) | {n.lower() for n in ALL_NAMES}
@@ -139,6 +150,17 @@ class Mixture:
     prefix: float = 0.3  # share of batches whose examples (of any kind) start with a distractor sentence
     nouns: float = 0.5  # share of examples whose fillers are everyday nouns (else any word of the list)
     heldout_fillers: float = 0.4  # share of three/single examples whose fillers are the held-out ones
+    # Issue-32 experiments (README, "Not yet the goal"); both 0 in the shipped recipe, and 0 draws
+    # nothing, so the shipped command's data stream is unchanged.
+    # Share of three/single examples whose names are all held-out names (else any name). Tried at 0.5
+    # (with three 0.25, ioi_words 0.25): held-out IOI 66% at 2,000 steps against 78% without.
+    heldout_names: float = 0.0
+    # Share of ``ioi`` examples whose two names are drawn from 2,303 capitalised words
+    # (:func:`proper_nouns`) instead of :data:`TRAIN_NAMES`, so per-name features cannot pay (with
+    # 144 names, the trained names' rows share a direction, cosine 0.57 to their mean, that held-out
+    # names' rows lack, -0.05). Tried at 0.5: it closes the held-out/trained-name gap but learns slowly;
+    # at 0.3 the gap is back unless train.TrainConfig.three_loss is "both" (README's by-step table).
+    proper_nouns: float = 0.0
 
 
 def ioi_example(template: str, io: str, s: str, place: str, obj: str, *, order: str = "abba",
@@ -161,15 +183,22 @@ def training_example(rng: np.random.Generator, mixture: Mixture) -> tuple[Exampl
     if u < mixture.single + mixture.three:
         if rng.random() < mixture.heldout_fillers:
             pool = HELDOUT_FILLERS
+        names = HELDOUT_NAMES if mixture.heldout_names and rng.random() < mixture.heldout_names else ALL_NAMES
         if u < mixture.single:
-            (x,) = _distinct(rng, ALL_NAMES, 1) if rng.random() < 0.8 else _distinct(rng, name_words(), 1)
+            (x,) = _distinct(rng, names, 1) if rng.random() < 0.8 else _distinct(rng, name_words(), 1)
             text = grammar.fill(grammar.sentence(rng, 1, "nobody"), rng, pool, X=x)
             return Example(text, (word_id(x),), kind="single"), (x,)
-        x, y, z = _distinct(rng, ALL_NAMES, 3)
+        x, y, z = _distinct(rng, names, 3)
         text = grammar.fill(grammar.sentence(rng, 2, "{Z}"), rng, pool, X=x, Y=y, Z=z)
         return Example(text, (word_id(x), word_id(y)), kind="three"), (x, y, z)
     words = u < mixture.single + mixture.three + mixture.ioi_words
-    io, s = _distinct(rng, name_words() if words else TRAIN_NAMES, 2)
+    if words:
+        pool_names = name_words()
+    elif mixture.proper_nouns and rng.random() < mixture.proper_nouns:
+        pool_names = proper_nouns()
+    else:
+        pool_names = TRAIN_NAMES
+    io, s = _distinct(rng, pool_names, 2)
     order = {"X": io, "Y": s} if rng.random() < 0.5 else {"X": s, "Y": io}  # ABBA or BABA
     while True:  # a filler equal to a word used as a name would repeat it: draw again
         text = grammar.fill(grammar.sentence(rng, 2, "{S}"), rng, pool, S=s, **order)
@@ -238,18 +267,19 @@ def evaluation_set(templates: Sequence[str], names: Sequence[str], n: int, seed:
 _PRETOKEN = re.compile(r"[A-Za-z]+|[^\sA-Za-z{}]+")
 
 
-@functools.lru_cache(maxsize=1)
-def used_vocabulary() -> np.ndarray:
+@functools.lru_cache(maxsize=2)
+def used_vocabulary(proper: bool = False) -> np.ndarray:
     """Sorted ids of every token a training example can contain or target (plus BOS).
 
     GPT-2 tokenises each word with its leading space, so the ids are those of every word and name
     after a space, of the grammar's capitalised words at the start of a text, and of its
     punctuation. The tied embedding rows outside this set stay exactly zero: the loss reads logits
     of these ids only, so no other row ever gets a gradient. :func:`encode_batch`'s callers check
-    every batch against it.
+    every batch against it. ``proper``: with :func:`proper_nouns` (a mixture whose ``proper_nouns``
+    share is not 0; the shipped model's is).
     """
     tok = tokenizer()
-    words = set(word_list()) | set(ALL_NAMES) | set(PLACES + OBJECTS + HELDOUT_FILLERS)
+    words = set(word_list()) | (set(proper_nouns()) if proper else set()) | set(ALL_NAMES) | set(PLACES + OBJECTS + HELDOUT_FILLERS)
     starts: set[str] = set()
     punctuation: set[str] = set()
     for fragment in grammar.fragments():
